@@ -1,0 +1,137 @@
+//! The caller as the kernel saw it at connect time: SO_PEERCRED plus a pin on
+//! the process (a pidfd from SO_PEERPIDFD, or on kernels before 6.5 a
+//! `/proc/<pid>` directory fd), so later reads cannot be redirected to
+//! another process that reuses the pid.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{getsockopt, sockopt};
+
+use super::AttestError;
+use super::process::ProcDir;
+
+/// What pins the caller's process.
+#[derive(Debug)]
+pub enum ProcessPin {
+    /// A pidfd: becomes readable once the process exits.
+    Pidfd(OwnedFd),
+    /// Older kernels: `/proc/<pid>` opened at accept time. Reads through it
+    /// fail with ESRCH once that process is gone, even if the pid is reused.
+    ProcDir(ProcDir),
+}
+
+/// A socket peer: its credentials at connect time and the pin on it.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    /// The caller's pid (in attestd's pid namespace).
+    pub pid: i32,
+    /// Effective uid at connect time.
+    pub uid: u32,
+    /// Effective gid at connect time.
+    pub gid: u32,
+    /// The pin that proves later reads concern this very process.
+    pub pin: ProcessPin,
+}
+
+impl PeerIdentity {
+    /// Reads the peer's credentials and pins its process. Call this right
+    /// after accept, before the peer has time to exit.
+    pub fn from_socket(socket: &impl AsFd) -> Result<Self, AttestError> {
+        let cred = getsockopt(socket, sockopt::PeerCredentials).map_err(|e| AttestError::Proc {
+            pid: 0,
+            what: "peer credentials",
+            source: e.into(),
+        })?;
+        let pid = cred.pid();
+        if pid <= 0 {
+            return Err(AttestError::NoPeerPid);
+        }
+        let pin = match getsockopt(socket, sockopt::PeerPidfd) {
+            Ok(pidfd) => ProcessPin::Pidfd(pidfd),
+            // ENOPROTOOPT: kernel older than 6.5. Anything else: the peer is
+            // already gone, which ProcDir::open reports.
+            Err(_) => ProcessPin::ProcDir(ProcDir::open(Path::new("/proc"), pid)?),
+        };
+        Ok(Self {
+            pid,
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pin,
+        })
+    }
+
+    /// Opens the pinned process's `/proc` directory under `proc_root`. With a
+    /// pidfd pin the directory is opened by pid, so it is the pinned
+    /// process's own only if [`Self::ensure_alive`] succeeds afterwards.
+    pub(super) fn open_proc_dir(&self, proc_root: &Path) -> Result<ProcDir, AttestError> {
+        match &self.pin {
+            ProcessPin::Pidfd(_) => ProcDir::open(proc_root, self.pid),
+            ProcessPin::ProcDir(pinned) => pinned.try_clone(),
+        }
+    }
+
+    /// Fails with [`AttestError::ProcessGone`] unless the pinned process is
+    /// still running.
+    pub fn ensure_alive(&self) -> Result<(), AttestError> {
+        let alive = match &self.pin {
+            ProcessPin::Pidfd(pidfd) => pidfd_alive(pidfd),
+            ProcessPin::ProcDir(pinned) => pinned.is_alive(),
+        };
+        if alive {
+            Ok(())
+        } else {
+            Err(AttestError::ProcessGone { pid: self.pid })
+        }
+    }
+}
+
+/// A pidfd polls readable once its process has exited (zombies included).
+fn pidfd_alive(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(0) => true,
+        // Readable, hung up, or poll itself failed: treat as gone (fail closed).
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn peer_of_a_socketpair_is_ourselves_and_alive() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let peer = PeerIdentity::from_socket(&a).unwrap();
+        assert_eq!(peer.pid, std::process::id() as i32);
+        assert!(matches!(peer.pin, ProcessPin::Pidfd(_)));
+        peer.ensure_alive().unwrap();
+    }
+
+    #[test]
+    fn exited_peer_is_detected_through_its_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        // A child that connects, then waits for its stdin to close.
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg("import socket,sys;s=socket.socket(socket.AF_UNIX);s.connect(sys.argv[1]);sys.stdin.read()")
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let peer = PeerIdentity::from_socket(&conn).unwrap();
+        assert_eq!(peer.pid, child.id() as i32);
+        peer.ensure_alive().unwrap();
+        child.stdin.take().unwrap().write_all(b"").unwrap();
+        child.wait().unwrap();
+        assert!(matches!(peer.ensure_alive(), Err(AttestError::ProcessGone { .. })));
+    }
+}

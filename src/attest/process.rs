@@ -1,0 +1,182 @@
+//! Reading one process's `/proc` directory through a directory fd, so every
+//! read concerns the process that directory was opened for: once it exits,
+//! reads fail with ESRCH instead of reaching a process that reuses its pid.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open, openat, readlinkat};
+use nix::sys::stat::Mode;
+
+use super::AttestError;
+use super::exe_hash::ExeHasher;
+
+/// `/proc/<pid>` opened as a directory.
+#[derive(Debug)]
+pub struct ProcDir {
+    pid: i32,
+    fd: OwnedFd,
+}
+
+/// The parts of `/proc/<pid>/status` attestation uses.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Status {
+    pub supplementary_gids: Vec<u32>,
+}
+
+/// The caller's executable.
+#[derive(Debug)]
+pub(super) struct Executable {
+    /// The path it was started from, unless it has since been deleted or
+    /// replaced (then the name no longer denotes this file).
+    pub path: Option<PathBuf>,
+    /// Its sha256, unless it is too large to hash.
+    pub sha256: Option<String>,
+}
+
+impl ProcDir {
+    /// Opens `<proc_root>/<pid>`.
+    pub fn open(proc_root: &Path, pid: i32) -> Result<Self, AttestError> {
+        let path = proc_root.join(pid.to_string());
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = open(&path, flags, Mode::empty()).map_err(|e| proc_error(pid, "/proc entry", e))?;
+        Ok(Self { pid, fd })
+    }
+
+    /// Another handle on the same directory.
+    pub fn try_clone(&self) -> Result<Self, AttestError> {
+        let fd = self.fd.try_clone().map_err(|source| AttestError::Proc {
+            pid: self.pid,
+            what: "/proc entry",
+            source,
+        })?;
+        Ok(Self { pid: self.pid, fd })
+    }
+
+    /// Whether the process is still running (not exited, not a zombie).
+    pub fn is_alive(&self) -> bool {
+        match self.read("stat", "stat") {
+            Ok(stat) => parse_state(&stat).is_some_and(|state| state != b'Z' && state != b'X'),
+            Err(_) => false,
+        }
+    }
+
+    pub(super) fn status(&self) -> Result<Status, AttestError> {
+        let text = self.read("status", "status")?;
+        Ok(parse_status(&text))
+    }
+
+    /// Opens the executable through the `exe` magic link (the very file the
+    /// process runs, even in another mount namespace) and hashes it.
+    pub(super) fn executable(&self, hasher: &ExeHasher) -> Result<Executable, AttestError> {
+        let link = readlinkat(&self.fd, "exe").map_err(|e| proc_error(self.pid, "exe link", e))?;
+        let file = self.open_file("exe", "executable")?;
+        let sha256 = hasher
+            .digest(&file)
+            .map_err(|source| AttestError::Proc {
+                pid: self.pid,
+                what: "executable",
+                source,
+            })?;
+        Ok(Executable {
+            path: live_exe_path(&link),
+            sha256,
+        })
+    }
+
+    fn open_file(&self, name: &str, what: &'static str) -> Result<File, AttestError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        let fd = openat(&self.fd, name, flags, Mode::empty()).map_err(|e| proc_error(self.pid, what, e))?;
+        Ok(File::from(fd))
+    }
+
+    fn read(&self, name: &str, what: &'static str) -> Result<String, AttestError> {
+        let mut text = String::new();
+        self.open_file(name, what)?
+            .read_to_string(&mut text)
+            .map_err(|source| AttestError::Proc {
+                pid: self.pid,
+                what,
+                source,
+            })?;
+        Ok(text)
+    }
+}
+
+/// ENOENT/ESRCH on a pid directory means the process is gone, which callers
+/// must tell apart from a broken `/proc`.
+fn proc_error(pid: i32, what: &'static str, errno: Errno) -> AttestError {
+    match errno {
+        Errno::ENOENT | Errno::ESRCH => AttestError::ProcessGone { pid },
+        _ => AttestError::Proc {
+            pid,
+            what,
+            source: errno.into(),
+        },
+    }
+}
+
+/// The kernel appends " (deleted)" to the link of an unlinked executable;
+/// its old path may now name a different file, so it is no selector.
+fn live_exe_path(link: &OsStr) -> Option<PathBuf> {
+    let bytes = link.as_bytes();
+    if bytes.ends_with(b" (deleted)") || !bytes.starts_with(b"/") {
+        return None;
+    }
+    Some(PathBuf::from(link))
+}
+
+/// The state letter of `/proc/<pid>/stat`: the field after the command name,
+/// which is parenthesised and may itself contain ") ".
+fn parse_state(stat: &str) -> Option<u8> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.trim_start().bytes().next()
+}
+
+fn parse_status(text: &str) -> Status {
+    let supplementary_gids = text
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        .unwrap_or_default();
+    Status { supplementary_gids }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_groups() {
+        let text = "Name:\tx\nUid:\t0\t0\t0\t0\nGroups:\t4 24 27 \nNgid:\t0\n";
+        assert_eq!(parse_status(text).supplementary_gids, vec![4, 24, 27]);
+        assert_eq!(parse_status("Groups:\t\n").supplementary_gids, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn parses_state_after_hostile_comm() {
+        assert_eq!(parse_state("42 (a) Z (b)) R 1 2"), Some(b'R'));
+        assert_eq!(parse_state("42 (x) Z 1"), Some(b'Z'));
+        assert_eq!(parse_state("garbage"), None);
+    }
+
+    #[test]
+    fn deleted_exe_has_no_path() {
+        assert_eq!(live_exe_path(OsStr::new("/usr/bin/x (deleted)")), None);
+        assert_eq!(live_exe_path(OsStr::new("/usr/bin/x")), Some(PathBuf::from("/usr/bin/x")));
+    }
+
+    #[test]
+    fn missing_pid_is_process_gone() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            ProcDir::open(root.path(), 12345),
+            Err(AttestError::ProcessGone { pid: 12345 })
+        ));
+    }
+}

@@ -1,0 +1,203 @@
+//! The audit trail: one JSON line per decision (an SVID issued, a caller
+//! denied), with the workload's kernel-attested facts and the accountable
+//! actor, so incident responders can reconstruct who acted as whom.
+//!
+//! It is separate from logs and fails closed: a decision that cannot be
+//! recorded is not carried out (the caller gets `Unavailable`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::atomic_file;
+use crate::attest::Workload;
+use crate::registry::Entry;
+
+/// The audit file could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+#[error("audit trail {path}: {source}")]
+pub struct AuditError {
+    /// The audit file.
+    pub path: PathBuf,
+    /// The underlying error.
+    pub source: std::io::Error,
+}
+
+/// What was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An SVID was handed to the caller.
+    Issued,
+    /// The caller was refused.
+    Denied,
+}
+
+/// One audit record. Every field is always present (null when it does not
+/// apply), so consumers can rely on the shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// RFC 3339 UTC time of the decision.
+    pub time: String,
+    /// The Workload API method.
+    pub rpc: &'static str,
+    /// What was decided.
+    pub outcome: Outcome,
+    /// Why (for denials) or what triggered it (for issuance).
+    pub reason: String,
+    /// Caller pid.
+    pub pid: Option<i32>,
+    /// Caller uid.
+    pub uid: Option<u32>,
+    /// Caller gid.
+    pub gid: Option<u32>,
+    /// Caller executable path.
+    pub exe_path: Option<String>,
+    /// Caller executable sha256.
+    pub sha256: Option<String>,
+    /// Every selector the caller had.
+    pub selectors: Vec<String>,
+    /// Registration entry id.
+    pub entry: Option<String>,
+    /// Where the entry is written.
+    pub entry_location: Option<String>,
+    /// The entry's accountable owner.
+    pub owner: Option<String>,
+    /// The entry's description.
+    pub description: Option<String>,
+    /// The entry's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The identity issued.
+    pub spiffe_id: Option<String>,
+    /// Serial of the certificate issued.
+    pub serial: Option<String>,
+    /// Expiry of what was issued (RFC 3339).
+    pub not_after: Option<String>,
+}
+
+impl Record {
+    /// A record about `workload` (if attestation got that far), with no
+    /// entry yet.
+    pub fn new(rpc: &'static str, outcome: Outcome, reason: impl Into<String>, workload: Option<&Workload>) -> Self {
+        Self {
+            time: rfc3339(SystemTime::now()),
+            rpc,
+            outcome,
+            reason: reason.into(),
+            pid: workload.map(|w| w.pid),
+            uid: workload.map(|w| w.uid),
+            gid: workload.map(|w| w.gid),
+            exe_path: workload.and_then(|w| w.exe_path.as_ref().map(|p| p.display().to_string())),
+            sha256: workload.and_then(|w| w.sha256.clone()),
+            selectors: workload.map(|w| w.selectors.to_strings()).unwrap_or_default(),
+            entry: None,
+            entry_location: None,
+            owner: None,
+            description: None,
+            labels: BTreeMap::new(),
+            spiffe_id: None,
+            serial: None,
+            not_after: None,
+        }
+    }
+
+    /// Adds the entry and its actor layer.
+    pub fn with_entry(mut self, entry: &Entry) -> Self {
+        self.entry = Some(entry.id.clone());
+        self.entry_location = Some(entry.location.clone());
+        self.owner = Some(entry.owner.clone());
+        self.description = entry.description.clone();
+        self.labels = entry.labels.clone();
+        self.spiffe_id = Some(entry.spiffe_id.to_string());
+        self
+    }
+
+    /// Adds what was issued.
+    pub fn with_credential(mut self, serial: &str, not_after: SystemTime) -> Self {
+        self.serial = Some(serial.to_owned());
+        self.not_after = Some(rfc3339(not_after));
+        self
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// The append-only audit file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    // std Mutex: held for one small write, never across an await.
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    /// Opens (creating, mode 0600, with its directory 0700 if missing) the
+    /// audit file for appending.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let error = |source| AuditError {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            atomic_file::create_dir(dir, 0o700).map_err(error)?;
+        }
+        let file = atomic_file::open_append(path, 0o600).map_err(error)?;
+        Ok(Self {
+            path: path.to_owned(),
+            file: Mutex::new(file),
+        })
+    }
+
+    /// The audit file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends records as one write, so concurrent writers never interleave
+    /// within a line and a batch lands whole or not at all.
+    pub fn write(&self, records: &[Record]) -> Result<(), AuditError> {
+        let mut buf = Vec::new();
+        for record in records {
+            // Serializing plain strings, numbers and maps cannot fail.
+            serde_json::to_writer(&mut buf, record).map_err(|e| AuditError {
+                path: self.path.clone(),
+                source: e.into(),
+            })?;
+            buf.push(b'\n');
+        }
+        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        file.write_all(&buf).map_err(|source| AuditError {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.write(&[Record::new("FetchX509SVID", Outcome::Denied, "no identity issued", None)])
+            .unwrap();
+        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "x", None)]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["outcome"], "denied");
+        assert_eq!(lines[1]["outcome"], "issued");
+        assert!(lines[0].get("owner").is_some());
+    }
+}

@@ -1,0 +1,508 @@
+//! The TOML configuration: parsed into validated types, with every error
+//! naming the file, the line and the key, so an operator can fix a policy
+//! file without guessing.
+//!
+//! Values are checked while they are deserialized (SPIFFE IDs, selectors,
+//! TTLs have their own `Deserialize`), so the TOML parser attaches the span of
+//! the offending value; `serde_path_to_error` supplies the key path. Checks
+//! that span several values (an ID outside the trust domain) use `Spanned`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::selector::Selector;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+/// Default Workload API socket.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/attestd/api.sock";
+/// Default state directory (CA key, audit trail).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/attestd";
+/// The shortest TTL accepted anywhere: shorter lifetimes leave no room to
+/// rotate before expiry.
+pub const MIN_TTL: Duration = Duration::from_secs(5);
+
+/// A configuration error, printed as `file:line: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that holds the error.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The key path, e.g. `entry[1].selectors[0]`, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// A validated attestd configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from.
+    pub source: PathBuf,
+    /// The trust domain every issued identity belongs to.
+    pub trust_domain: TrustDomain,
+    /// Where the Workload API listens.
+    pub socket_path: PathBuf,
+    /// State directory: CA material, default audit trail.
+    pub data_dir: PathBuf,
+    /// Optional directory of `*.toml` files holding more `[[entry]]` tables.
+    pub entries_dir: Option<PathBuf>,
+    /// Default SVID lifetimes.
+    pub svid: SvidConfig,
+    /// The certificate authority.
+    pub ca: CaConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
+    /// Entries written in the main config file.
+    pub entries: Vec<EntryConfig>,
+}
+
+/// Default SVID lifetimes, overridable per entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SvidConfig {
+    /// Lifetime of X.509-SVIDs.
+    pub x509_ttl: Ttl,
+    /// Lifetime of JWT-SVIDs.
+    pub jwt_ttl: Ttl,
+}
+
+impl Default for SvidConfig {
+    fn default() -> Self {
+        Self {
+            x509_ttl: Ttl(Duration::from_secs(3600)),
+            jwt_ttl: Ttl(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// The embedded certificate authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// Lifetime of the self-signed root.
+    pub ttl: Ttl,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Ttl(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+/// The audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// The JSON-lines file decisions are appended to.
+    pub path: PathBuf,
+}
+
+/// A lifetime written as a humantime string ("1h", "90s"), at least
+/// [`MIN_TTL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ttl(pub Duration);
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let duration = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {text:?}: {e} (e.g. \"90s\", \"1h\")"))
+        })?;
+        if duration < MIN_TTL {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is shorter than the minimum of {}",
+                humantime::format_duration(MIN_TTL)
+            )));
+        }
+        Ok(Self(duration))
+    }
+}
+
+/// A registration entry as written in policy, with where it was written.
+#[derive(Debug, Clone)]
+pub struct EntryConfig {
+    /// The identity granted.
+    pub spiffe_id: SpiffeId,
+    /// Selectors the caller must all have (never empty).
+    pub selectors: Vec<Selector>,
+    /// Who answers for the workload: the actor in the audit trail.
+    pub owner: String,
+    /// Free text for humans.
+    pub description: Option<String>,
+    /// Free key/values (agent name, version, policy domain).
+    pub labels: BTreeMap<String, String>,
+    /// Per-entry X.509-SVID lifetime.
+    pub x509_ttl: Option<Ttl>,
+    /// Per-entry JWT-SVID lifetime.
+    pub jwt_ttl: Option<Ttl>,
+    /// Audiences a JWT-SVID of this entry may be minted for (empty: any).
+    pub jwt_audiences: Vec<String>,
+    /// Extra DNS SANs of the X.509-SVID.
+    pub dns_names: Vec<String>,
+    /// Label that tells several identities of one workload apart.
+    pub hint: Option<String>,
+    /// `file:line` of the entry, for logs, `entry list` and the audit trail.
+    pub location: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: Option<TrustDomain>,
+    socket_path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    entries_dir: Option<PathBuf>,
+    #[serde(default)]
+    svid: SvidConfig,
+    #[serde(default)]
+    ca: CaConfig,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    entry: Vec<Spanned<RawEntry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntriesFile {
+    #[serde(default)]
+    entry: Vec<Spanned<RawEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    spiffe_id: Spanned<SpiffeId>,
+    selectors: Spanned<Vec<Selector>>,
+    owner: Spanned<String>,
+    description: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    x509_ttl: Option<Ttl>,
+    jwt_ttl: Option<Ttl>,
+    #[serde(default)]
+    jwt_audiences: Vec<Spanned<String>>,
+    #[serde(default)]
+    dns_names: Vec<Spanned<String>>,
+    hint: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file (entries in `entries_dir`
+    /// are read by the registry, which reloads them).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = read_file(path)?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration text; `path` is used in error messages and to
+    /// resolve nothing else (relative paths stay relative to the cwd).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let source = SourceFile { path, text };
+        let raw: RawConfig = source.deserialize()?;
+        let trust_domain = raw.trust_domain.ok_or_else(|| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: Some("trust_domain".into()),
+            message: "is required (e.g. trust_domain = \"example.org\")".into(),
+        })?;
+        let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let entries = source.entries(raw.entry, &trust_domain)?;
+        Ok(Self {
+            source: path.to_owned(),
+            socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+            audit: AuditConfig {
+                path: raw.audit.path.unwrap_or_else(|| data_dir.join("audit.jsonl")),
+            },
+            data_dir,
+            entries_dir: raw.entries_dir,
+            svid: raw.svid,
+            ca: raw.ca,
+            trust_domain,
+            entries,
+        })
+    }
+
+    /// The error `attestd run` gives without `--config`: there is no safe
+    /// default trust domain.
+    pub fn missing() -> ConfigError {
+        ConfigError {
+            file: PathBuf::from("<no config>"),
+            line: None,
+            key: Some("trust_domain".into()),
+            message: "attestd needs a trust domain: run `attestd run --config FILE` with \
+                      trust_domain = \"example.org\" in FILE"
+                .into(),
+        }
+    }
+}
+
+/// Reads the `[[entry]]` tables of one file of `entries_dir`.
+pub fn load_entries_file(
+    path: &Path,
+    trust_domain: &TrustDomain,
+) -> Result<Vec<EntryConfig>, ConfigError> {
+    let text = read_file(path)?;
+    let source = SourceFile { path, text: &text };
+    let raw: RawEntriesFile = source.deserialize()?;
+    source.entries(raw.entry, trust_domain)
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_owned(),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    })
+}
+
+/// A file being parsed: knows how to turn byte spans into line numbers.
+struct SourceFile<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl SourceFile<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text[..end].bytes().filter(|b| *b == b'\n').count() + 1
+    }
+
+    fn error(&self, span: &Range<usize>, key: String, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: Some(self.line_of(span)),
+            key: Some(key),
+            message: message.into(),
+        }
+    }
+
+    fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let deserializer = toml::Deserializer::parse(self.text).map_err(|e| self.toml_error(&e, None))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = key_path(e.path());
+            self.toml_error(e.inner(), key)
+        })
+    }
+
+    fn toml_error(&self, err: &toml::de::Error, key: Option<String>) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            line: err.span().map(|s| self.line_of(&s)),
+            key,
+            message: err.message().trim().to_owned(),
+        }
+    }
+
+    fn entries(
+        &self,
+        raw: Vec<Spanned<RawEntry>>,
+        trust_domain: &TrustDomain,
+    ) -> Result<Vec<EntryConfig>, ConfigError> {
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, entry)| self.entry(i, entry, trust_domain))
+            .collect()
+    }
+
+    fn entry(
+        &self,
+        index: usize,
+        spanned: Spanned<RawEntry>,
+        trust_domain: &TrustDomain,
+    ) -> Result<EntryConfig, ConfigError> {
+        let location = format!("{}:{}", self.path.display(), self.line_of(&spanned.span()));
+        let raw = spanned.into_inner();
+        let key = |field: &str| format!("entry[{index}].{field}");
+        if raw.spiffe_id.get_ref().trust_domain() != trust_domain {
+            return Err(self.error(
+                &raw.spiffe_id.span(),
+                key("spiffe_id"),
+                format!(
+                    "{} is outside the trust domain {trust_domain}",
+                    raw.spiffe_id.get_ref()
+                ),
+            ));
+        }
+        if raw.selectors.get_ref().is_empty() {
+            return Err(self.error(
+                &raw.selectors.span(),
+                key("selectors"),
+                "needs at least one selector (an empty list would match every process)",
+            ));
+        }
+        if raw.owner.get_ref().trim().is_empty() {
+            return Err(self.error(&raw.owner.span(), key("owner"), "must name an accountable owner"));
+        }
+        for (i, name) in raw.dns_names.iter().enumerate() {
+            if !is_dns_name(name.get_ref()) {
+                return Err(self.error(
+                    &name.span(),
+                    format!("entry[{index}].dns_names[{i}]"),
+                    format!("{:?} is not a DNS name", name.get_ref()),
+                ));
+            }
+        }
+        for (i, audience) in raw.jwt_audiences.iter().enumerate() {
+            if audience.get_ref().is_empty() {
+                return Err(self.error(
+                    &audience.span(),
+                    format!("entry[{index}].jwt_audiences[{i}]"),
+                    "an audience must not be empty",
+                ));
+            }
+        }
+        Ok(EntryConfig {
+            spiffe_id: raw.spiffe_id.into_inner(),
+            selectors: raw.selectors.into_inner(),
+            owner: raw.owner.into_inner(),
+            description: raw.description,
+            labels: raw.labels,
+            x509_ttl: raw.x509_ttl,
+            jwt_ttl: raw.jwt_ttl,
+            jwt_audiences: raw.jwt_audiences.into_iter().map(Spanned::into_inner).collect(),
+            dns_names: raw.dns_names.into_iter().map(Spanned::into_inner).collect(),
+            hint: raw.hint.filter(|h| !h.is_empty()),
+            location,
+        })
+    }
+}
+
+/// The key path as an operator writes it (`entry[0].selectors[1]`), without
+/// the internal fields `toml::Spanned` deserializes through.
+fn key_path(path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } if key.starts_with("$__serde_spanned") => {}
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A DNS name for a SAN: labels of letters, digits and '-', not starting or
+/// ending with '-', at most 63 bytes each, 253 in all; a leading "*." is
+/// allowed.
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_prefix("*.").unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    const ENTRY: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/a"
+selectors = ["unix:uid:0"]
+owner = "team@example.org"
+"#;
+
+    #[test]
+    fn parses_full_config_with_defaults() {
+        let config = parse(&format!("trust_domain = \"example.org\"\n{ENTRY}")).unwrap();
+        assert_eq!(config.trust_domain.name(), "example.org");
+        assert_eq!(config.socket_path, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(config.audit.path, PathBuf::from("/var/lib/attestd/audit.jsonl"));
+        assert_eq!(config.svid.x509_ttl.0, Duration::from_secs(3600));
+        assert_eq!(config.entries.len(), 1);
+        assert_eq!(config.entries[0].location, "test.toml:3");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = parse("trust_domain = \"example.org\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn bad_selector_names_line_and_key() {
+        let text = "trust_domain = \"example.org\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:x\"]\nowner = \"o\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert_eq!(err.key.as_deref(), Some("entry[0].selectors[0]"), "{err}");
+    }
+
+    #[test]
+    fn foreign_trust_domain_is_refused() {
+        let text = ENTRY.replace("example.org/a", "other.org/a");
+        let err = parse(&format!("trust_domain = \"example.org\"\n{text}")).unwrap_err();
+        assert_eq!(err.line, Some(4), "{err}");
+        assert_eq!(err.key.as_deref(), Some("entry[0].spiffe_id"));
+    }
+
+    #[test]
+    fn ttl_limits() {
+        let err = parse("trust_domain = \"example.org\"\n[svid]\nx509_ttl = \"4s\"\n").unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert_eq!(err.key.as_deref(), Some("svid.x509_ttl"));
+        let ok = parse("trust_domain = \"example.org\"\n[svid]\nx509_ttl = \"5s\"\n").unwrap();
+        assert_eq!(ok.svid.x509_ttl.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn missing_trust_domain() {
+        let err = parse("socket_path = \"/tmp/x\"\n").unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("trust_domain"));
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_name("reviewer.local"));
+        assert!(is_dns_name("*.svc.local"));
+        assert!(!is_dns_name("-bad.local"));
+        assert!(!is_dns_name("bad..local"));
+        assert!(!is_dns_name("sp ace"));
+    }
+}

@@ -1,0 +1,27 @@
+//! attestd: a per-host SPIFFE Workload API daemon.
+//!
+//! The modules follow the data flow of one request (see DESIGN.md):
+//! [`workload_api`] accepts a caller on the Unix socket, [`attest`] turns the
+//! kernel's facts about it into [`selector`]s, the [`registry`] matches them
+//! to registration entries, the [`svid_cache`] hands out the entry's current
+//! SVID minted by the [`authority`], and [`audit`] records the decision.
+//! [`daemon`] wires these together; [`client`] is the CLI's Workload API
+//! client.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod attest;
+pub mod atomic_file;
+pub mod audit;
+pub mod authority;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod proto;
+pub mod registry;
+pub mod selector;
+pub mod spiffe_id;
+pub mod svid_cache;
+pub mod telemetry;
+pub mod workload_api;

@@ -1,0 +1,106 @@
+//! Registration entries: policy-as-code that binds selectors to a SPIFFE ID
+//! and to an accountable owner, and the index that finds a caller's entries.
+//!
+//! A [`Policy`] is an immutable snapshot; the [`Registry`] swaps whole
+//! snapshots atomically, so a request always sees one consistent policy.
+
+mod index;
+mod load;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError};
+use crate::selector::SelectorSet;
+use crate::spiffe_id::SpiffeId;
+
+use index::SelectorIndex;
+
+/// One registration entry, with defaults resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Stable id: a digest of the SPIFFE ID and selectors.
+    pub id: String,
+    /// The identity granted.
+    pub spiffe_id: SpiffeId,
+    /// Selectors a caller must all have.
+    pub selectors: SelectorSet,
+    /// The accountable party.
+    pub owner: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Free key/values (agent name, version, ...).
+    pub labels: BTreeMap<String, String>,
+    /// X.509-SVID lifetime.
+    pub x509_ttl: Duration,
+    /// JWT-SVID lifetime.
+    pub jwt_ttl: Duration,
+    /// Audiences JWT-SVIDs may be minted for (empty: any).
+    pub jwt_audiences: Vec<String>,
+    /// Extra DNS SANs.
+    pub dns_names: Vec<String>,
+    /// Hint for workloads with several identities.
+    pub hint: Option<String>,
+    /// Where the entry is written (`file:line`).
+    pub location: String,
+}
+
+/// An immutable, indexed set of entries.
+#[derive(Debug, Default)]
+pub struct Policy {
+    entries: Vec<Arc<Entry>>,
+    index: SelectorIndex,
+}
+
+impl Policy {
+    /// Builds and indexes a policy from the config file and its
+    /// `entries_dir`. Any error in any file fails the whole policy.
+    pub fn load(config: &Config) -> Result<Self, ConfigError> {
+        let entries = load::entries(config)?;
+        Ok(Self::from_entries(entries))
+    }
+
+    fn from_entries(entries: Vec<Entry>) -> Self {
+        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        let index = SelectorIndex::build(&entries);
+        Self { entries, index }
+    }
+
+    /// Every entry, in policy order.
+    pub fn entries(&self) -> &[Arc<Entry>] {
+        &self.entries
+    }
+
+    /// The entries whose selectors are all in `selectors`, in policy order
+    /// (so the first is the caller's default identity).
+    pub fn matching(&self, selectors: &SelectorSet) -> Vec<Arc<Entry>> {
+        self.index
+            .matching(selectors)
+            .into_iter()
+            .map(|i| Arc::clone(&self.entries[i]))
+            .collect()
+    }
+}
+
+/// The live policy, swapped atomically as a whole.
+#[derive(Debug)]
+pub struct Registry {
+    current: ArcSwap<Policy>,
+}
+
+impl Registry {
+    /// A registry serving `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(policy),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+}

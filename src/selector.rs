@@ -1,0 +1,237 @@
+//! Selectors: `type:key:value` facts about a workload, compared exactly.
+//!
+//! Attestation produces a [`SelectorSet`] for a caller; a registration entry
+//! names the selectors a caller must all have. The value may itself contain
+//! ':' (a cgroup path, say): only the first two separators split.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why a string is not a selector.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelectorError {
+    /// Fewer than three `:`-separated parts, or an empty part.
+    #[error("selector {0:?} must be \"type:key:value\" with no empty part")]
+    Malformed(String),
+    /// The `type:key` pair is not one attestd ever produces, so an entry
+    /// naming it could never match: almost certainly a typo.
+    #[error("unknown selector kind \"{0}\" (known: {known})", known = KNOWN_KINDS.join(", "))]
+    UnknownKind(String),
+    /// A numeric selector whose value is not a decimal number.
+    #[error("selector \"{0}\" needs a decimal number")]
+    NotANumber(String),
+    /// `unix:sha256` wants 64 lowercase hex digits.
+    #[error("unix:sha256 needs 64 lowercase hex digits")]
+    BadDigest,
+    /// `unix:path` wants an absolute path.
+    #[error("unix:path needs an absolute path")]
+    RelativePath,
+}
+
+/// Every `type:key` attestd can produce. Entries may only name these.
+pub const KNOWN_KINDS: &[&str] = &[
+    "unix:uid",
+    "unix:gid",
+    "unix:user",
+    "unix:group",
+    "unix:supplementary_gid",
+    "unix:supplementary_group",
+    "unix:path",
+    "unix:sha256",
+    "systemd:id",
+    "systemd:slice",
+    "cgroup:path",
+    "container:id",
+];
+
+const NUMERIC_KINDS: &[&str] = &["unix:uid", "unix:gid", "unix:supplementary_gid"];
+
+/// One selector. Ordered and hashable so sets and indexes can hold it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector {
+    text: String,
+    kind_len: usize,
+}
+
+impl Selector {
+    /// Builds a selector from attestation facts. Attestation only calls this
+    /// with kinds from [`KNOWN_KINDS`].
+    pub fn new(kind: &str, key: &str, value: impl fmt::Display) -> Self {
+        let text = format!("{kind}:{key}:{value}");
+        Self {
+            kind_len: kind.len() + 1 + key.len(),
+            text,
+        }
+    }
+
+    /// Parses a selector written in policy, checking that attestd can ever
+    /// produce it.
+    pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        let mut parts = text.splitn(3, ':');
+        let (Some(kind), Some(key), Some(value)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SelectorError::Malformed(text.to_owned()));
+        };
+        if kind.is_empty() || key.is_empty() || value.is_empty() {
+            return Err(SelectorError::Malformed(text.to_owned()));
+        }
+        let kind_key = &text[..kind.len() + 1 + key.len()];
+        if !KNOWN_KINDS.contains(&kind_key) {
+            return Err(SelectorError::UnknownKind(kind_key.to_owned()));
+        }
+        validate_value(kind_key, value)?;
+        Ok(Self {
+            text: text.to_owned(),
+            kind_len: kind_key.len(),
+        })
+    }
+
+    /// The `type:key` part, e.g. `unix:uid`.
+    pub fn kind(&self) -> &str {
+        &self.text[..self.kind_len]
+    }
+
+    /// The value part.
+    pub fn value(&self) -> &str {
+        &self.text[self.kind_len + 1..]
+    }
+
+    /// The whole selector text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+fn validate_value(kind: &str, value: &str) -> Result<(), SelectorError> {
+    if NUMERIC_KINDS.contains(&kind) && value.parse::<u32>().is_err() {
+        return Err(SelectorError::NotANumber(kind.to_owned()));
+    }
+    match kind {
+        "unix:sha256"
+            if value.len() != 64
+                || !value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Err(SelectorError::BadDigest)
+        }
+        "unix:path" if !value.starts_with('/') => Err(SelectorError::RelativePath),
+        _ => Ok(()),
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for Selector {
+    type Err = SelectorError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A set of selectors, ordered so that it prints and compares stably.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct SelectorSet(BTreeSet<Selector>);
+
+impl SelectorSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a selector.
+    pub fn insert(&mut self, selector: Selector) {
+        self.0.insert(selector);
+    }
+
+    /// Whether the set holds this selector.
+    pub fn contains(&self, selector: &Selector) -> bool {
+        self.0.contains(selector)
+    }
+
+    /// Number of selectors.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The selectors, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Selector> {
+        self.0.iter()
+    }
+
+    /// The selectors as strings, for logs and the audit trail.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(|s| s.as_str().to_owned()).collect()
+    }
+}
+
+impl FromIterator<Selector> for SelectorSet {
+    fn from_iter<I: IntoIterator<Item = Selector>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+impl<'a> IntoIterator for &'a SelectorSet {
+    type Item = &'a Selector;
+    type IntoIter = std::collections::btree_set::Iter<'a, Selector>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kind_and_value_with_colons() {
+        let s = Selector::parse("cgroup:path:/a:b/c").unwrap();
+        assert_eq!(s.kind(), "cgroup:path");
+        assert_eq!(s.value(), "/a:b/c");
+        assert_eq!(s, Selector::new("cgroup", "path", "/a:b/c"));
+    }
+
+    #[test]
+    fn rejects_malformed_and_unknown() {
+        assert!(matches!(Selector::parse("unix:uid"), Err(SelectorError::Malformed(_))));
+        assert!(matches!(Selector::parse("unix::1"), Err(SelectorError::Malformed(_))));
+        assert!(matches!(Selector::parse("unix:uid:"), Err(SelectorError::Malformed(_))));
+        assert!(matches!(Selector::parse("k8s:ns:default"), Err(SelectorError::UnknownKind(_))));
+        assert!(matches!(Selector::parse("unix:uid:abc"), Err(SelectorError::NotANumber(_))));
+        assert_eq!(Selector::parse("unix:sha256:ABCD"), Err(SelectorError::BadDigest));
+        assert_eq!(Selector::parse("unix:path:bin/sh"), Err(SelectorError::RelativePath));
+    }
+
+    #[test]
+    fn accepts_every_known_kind() {
+        let digest = "a".repeat(64);
+        for text in [
+            "unix:uid:0".to_owned(),
+            "unix:user:root".to_owned(),
+            format!("unix:sha256:{digest}"),
+            "unix:path:/usr/bin/env".to_owned(),
+            "systemd:id:foo.service".to_owned(),
+            format!("container:id:{digest}"),
+        ] {
+            Selector::parse(&text).unwrap();
+        }
+    }
+}
