@@ -1,1 +1,224 @@
-//! todo
+//! The CLI's Workload API client (`attestd api ...`): the same calls any
+//! SPIFFE client makes, printed for humans and optionally written as PEM.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::atomic_file;
+use crate::config::DEFAULT_SOCKET_PATH;
+use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use crate::proto::{SECURITY_HEADER, SECURITY_HEADER_VALUE, X509svid, X509svidRequest, X509svidResponse};
+
+/// The environment variable SPIFFE clients read the socket address from.
+pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The socket address is not a `unix:` URI or absolute path.
+    #[error("invalid socket address {0:?}: expected unix:///absolute/path")]
+    BadAddress(String),
+    /// Connecting failed.
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        /// The underlying error.
+        source: tonic::transport::Error,
+    },
+    /// The server answered with an error status (code name and message; the
+    /// status is not a `source`, so it is printed once).
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(Status),
+    /// The stream ended without any message.
+    #[error("the Workload API closed the stream without an answer")]
+    NoResponse,
+    /// Writing output files failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        Self::Status(status)
+    }
+}
+
+/// Resolves the socket: the given address, else `SPIFFE_ENDPOINT_SOCKET`,
+/// else the default path. Accepts `unix:///p`, `unix:/p` and `/p`.
+pub fn socket_path(address: Option<&str>) -> Result<PathBuf, ClientError> {
+    let env = std::env::var(ENDPOINT_ENV).ok();
+    let address = address.or(env.as_deref()).unwrap_or(DEFAULT_SOCKET_PATH);
+    let path = address
+        .strip_prefix("unix://")
+        .or_else(|| address.strip_prefix("unix:"))
+        .unwrap_or(address);
+    if path.starts_with('/') {
+        Ok(PathBuf::from(path))
+    } else {
+        Err(ClientError::BadAddress(address.to_owned()))
+    }
+}
+
+/// Adds the security header every Workload API request must carry.
+#[derive(Debug, Clone, Copy)]
+pub struct SecurityHeader;
+
+impl Interceptor for SecurityHeader {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(SECURITY_HEADER, MetadataValue::from_static(SECURITY_HEADER_VALUE));
+        Ok(request)
+    }
+}
+
+/// A connected Workload API client.
+pub type Client = SpiffeWorkloadApiClient<tonic::service::interceptor::InterceptedService<Channel, SecurityHeader>>;
+
+/// Connects to the Workload API on a Unix socket.
+pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+    let target = path.to_owned();
+    // The URI is required by tonic but unused: the connector dials the socket.
+    let channel = Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let target = target.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(target).await?)) }
+        }))
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(SpiffeWorkloadApiClient::with_interceptor(channel, SecurityHeader))
+}
+
+/// Fetches the caller's X.509-SVIDs once.
+pub async fn fetch_x509(client: &mut Client) -> Result<X509svidResponse, ClientError> {
+    let mut stream = client.fetch_x509svid(X509svidRequest {}).await?.into_inner();
+    match stream.next().await {
+        Some(response) => Ok(response?),
+        None => Err(ClientError::NoResponse),
+    }
+}
+
+/// Prints every X.509-SVID update until the stream ends.
+pub async fn watch_x509(client: &mut Client) -> Result<(), ClientError> {
+    let mut stream = client.fetch_x509svid(X509svidRequest {}).await?.into_inner();
+    let mut updates = 0u64;
+    while let Some(response) = stream.next().await {
+        updates += 1;
+        println!("update {updates} at {}", crate::audit::rfc3339(SystemTime::now()));
+        print!("{}", describe_x509(&response?));
+    }
+    Ok(())
+}
+
+/// Human-readable summary of a response: per SVID its ID, hint, serial and
+/// validity.
+pub fn describe_x509(response: &X509svidResponse) -> String {
+    let mut out = format!("Received {} X.509-SVID(s)\n", response.svids.len());
+    for svid in &response.svids {
+        out.push_str(&describe_svid(svid));
+    }
+    out
+}
+
+fn describe_svid(svid: &X509svid) -> String {
+    let mut out = format!("\nSPIFFE ID:    {}\n", svid.spiffe_id);
+    if !svid.hint.is_empty() {
+        out.push_str(&format!("Hint:         {}\n", svid.hint));
+    }
+    let chain = split_der(&svid.x509_svid);
+    match chain.first().map(|der| X509Certificate::from_der(der)) {
+        Some(Ok((_, leaf))) => {
+            let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
+            let left = not_after.duration_since(SystemTime::now()).unwrap_or_default();
+            out.push_str(&format!("Serial:       {}\n", leaf.raw_serial_as_string().replace(':', "")));
+            out.push_str(&format!("Not before:   {}\n", leaf.validity().not_before));
+            out.push_str(&format!(
+                "Not after:    {} (in {})\n",
+                leaf.validity().not_after,
+                humantime::format_duration(Duration::from_secs(left.as_secs()))
+            ));
+        }
+        _ => out.push_str("Certificate:  (unparseable)\n"),
+    }
+    out.push_str(&format!("Chain:        {} certificate(s)\n", chain.len()));
+    out.push_str(&format!("Bundle:       {} CA certificate(s)\n", split_der(&svid.bundle).len()));
+    out
+}
+
+/// Writes `svid.N.pem` (chain), `svid.N.key` (PKCS#8, 0600) and
+/// `bundle.N.pem` for each SVID into `dir`.
+pub fn write_x509(response: &X509svidResponse, dir: &Path) -> Result<Vec<PathBuf>, ClientError> {
+    let write_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ClientError::Write { path, source }
+    };
+    atomic_file::create_dir(dir, 0o755).map_err(write_error(dir))?;
+    let mut written = Vec::new();
+    for (i, svid) in response.svids.iter().enumerate() {
+        let files = [
+            (format!("svid.{i}.pem"), pem_blocks("CERTIFICATE", &split_der(&svid.x509_svid)), 0o644),
+            (format!("svid.{i}.key"), pem_blocks("PRIVATE KEY", &[svid.x509_svid_key.as_slice()]), 0o600),
+            (format!("bundle.{i}.pem"), pem_blocks("CERTIFICATE", &split_der(&svid.bundle)), 0o644),
+        ];
+        for (name, contents, mode) in files {
+            let path = dir.join(name);
+            atomic_file::write(&path, contents.as_bytes(), mode).map_err(write_error(&path))?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+fn pem_blocks(tag: &str, ders: &[&[u8]]) -> String {
+    ders.iter().map(|der| pem::encode(&pem::Pem::new(tag, der.to_vec()))).collect()
+}
+
+/// Splits concatenated DER certificates (each a SEQUENCE with its own
+/// length) without parsing their contents.
+pub fn split_der(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        match X509Certificate::from_der(bytes) {
+            Ok((rest, _)) => {
+                let len = bytes.len() - rest.len();
+                out.push(&bytes[..len]);
+                bytes = rest;
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses() {
+        assert_eq!(socket_path(Some("unix:///run/a.sock")).unwrap(), PathBuf::from("/run/a.sock"));
+        assert_eq!(socket_path(Some("unix:/run/a.sock")).unwrap(), PathBuf::from("/run/a.sock"));
+        assert_eq!(socket_path(Some("/run/a.sock")).unwrap(), PathBuf::from("/run/a.sock"));
+        assert!(socket_path(Some("tcp://127.0.0.1:1")).is_err());
+        assert!(socket_path(Some("unix://relative")).is_err());
+    }
+}

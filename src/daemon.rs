@@ -1,1 +1,101 @@
-//! todo
+//! The daemon's lifecycle: load policy and CA, open the audit trail, bind the
+//! socket, serve until SIGTERM/SIGINT, then end open streams, drain, and
+//! remove the socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tonic::transport::Server;
+
+use crate::attest::Attestor;
+use crate::audit::{AuditError, AuditLog};
+use crate::authority::{Authority, AuthorityError};
+use crate::config::{Config, ConfigError};
+use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use crate::registry::{Policy, Registry};
+use crate::svid_cache::SvidCache;
+use crate::workload_api::{Context, ListenerError, SocketListener, WorkloadApi};
+
+/// How long connections get to finish after shutdown starts.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the daemon could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The configuration or a policy file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The CA could not be loaded or created.
+    #[error("certificate authority: {0}")]
+    Authority(#[from] AuthorityError),
+    /// The audit trail could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// Installing signal handlers failed.
+    #[error("signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// Runs attestd until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let policy = Policy::load(&config)?;
+    let authority = Arc::new(Authority::embedded(
+        config.trust_domain.clone(),
+        &config.data_dir,
+        config.ca.ttl.0,
+    )?);
+    let audit = Arc::new(AuditLog::open(&config.audit.path)?);
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+
+    let ctx = Arc::new(Context {
+        attestor: Arc::new(Attestor::default()),
+        registry: Arc::new(Registry::new(policy)),
+        cache: SvidCache::new(Arc::clone(&authority)),
+        authority,
+        audit,
+        shutdown,
+    });
+    let mut listener = SocketListener::bind(&config.socket_path)?;
+    tracing::info!(
+        socket = %listener.path().display(),
+        trust_domain = %config.trust_domain,
+        entries = ctx.registry.policy().entries().len(),
+        audit = %ctx.audit.path().display(),
+        "attestd ready"
+    );
+
+    let stop = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        // Ends every open stream, so the drain below has an end.
+        let _ = shutdown_tx.send(true);
+    };
+    let server = Server::builder()
+        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx))))
+        .serve_with_incoming_shutdown(listener.incoming(), stop);
+    let mut shutdown = ctx.shutdown.clone();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        _ = async {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        } => tracing::warn!("connections still open after the grace period; closing them"),
+    }
+    drop(listener);
+    tracing::info!("attestd stopped");
+    Ok(())
+}

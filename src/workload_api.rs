@@ -1,1 +1,44 @@
-//! todo
+//! The SPIFFE Workload API over a Unix socket: wires attestation, the
+//! registry, the SVID cache, the authority and the audit trail into the
+//! gRPC service real SPIFFE clients call.
+//!
+//! Every request is checked for the security header first, then its caller
+//! is attested from the connection's kernel-pinned peer, then matched.
+
+mod connection;
+mod listener;
+mod service;
+mod status;
+mod streams;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+pub use connection::{AttestedConnection, PeerInfo};
+pub use listener::{ListenerError, SocketListener};
+pub use service::WorkloadApi;
+
+use crate::attest::Attestor;
+use crate::audit::AuditLog;
+use crate::authority::Authority;
+use crate::registry::Registry;
+use crate::svid_cache::SvidCache;
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct Context {
+    /// Attests callers.
+    pub attestor: Arc<Attestor>,
+    /// The live policy.
+    pub registry: Arc<Registry>,
+    /// Shared, rotating SVIDs.
+    pub cache: Arc<SvidCache>,
+    /// The trust bundle source.
+    pub authority: Arc<Authority>,
+    /// Where decisions are recorded.
+    pub audit: Arc<AuditLog>,
+    /// Flips to `true` when the daemon stops, ending open streams so a
+    /// graceful shutdown does not wait on clients that never hang up.
+    pub shutdown: watch::Receiver<bool>,
+}

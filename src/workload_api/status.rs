@@ -1,0 +1,53 @@
+//! The one place errors become gRPC statuses. The codes matter to real
+//! clients: they never retry `InvalidArgument` and stop watching on it, they
+//! retry `Unavailable`, and the Rust client recognises `PermissionDenied`
+//! with the exact text "no identity issued".
+
+use tonic::Status;
+
+use crate::attest::AttestError;
+use crate::audit::AuditError;
+use crate::authority::AuthorityError;
+
+/// The caller matched no entry (or lost the ones it had).
+pub(super) fn no_identity() -> Status {
+    Status::permission_denied("no identity issued")
+}
+
+/// The request lacks `workload.spiffe.io: true`.
+pub(super) fn missing_security_header() -> Status {
+    Status::invalid_argument("security header missing from request")
+}
+
+/// The connection did not come through attestd's listener (no peer info).
+pub(super) fn no_peer_info() -> Status {
+    Status::unavailable("caller could not be identified")
+}
+
+pub(super) fn attestation(error: &AttestError) -> Status {
+    match error {
+        // A caller outside our pid namespace can never be attested: retrying
+        // will not help, and it has no identity here.
+        AttestError::NoPeerPid => no_identity(),
+        AttestError::ProcessGone { .. } => Status::unavailable("caller exited during attestation"),
+        AttestError::Proc { .. } => Status::unavailable("caller attestation failed"),
+    }
+}
+
+pub(super) fn minting(error: &AuthorityError) -> Status {
+    tracing::error!(%error, "cannot mint SVID");
+    Status::unavailable("identity temporarily unavailable")
+}
+
+pub(super) fn audit(error: &AuditError) -> Status {
+    tracing::error!(%error, "audit trail unwritable; refusing to issue (fail closed)");
+    Status::unavailable("audit trail unavailable")
+}
+
+pub(super) fn shutting_down() -> Status {
+    Status::unavailable("attestd is shutting down")
+}
+
+pub(super) fn not_offered(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not offered by this attestd"))
+}
