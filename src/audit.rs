@@ -83,7 +83,12 @@ pub struct Record {
 impl Record {
     /// A record about `workload` (if attestation got that far), with no
     /// entry yet.
-    pub fn new(rpc: &'static str, outcome: Outcome, reason: impl Into<String>, workload: Option<&Workload>) -> Self {
+    pub fn new(
+        rpc: &'static str,
+        outcome: Outcome,
+        reason: impl Into<String>,
+        workload: Option<&Workload>,
+    ) -> Self {
         Self {
             time: rfc3339(SystemTime::now()),
             rpc,
@@ -190,9 +195,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/audit.jsonl");
         let log = AuditLog::open(&path).unwrap();
-        log.write(&[Record::new("FetchX509SVID", Outcome::Denied, "no identity issued", None)])
+        log.write(&[Record::new(
+            "FetchX509SVID",
+            Outcome::Denied,
+            "no identity issued",
+            None,
+        )])
+        .unwrap();
+        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "x", None)])
             .unwrap();
-        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "x", None)]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);

@@ -89,10 +89,20 @@ impl Interceptor for SecurityHeader {
 }
 
 /// A connected Workload API client.
-pub type Client = SpiffeWorkloadApiClient<tonic::service::interceptor::InterceptedService<Channel, SecurityHeader>>;
+pub type Client =
+    SpiffeWorkloadApiClient<tonic::service::interceptor::InterceptedService<Channel, SecurityHeader>>;
 
 /// Connects to the Workload API on a Unix socket.
 pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+    Ok(SpiffeWorkloadApiClient::with_interceptor(
+        channel(path).await?,
+        SecurityHeader,
+    ))
+}
+
+/// A gRPC channel to a Unix socket, without the security header (tests use
+/// it to check that attestd refuses such requests).
+pub async fn channel(path: &Path) -> Result<Channel, ClientError> {
     let target = path.to_owned();
     // The URI is required by tonic but unused: the connector dials the socket.
     let channel = Endpoint::from_static("http://localhost")
@@ -105,7 +115,7 @@ pub async fn connect(path: &Path) -> Result<Client, ClientError> {
             path: path.to_owned(),
             source,
         })?;
-    Ok(SpiffeWorkloadApiClient::with_interceptor(channel, SecurityHeader))
+    Ok(channel)
 }
 
 /// Fetches the caller's X.509-SVIDs once.
@@ -147,9 +157,13 @@ fn describe_svid(svid: &X509svid) -> String {
     let chain = split_der(&svid.x509_svid);
     match chain.first().map(|der| X509Certificate::from_der(der)) {
         Some(Ok((_, leaf))) => {
-            let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
+            let not_after = SystemTime::UNIX_EPOCH
+                + Duration::from_secs(leaf.validity().not_after.timestamp().max(0) as u64);
             let left = not_after.duration_since(SystemTime::now()).unwrap_or_default();
-            out.push_str(&format!("Serial:       {}\n", leaf.raw_serial_as_string().replace(':', "")));
+            out.push_str(&format!(
+                "Serial:       {}\n",
+                leaf.raw_serial_as_string().replace(':', "")
+            ));
             out.push_str(&format!("Not before:   {}\n", leaf.validity().not_before));
             out.push_str(&format!(
                 "Not after:    {} (in {})\n",
@@ -160,7 +174,10 @@ fn describe_svid(svid: &X509svid) -> String {
         _ => out.push_str("Certificate:  (unparseable)\n"),
     }
     out.push_str(&format!("Chain:        {} certificate(s)\n", chain.len()));
-    out.push_str(&format!("Bundle:       {} CA certificate(s)\n", split_der(&svid.bundle).len()));
+    out.push_str(&format!(
+        "Bundle:       {} CA certificate(s)\n",
+        split_der(&svid.bundle).len()
+    ));
     out
 }
 
@@ -175,9 +192,21 @@ pub fn write_x509(response: &X509svidResponse, dir: &Path) -> Result<Vec<PathBuf
     let mut written = Vec::new();
     for (i, svid) in response.svids.iter().enumerate() {
         let files = [
-            (format!("svid.{i}.pem"), pem_blocks("CERTIFICATE", &split_der(&svid.x509_svid)), 0o644),
-            (format!("svid.{i}.key"), pem_blocks("PRIVATE KEY", &[svid.x509_svid_key.as_slice()]), 0o600),
-            (format!("bundle.{i}.pem"), pem_blocks("CERTIFICATE", &split_der(&svid.bundle)), 0o644),
+            (
+                format!("svid.{i}.pem"),
+                pem_blocks("CERTIFICATE", &split_der(&svid.x509_svid)),
+                0o644,
+            ),
+            (
+                format!("svid.{i}.key"),
+                pem_blocks("PRIVATE KEY", &[svid.x509_svid_key.as_slice()]),
+                0o600,
+            ),
+            (
+                format!("bundle.{i}.pem"),
+                pem_blocks("CERTIFICATE", &split_der(&svid.bundle)),
+                0o644,
+            ),
         ];
         for (name, contents, mode) in files {
             let path = dir.join(name);
@@ -189,7 +218,9 @@ pub fn write_x509(response: &X509svidResponse, dir: &Path) -> Result<Vec<PathBuf
 }
 
 fn pem_blocks(tag: &str, ders: &[&[u8]]) -> String {
-    ders.iter().map(|der| pem::encode(&pem::Pem::new(tag, der.to_vec()))).collect()
+    ders.iter()
+        .map(|der| pem::encode(&pem::Pem::new(tag, der.to_vec())))
+        .collect()
 }
 
 /// Splits concatenated DER certificates (each a SEQUENCE with its own
@@ -215,9 +246,18 @@ mod tests {
 
     #[test]
     fn socket_addresses() {
-        assert_eq!(socket_path(Some("unix:///run/a.sock")).unwrap(), PathBuf::from("/run/a.sock"));
-        assert_eq!(socket_path(Some("unix:/run/a.sock")).unwrap(), PathBuf::from("/run/a.sock"));
-        assert_eq!(socket_path(Some("/run/a.sock")).unwrap(), PathBuf::from("/run/a.sock"));
+        assert_eq!(
+            socket_path(Some("unix:///run/a.sock")).unwrap(),
+            PathBuf::from("/run/a.sock")
+        );
+        assert_eq!(
+            socket_path(Some("unix:/run/a.sock")).unwrap(),
+            PathBuf::from("/run/a.sock")
+        );
+        assert_eq!(
+            socket_path(Some("/run/a.sock")).unwrap(),
+            PathBuf::from("/run/a.sock")
+        );
         assert!(socket_path(Some("tcp://127.0.0.1:1")).is_err());
         assert!(socket_path(Some("unix://relative")).is_err());
     }

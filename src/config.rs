@@ -265,10 +265,7 @@ impl Config {
 }
 
 /// Reads the `[[entry]]` tables of one file of `entries_dir`.
-pub fn load_entries_file(
-    path: &Path,
-    trust_domain: &TrustDomain,
-) -> Result<Vec<EntryConfig>, ConfigError> {
+pub fn load_entries_file(path: &Path, trust_domain: &TrustDomain) -> Result<Vec<EntryConfig>, ConfigError> {
     let text = read_file(path)?;
     let source = SourceFile { path, text: &text };
     let raw: RawEntriesFile = source.deserialize()?;

@@ -11,8 +11,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod attest;
 pub mod atomic_file;
+pub mod attest;
 pub mod audit;
 pub mod authority;
 pub mod client;

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use attestd::{client, config::Config, daemon, telemetry};
 
 #[derive(Parser)]
-#[command(name = "attestd", version, about = "Per-host SPIFFE Workload API: kernel-attested, short-lived workload identities")]
+#[command(
+    name = "attestd",
+    version,
+    about = "Per-host SPIFFE Workload API: kernel-attested, short-lived workload identities"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -72,8 +72,7 @@ impl Selector {
     /// produce it.
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
         let mut parts = text.splitn(3, ':');
-        let (Some(kind), Some(key), Some(value)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(kind), Some(key), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(SelectorError::Malformed(text.to_owned()));
         };
         if kind.is_empty() || key.is_empty() || value.is_empty() {
@@ -113,7 +112,9 @@ fn validate_value(kind: &str, value: &str) -> Result<(), SelectorError> {
     match kind {
         "unix:sha256"
             if value.len() != 64
-                || !value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+                || !value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
         {
             Err(SelectorError::BadDigest)
         }
@@ -211,13 +212,31 @@ mod tests {
 
     #[test]
     fn rejects_malformed_and_unknown() {
-        assert!(matches!(Selector::parse("unix:uid"), Err(SelectorError::Malformed(_))));
-        assert!(matches!(Selector::parse("unix::1"), Err(SelectorError::Malformed(_))));
-        assert!(matches!(Selector::parse("unix:uid:"), Err(SelectorError::Malformed(_))));
-        assert!(matches!(Selector::parse("k8s:ns:default"), Err(SelectorError::UnknownKind(_))));
-        assert!(matches!(Selector::parse("unix:uid:abc"), Err(SelectorError::NotANumber(_))));
+        assert!(matches!(
+            Selector::parse("unix:uid"),
+            Err(SelectorError::Malformed(_))
+        ));
+        assert!(matches!(
+            Selector::parse("unix::1"),
+            Err(SelectorError::Malformed(_))
+        ));
+        assert!(matches!(
+            Selector::parse("unix:uid:"),
+            Err(SelectorError::Malformed(_))
+        ));
+        assert!(matches!(
+            Selector::parse("k8s:ns:default"),
+            Err(SelectorError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            Selector::parse("unix:uid:abc"),
+            Err(SelectorError::NotANumber(_))
+        ));
         assert_eq!(Selector::parse("unix:sha256:ABCD"), Err(SelectorError::BadDigest));
-        assert_eq!(Selector::parse("unix:path:bin/sh"), Err(SelectorError::RelativePath));
+        assert_eq!(
+            Selector::parse("unix:path:bin/sh"),
+            Err(SelectorError::RelativePath)
+        );
     }
 
     #[test]

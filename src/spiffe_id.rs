@@ -111,9 +111,7 @@ impl SpiffeId {
         if uri.len() > MAX_URI_LEN {
             return Err(SpiffeIdError::TooLong);
         }
-        let rest = uri
-            .strip_prefix(SCHEME)
-            .ok_or(SpiffeIdError::MissingScheme)?;
+        let rest = uri.strip_prefix(SCHEME).ok_or(SpiffeIdError::MissingScheme)?;
         let (domain, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -208,8 +206,14 @@ mod tests {
             ("http://example.org/a", SpiffeIdError::MissingScheme),
             ("spiffe:///a", SpiffeIdError::EmptyTrustDomain),
             ("spiffe://Example.org/a", SpiffeIdError::BadTrustDomainChar('E')),
-            ("spiffe://example.org:8080/a", SpiffeIdError::BadTrustDomainChar(':')),
-            ("spiffe://user@example.org/a", SpiffeIdError::BadTrustDomainChar('@')),
+            (
+                "spiffe://example.org:8080/a",
+                SpiffeIdError::BadTrustDomainChar(':'),
+            ),
+            (
+                "spiffe://user@example.org/a",
+                SpiffeIdError::BadTrustDomainChar('@'),
+            ),
             ("spiffe://example.org", SpiffeIdError::MissingPath),
             ("spiffe://example.org/", SpiffeIdError::EmptySegment),
             ("spiffe://example.org/a/", SpiffeIdError::EmptySegment),

@@ -103,7 +103,12 @@ impl SvidCache {
 
     /// Drops the slot if nobody but the cache holds a receiver and it has
     /// not been used for `idle`. Returns whether it was dropped.
-    fn retire_if_idle(&self, template: &SvidTemplate, sender: &watch::Sender<Arc<X509Svid>>, idle: Duration) -> bool {
+    fn retire_if_idle(
+        &self,
+        template: &SvidTemplate,
+        sender: &watch::Sender<Arc<X509Svid>>,
+        idle: Duration,
+    ) -> bool {
         let mut slots = self.lock();
         let Some(slot) = slots.get(template) else {
             return true;
@@ -142,7 +147,10 @@ async fn renew(authority: &Authority, template: &SvidTemplate, current: &X509Svi
         match authority.mint_x509(template) {
             Ok(svid) => return svid,
             Err(error) => {
-                let left = current.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+                let left = current
+                    .not_after
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
                 tracing::warn!(spiffe_id = %template.spiffe_id, %error, retry_in = ?backoff, valid_for = ?left, "SVID renewal failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -189,7 +197,10 @@ mod tests {
         };
         for _ in 0..100 {
             let delay = renewal_delay(&svid, now);
-            assert!(delay <= Duration::from_secs(50) && delay >= Duration::from_secs(45), "{delay:?}");
+            assert!(
+                delay <= Duration::from_secs(50) && delay >= Duration::from_secs(45),
+                "{delay:?}"
+            );
         }
     }
 
@@ -200,7 +211,10 @@ mod tests {
         let second = cache.subscribe(&template).unwrap();
         let serial = first.borrow().serial.clone();
         assert_eq!(second.borrow().serial, serial, "one SVID per entry");
-        tokio::time::timeout(Duration::from_secs(5), first.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), first.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert_ne!(first.borrow().serial, serial, "rotated before expiry");
         assert_eq!(cache.len(), 1);
     }

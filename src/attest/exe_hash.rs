@@ -52,7 +52,11 @@ impl ExeHasher {
     pub fn digest(&self, file: &File) -> std::io::Result<Option<String>> {
         let meta = file.metadata()?;
         if meta.len() > self.max_bytes {
-            tracing::warn!(size = meta.len(), limit = self.max_bytes, "executable too large to hash; unix:sha256 not emitted");
+            tracing::warn!(
+                size = meta.len(),
+                limit = self.max_bytes,
+                "executable too large to hash; unix:sha256 not emitted"
+            );
             return Ok(None);
         }
         let key = FileKey {
@@ -101,7 +105,10 @@ mod tests {
         f.write_all(b"test").unwrap();
         let file = File::open(f.path()).unwrap();
         let digest = ExeHasher::default().digest(&file).unwrap().unwrap();
-        assert_eq!(digest, "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+        assert_eq!(
+            digest,
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        );
         assert_eq!(ExeHasher::new(3).digest(&file).unwrap(), None);
     }
 }

@@ -132,6 +132,9 @@ mod tests {
         peer.ensure_alive().unwrap();
         child.stdin.take().unwrap().write_all(b"").unwrap();
         child.wait().unwrap();
-        assert!(matches!(peer.ensure_alive(), Err(AttestError::ProcessGone { .. })));
+        assert!(matches!(
+            peer.ensure_alive(),
+            Err(AttestError::ProcessGone { .. })
+        ));
     }
 }

@@ -76,13 +76,11 @@ impl ProcDir {
     pub(super) fn executable(&self, hasher: &ExeHasher) -> Result<Executable, AttestError> {
         let link = readlinkat(&self.fd, "exe").map_err(|e| proc_error(self.pid, "exe link", e))?;
         let file = self.open_file("exe", "executable")?;
-        let sha256 = hasher
-            .digest(&file)
-            .map_err(|source| AttestError::Proc {
-                pid: self.pid,
-                what: "executable",
-                source,
-            })?;
+        let sha256 = hasher.digest(&file).map_err(|source| AttestError::Proc {
+            pid: self.pid,
+            what: "executable",
+            source,
+        })?;
         Ok(Executable {
             path: live_exe_path(&link),
             sha256,
@@ -168,7 +166,10 @@ mod tests {
     #[test]
     fn deleted_exe_has_no_path() {
         assert_eq!(live_exe_path(OsStr::new("/usr/bin/x (deleted)")), None);
-        assert_eq!(live_exe_path(OsStr::new("/usr/bin/x")), Some(PathBuf::from("/usr/bin/x")));
+        assert_eq!(
+            live_exe_path(OsStr::new("/usr/bin/x")),
+            Some(PathBuf::from("/usr/bin/x"))
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType,
 };
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
@@ -85,8 +85,10 @@ pub(super) fn load_or_create(
         Err(source) => return Err(AuthorityError::Io { path, source }),
     }
     let (pem, ca) = create(trust_domain, ttl)?;
-    atomic_file::write(&path, pem.as_bytes(), 0o600)
-        .map_err(|source| AuthorityError::Io { path: path.clone(), source })?;
+    atomic_file::write(&path, pem.as_bytes(), 0o600).map_err(|source| AuthorityError::Io {
+        path: path.clone(),
+        source,
+    })?;
     tracing::info!(path = %path.display(), trust_domain = %trust_domain, "created embedded CA");
     Ok(ca)
 }
@@ -133,7 +135,8 @@ fn parse(path: &Path, text: &str, trust_domain: &TrustDomain) -> Result<SigningC
         reason,
     };
     let blocks = pem::parse_many(text).map_err(|e| invalid(format!("not PEM: {e}")))?;
-    let cert_der = find_block(&blocks, "CERTIFICATE").ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
+    let cert_der =
+        find_block(&blocks, "CERTIFICATE").ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
     let key_der = find_block(&blocks, "PRIVATE KEY").ok_or_else(|| invalid("no PRIVATE KEY block".into()))?;
     let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| invalid(format!("bad key: {e}")))?;
     let (_, cert) =
@@ -164,7 +167,10 @@ fn parse(path: &Path, text: &str, trust_domain: &TrustDomain) -> Result<SigningC
 }
 
 fn find_block(blocks: &[pem::Pem], tag: &str) -> Option<Vec<u8>> {
-    blocks.iter().find(|b| b.tag() == tag).map(|b| b.contents().to_vec())
+    blocks
+        .iter()
+        .find(|b| b.tag() == tag)
+        .map(|b| b.contents().to_vec())
 }
 
 fn has_uri_san(cert: &X509Certificate<'_>, uri: &str) -> bool {

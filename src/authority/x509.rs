@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use rand::RngCore;
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -166,6 +166,9 @@ mod tests {
         assert!(leaf.validity().not_before >= ca.validity().not_before);
         // The key is the leaf's.
         let key = KeyPair::try_from(svid.private_key_pkcs8.as_slice()).unwrap();
-        assert_eq!(leaf.public_key().subject_public_key.data.as_ref(), key.public_key_raw());
+        assert_eq!(
+            leaf.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
     }
 }

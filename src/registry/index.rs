@@ -84,7 +84,10 @@ mod tests {
         ];
         let index = SelectorIndex::build(&entries);
         assert_eq!(index.matching(&set(&["unix:uid:1000"])), vec![0]);
-        assert_eq!(index.matching(&set(&["unix:uid:1000", "unix:gid:50"])), vec![0, 1]);
+        assert_eq!(
+            index.matching(&set(&["unix:uid:1000", "unix:gid:50"])),
+            vec![0, 1]
+        );
         assert_eq!(index.matching(&set(&["unix:gid:50"])), Vec::<usize>::new());
         assert_eq!(index.matching(&set(&[])), Vec::<usize>::new());
     }

@@ -114,6 +114,10 @@ mod tests {
 
         std::fs::write(dir.path().join("b.toml"), entry).unwrap();
         let err = entries(&config).unwrap_err();
-        assert!(err.to_string().contains("b.toml:1: entry: duplicate of the entry at"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("b.toml:1: entry: duplicate of the entry at"),
+            "{err}"
+        );
     }
 }

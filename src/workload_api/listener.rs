@@ -129,7 +129,10 @@ mod tests {
         let first = SocketListener::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o777);
-        assert!(matches!(SocketListener::bind(&path), Err(ListenerError::InUse(_))));
+        assert!(matches!(
+            SocketListener::bind(&path),
+            Err(ListenerError::InUse(_))
+        ));
         // A stale socket: bound, then its listener gone without cleanup.
         std::mem::forget(first);
         let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();

@@ -57,8 +57,18 @@ impl WorkloadApi {
         };
         let entries = self.ctx.registry.policy().matching(&workload.selectors);
         if entries.is_empty() {
-            tracing::info!(pid = workload.pid, uid = workload.uid, rpc, "no entry matches caller");
-            self.deny(Record::new(rpc, Outcome::Denied, "no registration entry matches the caller", Some(&workload)))?;
+            tracing::info!(
+                pid = workload.pid,
+                uid = workload.uid,
+                rpc,
+                "no entry matches caller"
+            );
+            self.deny(Record::new(
+                rpc,
+                Outcome::Denied,
+                "no registration entry matches the caller",
+                Some(&workload),
+            ))?;
             return Err(status::no_identity());
         }
         Ok(Caller { workload, entries })
@@ -103,7 +113,10 @@ impl SpiffeWorkloadApi for WorkloadApi {
         Ok(Response::new(streams::x509_bundles(&self.ctx)))
     }
 
-    async fn fetch_jwtsvid(&self, request: Request<JwtsvidRequest>) -> Result<Response<JwtsvidResponse>, Status> {
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
         check_security_header(&request)?;
         Err(status::not_offered("FetchJWTSVID"))
     }

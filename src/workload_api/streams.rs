@@ -45,7 +45,8 @@ async fn next_change(
         if svids.is_empty() {
             return futures::future::pending().await;
         }
-        let (result, _, _) = futures::future::select_all(svids.iter_mut().map(|rx| Box::pin(rx.changed()))).await;
+        let (result, _, _) =
+            futures::future::select_all(svids.iter_mut().map(|rx| Box::pin(rx.changed()))).await;
         result
     };
     let woke = tokio::select! {
@@ -111,16 +112,25 @@ impl X509Watch {
     /// The full state now; audited before it is handed out.
     fn respond(&mut self) -> Result<X509svidResponse, Status> {
         let bundle = self.bundle.borrow_and_update().concatenated_der();
-        let reason = if self.first { "fetched" } else { "pushed on rotation or bundle change" };
+        let reason = if self.first {
+            "fetched"
+        } else {
+            "pushed on rotation or bundle change"
+        };
         self.first = false;
         let mut svids = Vec::with_capacity(self.svids.len());
         let mut records = Vec::with_capacity(self.svids.len());
         for (entry, receiver) in self.caller.entries.iter().zip(&mut self.svids) {
             let svid = Arc::clone(&receiver.borrow_and_update());
             records.push(
-                Record::new(FETCH_X509_SVID, Outcome::Issued, reason, Some(&self.caller.workload))
-                    .with_entry(entry)
-                    .with_credential(&svid.serial, svid.not_after),
+                Record::new(
+                    FETCH_X509_SVID,
+                    Outcome::Issued,
+                    reason,
+                    Some(&self.caller.workload),
+                )
+                .with_entry(entry)
+                .with_credential(&svid.serial, svid.not_after),
             );
             svids.push(X509svid {
                 spiffe_id: svid.spiffe_id.to_string(),
@@ -131,7 +141,11 @@ impl X509Watch {
             });
         }
         self.ctx.audit.write(&records).map_err(|e| status::audit(&e))?;
-        tracing::debug!(pid = self.caller.workload.pid, count = svids.len(), "sent X.509-SVIDs");
+        tracing::debug!(
+            pid = self.caller.workload.pid,
+            count = svids.len(),
+            "sent X.509-SVIDs"
+        );
         Ok(X509svidResponse {
             svids,
             crl: Vec::new(),

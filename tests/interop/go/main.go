@@ -45,7 +45,7 @@ func main() {
 	}
 	out := json.NewEncoder(os.Stdout)
 	for _, svid := range x509ctx.SVIDs {
-		_, verifyErr := x509svid.Verify(svid.Certificates, x509ctx.Bundles)
+		_, _, verifyErr := x509svid.Verify(svid.Certificates, x509ctx.Bundles)
 		if verifyErr != nil {
 			fmt.Fprintf(os.Stderr, "verify %s: %v\n", svid.ID, verifyErr)
 			os.Exit(3)

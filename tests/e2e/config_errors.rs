@@ -1,0 +1,123 @@
+//! A bad configuration stops attestd at start with one line naming the file,
+//! the line and the key.
+
+use std::process::Command;
+
+use crate::harness::attestd_bin;
+
+const ENTRY_HEAD: &str = "trust_domain = \"example.org\"\ndata_dir = \"/nonexistent/never-created\"\n";
+
+/// Runs `attestd run -c FILE` on `config` and returns its one-line error.
+fn start_error(name: &str, config: &str, extra_files: &[(&str, &str)]) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, text) in extra_files {
+        let path = dir.path().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let path = dir.path().join(name);
+    let config = config.replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(attestd_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "attestd accepted a bad config");
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
+    (stderr, dir.path().display().to_string())
+}
+
+fn entry(spiffe_id: &str, selectors: &str) -> String {
+    format!("{ENTRY_HEAD}[[entry]]\nspiffe_id = \"{spiffe_id}\"\nselectors = {selectors}\nowner = \"o\"\n")
+}
+
+#[test]
+fn each_bad_config_names_file_line_and_key() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (format!("{ENTRY_HEAD}bogus = 1\n"), ":3", "bogus"),
+        (
+            format!("{ENTRY_HEAD}[svid]\nx509_ttl = \"forever\"\n"),
+            ":4",
+            "svid.x509_ttl",
+        ),
+        (
+            format!("{ENTRY_HEAD}[svid]\nx509_ttl = \"4s\"\n"),
+            ":4",
+            "svid.x509_ttl",
+        ),
+        (
+            format!("{ENTRY_HEAD}[svid]\njwt_ttl = 30\n"),
+            ":4",
+            "svid.jwt_ttl",
+        ),
+        ("trust_domain = \"Example.org\"\n".into(), ":1", "trust_domain"),
+        (
+            entry("spiffe://other.org/x", "[\"unix:uid:0\"]"),
+            ":4",
+            "entry[0].spiffe_id",
+        ),
+        (
+            entry("spiffe://example.org/a/../b", "[\"unix:uid:0\"]"),
+            ":4",
+            "entry[0].spiffe_id",
+        ),
+        (
+            entry("spiffe://example.org/x", "[\"unix:uid\"]"),
+            ":5",
+            "entry[0].selectors[0]",
+        ),
+        (
+            entry("spiffe://example.org/x", "[\"unix:uid:0\", \"k8s:ns:default\"]"),
+            ":5",
+            "entry[0].selectors[1]",
+        ),
+        (entry("spiffe://example.org/x", "[]"), ":5", "entry[0].selectors"),
+        (
+            format!(
+                "{}colour = \"blue\"\n",
+                entry("spiffe://example.org/x", "[\"unix:uid:0\"]")
+            ),
+            ":7",
+            "colour",
+        ),
+        (format!("{ENTRY_HEAD}[[entry\n"), ":3", ""),
+    ];
+    for (config, line, key) in cases {
+        let (error, dir) = start_error("attestd.toml", &config, &[]);
+        let location = format!("{dir}/attestd.toml{line}");
+        assert!(
+            error.contains(&location),
+            "expected {location} in: {error}\nconfig:\n{config}"
+        );
+        assert!(
+            error.contains(key),
+            "expected key {key:?} in: {error}\nconfig:\n{config}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_entries_file_is_named() {
+    let config = format!("{ENTRY_HEAD}entries_dir = \"{{dir}}/entries.d\"\n");
+    let good =
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/ok\"\nselectors = [\"unix:uid:0\"]\nowner = \"o\"\n";
+    let bad = "[[entry]]\nspiffe_id = \"spiffe://example.org/bad\"\nselectors = [\"unix:sha256:XYZ\"]\nowner = \"o\"\n";
+    let (error, dir) = start_error(
+        "attestd.toml",
+        &config,
+        &[("entries.d/10-good.toml", good), ("entries.d/20-bad.toml", bad)],
+    );
+    let location = format!("{dir}/entries.d/20-bad.toml:3");
+    assert!(error.contains(&location), "expected {location} in: {error}");
+    assert!(error.contains("entry[0].selectors[0]"), "{error}");
+}
+
+#[test]
+fn run_without_config_asks_for_a_trust_domain() {
+    let output = Command::new(attestd_bin()).arg("run").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("trust_domain"), "{stderr}");
+}

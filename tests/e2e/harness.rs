@@ -1,0 +1,190 @@
+//! Starting and stopping the real daemon, and checks shared by the tests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// The `attestd` binary under test.
+pub fn attestd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_attestd")
+}
+
+/// A running attestd on its own temporary directory; killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts attestd with `body` appended to a config that sets the trust
+    /// domain and puts socket and data under a fresh temporary directory.
+    pub fn start(body: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Other uids must reach the socket through this directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self::start_in(dir, body)
+    }
+
+    /// Starts attestd on an existing directory (to restart on the same state).
+    pub fn start_in(dir: tempfile::TempDir, body: &str) -> Self {
+        let config_path = dir.path().join("attestd.toml");
+        let config = format!(
+            "trust_domain = \"{TRUST_DOMAIN}\"\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n{body}",
+            dir.path().join("run/api.sock").display(),
+            dir.path().join("data").display(),
+        );
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("attestd.log")).unwrap();
+        let child = Command::new(attestd_bin())
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut daemon = Self {
+            child: Some(child),
+            dir,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/api.sock")
+    }
+
+    /// The socket as a SPIFFE endpoint URI.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("data/audit.jsonl")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("attestd.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("attestd exited early ({status}):\n{}", self.log());
+            }
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("attestd did not start listening:\n{}", self.log());
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        child.wait().unwrap()
+    }
+
+    /// SIGKILLs the daemon and hands back its directory for a restart.
+    pub fn crash(mut self) -> tempfile::TempDir {
+        self.stop_with(nix::sys::signal::Signal::SIGKILL);
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    /// Every audit record so far.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad audit line {line:?}: {e}")))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command as `uid`/`gid` (no supplementary groups), capturing output.
+pub fn run_as(uid: u32, gid: u32, command: &mut Command) -> Output {
+    command.uid(uid).gid(gid).stdin(Stdio::null()).output().unwrap()
+}
+
+/// `attestd api fetch x509` against `daemon`, as `uid`.
+pub fn cli_fetch_as(daemon: &Daemon, uid: u32) -> Output {
+    let mut command = Command::new(attestd_bin());
+    command
+        .args(["api", "fetch", "x509", "--socket"])
+        .arg(daemon.endpoint());
+    run_as(uid, uid, &mut command)
+}
+
+/// The SPIFFE IDs printed by `attestd api fetch x509`.
+pub fn printed_ids(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_prefix("SPIFFE ID:"))
+        .map(|id| id.trim().to_owned())
+        .collect()
+}
+
+/// RFC 5280 path validation of `chain` (leaf first) against `roots`.
+pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>]) {
+    let root_ders: Vec<CertificateDer<'_>> =
+        roots.iter().map(|r| CertificateDer::from(r.as_slice())).collect();
+    let anchors: Vec<_> = root_ders
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).unwrap().to_owned())
+        .collect();
+    let leaf = CertificateDer::from(chain[0].as_slice());
+    let intermediates: Vec<CertificateDer<'_>> = chain[1..]
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    let end_entity = webpki::EndEntityCert::try_from(&leaf).unwrap();
+    end_entity
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .expect("SVID chain verifies against the bundle");
+}
+
+/// Fails unless the PKCS#8 key's public half is the certificate's.
+pub fn assert_key_matches(leaf_der: &[u8], key_pkcs8: &[u8]) {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, leaf) = X509Certificate::from_der(leaf_der).unwrap();
+    let key = rcgen::KeyPair::try_from(key_pkcs8).unwrap();
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw(),
+        "private key does not match the certificate"
+    );
+}
+
+/// Serial of a DER certificate, lowercase hex.
+pub fn serial_of(der: &[u8]) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    hex::encode(cert.raw_serial())
+}

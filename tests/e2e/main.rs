@@ -1,0 +1,15 @@
+//! End-to-end tests: each starts the real `attestd` binary on a temporary
+//! directory and talks to it over its socket with real SPIFFE clients (the
+//! Rust `spiffe` crate in-process, go-spiffe, and attestd's own CLI run as
+//! other uids). They run as root, as CI does, to switch uids.
+
+mod audit;
+mod config_errors;
+mod go_interop;
+mod harness;
+mod isolation;
+mod restart;
+mod robustness;
+mod rotation;
+mod security_header;
+mod x509_rust_client;

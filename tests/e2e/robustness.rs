@@ -1,0 +1,90 @@
+//! Misbehaving clients never take the daemon down or disturb other clients;
+//! SIGTERM ends open streams and removes the socket.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use spiffe::WorkloadApiClient;
+
+use crate::harness::{Daemon, attestd_bin};
+
+const ENTRY: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/steady"
+selectors = ["unix:uid:0"]
+owner = "platform@example.org"
+"#;
+
+async fn still_serves(daemon: &Daemon) {
+    let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/steady");
+}
+
+#[tokio::test]
+async fn garbage_disconnects_and_vanishing_callers_do_not_disturb_others() {
+    let daemon = Daemon::start(ENTRY);
+    // A watcher that must keep working throughout.
+    let watcher = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
+    let mut watch = watcher.stream_x509_contexts().await.unwrap();
+    watch.next().await.unwrap().unwrap();
+
+    // Bytes that are not HTTP/2, and a connection closed at once.
+    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0xffu8; 4096][..], b""] {
+        let mut raw = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+        let _ = raw.write_all(junk);
+    }
+    // Streams dropped right after their first message.
+    for _ in 0..10 {
+        let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
+        let mut stream = client.stream_x509_contexts().await.unwrap();
+        stream.next().await.unwrap().unwrap();
+    }
+    // Callers killed at random points of their request, some before
+    // attestation completes.
+    for i in 0..10u64 {
+        let mut child = Command::new(attestd_bin())
+            .args(["api", "fetch", "x509", "--socket"])
+            .arg(daemon.endpoint())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(i * 3));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    still_serves(&daemon).await;
+    // The long-lived watcher's connection is unaffected: its stream is still open.
+    let pending = tokio::time::timeout(Duration::from_millis(200), watch.next()).await;
+    assert!(
+        pending.is_err(),
+        "watcher stream ended unexpectedly: {:?}",
+        pending.map(|r| r.map(|c| c.is_ok()))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_ends_streams_and_removes_the_socket() {
+    let mut daemon = Daemon::start(ENTRY);
+    let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
+    let mut watch = client.stream_x509_contexts().await.unwrap();
+    watch.next().await.unwrap().unwrap();
+
+    let status = tokio::task::spawn_blocking({
+        let socket = daemon.socket();
+        move || {
+            let status = daemon.stop_with(nix::sys::signal::Signal::SIGTERM);
+            (status, socket.exists(), daemon)
+        }
+    });
+    let (status, socket_exists, _daemon) = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .expect("attestd stops promptly despite an open stream")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket_exists, "socket removed on SIGTERM");
+}
