@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every check attestd has, doing its own set-up first. This is what CI
+# runs (.ci/run) and what the README's test command is. Needs root: the
+# end-to-end tests run clients as other uids.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*"; }
+need() { command -v "$1" >/dev/null || { echo "missing tool: $1 ($2)" >&2; exit 1; }; }
+
+step "checking tools"
+need cargo "install Rust with rustup"
+need go "install Go; the go-spiffe interop client needs it"
+need python3 "used by attestation unit tests to make short-lived peers"
+cargo fmt --version >/dev/null || { echo "missing rustfmt (rustup component add rustfmt)" >&2; exit 1; }
+cargo clippy --version >/dev/null || { echo "missing clippy (rustup component add clippy)" >&2; exit 1; }
+if [[ $(id -u) -ne 0 ]]; then
+    echo "the end-to-end tests switch uids and must run as root" >&2
+    exit 1
+fi
+
+step "fetching Go modules for tests/interop/go"
+(cd tests/interop/go && go mod download && go vet ./...)
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test (unit and end-to-end tests)"
+cargo test --all-targets
+
+step "quickstart (the README's first command)"
+bash examples/quickstart.sh
+
+echo
+echo "all checks passed"
