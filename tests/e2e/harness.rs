@@ -188,3 +188,17 @@ pub fn serial_of(der: &[u8]) -> String {
     let (_, cert) = X509Certificate::from_der(der).unwrap();
     hex::encode(cert.raw_serial())
 }
+
+/// Our trust domain's CA certificates (DER) from a client's X.509 context.
+pub fn trust_bundle(context: &spiffe::X509Context) -> Vec<Vec<u8>> {
+    let td = spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap();
+    let bundle = context
+        .bundle_set()
+        .get(&td)
+        .expect("bundle for our trust domain");
+    bundle
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect()
+}

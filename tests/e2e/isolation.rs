@@ -2,7 +2,9 @@
 
 use spiffe::{WorkloadApiClient, WorkloadApiError};
 
-use crate::harness::{Daemon, cli_fetch_as, printed_ids};
+use std::process::Command;
+
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, run_as};
 
 const PER_UID_ENTRIES: &str = r#"
 [[entry]]
@@ -23,6 +25,19 @@ async fn each_uid_gets_only_its_own_identity() {
     let a = cli_fetch_as(&daemon, 1000);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     assert_eq!(printed_ids(&a), ["spiffe://example.org/agent/a"]);
+
+    // Without --socket the CLI finds the daemon through SPIFFE_ENDPOINT_SOCKET.
+    let mut from_env = Command::new(attestd_bin());
+    from_env
+        .args(["api", "fetch", "x509"])
+        .env("SPIFFE_ENDPOINT_SOCKET", daemon.endpoint());
+    let a_again = run_as(1000, 1000, &mut from_env);
+    assert!(
+        a_again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&a_again.stderr)
+    );
+    assert_eq!(printed_ids(&a_again), ["spiffe://example.org/agent/a"]);
 
     let b = cli_fetch_as(&daemon, 1001);
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));

@@ -1,9 +1,9 @@
 //! A crash and restart keeps the trust bundle: relying parties need not be
 //! told anything, and new SVIDs chain to the bundle they already hold.
 
-use spiffe::{TrustDomain, WorkloadApiClient};
+use spiffe::WorkloadApiClient;
 
-use crate::harness::{Daemon, assert_key_matches, verify_chain};
+use crate::harness::{Daemon, assert_key_matches, trust_bundle, verify_chain};
 
 const ENTRY: &str = r#"
 [[entry]]
@@ -15,15 +15,7 @@ owner = "platform@example.org"
 async fn fetch(daemon: &Daemon) -> (Vec<Vec<u8>>, Vec<u8>, Vec<u8>) {
     let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
     let context = client.fetch_x509_context().await.unwrap();
-    let td = TrustDomain::new("example.org").unwrap();
-    let roots = context
-        .bundle_set()
-        .get(&td)
-        .unwrap()
-        .authorities()
-        .iter()
-        .map(|c| c.as_bytes().to_vec())
-        .collect();
+    let roots = trust_bundle(&context);
     let svid = context.default_svid().unwrap();
     (
         roots,

@@ -4,9 +4,9 @@
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use spiffe::{TrustDomain, WorkloadApiClient};
+use spiffe::WorkloadApiClient;
 
-use crate::harness::{Daemon, assert_key_matches, serial_of, verify_chain};
+use crate::harness::{Daemon, assert_key_matches, serial_of, trust_bundle, verify_chain};
 
 #[tokio::test]
 async fn open_stream_receives_three_rotations_before_expiry() {
@@ -23,7 +23,6 @@ owner = "platform@example.org"
     );
     let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
     let mut stream = client.stream_x509_contexts().await.unwrap();
-    let td = TrustDomain::new("example.org").unwrap();
 
     let mut previous: Option<(String, SystemTime)> = None;
     let mut rotations = 0;
@@ -39,14 +38,7 @@ owner = "platform@example.org"
         let serial = serial_of(leaf);
         let not_after = not_after_of(leaf);
 
-        let roots: Vec<Vec<u8>> = context
-            .bundle_set()
-            .get(&td)
-            .unwrap()
-            .authorities()
-            .iter()
-            .map(|c| c.as_bytes().to_vec())
-            .collect();
+        let roots = trust_bundle(&context);
         verify_chain(&[leaf.to_vec()], &roots);
         assert_key_matches(leaf, svid.private_key().as_bytes());
 

@@ -2,7 +2,7 @@
 
 use spiffe::{TrustDomain, WorkloadApiClient};
 
-use crate::harness::{Daemon, assert_key_matches, verify_chain};
+use crate::harness::{Daemon, assert_key_matches, trust_bundle, verify_chain};
 
 const ROOT_ENTRIES: &str = r#"
 [[entry]]
@@ -49,16 +49,7 @@ async fn root_gets_verifiable_svids_for_every_matching_entry() {
         .collect();
     assert_eq!(hints, [Some("primary".to_owned()), Some("secondary".to_owned())]);
 
-    let td = TrustDomain::new("example.org").unwrap();
-    let bundle = context
-        .bundle_set()
-        .get(&td)
-        .expect("bundle for our trust domain");
-    let roots: Vec<Vec<u8>> = bundle
-        .authorities()
-        .iter()
-        .map(|c| c.as_bytes().to_vec())
-        .collect();
+    let roots = trust_bundle(&context);
     assert_eq!(roots.len(), 1);
     for svid in context.svids() {
         let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
@@ -68,8 +59,14 @@ async fn root_gets_verifiable_svids_for_every_matching_entry() {
 
     // FetchX509Bundles serves the same bundle.
     let bundles = client.fetch_x509_bundles().await.unwrap();
+    let td = TrustDomain::new("example.org").unwrap();
     let fetched = bundles.get(&td).expect("bundle from FetchX509Bundles");
-    assert_eq!(fetched.authorities(), bundle.authorities());
+    let fetched: Vec<Vec<u8>> = fetched
+        .authorities()
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    assert_eq!(fetched, roots);
 }
 
 #[tokio::test]
