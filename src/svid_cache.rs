@@ -10,6 +10,7 @@
 //! caller gets a fresh mint).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -33,7 +34,25 @@ struct Slot {
     /// Kept so later callers can subscribe without a new mint.
     receiver: SvidReceiver,
     last_used: Instant,
+    /// Tells the slot's own rotation task from the task of a slot it
+    /// replaced (which must then stop).
+    generation: u64,
 }
+
+/// What a rotation task should do when it wakes up.
+#[derive(Debug, PartialEq, Eq)]
+enum Duty {
+    Renew,
+    /// Unused for a whole lifetime and nobody listening: drop it.
+    Retire,
+    /// Its slot was replaced by a fresh mint: the task is obsolete.
+    Obsolete,
+}
+
+/// How long a rotation task sleeps at most before re-reading the wall
+/// clock: tokio's timers stop while the host is suspended, certificates'
+/// lifetimes do not.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// The shared SVIDs, keyed by what they certify.
 pub struct SvidCache {
@@ -41,6 +60,7 @@ pub struct SvidCache {
     // std Mutex: held for map access and a first mint (CPU only, about a
     // millisecond), never across an await.
     slots: Mutex<HashMap<SvidTemplate, Slot>>,
+    next_generation: AtomicU64,
 }
 
 impl std::fmt::Debug for SvidCache {
@@ -57,12 +77,14 @@ impl SvidCache {
         Arc::new(Self {
             authority,
             slots: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(0),
         })
     }
 
     /// A receiver of the current SVID for `template`, minting it if this is
-    /// its first use. Must be called inside the tokio runtime (it may spawn
-    /// the rotation task).
+    /// its first use or the cached one has expired (after a suspend, say;
+    /// the stale slot's task then retires). Must be called inside the tokio
+    /// runtime (it may spawn the rotation task).
     pub fn subscribe(self: &Arc<Self>, template: &SvidTemplate) -> Result<SvidReceiver, AuthorityError> {
         let mut slots = self.lock();
         if let Some(slot) = slots.get_mut(template)
@@ -74,14 +96,16 @@ impl SvidCache {
         let svid = Arc::new(self.authority.mint_x509(template)?);
         tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "minted X.509-SVID");
         let (sender, receiver) = watch::channel(svid);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         slots.insert(
             template.clone(),
             Slot {
                 receiver: receiver.clone(),
                 last_used: Instant::now(),
+                generation,
             },
         );
-        tokio::spawn(rotate(Arc::downgrade(self), template.clone(), sender));
+        tokio::spawn(rotate(Arc::downgrade(self), template.clone(), generation, sender));
         Ok(receiver)
     }
 
@@ -101,40 +125,59 @@ impl SvidCache {
         self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Drops the slot if nobody but the cache holds a receiver and it has
-    /// not been used for `idle`. Returns whether it was dropped.
-    fn retire_if_idle(
-        &self,
-        template: &SvidTemplate,
-        sender: &watch::Sender<Arc<X509Svid>>,
-        idle: Duration,
-    ) -> bool {
+    /// Decides what the rotation task of `generation` does now; retiring
+    /// removes the slot.
+    fn duty(&self, template: &SvidTemplate, generation: u64, listeners: usize) -> Duty {
         let mut slots = self.lock();
-        let Some(slot) = slots.get(template) else {
-            return true;
+        let Some(slot) = slots.get(template).filter(|slot| slot.generation == generation) else {
+            return Duty::Obsolete;
         };
-        if sender.receiver_count() <= 1 && slot.last_used.elapsed() >= idle {
+        // The slot's own receiver is always there; more means a live stream.
+        if listeners <= 1 && slot.last_used.elapsed() >= template.ttl {
             slots.remove(template);
-            return true;
+            return Duty::Retire;
         }
-        false
+        Duty::Renew
     }
 }
 
-/// The rotation task of one SVID: owns its sender until the cache is dropped
-/// or the SVID is retired.
-async fn rotate(cache: Weak<SvidCache>, template: SvidTemplate, sender: watch::Sender<Arc<X509Svid>>) {
+/// The rotation task of one SVID: owns its sender until the cache is
+/// dropped, the SVID is retired, or its slot is replaced. Dropping the
+/// sender ends the streams still holding its receivers, and their clients
+/// reconnect to the current slot.
+async fn rotate(
+    cache: Weak<SvidCache>,
+    template: SvidTemplate,
+    generation: u64,
+    sender: watch::Sender<Arc<X509Svid>>,
+) {
     loop {
         let current = sender.borrow().clone();
-        tokio::time::sleep(renewal_delay(&current, SystemTime::now())).await;
+        let now = SystemTime::now();
+        sleep_until_wall(now + renewal_delay(&current, now)).await;
         let Some(cache) = cache.upgrade() else { return };
-        if cache.retire_if_idle(&template, &sender, template.ttl) {
-            tracing::debug!(spiffe_id = %template.spiffe_id, "retired idle SVID");
-            return;
+        match cache.duty(&template, generation, sender.receiver_count()) {
+            Duty::Renew => {}
+            Duty::Retire => {
+                tracing::debug!(spiffe_id = %template.spiffe_id, "retired idle SVID");
+                return;
+            }
+            Duty::Obsolete => return,
         }
         let renewed = renew(&cache.authority, &template, &current).await;
         tracing::info!(spiffe_id = %renewed.spiffe_id, serial = %renewed.serial, previous = %current.serial, "rotated X.509-SVID");
         sender.send_replace(Arc::new(renewed));
+    }
+}
+
+/// Sleeps until the wall clock reaches `deadline`, in slices of at most
+/// [`MAX_SLEEP`].
+async fn sleep_until_wall(deadline: SystemTime) {
+    while let Ok(left) = deadline.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(MAX_SLEEP)).await;
     }
 }
 
@@ -217,5 +260,21 @@ mod tests {
             .unwrap();
         assert_ne!(first.borrow().serial, serial, "rotated before expiry");
         assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn replaced_slot_makes_its_old_task_obsolete_and_idle_slots_retire() {
+        let (_dir, cache, template) = fixture(Duration::from_secs(5));
+        let receiver = cache.subscribe(&template).unwrap();
+        let generation = cache.lock()[&template].generation;
+        assert_eq!(cache.duty(&template, generation + 1, 1), Duty::Obsolete);
+        // A listener besides the slot's own receiver keeps it rotating.
+        assert_eq!(cache.duty(&template, generation, 2), Duty::Renew);
+        // Recently used: still renewed even with no listener.
+        assert_eq!(cache.duty(&template, generation, 1), Duty::Renew);
+        cache.lock().get_mut(&template).unwrap().last_used -= Duration::from_secs(5);
+        assert_eq!(cache.duty(&template, generation, 1), Duty::Retire);
+        assert!(cache.is_empty());
+        drop(receiver);
     }
 }

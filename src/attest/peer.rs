@@ -137,4 +137,28 @@ mod tests {
             Err(AttestError::ProcessGone { .. })
         ));
     }
+
+    /// The pre-6.5 fallback: a `/proc/<pid>` directory fd taken while the
+    /// process lives stops working once it is gone.
+    #[test]
+    fn proc_dir_pin_detects_exit() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        let pid = child.id() as i32;
+        let peer = PeerIdentity {
+            pid,
+            uid: 0,
+            gid: 0,
+            pin: ProcessPin::ProcDir(ProcDir::open(Path::new("/proc"), pid).unwrap()),
+        };
+        peer.ensure_alive().unwrap();
+        let dir = peer.open_proc_dir(Path::new("/proc")).unwrap();
+        assert!(dir.is_alive());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(
+            peer.ensure_alive(),
+            Err(AttestError::ProcessGone { .. })
+        ));
+        assert!(!dir.is_alive());
+    }
 }

@@ -44,6 +44,12 @@ pub(super) fn audit(error: &AuditError) -> Status {
     Status::unavailable("audit trail unavailable")
 }
 
+/// The SVID a stream followed was replaced by a fresh mint; clients retry
+/// `Unavailable` and reconnect to the new one.
+pub(super) fn reissuing() -> Status {
+    Status::unavailable("identity re-issued; reconnect")
+}
+
 pub(super) fn shutting_down() -> Status {
     Status::unavailable("attestd is shutting down")
 }

@@ -32,7 +32,10 @@ pub(super) struct Caller {
 /// What woke a waiting stream.
 enum Wake {
     Changed,
-    Stop,
+    /// A source the stream watched is gone (its SVID was re-minted into a
+    /// new slot): the client must reconnect to get the current one.
+    SourceClosed,
+    Shutdown,
 }
 
 /// Waits until one of `svids` or `bundle` changes, or shutdown.
@@ -49,12 +52,16 @@ async fn next_change(
             futures::future::select_all(svids.iter_mut().map(|rx| Box::pin(rx.changed()))).await;
         result
     };
-    let woke = tokio::select! {
+    let changed = tokio::select! {
         result = any_svid => result.is_ok(),
         result = bundle.changed() => result.is_ok(),
-        _ = shutdown.wait_for(|stopping| *stopping) => false,
+        _ = shutdown.wait_for(|stopping| *stopping) => return Wake::Shutdown,
     };
-    if woke { Wake::Changed } else { Wake::Stop }
+    if changed {
+        Wake::Changed
+    } else {
+        Wake::SourceClosed
+    }
 }
 
 struct X509Watch {
@@ -100,7 +107,8 @@ pub(super) fn x509_svids(
         }
         let item = match next_change(&mut watch.svids, &mut watch.bundle, &mut watch.shutdown).await {
             Wake::Changed => watch.respond(),
-            Wake::Stop => Err(status::shutting_down()),
+            Wake::SourceClosed => Err(status::reissuing()),
+            Wake::Shutdown => Err(status::shutting_down()),
         };
         watch.done = item.is_err();
         Some((item, watch))
