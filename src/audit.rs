@@ -36,6 +36,10 @@ pub enum Outcome {
     Issued,
     /// The caller was refused.
     Denied,
+    /// A presented JWT-SVID passed validation.
+    Validated,
+    /// A presented JWT-SVID failed validation.
+    Rejected,
 }
 
 /// One audit record. Every field is always present (null when it does not
@@ -76,6 +80,10 @@ pub struct Record {
     pub spiffe_id: Option<String>,
     /// Serial of the certificate issued.
     pub serial: Option<String>,
+    /// Audiences of a JWT-SVID issued, or the audience validated for.
+    pub audience: Vec<String>,
+    /// `jti` of a JWT-SVID issued or validated.
+    pub jti: Option<String>,
     /// Expiry of what was issued (RFC 3339).
     pub not_after: Option<String>,
 }
@@ -107,6 +115,8 @@ impl Record {
             labels: BTreeMap::new(),
             spiffe_id: None,
             serial: None,
+            audience: Vec::new(),
+            jti: None,
             not_after: None,
         }
     }
@@ -119,6 +129,25 @@ impl Record {
         self.description = entry.description.clone();
         self.labels = entry.labels.clone();
         self.spiffe_id = Some(entry.spiffe_id.to_string());
+        self
+    }
+
+    /// Adds the audiences a token was asked for or validated against.
+    pub fn with_audience(mut self, audience: &[String]) -> Self {
+        self.audience = audience.to_vec();
+        self
+    }
+
+    /// Adds a JWT-SVID's id and expiry.
+    pub fn with_token(mut self, jti: Option<&str>, expires_at: Option<SystemTime>) -> Self {
+        self.jti = jti.map(str::to_owned);
+        self.not_after = expires_at.map(rfc3339);
+        self
+    }
+
+    /// Adds the subject of a validated token.
+    pub fn with_subject(mut self, spiffe_id: &str) -> Self {
+        self.spiffe_id = Some(spiffe_id.to_owned());
         self
     }
 

@@ -2,12 +2,17 @@
 //! SPIFFE IDs, and publishes the trust bundle. It knows nothing of
 //! processes or entries, only of identities to certify.
 //!
+//! JWT-SVIDs are signed by the [`JwtAuthority`]'s rotating keys.
+//!
 //! The signer is a [`SigningCa`]: today the embedded, self-signed root kept in
 //! `data_dir` ([`ca`]); an upstream intermediate loaded from files fits the
 //! same shape (its chain carries the intermediate, the bundle the roots).
 
 mod bundle;
+mod bundle_document;
 mod ca;
+mod jwt;
+mod jwt_keys;
 mod x509;
 
 use std::path::PathBuf;
@@ -17,7 +22,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub use bundle::X509Bundle;
+pub use bundle_document::{BundleDocument, maintain_bundle_file};
 pub use ca::SigningCa;
+pub use jwt::{JwtAuthority, JwtBundle, JwtError, JwtSvid, ValidatedJwt};
+pub use jwt_keys::JWT_SVID_USE;
 pub use x509::{SvidTemplate, X509Svid};
 
 use crate::spiffe_id::TrustDomain;
@@ -34,17 +42,31 @@ pub enum AuthorityError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A CA file exists but is not usable.
+    /// A CA or key file exists but is not usable.
     #[error("{path}: {reason}")]
-    InvalidCa {
+    InvalidFile {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
     },
+    /// A stored JWT key is not usable.
+    #[error("JWT key {kid}: {reason}")]
+    InvalidKey {
+        /// The key id.
+        kid: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Signing a JWT failed.
+    #[error("signing a JWT failed: {0}")]
+    JwtSigning(#[from] jsonwebtoken::errors::Error),
     /// Key generation or signing failed.
     #[error("signing failed: {0}")]
     Signing(#[from] rcgen::Error),
+    /// No JWT key can sign right now.
+    #[error("no JWT signing key is available")]
+    NoSigningKey,
     /// The CA has expired: nothing it signs would verify.
     #[error("the signing CA expired; no SVID can be minted")]
     CaExpired,
@@ -56,22 +78,32 @@ pub struct Authority {
     trust_domain: TrustDomain,
     signer: SigningCa,
     bundle: watch::Sender<Arc<X509Bundle>>,
+    jwt: Arc<JwtAuthority>,
 }
 
 impl Authority {
-    /// Loads the embedded CA from `data_dir`, creating it on first start.
+    /// Loads the embedded CA and the JWT keys from `data_dir`, creating
+    /// them on first start.
     pub fn embedded(
         trust_domain: TrustDomain,
         data_dir: &std::path::Path,
         ca_ttl: Duration,
+        jwt_key_ttl: Duration,
     ) -> Result<Self, AuthorityError> {
         let signer = ca::load_or_create(&trust_domain, data_dir, ca_ttl)?;
         let bundle = X509Bundle::new(vec![signer.cert_der().to_vec()]);
+        let jwt_keys = jwt_keys::KeySet::load(data_dir, jwt_key_ttl)?;
         Ok(Self {
+            jwt: Arc::new(JwtAuthority::new(trust_domain.clone(), jwt_keys)?),
             trust_domain,
             signer,
             bundle: watch::Sender::new(Arc::new(bundle)),
         })
+    }
+
+    /// The JWT-SVID signer and validator.
+    pub fn jwt(&self) -> &Arc<JwtAuthority> {
+        &self.jwt
     }
 
     /// The trust domain this authority certifies.

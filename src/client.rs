@@ -16,7 +16,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::atomic_file;
 use crate::config::DEFAULT_SOCKET_PATH;
 use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use crate::proto::{SECURITY_HEADER, SECURITY_HEADER_VALUE, X509svid, X509svidRequest, X509svidResponse};
+use crate::proto::{
+    JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER, SECURITY_HEADER_VALUE, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509svid, X509svidRequest, X509svidResponse,
+};
 
 /// The environment variable SPIFFE clients read the socket address from.
 pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
@@ -179,6 +182,81 @@ fn describe_svid(svid: &X509svid) -> String {
         split_der(&svid.bundle).len()
     ));
     out
+}
+
+/// Fetches JWT-SVIDs for `audience` (all identities, or only `spiffe_id`).
+pub async fn fetch_jwt(
+    client: &mut Client,
+    audience: Vec<String>,
+    spiffe_id: Option<String>,
+) -> Result<JwtsvidResponse, ClientError> {
+    let request = JwtsvidRequest {
+        audience,
+        spiffe_id: spiffe_id.unwrap_or_default(),
+    };
+    Ok(client.fetch_jwtsvid(request).await?.into_inner())
+}
+
+/// Human-readable JWT-SVIDs: ID, hint, expiry and the token itself (the
+/// caller asked for it: printing it is the point).
+pub fn describe_jwt(response: &JwtsvidResponse) -> String {
+    let mut out = format!("Received {} JWT-SVID(s)\n", response.svids.len());
+    for svid in &response.svids {
+        out.push_str(&format!("\nSPIFFE ID:    {}\n", svid.spiffe_id));
+        if !svid.hint.is_empty() {
+            out.push_str(&format!("Hint:         {}\n", svid.hint));
+        }
+        let claims: Option<serde_json::Value> =
+            jsonwebtoken::dangerous::insecure_decode_claims(&svid.svid).ok();
+        if let Some(exp) = claims.as_ref().and_then(|c| c["exp"].as_u64()) {
+            let expiry = crate::wall_clock::from_unix_seconds(exp);
+            out.push_str(&format!("Expires:      {}\n", crate::audit::rfc3339(expiry)));
+        }
+        out.push_str(&format!("Token:        {}\n", svid.svid));
+    }
+    out
+}
+
+/// Asks attestd to validate `token` for `audience`.
+pub async fn validate_jwt(
+    client: &mut Client,
+    audience: String,
+    token: String,
+) -> Result<ValidateJwtsvidResponse, ClientError> {
+    let request = ValidateJwtsvidRequest {
+        audience,
+        svid: token,
+    };
+    Ok(client.validate_jwtsvid(request).await?.into_inner())
+}
+
+/// Human-readable validation result: the SPIFFE ID and the claims as JSON.
+pub fn describe_validation(response: &ValidateJwtsvidResponse) -> String {
+    let claims = response.claims.clone().map(struct_to_json).unwrap_or_default();
+    format!(
+        "SVID is valid.\nSPIFFE ID:    {}\nClaims:       {}\n",
+        response.spiffe_id,
+        serde_json::to_string_pretty(&claims).unwrap_or_default()
+    )
+}
+
+fn struct_to_json(s: prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(s.fields.into_iter().map(|(k, v)| (k, value_to_json(v))).collect())
+}
+
+fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        // Struct numbers are doubles; claims such as exp are whole seconds.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9e15 => Value::from(n as i64),
+        Some(Kind::NumberValue(n)) => Value::from(n),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::ListValue(list)) => Value::Array(list.values.into_iter().map(value_to_json).collect()),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+    }
 }
 
 /// Writes `svid.N.pem` (chain), `svid.N.key` (PKCS#8, 0600) and

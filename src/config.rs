@@ -95,18 +95,23 @@ impl Default for SvidConfig {
     }
 }
 
-/// The embedded certificate authority.
+/// The embedded certificate authority and the JWT signing keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaConfig {
     /// Lifetime of the self-signed root.
     pub ttl: Ttl,
+    /// Lifetime of each JWT signing key. A key signs for half of it, so it
+    /// should be at least twice the longest `jwt_ttl` (tokens never outlive
+    /// their key and are shortened to fit).
+    pub jwt_key_ttl: Ttl,
 }
 
 impl Default for CaConfig {
     fn default() -> Self {
         Self {
             ttl: Ttl(Duration::from_secs(7 * 24 * 3600)),
+            jwt_key_ttl: Ttl(Duration::from_secs(24 * 3600)),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! socket, serve until SIGTERM/SIGINT, then end open streams, drain, and
 //! remove the socket.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use tonic::transport::Server;
 
 use crate::attest::Attestor;
 use crate::audit::{AuditError, AuditLog};
-use crate::authority::{Authority, AuthorityError};
+use crate::authority::{Authority, AuthorityError, maintain_bundle_file};
 use crate::config::{Config, ConfigError};
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::registry::{Policy, Registry};
@@ -20,6 +21,14 @@ use crate::workload_api::{Context, ListenerError, SocketListener, WorkloadApi};
 
 /// How long connections get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// `spiffe_refresh_hint` of the bundle document: how often relying parties
+/// should re-read it.
+const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
+
+/// Where the daemon keeps the SPIFFE bundle document.
+pub fn bundle_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("bundle.json")
+}
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +61,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.trust_domain.clone(),
         &config.data_dir,
         config.ca.ttl.0,
+        config.ca.jwt_key_ttl.0,
     )?);
     let audit = Arc::new(AuditLog::open(&config.audit.path)?);
+    tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
+    tokio::spawn(maintain_bundle_file(
+        Arc::clone(&authority),
+        bundle_file(&config.data_dir),
+        BUNDLE_REFRESH_HINT,
+    ));
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let (shutdown_tx, shutdown) = watch::channel(false);

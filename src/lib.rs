@@ -24,4 +24,5 @@ pub mod selector;
 pub mod spiffe_id;
 pub mod svid_cache;
 pub mod telemetry;
+pub mod wall_clock;
 pub mod workload_api;

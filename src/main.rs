@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use attestd::authority::BundleDocument;
 use attestd::{client, config::Config, daemon, telemetry};
 
 #[derive(Parser)]
@@ -32,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: ApiCommand,
     },
+    /// The trust bundle attestd keeps in <data_dir>/bundle.json.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -43,23 +49,78 @@ enum ApiCommand {
     },
     /// Stream X.509-SVID updates until interrupted.
     Watch {
-        /// Workload API socket (unix:///path); default $SPIFFE_ENDPOINT_SOCKET.
-        #[arg(long)]
-        socket: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
     },
+    /// Ask attestd to validate a credential.
+    Validate {
+        #[command(subcommand)]
+        kind: ValidateKind,
+    },
+}
+
+#[derive(clap::Args)]
+struct SocketArg {
+    /// Workload API socket (unix:///path); default $SPIFFE_ENDPOINT_SOCKET.
+    #[arg(long)]
+    socket: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum FetchKind {
     /// Fetch X.509-SVIDs and print their details.
     X509 {
-        /// Workload API socket (unix:///path); default $SPIFFE_ENDPOINT_SOCKET.
-        #[arg(long)]
-        socket: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
         /// Also write svid.N.pem, svid.N.key and bundle.N.pem into DIR.
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
     },
+    /// Fetch JWT-SVIDs for one or more audiences.
+    Jwt {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Audiences, comma-separated or repeated.
+        #[arg(long, required = true, value_delimiter = ',')]
+        audience: Vec<String>,
+        /// Only this identity (default: every identity the caller holds).
+        #[arg(long)]
+        spiffe_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ValidateKind {
+    /// Validate a JWT-SVID for an audience.
+    Jwt {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The audience the token must name.
+        #[arg(long)]
+        audience: String,
+        /// The token (JWS compact serialization).
+        #[arg(long)]
+        svid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Print the trust bundle.
+    Show {
+        /// attestd's configuration file (for data_dir).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// spiffe: the SPIFFE bundle JSON; pem: the X.509 authorities.
+        #[arg(long, value_enum, default_value_t = BundleFormat::Spiffe)]
+        format: BundleFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BundleFormat {
+    Spiffe,
+    Pem,
 }
 
 fn main() -> ExitCode {
@@ -90,24 +151,61 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             daemon::run(config).await?;
         }
-        Command::Api { command } => match command {
-            ApiCommand::Fetch {
-                kind: FetchKind::X509 { socket, write },
-            } => {
-                let mut api = client::connect(&client::socket_path(socket.as_deref())?).await?;
-                let response = client::fetch_x509(&mut api).await?;
-                print!("{}", client::describe_x509(&response));
-                if let Some(dir) = write {
-                    for path in client::write_x509(&response, &dir).context("writing PEM files")? {
-                        println!("Wrote {}", path.display());
-                    }
+        Command::Api { command } => api(command).await?,
+        Command::Bundle {
+            command: BundleCommand::Show { config, format },
+        } => {
+            let config = Config::load(&config)?;
+            let document = BundleDocument::read(&daemon::bundle_file(&config.data_dir))?;
+            match format {
+                BundleFormat::Spiffe => println!("{}", document.to_json()),
+                BundleFormat::Pem => print!("{}", document.to_pem()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn connect(socket: &SocketArg) -> anyhow::Result<client::Client> {
+    Ok(client::connect(&client::socket_path(socket.socket.as_deref())?).await?)
+}
+
+async fn api(command: ApiCommand) -> anyhow::Result<()> {
+    match command {
+        ApiCommand::Fetch {
+            kind: FetchKind::X509 { socket, write },
+        } => {
+            let response = client::fetch_x509(&mut connect(&socket).await?).await?;
+            print!("{}", client::describe_x509(&response));
+            if let Some(dir) = write {
+                for path in client::write_x509(&response, &dir).context("writing PEM files")? {
+                    println!("Wrote {}", path.display());
                 }
             }
-            ApiCommand::Watch { socket } => {
-                let mut api = client::connect(&client::socket_path(socket.as_deref())?).await?;
-                client::watch_x509(&mut api).await?;
-            }
-        },
+        }
+        ApiCommand::Fetch {
+            kind:
+                FetchKind::Jwt {
+                    socket,
+                    audience,
+                    spiffe_id,
+                },
+        } => {
+            let response = client::fetch_jwt(&mut connect(&socket).await?, audience, spiffe_id).await?;
+            print!("{}", client::describe_jwt(&response));
+        }
+        ApiCommand::Watch { socket } => client::watch_x509(&mut connect(&socket).await?).await?,
+        ApiCommand::Validate {
+            kind:
+                ValidateKind::Jwt {
+                    socket,
+                    audience,
+                    svid,
+                },
+        } => {
+            let response = client::validate_jwt(&mut connect(&socket).await?, audience, svid).await?;
+            print!("{}", client::describe_validation(&response));
+        }
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::authority::{Authority, AuthorityError, SvidTemplate, X509Svid};
+use crate::wall_clock;
 
 /// First retry delay after a failed mint; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -48,11 +49,6 @@ enum Duty {
     /// Its slot was replaced by a fresh mint: the task is obsolete.
     Obsolete,
 }
-
-/// How long a rotation task sleeps at most before re-reading the wall
-/// clock: tokio's timers stop while the host is suspended, certificates'
-/// lifetimes do not.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
 
 /// The shared SVIDs, keyed by what they certify.
 pub struct SvidCache {
@@ -154,7 +150,7 @@ async fn rotate(
     loop {
         let current = sender.borrow().clone();
         let now = SystemTime::now();
-        sleep_until_wall(now + renewal_delay(&current, now)).await;
+        wall_clock::sleep_until(now + renewal_delay(&current, now)).await;
         let Some(cache) = cache.upgrade() else { return };
         match cache.duty(&template, generation, sender.receiver_count()) {
             Duty::Renew => {}
@@ -167,17 +163,6 @@ async fn rotate(
         let renewed = renew(&cache.authority, &template, &current).await;
         tracing::info!(spiffe_id = %renewed.spiffe_id, serial = %renewed.serial, previous = %current.serial, "rotated X.509-SVID");
         sender.send_replace(Arc::new(renewed));
-    }
-}
-
-/// Sleeps until the wall clock reaches `deadline`, in slices of at most
-/// [`MAX_SLEEP`].
-async fn sleep_until_wall(deadline: SystemTime) {
-    while let Ok(left) = deadline.duration_since(SystemTime::now()) {
-        if left.is_zero() {
-            return;
-        }
-        tokio::time::sleep(left.min(MAX_SLEEP)).await;
     }
 }
 
@@ -218,7 +203,13 @@ mod tests {
     fn fixture(ttl: Duration) -> (tempfile::TempDir, Arc<SvidCache>, SvidTemplate) {
         let dir = tempfile::tempdir().unwrap();
         let td = TrustDomain::new("example.org").unwrap();
-        let authority = Authority::embedded(td, dir.path(), Duration::from_secs(3600)).unwrap();
+        let authority = Authority::embedded(
+            td,
+            dir.path(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         let template = SvidTemplate {
             spiffe_id: SpiffeId::new("spiffe://example.org/w").unwrap(),
             dns_names: vec![],

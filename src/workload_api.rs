@@ -5,7 +5,9 @@
 //! Every request is checked for the security header first, then its caller
 //! is attested from the connection's kernel-pinned peer, then matched.
 
+mod caller;
 mod connection;
+mod jwt;
 mod listener;
 mod service;
 mod status;

@@ -17,6 +17,7 @@ use super::AuthorityError;
 use super::x509::random_serial;
 use crate::atomic_file;
 use crate::spiffe_id::TrustDomain;
+use crate::wall_clock::from_unix_seconds;
 
 const CA_FILE: &str = "ca.pem";
 /// Backdating absorbs small clock differences between hosts.
@@ -130,7 +131,7 @@ fn ca_name(trust_domain: &TrustDomain) -> DistinguishedName {
 /// Parses a saved CA, checking it is a CA for our trust domain and that the
 /// key belongs to the certificate.
 fn parse(path: &Path, text: &str, trust_domain: &TrustDomain) -> Result<SigningCa, AuthorityError> {
-    let invalid = |reason: String| AuthorityError::InvalidCa {
+    let invalid = |reason: String| AuthorityError::InvalidFile {
         path: path.to_owned(),
         reason,
     };
@@ -154,8 +155,8 @@ fn parse(path: &Path, text: &str, trust_domain: &TrustDomain) -> Result<SigningC
              use another data_dir or remove the file to start a new trust domain"
         )));
     }
-    let not_before = system_time(cert.validity().not_before.timestamp());
-    let not_after = system_time(cert.validity().not_after.timestamp());
+    let not_before = from_unix_seconds(cert.validity().not_before.timestamp().max(0) as u64);
+    let not_after = from_unix_seconds(cert.validity().not_after.timestamp().max(0) as u64);
     let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
         .map_err(|e| invalid(format!("unusable CA certificate: {e}")))?;
     Ok(SigningCa {
@@ -181,10 +182,6 @@ fn has_uri_san(cert: &X509Certificate<'_>, uri: &str) -> bool {
             .any(|name| matches!(name, GeneralName::URI(u) if *u == uri)),
         _ => false,
     })
-}
-
-fn system_time(unix_seconds: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds.max(0) as u64)
 }
 
 /// Where the embedded CA lives under `data_dir`.

@@ -133,7 +133,13 @@ mod tests {
     fn minted_leaf_has_the_spiffe_shape() {
         let dir = tempfile::tempdir().unwrap();
         let td = TrustDomain::new("example.org").unwrap();
-        let authority = Authority::embedded(td, dir.path(), Duration::from_secs(3600)).unwrap();
+        let authority = Authority::embedded(
+            td,
+            dir.path(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
         let template = SvidTemplate {
             spiffe_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
             dns_names: vec!["agent.local".into()],

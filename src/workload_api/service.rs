@@ -1,14 +1,18 @@
-//! The `SpiffeWorkloadAPI` gRPC service: admission (security header,
-//! attestation, matching) shared by every RPC, then the per-RPC answer.
+//! The `SpiffeWorkloadAPI` gRPC service: the security header first, then
+//! admission (attestation, matching) shared by the RPCs, then each answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 
-use super::streams::{self, Caller};
-use super::{Context, PeerInfo, status};
+use super::caller::{Caller, rpc};
+use super::jwt::{self, JwtRequest};
+use super::{Context, PeerInfo, status, streams};
+use crate::attest::Workload;
 use crate::audit::{Outcome, Record};
+use crate::authority::{JwtBundle, X509Bundle};
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApi;
 use crate::proto::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER,
@@ -29,10 +33,9 @@ impl WorkloadApi {
         Self { ctx }
     }
 
-    /// Checks the header, attests the caller and finds its entries. Every
-    /// refusal after the header check is audited.
-    async fn admit<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Caller, Status> {
-        check_security_header(request)?;
+    /// Attests the caller of a request whose header was checked. Every
+    /// failure is audited.
+    async fn attest<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Workload, Status> {
         let peer = request
             .extensions()
             .get::<PeerInfo>()
@@ -47,14 +50,17 @@ impl WorkloadApi {
             }
             Err(error) => Err(error),
         };
-        let workload = match attested {
-            Ok(workload) => workload,
-            Err(error) => {
-                tracing::info!(%error, rpc, "attestation failed");
-                self.deny(Record::new(rpc, Outcome::Denied, error.to_string(), None))?;
-                return Err(status::attestation(&error));
-            }
-        };
+        attested.or_else(|error| {
+            tracing::info!(%error, rpc, "attestation failed");
+            self.deny(Record::new(rpc, Outcome::Denied, error.to_string(), None))?;
+            Err(status::attestation(&error))
+        })
+    }
+
+    /// Attests the caller and finds its entries; a caller without any is
+    /// refused (and audited).
+    async fn admit<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Caller, Status> {
+        let workload = self.attest(request, rpc).await?;
         let entries = self.ctx.registry.policy().matching(&workload.selectors);
         if entries.is_empty() {
             tracing::info!(
@@ -63,12 +69,8 @@ impl WorkloadApi {
                 rpc,
                 "no entry matches caller"
             );
-            self.deny(Record::new(
-                rpc,
-                Outcome::Denied,
-                "no registration entry matches the caller",
-                Some(&workload),
-            ))?;
+            let reason = "no registration entry matches the caller";
+            self.deny(Record::new(rpc, Outcome::Denied, reason, Some(&workload)))?;
             return Err(status::no_identity());
         }
         Ok(Caller { workload, entries })
@@ -100,7 +102,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let caller = self.admit(&request, streams::FETCH_X509_SVID).await?;
+        check_security_header(&request)?;
+        let caller = self.admit(&request, rpc::FETCH_X509_SVID).await?;
         Ok(Response::new(streams::x509_svids(Arc::clone(&self.ctx), caller)?))
     }
 
@@ -108,9 +111,19 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        check_security_header(&request)?;
         // Like SPIRE, bundles go only to callers that hold an identity.
-        self.admit(&request, streams::FETCH_X509_BUNDLES).await?;
-        Ok(Response::new(streams::x509_bundles(&self.ctx)))
+        self.admit(&request, rpc::FETCH_X509_BUNDLES).await?;
+        let key = self.ctx.authority.trust_domain().id_string();
+        let stream = streams::bundle_stream(
+            self.ctx.authority.subscribe_bundle(),
+            self.ctx.shutdown.clone(),
+            move |bundle: &X509Bundle| X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: HashMap::from([(key.clone(), bundle.concatenated_der())]),
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     async fn fetch_jwtsvid(
@@ -118,7 +131,9 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
         check_security_header(&request)?;
-        Err(status::not_offered("FetchJWTSVID"))
+        let arguments = JwtRequest::parse(request.get_ref().audience.clone(), &request.get_ref().spiffe_id)?;
+        let caller = self.admit(&request, rpc::FETCH_JWT_SVID).await?;
+        Ok(Response::new(jwt::fetch(&self.ctx, caller, &arguments)?))
     }
 
     async fn fetch_jwt_bundles(
@@ -126,7 +141,16 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_security_header(&request)?;
-        Err(status::not_offered("FetchJWTBundles"))
+        self.admit(&request, rpc::FETCH_JWT_BUNDLES).await?;
+        let key = self.ctx.authority.trust_domain().id_string();
+        let stream = streams::bundle_stream(
+            self.ctx.authority.jwt().subscribe(),
+            self.ctx.shutdown.clone(),
+            move |bundle: &JwtBundle| JwtBundlesResponse {
+                bundles: HashMap::from([(key.clone(), bundle.jwks_json())]),
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     async fn validate_jwtsvid(
@@ -134,7 +158,19 @@ impl SpiffeWorkloadApi for WorkloadApi {
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
         check_security_header(&request)?;
-        Err(status::not_offered("ValidateJWTSVID"))
+        let ValidateJwtsvidRequest { audience, svid } = request.get_ref();
+        if audience.is_empty() {
+            return Err(Status::invalid_argument("audience is required"));
+        }
+        if svid.is_empty() {
+            return Err(Status::invalid_argument("svid is required"));
+        }
+        // Validation needs no identity of the caller's own (verifiers may
+        // hold none), but is attested for the audit trail.
+        let workload = self.attest(&request, rpc::VALIDATE_JWT_SVID).await?;
+        Ok(Response::new(jwt::validate(
+            &self.ctx, &workload, audience, svid,
+        )?))
     }
 
     async fn fetch_witsvid(

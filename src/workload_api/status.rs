@@ -54,6 +54,6 @@ pub(super) fn shutting_down() -> Status {
     Status::unavailable("attestd is shutting down")
 }
 
-pub(super) fn not_offered(what: &str) -> Status {
+pub(super) fn not_offered(what: &'static str) -> Status {
     Status::unimplemented(format!("{what} is not offered by this attestd"))
 }

@@ -3,31 +3,19 @@
 //! the next on every rotation of one of the caller's SVIDs or change of the
 //! bundle. Every X.509-SVID sent is audited before it is sent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 use tonic::Status;
 
+use super::caller::{Caller, rpc};
 use super::{Context, status};
-use crate::attest::Workload;
 use crate::audit::{Outcome, Record};
 use crate::authority::{SvidTemplate, X509Bundle};
-use crate::proto::{X509BundlesResponse, X509svid, X509svidResponse};
-use crate::registry::Entry;
+use crate::proto::{X509svid, X509svidResponse};
 use crate::svid_cache::SvidReceiver;
-
-/// RPC names as they appear in the audit trail.
-pub(super) const FETCH_X509_SVID: &str = "FetchX509SVID";
-pub(super) const FETCH_X509_BUNDLES: &str = "FetchX509Bundles";
-
-/// An attested caller and the entries it matched (never empty).
-#[derive(Debug)]
-pub(super) struct Caller {
-    pub workload: Workload,
-    pub entries: Vec<Arc<Entry>>,
-}
 
 /// What woke a waiting stream.
 enum Wake {
@@ -81,7 +69,7 @@ pub(super) fn x509_svids(
     ctx: Arc<Context>,
     mut caller: Caller,
 ) -> Result<BoxStream<'static, Result<X509svidResponse, Status>>, Status> {
-    caller.entries = unique_hints(std::mem::take(&mut caller.entries));
+    caller.entries = caller.entries_with_unique_hints();
     let mut svids = Vec::with_capacity(caller.entries.len());
     for entry in &caller.entries {
         let template = SvidTemplate {
@@ -132,7 +120,7 @@ impl X509Watch {
             let svid = Arc::clone(&receiver.borrow_and_update());
             records.push(
                 Record::new(
-                    FETCH_X509_SVID,
+                    rpc::FETCH_X509_SVID,
                     Outcome::Issued,
                     reason,
                     Some(&self.caller.workload),
@@ -162,30 +150,19 @@ impl X509Watch {
     }
 }
 
-/// Clients need non-empty hints to be unique within a response: the first
-/// entry (in policy order) with a hint keeps it, later ones are left out.
-fn unique_hints(entries: Vec<Arc<Entry>>) -> Vec<Arc<Entry>> {
-    let mut seen = HashSet::new();
-    entries
-        .into_iter()
-        .filter(|entry| match &entry.hint {
-            Some(hint) if !seen.insert(hint.clone()) => {
-                tracing::warn!(entry = %entry.location, hint, "hint already used by an earlier matching entry; identity left out");
-                false
-            }
-            _ => true,
-        })
-        .collect()
-}
-
-/// The `FetchX509Bundles` stream: our trust domain's bundle now and on every
-/// change.
-pub(super) fn x509_bundles(ctx: &Context) -> BoxStream<'static, Result<X509BundlesResponse, Status>> {
-    let key = ctx.authority.trust_domain().id_string();
-    let bundle = ctx.authority.subscribe_bundle();
-    let shutdown = ctx.shutdown.clone();
-    let state = (key, bundle, shutdown, true, false);
-    stream::unfold(state, |(key, mut bundle, mut shutdown, first, done)| async move {
+/// A bundle stream: `render(bundle)` now and on every change of `bundle`,
+/// until shutdown.
+pub(super) fn bundle_stream<T, R>(
+    bundle: watch::Receiver<Arc<T>>,
+    shutdown: watch::Receiver<bool>,
+    render: impl Fn(&T) -> R + Send + 'static,
+) -> BoxStream<'static, Result<R, Status>>
+where
+    T: Send + Sync + 'static,
+    R: Send + 'static,
+{
+    let state = (bundle, shutdown, true, false);
+    stream::unfold(state, move |(mut bundle, mut shutdown, first, done)| async move {
         if done {
             return None;
         }
@@ -195,15 +172,12 @@ pub(super) fn x509_bundles(ctx: &Context) -> BoxStream<'static, Result<X509Bundl
                 _ = shutdown.wait_for(|stopping| *stopping) => false,
             };
             if !changed {
-                return Some((Err(status::shutting_down()), (key, bundle, shutdown, false, true)));
+                return Some((Err(status::shutting_down()), (bundle, shutdown, false, true)));
             }
         }
-        let der = bundle.borrow_and_update().concatenated_der();
-        let response = X509BundlesResponse {
-            crl: Vec::new(),
-            bundles: HashMap::from([(key.clone(), der)]),
-        };
-        Some((Ok(response), (key, bundle, shutdown, false, false)))
+        let current = Arc::clone(&bundle.borrow_and_update());
+        Some((Ok(current), (bundle, shutdown, false, false)))
     })
+    .map(move |item| item.map(|bundle| render(&bundle)))
     .boxed()
 }

@@ -13,7 +13,7 @@ use crate::harness::{Daemon, run_as};
 fn go_client() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("x509fetch");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("spiffeclient");
         let status = Command::new("go")
             .args(["build", "-o"])
             .arg(&out)
@@ -26,12 +26,14 @@ fn go_client() -> &'static PathBuf {
     })
 }
 
-fn fetch_as(daemon: &Daemon, uid: u32) -> (bool, Vec<Value>, String) {
-    let output = run_as(
-        uid,
-        uid,
-        Command::new(go_client()).args(["-addr", &daemon.endpoint(), "-timeout", "10s"]),
-    );
+/// Runs the Go client as `uid` with `args`; returns success, its JSON
+/// lines and its stderr.
+fn go_as(daemon: &Daemon, uid: u32, args: &[&str]) -> (bool, Vec<Value>, String) {
+    let mut command = Command::new(go_client());
+    command
+        .args(["-addr", &daemon.endpoint(), "-timeout", "10s"])
+        .args(args);
+    let output = run_as(uid, uid, &mut command);
     let svids = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
@@ -61,22 +63,41 @@ dns_names = ["agent.local"]
 "#,
     );
 
-    let (ok, svids, stderr) = fetch_as(&daemon, 0);
+    let (ok, svids, stderr) = go_as(&daemon, 0, &[]);
     assert!(ok, "{stderr}");
     assert_eq!(svids.len(), 1);
     assert_eq!(svids[0]["spiffe_id"], "spiffe://example.org/go/root");
     assert_eq!(svids[0]["hint"], "root");
     assert_eq!(svids[0]["verified"], true);
 
-    let (ok, svids, stderr) = fetch_as(&daemon, 1000);
+    let (ok, svids, stderr) = go_as(&daemon, 1000, &[]);
     assert!(ok, "{stderr}");
     assert_eq!(svids.len(), 1);
     assert_eq!(svids[0]["spiffe_id"], "spiffe://example.org/go/agent");
 
-    let (ok, svids, stderr) = fetch_as(&daemon, 1002);
+    let (ok, svids, stderr) = go_as(&daemon, 1002, &[]);
     assert!(!ok && svids.is_empty());
     assert!(
         stderr.contains("PermissionDenied") && stderr.contains("no identity issued"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn go_spiffe_fetches_and_validates_jwt_svids_online_and_offline() {
+    let daemon = Daemon::start(
+        r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/go/jwt"
+selectors = ["unix:uid:1000"]
+owner = "team-a@example.org"
+"#,
+    );
+    let (ok, results, stderr) = go_as(&daemon, 1000, &["-mode", "jwt", "-audience", "svc-a,svc-b"]);
+    assert!(ok, "{stderr}");
+    let result = &results[0];
+    assert_eq!(result["spiffe_id"], "spiffe://example.org/go/jwt");
+    assert_eq!(result["audience"], serde_json::json!(["svc-a", "svc-b"]));
+    assert_eq!(result["online_subject"], "spiffe://example.org/go/jwt");
+    assert_eq!(result["offline_subject"], "spiffe://example.org/go/jwt");
 }

@@ -57,6 +57,10 @@ impl Daemon {
         daemon
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("attestd.toml")
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("run/api.sock")
     }

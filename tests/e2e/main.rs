@@ -4,10 +4,12 @@
 //! other uids). They run as root, as CI does, to switch uids.
 
 mod audit;
+mod bundle_show;
 mod config_errors;
 mod go_interop;
 mod harness;
 mod isolation;
+mod jwt;
 mod restart;
 mod robustness;
 mod rotation;

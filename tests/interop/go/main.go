@@ -1,8 +1,13 @@
-// Command x509fetch is the go-spiffe interop client of attestd's tests: it
-// fetches the caller's X.509 context through go-spiffe's workloadapi (which
-// itself checks that each SVID's key matches its certificate), verifies every
-// SVID against the fetched bundle with go-spiffe's x509svid.Verify, and
-// prints one JSON line per SVID for the test to check.
+// Command spiffeclient is the go-spiffe interop client of attestd's tests.
+//
+// -mode x509 (default): fetches the caller's X.509 context through
+// go-spiffe's workloadapi (which itself checks that each SVID's key matches
+// its certificate), verifies every SVID against the fetched bundle with
+// x509svid.Verify, and prints one JSON line per SVID.
+//
+// -mode jwt: fetches a JWT-SVID for -audience, validates it through the
+// Workload API, then offline against the JWT bundles fetched from it with
+// jwtsvid.ParseAndValidate, and prints one JSON line.
 package main
 
 import (
@@ -12,13 +17,15 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
-type result struct {
+type x509Result struct {
 	SpiffeID string `json:"spiffe_id"`
 	Hint     string `json:"hint"`
 	Serial   string `json:"serial"`
@@ -26,8 +33,18 @@ type result struct {
 	Verified bool   `json:"verified"`
 }
 
+type jwtResult struct {
+	SpiffeID       string   `json:"spiffe_id"`
+	Audience       []string `json:"audience"`
+	Token          string   `json:"token"`
+	OnlineSubject  string   `json:"online_subject"`
+	OfflineSubject string   `json:"offline_subject"`
+}
+
 func main() {
 	addr := flag.String("addr", "", "Workload API address (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
+	mode := flag.String("mode", "x509", "x509 or jwt")
+	audience := flag.String("audience", "", "comma-separated audiences (jwt mode)")
 	timeout := flag.Duration("timeout", 10*time.Second, "overall deadline")
 	flag.Parse()
 
@@ -38,28 +55,74 @@ func main() {
 	if *addr != "" {
 		opts = append(opts, workloadapi.WithAddr(*addr))
 	}
+	var err error
+	switch *mode {
+	case "x509":
+		err = fetchX509(ctx, opts)
+	case "jwt":
+		err = fetchJWT(ctx, opts, strings.Split(*audience, ","))
+	default:
+		err = fmt.Errorf("unknown mode %q", *mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+}
+
+func fetchX509(ctx context.Context, opts []workloadapi.ClientOption) error {
 	x509ctx, err := workloadapi.FetchX509Context(ctx, opts...)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "fetch: %v\n", err)
-		os.Exit(2)
+		return fmt.Errorf("fetch: %w", err)
 	}
 	out := json.NewEncoder(os.Stdout)
 	for _, svid := range x509ctx.SVIDs {
-		_, _, verifyErr := x509svid.Verify(svid.Certificates, x509ctx.Bundles)
-		if verifyErr != nil {
-			fmt.Fprintf(os.Stderr, "verify %s: %v\n", svid.ID, verifyErr)
-			os.Exit(3)
+		if _, _, err := x509svid.Verify(svid.Certificates, x509ctx.Bundles); err != nil {
+			return fmt.Errorf("verify %s: %w", svid.ID, err)
 		}
 		leaf := svid.Certificates[0]
-		if err := out.Encode(result{
+		if err := out.Encode(x509Result{
 			SpiffeID: svid.ID.String(),
 			Hint:     svid.Hint,
 			Serial:   hex.EncodeToString(leaf.SerialNumber.Bytes()),
 			NotAfter: leaf.NotAfter.Unix(),
 			Verified: true,
 		}); err != nil {
-			fmt.Fprintf(os.Stderr, "encode: %v\n", err)
-			os.Exit(4)
+			return err
 		}
 	}
+	return nil
+}
+
+func fetchJWT(ctx context.Context, opts []workloadapi.ClientOption, audience []string) error {
+	client, err := workloadapi.New(ctx, opts...)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer client.Close()
+	params := jwtsvid.Params{Audience: audience[0], ExtraAudiences: audience[1:]}
+	svid, err := client.FetchJWTSVID(ctx, params)
+	if err != nil {
+		return fmt.Errorf("fetch: %w", err)
+	}
+	token := svid.Marshal()
+	online, err := client.ValidateJWTSVID(ctx, token, audience[0])
+	if err != nil {
+		return fmt.Errorf("validate online: %w", err)
+	}
+	bundles, err := client.FetchJWTBundles(ctx)
+	if err != nil {
+		return fmt.Errorf("fetch bundles: %w", err)
+	}
+	offline, err := jwtsvid.ParseAndValidate(token, bundles, audience)
+	if err != nil {
+		return fmt.Errorf("validate offline: %w", err)
+	}
+	return json.NewEncoder(os.Stdout).Encode(jwtResult{
+		SpiffeID:       svid.ID.String(),
+		Audience:       svid.Audience,
+		Token:          token,
+		OnlineSubject:  online.ID.String(),
+		OfflineSubject: offline.ID.String(),
+	})
 }

@@ -1,0 +1,203 @@
+//! The SPIFFE trust bundle document (a JWKS): X.509 authorities as JWKs with
+//! `use: "x509-svid"` and their certificate in `x5c`, JWT authorities with
+//! `use: "jwt-svid"` and a `kid`. attestd keeps it current in
+//! `<data_dir>/bundle.json` for relying parties and `attestd bundle show`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters, EllipticCurveKeyType,
+    Jwk, PublicKeyUse, RSAKeyParameters, RSAKeyType,
+};
+use serde::{Deserialize, Serialize};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::public_key::PublicKey;
+
+use super::{Authority, AuthorityError, JwtBundle, X509Bundle};
+use crate::atomic_file;
+
+/// The `use` of X.509 authorities in SPIFFE bundles.
+pub const X509_SVID_USE: &str = "x509-svid";
+
+/// A SPIFFE bundle document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleDocument {
+    /// The authorities.
+    pub keys: Vec<Jwk>,
+    /// Increases with every change of the bundle.
+    pub spiffe_sequence: u64,
+    /// How often relying parties should fetch it again, in seconds.
+    pub spiffe_refresh_hint: u64,
+}
+
+impl BundleDocument {
+    /// The document for these bundles.
+    pub fn new(x509: &X509Bundle, jwt: &JwtBundle, sequence: u64, refresh_hint: Duration) -> Self {
+        let mut keys: Vec<Jwk> = x509
+            .roots()
+            .iter()
+            .filter_map(|der| x509_authority(der))
+            .collect();
+        keys.extend(jwt.keys().iter().cloned());
+        Self {
+            keys,
+            spiffe_sequence: sequence,
+            spiffe_refresh_hint: refresh_hint.as_secs(),
+        }
+    }
+
+    /// Reads a bundle document written by attestd.
+    pub fn read(path: &Path) -> Result<Self, AuthorityError> {
+        let text = std::fs::read(path).map_err(|source| AuthorityError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|e| AuthorityError::InvalidFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The JSON document.
+    pub fn to_json(&self) -> String {
+        // Strings and integers only: serialization cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The X.509 authorities as PEM certificates.
+    pub fn to_pem(&self) -> String {
+        self.x509_authorities()
+            .into_iter()
+            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+            .collect()
+    }
+
+    /// The X.509 authorities' certificates, DER.
+    pub fn x509_authorities(&self) -> Vec<Vec<u8>> {
+        self.keys
+            .iter()
+            .filter(|key| matches!(&key.common.public_key_use, Some(PublicKeyUse::Other(u)) if u == X509_SVID_USE))
+            .filter_map(|key| key.common.x509_chain.as_ref()?.first().cloned())
+            .filter_map(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .collect()
+    }
+}
+
+/// A CA certificate as a JWK: its public key, `use: "x509-svid"`, and the
+/// certificate itself in `x5c`. Keys of a type JWK cannot express are left
+/// out with a warning.
+fn x509_authority(der: &[u8]) -> Option<Jwk> {
+    let b64url = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let algorithm = match cert.public_key().parsed() {
+        Ok(PublicKey::EC(point)) => {
+            let data = point.data();
+            let curve = match data.len() {
+                65 => EllipticCurve::P256,
+                97 => EllipticCurve::P384,
+                _ => return unsupported(&cert),
+            };
+            let (x, y) = data[1..].split_at((data.len() - 1) / 2);
+            AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: EllipticCurveKeyType::EC,
+                curve,
+                x: b64url(x),
+                y: b64url(y),
+            })
+        }
+        Ok(PublicKey::RSA(rsa)) => AlgorithmParameters::RSA(RSAKeyParameters {
+            key_type: RSAKeyType::RSA,
+            n: b64url(strip_leading_zeros(rsa.modulus)),
+            e: b64url(strip_leading_zeros(rsa.exponent)),
+        }),
+        _ => return unsupported(&cert),
+    };
+    Some(Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Other(X509_SVID_USE.into())),
+            x509_chain: Some(vec![base64::engine::general_purpose::STANDARD.encode(der)]),
+            ..CommonParameters::default()
+        },
+        algorithm,
+    })
+}
+
+fn unsupported(cert: &X509Certificate<'_>) -> Option<Jwk> {
+    tracing::warn!(subject = %cert.subject(), "CA key type cannot be expressed as a JWK; left out of bundle.json");
+    None
+}
+
+fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
+    &bytes[start..]
+}
+
+/// Rewrites `path` (mode 0644, atomically) whenever the X.509 or JWT bundle
+/// changes, until the authority is dropped.
+pub async fn maintain_bundle_file(authority: Arc<Authority>, path: PathBuf, refresh_hint: Duration) {
+    let mut x509 = authority.subscribe_bundle();
+    let mut jwt = authority.jwt().subscribe();
+    let mut sequence = 0u64;
+    loop {
+        sequence += 1;
+        let document = BundleDocument::new(
+            &x509.borrow_and_update(),
+            &jwt.borrow_and_update(),
+            sequence,
+            refresh_hint,
+        );
+        if let Err(error) = atomic_file::write(&path, document.to_json().as_bytes(), 0o644) {
+            tracing::error!(path = %path.display(), %error, "cannot write the bundle document");
+        }
+        let changed = tokio::select! {
+            result = x509.changed() => result.is_ok(),
+            result = jwt.changed() => result.is_ok(),
+        };
+        if !changed {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spiffe_id::TrustDomain;
+
+    #[test]
+    fn document_has_both_kinds_of_authority() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let authority = Authority::embedded(
+            td,
+            dir.path(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let document = BundleDocument::new(
+            &authority.bundle(),
+            &authority.jwt().bundle(),
+            1,
+            Duration::from_secs(60),
+        );
+        let json = serde_json::to_value(&document).unwrap();
+        let keys = json["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0]["use"], "x509-svid");
+        assert_eq!(keys[0]["kty"], "EC");
+        assert_eq!(keys[0]["crv"], "P-256");
+        assert!(keys[0].get("kid").is_none());
+        assert_eq!(keys[0]["x5c"].as_array().unwrap().len(), 1);
+        assert_eq!(keys[1]["use"], "jwt-svid");
+        assert!(keys[1]["kid"].is_string());
+        assert!(keys.iter().all(|k| k.get("d").is_none()), "no private members");
+        assert_eq!(document.x509_authorities(), authority.bundle().roots());
+    }
+}

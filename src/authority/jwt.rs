@@ -1,0 +1,416 @@
+//! JWT-SVIDs: minting (a fresh token per call, ES256, `kid`, integer `exp`,
+//! random `jti`), the JWT bundle, and full validation of presented tokens.
+//! Encoding and signature checks are jsonwebtoken's; this module decides
+//! which keys and algorithms are acceptable and what the claims must say.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use rand::RngCore;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::AuthorityError;
+use super::jwt_keys::KeySet;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::wall_clock::{self, unix_seconds};
+
+/// Retry delay after a failed key rotation.
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
+
+/// Why a presented token is not a valid JWT-SVID of this trust domain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtError {
+    /// Not a JWS compact token with a JSON header.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The header's `alg` is refused (none, HMAC, or not our keys' type).
+    #[error("algorithm refused: {0}")]
+    AlgorithmRefused(String),
+    /// The header's `typ` is neither JWT nor JOSE.
+    #[error("header typ {0:?} is not JWT or JOSE")]
+    BadType(String),
+    /// The header has no `kid`.
+    #[error("header has no kid")]
+    MissingKid,
+    /// No key of our JWT bundle has this `kid`.
+    #[error("signing key {0:?} is not in the trust bundle")]
+    UnknownKey(String),
+    /// The signature does not verify with the key.
+    #[error("signature does not verify")]
+    BadSignature,
+    /// `exp` is in the past.
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token is not valid yet")]
+    NotYetValid,
+    /// `aud` does not contain the audience.
+    #[error("audience {0:?} is not in the token's aud")]
+    AudienceMismatch(String),
+    /// A required claim is absent.
+    #[error("claim {0:?} is missing")]
+    MissingClaim(String),
+    /// `sub` is not a SPIFFE ID of our trust domain.
+    #[error("sub is not a SPIFFE ID of this trust domain: {0}")]
+    BadSubject(String),
+}
+
+/// A minted JWT-SVID.
+#[derive(Debug, Clone)]
+pub struct JwtSvid {
+    /// The identity.
+    pub spiffe_id: SpiffeId,
+    /// JWS compact serialization.
+    pub token: String,
+    /// The token's unique id.
+    pub jti: String,
+    /// When it expires.
+    pub expires_at: SystemTime,
+}
+
+/// A token that passed validation.
+#[derive(Debug, Clone)]
+pub struct ValidatedJwt {
+    /// Its subject.
+    pub spiffe_id: SpiffeId,
+    /// All its claims.
+    pub claims: serde_json::Map<String, Value>,
+}
+
+impl ValidatedJwt {
+    /// The `jti` claim, if any.
+    pub fn jti(&self) -> Option<&str> {
+        self.claims.get("jti").and_then(Value::as_str)
+    }
+}
+
+/// The public JWT keys of our trust domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JwtBundle {
+    keys: Vec<Jwk>,
+}
+
+impl JwtBundle {
+    /// The keys.
+    pub fn keys(&self) -> &[Jwk] {
+        &self.keys
+    }
+
+    /// The key with this id.
+    pub fn find(&self, kid: &str) -> Option<&Jwk> {
+        self.keys
+            .iter()
+            .find(|key| key.common.key_id.as_deref() == Some(kid))
+    }
+
+    /// The JWKS document the Workload API sends: `{"keys":[...]}`.
+    pub fn jwks_json(&self) -> Vec<u8> {
+        let set = JwkSet {
+            keys: self.keys.clone(),
+        };
+        // JWKs of strings: serialization cannot fail.
+        serde_json::to_vec(&set).unwrap_or_default()
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    aud: &'a [String],
+    exp: u64,
+    iat: u64,
+    jti: &'a str,
+}
+
+/// Signs and validates JWT-SVIDs, and rotates the keys that do.
+#[derive(Debug)]
+pub struct JwtAuthority {
+    trust_domain: TrustDomain,
+    // std Mutex: held to pick a key or look one up, never across an await.
+    keys: Mutex<KeySet>,
+    bundle: watch::Sender<Arc<JwtBundle>>,
+}
+
+impl JwtAuthority {
+    /// Clock skew tolerated on `exp` and `nbf` when validating.
+    pub const VALIDATION_LEEWAY: Duration = Duration::from_secs(2);
+
+    /// Takes over a loaded key set, bringing it up to date.
+    pub(super) fn new(trust_domain: TrustDomain, mut keys: KeySet) -> Result<Self, AuthorityError> {
+        if keys.advance(SystemTime::now())? {
+            keys.save()?;
+        }
+        let bundle = watch::Sender::new(Arc::new(bundle_of(&keys)));
+        Ok(Self {
+            trust_domain,
+            keys: Mutex::new(keys),
+            bundle,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, KeySet> {
+        // Every critical section leaves the set consistent.
+        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current JWT bundle.
+    pub fn bundle(&self) -> Arc<JwtBundle> {
+        self.bundle.borrow().clone()
+    }
+
+    /// A receiver that sees every key change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<JwtBundle>> {
+        self.bundle.subscribe()
+    }
+
+    /// Mints a fresh token for `spiffe_id` and `audiences`, valid for `ttl`
+    /// but never beyond its signing key.
+    pub fn mint(
+        &self,
+        spiffe_id: &SpiffeId,
+        audiences: &[String],
+        ttl: Duration,
+    ) -> Result<JwtSvid, AuthorityError> {
+        let now = SystemTime::now();
+        let mut keys = self.lock();
+        if keys.signing(now).is_none() {
+            // The rotation task is late (a suspended host): catch up here,
+            // publishing before signing.
+            self.refresh_locked(&mut keys, now)?;
+        }
+        let key = keys.signing(now).ok_or(AuthorityError::NoSigningKey)?;
+        let expires_at = (now + ttl).min(key.not_after);
+        let mut jti = [0u8; 16];
+        rand::rng().fill_bytes(&mut jti);
+        let jti = hex::encode(jti);
+        let claims = Claims {
+            sub: spiffe_id.as_str(),
+            aud: audiences,
+            exp: unix_seconds(expires_at),
+            iat: unix_seconds(now),
+            jti: &jti,
+        };
+        let header = Header {
+            typ: Some("JWT".into()),
+            alg: Algorithm::ES256,
+            kid: Some(key.kid.clone()),
+            ..Header::default()
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)?;
+        Ok(JwtSvid {
+            spiffe_id: spiffe_id.clone(),
+            token,
+            jti,
+            expires_at,
+        })
+    }
+
+    /// Validates `token` for `audience`: header, key, signature, expiry,
+    /// audience, subject.
+    pub fn validate(&self, token: &str, audience: &str) -> Result<ValidatedJwt, JwtError> {
+        let kid = check_header(token)?;
+        let jwk = self
+            .bundle()
+            .find(&kid)
+            .cloned()
+            .ok_or_else(|| JwtError::UnknownKey(kid.clone()))?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| JwtError::Malformed(e.to_string()))?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.leeway = Self::VALIDATION_LEEWAY.as_secs();
+        validation.validate_nbf = true;
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
+            .map_err(|e| decode_error(e, audience))?;
+        let sub = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+        let spiffe_id = SpiffeId::new(sub).map_err(|e| JwtError::BadSubject(format!("{sub:?}: {e}")))?;
+        if spiffe_id.trust_domain() != &self.trust_domain {
+            return Err(JwtError::BadSubject(sub.to_owned()));
+        }
+        Ok(ValidatedJwt {
+            spiffe_id,
+            claims: data.claims,
+        })
+    }
+
+    /// Keeps the keys on schedule until the process ends.
+    pub async fn run_rotation(self: Arc<Self>) {
+        loop {
+            let next = self.lock().next_change();
+            wall_clock::sleep_until(next).await;
+            let result = {
+                let mut keys = self.lock();
+                self.refresh_locked(&mut keys, SystemTime::now())
+            };
+            if let Err(error) = result {
+                tracing::error!(%error, "JWT key rotation failed; retrying");
+                tokio::time::sleep(ROTATION_RETRY).await;
+            }
+        }
+    }
+
+    /// Advances the schedule; on a change saves the keys and publishes the
+    /// bundle (before any new key can sign: callers hold the lock).
+    fn refresh_locked(&self, keys: &mut KeySet, now: SystemTime) -> Result<(), AuthorityError> {
+        if !keys.advance(now)? {
+            return Ok(());
+        }
+        if let Err(error) = keys.save() {
+            // The keys still work; a restart would lose the new one and with
+            // it the tokens it signed.
+            tracing::error!(%error, "cannot save JWT keys");
+        }
+        let bundle = bundle_of(keys);
+        tracing::info!(keys = ?bundle.keys().iter().filter_map(|k| k.common.key_id.as_deref()).collect::<Vec<_>>(), "JWT bundle changed");
+        self.bundle.send_replace(Arc::new(bundle));
+        Ok(())
+    }
+}
+
+fn bundle_of(keys: &KeySet) -> JwtBundle {
+    JwtBundle {
+        keys: keys.published().iter().map(|key| key.jwk.clone()).collect(),
+    }
+}
+
+/// Reads the JOSE header and refuses what no SPIFFE JWT-SVID of ours can
+/// carry, with a precise reason; returns the `kid`.
+fn check_header(token: &str) -> Result<String, JwtError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("not three dot-separated parts".into()));
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|e| JwtError::Malformed(format!("header is not base64url: {e}")))?;
+    let header: BTreeMap<String, Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| JwtError::Malformed(format!("header is not a JSON object: {e}")))?;
+    let alg = header.get("alg").and_then(Value::as_str).unwrap_or_default();
+    match alg {
+        "ES256" => {}
+        "" => return Err(JwtError::AlgorithmRefused("no alg".into())),
+        "none" | "None" | "NONE" => {
+            return Err(JwtError::AlgorithmRefused("unsigned tokens (alg none)".into()));
+        }
+        hmac if hmac.starts_with("HS") => {
+            return Err(JwtError::AlgorithmRefused(format!(
+                "{hmac}: shared-secret algorithms"
+            )));
+        }
+        other => {
+            return Err(JwtError::AlgorithmRefused(format!(
+                "{other} does not match this trust domain's EC P-256 keys"
+            )));
+        }
+    }
+    if let Some(typ) = header.get("typ") {
+        match typ.as_str() {
+            Some("JWT" | "JOSE") => {}
+            _ => return Err(JwtError::BadType(typ.to_string())),
+        }
+    }
+    match header.get("kid").and_then(Value::as_str) {
+        Some(kid) if !kid.is_empty() => Ok(kid.to_owned()),
+        _ => Err(JwtError::MissingKid),
+    }
+}
+
+fn decode_error(error: jsonwebtoken::errors::Error, audience: &str) -> JwtError {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.into_kind() {
+        ErrorKind::InvalidSignature => JwtError::BadSignature,
+        ErrorKind::ExpiredSignature => JwtError::Expired,
+        ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+        ErrorKind::InvalidAudience => JwtError::AudienceMismatch(audience.to_owned()),
+        ErrorKind::MissingRequiredClaim(claim) => JwtError::MissingClaim(claim),
+        ErrorKind::InvalidAlgorithm => JwtError::AlgorithmRefused("alg does not match the key".into()),
+        other => JwtError::Malformed(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority(dir: &std::path::Path) -> JwtAuthority {
+        let td = TrustDomain::new("example.org").unwrap();
+        JwtAuthority::new(td, KeySet::load(dir, Duration::from_secs(3600)).unwrap()).unwrap()
+    }
+
+    fn header(json: &str) -> String {
+        format!(
+            "{}.e30.sig",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        )
+    }
+
+    #[test]
+    fn header_checks_name_the_reason() {
+        let refused = |json: &str| check_header(&header(json)).unwrap_err();
+        assert!(
+            matches!(refused(r#"{"alg":"none","kid":"k"}"#), JwtError::AlgorithmRefused(r) if r.contains("none"))
+        );
+        assert!(
+            matches!(refused(r#"{"alg":"HS256","kid":"k"}"#), JwtError::AlgorithmRefused(r) if r.contains("HS256"))
+        );
+        assert!(
+            matches!(refused(r#"{"alg":"RS256","kid":"k"}"#), JwtError::AlgorithmRefused(r) if r.contains("RS256"))
+        );
+        assert!(matches!(refused(r#"{"kid":"k"}"#), JwtError::AlgorithmRefused(_)));
+        assert_eq!(refused(r#"{"alg":"ES256"}"#), JwtError::MissingKid);
+        assert!(matches!(
+            refused(r#"{"alg":"ES256","kid":"k","typ":"xyz"}"#),
+            JwtError::BadType(_)
+        ));
+        assert!(matches!(check_header("a.b"), Err(JwtError::Malformed(_))));
+        assert!(matches!(check_header("!!.b.c"), Err(JwtError::Malformed(_))));
+        assert_eq!(
+            check_header(&header(r#"{"alg":"ES256","kid":"k","typ":"JOSE"}"#)).unwrap(),
+            "k"
+        );
+    }
+
+    #[test]
+    fn minted_tokens_validate_for_each_audience_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt = authority(dir.path());
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let audiences = vec!["a".to_owned(), "b".to_owned()];
+        let svid = jwt.mint(&id, &audiences, Duration::from_secs(60)).unwrap();
+        for audience in ["a", "b"] {
+            let valid = jwt.validate(&svid.token, audience).unwrap();
+            assert_eq!(valid.spiffe_id, id);
+            assert_eq!(valid.jti(), Some(svid.jti.as_str()));
+        }
+        assert_eq!(
+            jwt.validate(&svid.token, "c").unwrap_err(),
+            JwtError::AudienceMismatch("c".into())
+        );
+        // Another trust domain's authority does not hold our key.
+        let other_dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            authority(other_dir.path()).validate(&svid.token, "a"),
+            Err(JwtError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn token_expiry_never_outlives_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt = authority(dir.path());
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let svid = jwt
+            .mint(&id, &["a".to_owned()], Duration::from_secs(10 * 3600))
+            .unwrap();
+        let key_expiry = jwt.lock().signing(SystemTime::now()).unwrap().not_after;
+        assert!(svid.expires_at <= key_expiry);
+    }
+}

@@ -1,0 +1,43 @@
+//! An admitted caller: what attestation learned and the entries it holds.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::attest::Workload;
+use crate::registry::Entry;
+
+/// An attested caller and the entries it matched (never empty).
+#[derive(Debug)]
+pub(super) struct Caller {
+    pub workload: Workload,
+    pub entries: Vec<Arc<Entry>>,
+}
+
+impl Caller {
+    /// Clients need non-empty hints to be unique within a response: the
+    /// first entry (in policy order) with a hint keeps it, later ones are
+    /// left out.
+    pub fn entries_with_unique_hints(&self) -> Vec<Arc<Entry>> {
+        let mut seen = HashSet::new();
+        self.entries
+            .iter()
+            .filter(|entry| match &entry.hint {
+                Some(hint) if !seen.insert(hint.as_str()) => {
+                    tracing::warn!(entry = %entry.location, hint, "hint already used by an earlier matching entry; identity left out");
+                    false
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// RPC names as they appear in the audit trail.
+pub(super) mod rpc {
+    pub const FETCH_X509_SVID: &str = "FetchX509SVID";
+    pub const FETCH_X509_BUNDLES: &str = "FetchX509Bundles";
+    pub const FETCH_JWT_SVID: &str = "FetchJWTSVID";
+    pub const FETCH_JWT_BUNDLES: &str = "FetchJWTBundles";
+    pub const VALIDATE_JWT_SVID: &str = "ValidateJWTSVID";
+}
