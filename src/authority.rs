@@ -126,3 +126,14 @@ impl Authority {
         self.bundle.subscribe()
     }
 }
+
+/// An embedded authority for `example.org` on a temporary directory (kept
+/// alive by the returned guard), for unit tests.
+#[cfg(test)]
+pub(crate) fn test_authority() -> (tempfile::TempDir, Authority) {
+    let dir = tempfile::tempdir().unwrap();
+    let td = TrustDomain::new("example.org").unwrap();
+    let hour = Duration::from_secs(3600);
+    let authority = Authority::embedded(td, dir.path(), hour, hour).unwrap();
+    (dir, authority)
+}

@@ -198,18 +198,10 @@ fn renewal_delay(svid: &X509Svid, now: SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spiffe_id::{SpiffeId, TrustDomain};
+    use crate::spiffe_id::SpiffeId;
 
     fn fixture(ttl: Duration) -> (tempfile::TempDir, Arc<SvidCache>, SvidTemplate) {
-        let dir = tempfile::tempdir().unwrap();
-        let td = TrustDomain::new("example.org").unwrap();
-        let authority = Authority::embedded(
-            td,
-            dir.path(),
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+        let (dir, authority) = crate::authority::test_authority();
         let template = SvidTemplate {
             spiffe_id: SpiffeId::new("spiffe://example.org/w").unwrap(),
             dns_names: vec![],

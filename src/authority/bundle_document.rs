@@ -168,19 +168,10 @@ pub async fn maintain_bundle_file(authority: Arc<Authority>, path: PathBuf, refr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spiffe_id::TrustDomain;
 
     #[test]
     fn document_has_both_kinds_of_authority() {
-        let dir = tempfile::tempdir().unwrap();
-        let td = TrustDomain::new("example.org").unwrap();
-        let authority = Authority::embedded(
-            td,
-            dir.path(),
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+        let (_dir, authority) = crate::authority::test_authority();
         let document = BundleDocument::new(
             &authority.bundle(),
             &authority.jwt().bundle(),

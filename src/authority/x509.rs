@@ -125,21 +125,11 @@ fn subject_alt_names(template: &SvidTemplate) -> Result<Vec<SanType>, rcgen::Err
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authority::Authority;
-    use crate::spiffe_id::TrustDomain;
     use x509_parser::prelude::*;
 
     #[test]
     fn minted_leaf_has_the_spiffe_shape() {
-        let dir = tempfile::tempdir().unwrap();
-        let td = TrustDomain::new("example.org").unwrap();
-        let authority = Authority::embedded(
-            td,
-            dir.path(),
-            Duration::from_secs(3600),
-            Duration::from_secs(3600),
-        )
-        .unwrap();
+        let (_dir, authority) = crate::authority::test_authority();
         let template = SvidTemplate {
             spiffe_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
             dns_names: vec!["agent.local".into()],

@@ -40,6 +40,15 @@ async fn client(daemon: &Daemon) -> WorkloadApiClient {
     WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap()
 }
 
+/// A fresh JWT-SVID for audience `svc-a`.
+async fn fetch_token(daemon: &Daemon) -> JwtSvid {
+    client(daemon)
+        .await
+        .fetch_jwt_svid(["svc-a"], None)
+        .await
+        .unwrap()
+}
+
 /// ValidateJWTSVID through attestd; the status message on refusal.
 async fn refusal(daemon: &Daemon, token: &str, audience: &str) -> String {
     let mut api = attestd::client::connect(&daemon.socket()).await.unwrap();
@@ -135,11 +144,7 @@ async fn rust_client_fetches_and_validates_online_and_offline() {
 #[tokio::test]
 async fn validation_returns_subject_and_numeric_claims() {
     let daemon = Daemon::start(ENTRY);
-    let svid = client(&daemon)
-        .await
-        .fetch_jwt_svid(["svc-a"], None)
-        .await
-        .unwrap();
+    let svid = fetch_token(&daemon).await;
     let mut api = attestd::client::connect(&daemon.socket()).await.unwrap();
     let response = api
         .validate_jwtsvid(ValidateJwtsvidRequest {
@@ -187,11 +192,7 @@ async fn empty_audience_or_foreign_identity_is_refused() {
 #[tokio::test]
 async fn wrong_audience_is_refused() {
     let daemon = Daemon::start(ENTRY);
-    let svid = client(&daemon)
-        .await
-        .fetch_jwt_svid(["svc-a"], None)
-        .await
-        .unwrap();
+    let svid = fetch_token(&daemon).await;
     let message = refusal(&daemon, svid.token(), "svc-b").await;
     assert!(message.contains("audience \"svc-b\""), "{message}");
 }
@@ -199,11 +200,7 @@ async fn wrong_audience_is_refused() {
 #[tokio::test]
 async fn expired_token_is_refused() {
     let daemon = Daemon::start(&format!("[svid]\njwt_ttl = \"5s\"\n{ENTRY}"));
-    let svid = client(&daemon)
-        .await
-        .fetch_jwt_svid(["svc-a"], None)
-        .await
-        .unwrap();
+    let svid = fetch_token(&daemon).await;
     let exp = claims(svid.token())["exp"].as_u64().unwrap();
     // Past exp and the validation leeway.
     let leeway = attestd::authority::JwtAuthority::VALIDATION_LEEWAY.as_secs();
@@ -217,11 +214,7 @@ async fn expired_token_is_refused() {
 #[tokio::test]
 async fn tampered_payload_is_refused() {
     let daemon = Daemon::start(ENTRY);
-    let svid = client(&daemon)
-        .await
-        .fetch_jwt_svid(["svc-a"], None)
-        .await
-        .unwrap();
+    let svid = fetch_token(&daemon).await;
     let parts: Vec<&str> = svid.token().split('.').collect();
     let mut payload = claims(svid.token());
     payload["sub"] = json!("spiffe://example.org/jwt/admin");
@@ -233,11 +226,7 @@ async fn tampered_payload_is_refused() {
 #[tokio::test]
 async fn tampered_signature_is_refused() {
     let daemon = Daemon::start(ENTRY);
-    let svid = client(&daemon)
-        .await
-        .fetch_jwt_svid(["svc-a"], None)
-        .await
-        .unwrap();
+    let svid = fetch_token(&daemon).await;
     let (head, signature) = svid.token().rsplit_once('.').unwrap();
     let mut bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(signature)
@@ -265,11 +254,7 @@ async fn alg_none_is_refused() {
 #[tokio::test]
 async fn hs256_signed_with_the_public_key_is_refused() {
     let daemon = Daemon::start(ENTRY);
-    let svid = client(&daemon)
-        .await
-        .fetch_jwt_svid(["svc-a"], None)
-        .await
-        .unwrap();
+    let svid = fetch_token(&daemon).await;
     let kid = kid_of(svid.token());
     // The classic confusion attack: the public key (as published) used as an
     // HMAC secret.
