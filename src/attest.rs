@@ -8,16 +8,21 @@
 //! whose pid may be reused) is refused rather than mistaken for another.
 //! This module knows nothing of gRPC.
 
+mod cgroup;
 mod exe_hash;
 mod peer;
 mod process;
+mod socket_holders;
 
 use std::path::{Path, PathBuf};
 
-pub use exe_hash::ExeHasher;
+pub use cgroup::{CgroupError, CgroupFacts, parse as parse_cgroup};
+pub use exe_hash::{DEFAULT_MAX_HASH_BYTES, ExeHasher, FileId};
 pub use peer::{PeerIdentity, ProcessPin};
 
 use crate::selector::{Selector, SelectorSet};
+use exe_hash::Digest256;
+use process::{Executable, Status};
 
 /// Why a caller could not be attested. None of these says the caller is not
 /// entitled to anything: they say attestd could not learn who it is.
@@ -43,6 +48,9 @@ pub enum AttestError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The cgroup file contradicts itself.
+    #[error("cgroup: {0}")]
+    Cgroup(CgroupError),
 }
 
 /// What attestation learned about a caller: the facts for the audit trail and
@@ -61,6 +69,19 @@ pub struct Workload {
     pub sha256: Option<String>,
     /// Every selector the caller has.
     pub selectors: SelectorSet,
+    /// Facts withheld from the selectors, and why (for logs and the audit).
+    pub notes: Vec<String>,
+}
+
+/// Whether `unix:path`/`unix:sha256` must be proven bound to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExeBinding {
+    /// Over the socket, for a policy that names executables: emit them only
+    /// if the process runs the executable it ran when accepted and is the
+    /// only holder of the connection.
+    Verify,
+    /// Emit them as read (the policy does not use them, or `explain`).
+    Trust,
 }
 
 /// Attests socket peers by reading `/proc` under a configurable root (tests
@@ -73,16 +94,17 @@ pub struct Attestor {
 
 impl Default for Attestor {
     fn default() -> Self {
-        Self::new("/proc")
+        Self::new("/proc", DEFAULT_MAX_HASH_BYTES)
     }
 }
 
 impl Attestor {
-    /// An attestor reading the process tree at `proc_root`.
-    pub fn new(proc_root: impl Into<PathBuf>) -> Self {
+    /// An attestor reading the process tree at `proc_root`, hashing
+    /// executables up to `max_hash_bytes`.
+    pub fn new(proc_root: impl Into<PathBuf>, max_hash_bytes: u64) -> Self {
         Self {
             proc_root: proc_root.into(),
-            hasher: ExeHasher::default(),
+            hasher: ExeHasher::new(max_hash_bytes),
         }
     }
 
@@ -91,59 +113,153 @@ impl Attestor {
         &self.proc_root
     }
 
-    /// Attests a peer. Blocking (reads `/proc`, hashes the executable): call
-    /// it from `spawn_blocking`.
-    pub fn attest(&self, peer: &PeerIdentity) -> Result<Workload, AttestError> {
-        let pid = peer.pid;
+    /// How many executables were read and hashed so far (cache misses).
+    pub fn executables_hashed(&self) -> u64 {
+        self.hasher.files_hashed()
+    }
+
+    /// Attests a peer. Blocking (reads `/proc`, hashes the executable, may
+    /// scan `/proc/*/fd`): call it from `spawn_blocking`.
+    pub fn attest(&self, peer: &PeerIdentity, binding: ExeBinding) -> Result<Workload, AttestError> {
         let proc_dir = peer.open_proc_dir(&self.proc_root)?;
         // Only once the pin says the process is still alive do we know the
         // directory we just opened is its own and not a successor's.
         peer.ensure_alive()?;
+        test_hooks::delay_attestation();
 
-        let status = proc_dir.status()?;
+        let mut workload = Workload {
+            pid: peer.pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            exe_path: None,
+            sha256: None,
+            selectors: SelectorSet::new(),
+            notes: Vec::new(),
+        };
+        unix_id_selectors(&mut workload, peer, &proc_dir.status()?);
         let exe = proc_dir.executable(&self.hasher)?;
-
-        let mut selectors = SelectorSet::new();
-        unix_id_selectors(&mut selectors, peer.uid, peer.gid, &status.supplementary_gids);
-        if let Some(path) = &exe.path {
-            selectors.insert(Selector::new("unix", "path", path.display()));
-        }
-        if let Some(digest) = &exe.sha256 {
-            selectors.insert(Selector::new("unix", "sha256", digest));
-        }
+        self.exe_selectors(&mut workload, peer, exe, binding);
+        proc_dir.cgroup()?.selectors(&mut workload.selectors);
 
         // Facts read from a process that has since exited could belong to
         // anything: refuse instead of issuing on them.
         peer.ensure_alive()?;
-        Ok(Workload {
-            pid,
-            uid: peer.uid,
-            gid: peer.gid,
-            exe_path: exe.path,
-            sha256: exe.sha256,
-            selectors,
-        })
+        for note in &workload.notes {
+            tracing::info!(pid = peer.pid, note, "attestation withheld a selector");
+        }
+        Ok(workload)
+    }
+
+    /// `unix:path` and `unix:sha256`, when they are sound for this
+    /// connection.
+    fn exe_selectors(
+        &self,
+        workload: &mut Workload,
+        peer: &PeerIdentity,
+        exe: Executable,
+        binding: ExeBinding,
+    ) {
+        let sha256 = match exe.digest {
+            Digest256::Hex(hex) => Some(hex),
+            Digest256::TooLarge(size) => {
+                workload.notes.push(format!(
+                    "unix:sha256 not emitted: the executable is {size} bytes, over the hashing limit"
+                ));
+                None
+            }
+        };
+        workload.exe_path = exe.path;
+        workload.sha256 = sha256;
+        if binding == ExeBinding::Verify
+            && let Err(reason) = self.exe_bound_to_connection(peer, exe.id)
+        {
+            workload
+                .notes
+                .push(format!("unix:path and unix:sha256 withheld: {reason}"));
+            return;
+        }
+        if let Some(path) = &workload.exe_path {
+            workload
+                .selectors
+                .insert(Selector::new("unix", "path", path.display()));
+        }
+        if let Some(digest) = &workload.sha256 {
+            workload.selectors.insert(Selector::new("unix", "sha256", digest));
+        }
+    }
+
+    /// The executable is the one accepted, and nobody else holds the
+    /// caller's end of the connection (no inherited or passed socket).
+    fn exe_bound_to_connection(&self, peer: &PeerIdentity, exe: FileId) -> Result<(), String> {
+        if peer.exe_at_accept != Some(exe) {
+            return Err("the process exec'd another executable since it connected".into());
+        }
+        let local = peer.socket_inode.ok_or("the connection's socket is unknown")?;
+        let remote = socket_holders::peer_inode(local).map_err(|e| e.to_string())?;
+        let holders = socket_holders::holders(&self.proc_root, remote).map_err(|e| e.to_string())?;
+        if holders != [peer.pid] {
+            return Err(format!(
+                "the connection is held by processes {holders:?}, not by {} alone",
+                peer.pid
+            ));
+        }
+        Ok(())
     }
 }
 
-/// The `unix:` identity selectors: numeric ids always, names where the host's
-/// user database knows them.
-fn unix_id_selectors(selectors: &mut SelectorSet, uid: u32, gid: u32, supplementary: &[u32]) {
+/// The `unix:` identity selectors: the connect-time credentials, only while
+/// the process still has them (a setuid since connecting voids them), and
+/// names where the host's user database knows them.
+fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Status) {
     use nix::unistd::{Gid, Group, Uid, User};
-    selectors.insert(Selector::new("unix", "uid", uid));
-    selectors.insert(Selector::new("unix", "gid", gid));
-    if let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) {
-        selectors.insert(Selector::new("unix", "user", user.name));
+    let selectors = &mut workload.selectors;
+    if status.effective_uid == Some(peer.uid) {
+        selectors.insert(Selector::new("unix", "uid", peer.uid));
+        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) {
+            selectors.insert(Selector::new("unix", "user", user.name));
+        }
+    } else {
+        workload.notes.push(format!(
+            "unix:uid withheld: uid {} at connect, {:?} now",
+            peer.uid, status.effective_uid
+        ));
     }
-    if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(gid)) {
-        selectors.insert(Selector::new("unix", "group", group.name));
+    if status.effective_gid == Some(peer.gid) {
+        selectors.insert(Selector::new("unix", "gid", peer.gid));
+        if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(peer.gid)) {
+            selectors.insert(Selector::new("unix", "group", group.name));
+        }
+    } else {
+        workload.notes.push(format!(
+            "unix:gid withheld: gid {} at connect, {:?} now",
+            peer.gid, status.effective_gid
+        ));
     }
-    for &sgid in supplementary {
+    for &sgid in &status.supplementary_gids {
         selectors.insert(Selector::new("unix", "supplementary_gid", sgid));
         if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(sgid)) {
             selectors.insert(Selector::new("unix", "supplementary_group", group.name));
         }
     }
+}
+
+/// Test-only fault injection, compiled in with the `test-hooks` feature
+/// (the test command enables it; release builds never have it).
+mod test_hooks {
+    /// Sleeps `ATTESTD_TEST_ATTEST_DELAY_MS` after the caller is pinned, so
+    /// tests can make a caller exit mid-attestation deterministically.
+    #[cfg(feature = "test-hooks")]
+    pub fn delay_attestation() {
+        if let Some(ms) = std::env::var("ATTESTD_TEST_ATTEST_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub fn delay_attestation() {}
 }
 
 #[cfg(test)]
@@ -154,7 +270,7 @@ mod tests {
     fn attests_this_process() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let peer = PeerIdentity::from_socket(&a).unwrap();
-        let workload = Attestor::default().attest(&peer).unwrap();
+        let workload = Attestor::default().attest(&peer, ExeBinding::Trust).unwrap();
         assert_eq!(workload.pid, std::process::id() as i32);
         assert_eq!(workload.uid, nix::unistd::geteuid().as_raw());
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
@@ -162,5 +278,20 @@ mod tests {
         assert_eq!(workload.sha256.as_deref(), Some(digest.as_str()));
         let uid_selector = Selector::new("unix", "uid", workload.uid);
         assert!(workload.selectors.contains(&uid_selector));
+        assert!(workload.selectors.iter().any(|s| s.kind() == "cgroup:path"));
+    }
+
+    #[test]
+    fn a_socketpair_shared_by_no_one_else_binds_the_executable() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let peer = PeerIdentity::from_socket(&a).unwrap();
+        let workload = Attestor::default().attest(&peer, ExeBinding::Verify).unwrap();
+        // Our own process holds both ends: it is the only holder.
+        assert!(
+            workload.selectors.iter().any(|s| s.kind() == "unix:sha256"),
+            "{:?}",
+            workload.notes
+        );
+        assert!(workload.notes.is_empty(), "{:?}", workload.notes);
     }
 }

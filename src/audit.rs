@@ -66,6 +66,8 @@ pub struct Record {
     pub sha256: Option<String>,
     /// Every selector the caller had.
     pub selectors: Vec<String>,
+    /// Facts attestation withheld from the selectors, and why.
+    pub attestation_notes: Vec<String>,
     /// Registration entry id.
     pub entry: Option<String>,
     /// Where the entry is written.
@@ -108,6 +110,7 @@ impl Record {
             exe_path: workload.and_then(|w| w.exe_path.as_ref().map(|p| p.display().to_string())),
             sha256: workload.and_then(|w| w.sha256.clone()),
             selectors: workload.map(|w| w.selectors.to_strings()).unwrap_or_default(),
+            attestation_notes: workload.map(|w| w.notes.clone()).unwrap_or_default(),
             entry: None,
             entry_location: None,
             owner: None,
@@ -119,6 +122,14 @@ impl Record {
             jti: None,
             not_after: None,
         }
+    }
+
+    /// Adds the caller's connect-time ids when attestation got no further.
+    pub fn with_peer_ids(mut self, pid: i32, uid: u32, gid: u32) -> Self {
+        self.pid = Some(pid);
+        self.uid = Some(uid);
+        self.gid = Some(gid);
+        self
     }
 
     /// Adds the entry and its actor layer.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::selector::SelectorSet;
@@ -53,6 +53,7 @@ pub struct Entry {
 pub struct Policy {
     entries: Vec<Arc<Entry>>,
     index: SelectorIndex,
+    names_executables: bool,
 }
 
 impl Policy {
@@ -66,7 +67,21 @@ impl Policy {
     fn from_entries(entries: Vec<Entry>) -> Self {
         let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
         let index = SelectorIndex::build(&entries);
-        Self { entries, index }
+        let names_executables = entries
+            .iter()
+            .flat_map(|entry| entry.selectors.iter())
+            .any(|selector| matches!(selector.kind(), "unix:path" | "unix:sha256"));
+        Self {
+            entries,
+            index,
+            names_executables,
+        }
+    }
+
+    /// Whether any entry relies on `unix:path` or `unix:sha256`: only then
+    /// must attestation prove those are bound to the connection.
+    pub fn names_executables(&self) -> bool {
+        self.names_executables
     }
 
     /// Every entry, in policy order.
@@ -85,22 +100,28 @@ impl Policy {
     }
 }
 
-/// The live policy, swapped atomically as a whole.
+/// The live policy, swapped atomically as a whole; open streams watch it to
+/// re-check their callers when it changes.
 #[derive(Debug)]
 pub struct Registry {
-    current: ArcSwap<Policy>,
+    current: watch::Sender<Arc<Policy>>,
 }
 
 impl Registry {
     /// A registry serving `policy`.
     pub fn new(policy: Policy) -> Self {
         Self {
-            current: ArcSwap::from_pointee(policy),
+            current: watch::Sender::new(Arc::new(policy)),
         }
     }
 
     /// The current snapshot.
     pub fn policy(&self) -> Arc<Policy> {
-        self.current.load_full()
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that sees every policy swap.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Policy>> {
+        self.current.subscribe()
     }
 }

@@ -5,6 +5,7 @@
 //! Every request is checked for the security header first, then its caller
 //! is attested from the connection's kernel-pinned peer, then matched.
 
+mod admission;
 mod caller;
 mod connection;
 mod jwt;

@@ -1,35 +1,71 @@
 //! sha256 of executables, cached by the identity of the file that was
 //! actually hashed: (device, inode, size, mtime, ctime) taken with fstat on
 //! the very fd being read. A rewritten binary changes mtime/ctime and is
-//! hashed again; an unchanged one is hashed once for all its processes.
+//! hashed again; an unchanged one is hashed once for all its processes, and
+//! concurrent attestations of one binary wait for a single hash.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
-/// Executables larger than this are not hashed: `unix:sha256` is then not
-/// emitted and the caller can only match on other selectors.
+/// Default for `[attestation] max_exe_hash_bytes`.
 pub const DEFAULT_MAX_HASH_BYTES: u64 = 1 << 30;
+/// Distinct binaries remembered; beyond this the cache starts afresh.
+const MAX_CACHED: usize = 4096;
+
+/// Which file an executable is: what `exe` pointed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of an open file.
+    pub fn of(file: &File) -> std::io::Result<Self> {
+        let meta = file.metadata()?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FileKey {
-    dev: u64,
-    ino: u64,
+    id: FileId,
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
 }
 
+/// The outcome of hashing one executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Digest256 {
+    /// Lowercase hex sha256.
+    Hex(String),
+    /// Not hashed: the file is larger than the limit (its size).
+    TooLarge(u64),
+}
+
+/// One cache slot; its mutex is held while the file is hashed, so a second
+/// caller for the same file waits instead of hashing again.
+type Slot = Arc<Mutex<Option<String>>>;
+
 /// Hashes executables, remembering each file's digest.
 #[derive(Debug)]
 pub struct ExeHasher {
     max_bytes: u64,
-    // std Mutex: held only for a map lookup or insert, never across I/O.
-    cache: Mutex<HashMap<FileKey, String>>,
+    // std Mutex: held only to find or insert a slot, never during I/O.
+    cache: Mutex<HashMap<FileKey, Slot>>,
+    hashed: AtomicU64,
 }
 
 impl Default for ExeHasher {
@@ -44,41 +80,61 @@ impl ExeHasher {
         Self {
             max_bytes,
             cache: Mutex::new(HashMap::new()),
+            hashed: AtomicU64::new(0),
         }
     }
 
-    /// The lowercase hex sha256 of `file`, or `None` when it is over the size
-    /// limit.
-    pub fn digest(&self, file: &File) -> std::io::Result<Option<String>> {
+    /// How many files were actually read and hashed (cache misses).
+    pub fn files_hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// The sha256 of `file`, from the cache when this very file version was
+    /// hashed before.
+    pub fn digest(&self, file: &File) -> std::io::Result<Digest256> {
         let meta = file.metadata()?;
         if meta.len() > self.max_bytes {
-            tracing::warn!(
-                size = meta.len(),
-                limit = self.max_bytes,
-                "executable too large to hash; unix:sha256 not emitted"
-            );
-            return Ok(None);
+            return Ok(Digest256::TooLarge(meta.len()));
         }
         let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            id: FileId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
             size: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
             ctime: (meta.ctime(), meta.ctime_nsec()),
         };
-        if let Some(hit) = self.lock().get(&key) {
-            return Ok(Some(hit.clone()));
+        let slot = self.slot(key);
+        let mut digest = lock(&slot);
+        if let Some(hit) = digest.as_ref() {
+            return Ok(Digest256::Hex(hit.clone()));
         }
-        let digest = hash_file(file)?;
-        self.lock().insert(key, digest.clone());
-        Ok(Some(digest))
+        let hex = hash_file(file)?;
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            dev = key.id.dev,
+            ino = key.id.ino,
+            size = key.size,
+            "hashed executable"
+        );
+        *digest = Some(hex.clone());
+        Ok(Digest256::Hex(hex))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FileKey, String>> {
-        // A panic while holding this lock leaves the map consistent (single
-        // inserts), so a poisoned lock is still safe to use.
-        self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn slot(&self, key: FileKey) -> Slot {
+        let mut cache = lock(&self.cache);
+        if cache.len() >= MAX_CACHED && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        Arc::clone(cache.entry(key).or_default())
     }
+}
+
+/// Every critical section leaves its data consistent (single inserts), so a
+/// poisoned lock is still safe to use.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn hash_file(mut file: &File) -> std::io::Result<String> {
@@ -97,18 +153,50 @@ fn hash_file(mut file: &File) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Seek, Write};
+
+    const TEST_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 
     #[test]
-    fn hashes_and_respects_limit() {
+    fn hashes_once_per_file_version_and_respects_limit() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"test").unwrap();
-        let file = File::open(f.path()).unwrap();
-        let digest = ExeHasher::default().digest(&file).unwrap().unwrap();
+        let hasher = ExeHasher::default();
+        let path = f.path().to_owned();
+        let open = || File::open(&path).unwrap();
         assert_eq!(
-            digest,
-            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            hasher.digest(&open()).unwrap(),
+            Digest256::Hex(TEST_SHA256.into())
         );
-        assert_eq!(ExeHasher::new(3).digest(&file).unwrap(), None);
+        assert_eq!(
+            hasher.digest(&open()).unwrap(),
+            Digest256::Hex(TEST_SHA256.into())
+        );
+        assert_eq!(hasher.files_hashed(), 1, "second digest came from the cache");
+
+        // Rewritten in place: same inode, new mtime/ctime → hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        f.as_file_mut().rewind().unwrap();
+        f.as_file_mut().write_all(b"TEST").unwrap();
+        assert_ne!(
+            hasher.digest(&open()).unwrap(),
+            Digest256::Hex(TEST_SHA256.into())
+        );
+        assert_eq!(hasher.files_hashed(), 2);
+
+        assert_eq!(ExeHasher::new(3).digest(&open()).unwrap(), Digest256::TooLarge(4));
+    }
+
+    #[test]
+    fn concurrent_digests_of_one_file_hash_it_once() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&vec![7u8; 8 << 20]).unwrap();
+        let hasher = ExeHasher::default();
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| hasher.digest(&File::open(f.path()).unwrap()).unwrap());
+            }
+        });
+        assert_eq!(hasher.files_hashed(), 1);
     }
 }

@@ -9,7 +9,10 @@ use std::path::Path;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
 
+use nix::sys::stat::fstat;
+
 use super::AttestError;
+use super::exe_hash::FileId;
 use super::process::ProcDir;
 
 /// What pins the caller's process.
@@ -33,6 +36,11 @@ pub struct PeerIdentity {
     pub gid: u32,
     /// The pin that proves later reads concern this very process.
     pub pin: ProcessPin,
+    /// Inode of attestd's end of the connection (to find the caller's end).
+    pub socket_inode: Option<u64>,
+    /// The executable the caller ran when attestd accepted it; an exec since
+    /// then voids executable-bound selectors.
+    pub exe_at_accept: Option<FileId>,
 }
 
 impl PeerIdentity {
@@ -54,12 +62,24 @@ impl PeerIdentity {
             // already gone, which ProcDir::open reports.
             Err(_) => ProcessPin::ProcDir(ProcDir::open(Path::new("/proc"), pid)?),
         };
-        Ok(Self {
+        let mut peer = Self {
             pid,
             uid: cred.uid(),
             gid: cred.gid(),
             pin,
-        })
+            socket_inode: fstat(socket.as_fd()).ok().map(|stat| stat.st_ino),
+            exe_at_accept: None,
+        };
+        peer.exe_at_accept = peer.current_executable();
+        Ok(peer)
+    }
+
+    /// The executable the pinned process runs now, if it can be told.
+    fn current_executable(&self) -> Option<FileId> {
+        let dir = self.open_proc_dir(Path::new("/proc")).ok()?;
+        let id = dir.executable_id().ok()?;
+        self.ensure_alive().ok()?;
+        Some(id)
     }
 
     /// Opens the pinned process's `/proc` directory under `proc_root`. With a
@@ -149,6 +169,8 @@ mod tests {
             uid: 0,
             gid: 0,
             pin: ProcessPin::ProcDir(ProcDir::open(Path::new("/proc"), pid).unwrap()),
+            socket_inode: None,
+            exe_at_accept: None,
         };
         peer.ensure_alive().unwrap();
         let dir = peer.open_proc_dir(Path::new("/proc")).unwrap();

@@ -14,7 +14,8 @@ use nix::fcntl::{OFlag, open, openat, readlinkat};
 use nix::sys::stat::Mode;
 
 use super::AttestError;
-use super::exe_hash::ExeHasher;
+use super::cgroup::{self, CgroupFacts, MAX_CGROUP_FILE};
+use super::exe_hash::{Digest256, ExeHasher, FileId};
 
 /// `/proc/<pid>` opened as a directory.
 #[derive(Debug)]
@@ -26,6 +27,10 @@ pub struct ProcDir {
 /// The parts of `/proc/<pid>/status` attestation uses.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Status {
+    /// Effective uid now (it may differ from the one at connect time).
+    pub effective_uid: Option<u32>,
+    /// Effective gid now.
+    pub effective_gid: Option<u32>,
     pub supplementary_gids: Vec<u32>,
 }
 
@@ -35,8 +40,10 @@ pub(super) struct Executable {
     /// The path it was started from, unless it has since been deleted or
     /// replaced (then the name no longer denotes this file).
     pub path: Option<PathBuf>,
-    /// Its sha256, unless it is too large to hash.
-    pub sha256: Option<String>,
+    /// Its sha256, or why there is none.
+    pub digest: Digest256,
+    /// Which file it is.
+    pub id: FileId,
 }
 
 impl ProcDir {
@@ -76,15 +83,40 @@ impl ProcDir {
     pub(super) fn executable(&self, hasher: &ExeHasher) -> Result<Executable, AttestError> {
         let link = readlinkat(&self.fd, "exe").map_err(|e| proc_error(self.pid, "exe link", e))?;
         let file = self.open_file("exe", "executable")?;
-        let sha256 = hasher.digest(&file).map_err(|source| AttestError::Proc {
+        let io_error = |source| AttestError::Proc {
             pid: self.pid,
             what: "executable",
             source,
-        })?;
+        };
         Ok(Executable {
             path: live_exe_path(&link),
-            sha256,
+            id: FileId::of(&file).map_err(io_error)?,
+            digest: hasher.digest(&file).map_err(io_error)?,
         })
+    }
+
+    /// Which file the process runs, without hashing it.
+    pub(super) fn executable_id(&self) -> Result<FileId, AttestError> {
+        let file = self.open_file("exe", "executable")?;
+        FileId::of(&file).map_err(|source| AttestError::Proc {
+            pid: self.pid,
+            what: "executable",
+            source,
+        })
+    }
+
+    /// The process's cgroups, read with a size bound.
+    pub(super) fn cgroup(&self) -> Result<CgroupFacts, AttestError> {
+        let mut text = String::new();
+        self.open_file("cgroup", "cgroup")?
+            .take(MAX_CGROUP_FILE as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(|source| AttestError::Proc {
+                pid: self.pid,
+                what: "cgroup",
+                source,
+            })?;
+        cgroup::parse(&text).map_err(AttestError::Cgroup)
     }
 
     fn open_file(&self, name: &str, what: &'static str) -> Result<File, AttestError> {
@@ -137,12 +169,17 @@ fn parse_state(stat: &str) -> Option<u8> {
 }
 
 fn parse_status(text: &str) -> Status {
-    let supplementary_gids = text
-        .lines()
-        .find_map(|line| line.strip_prefix("Groups:"))
+    let field = |name: &str| text.lines().find_map(|line| line.strip_prefix(name));
+    // "Uid:\treal\teffective\tsaved\tfs"
+    let effective = |name: &str| field(name)?.split_whitespace().nth(1)?.parse().ok();
+    let supplementary_gids = field("Groups:")
         .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
         .unwrap_or_default();
-    Status { supplementary_gids }
+    Status {
+        effective_uid: effective("Uid:"),
+        effective_gid: effective("Gid:"),
+        supplementary_gids,
+    }
 }
 
 #[cfg(test)]
@@ -151,8 +188,10 @@ mod tests {
 
     #[test]
     fn parses_groups() {
-        let text = "Name:\tx\nUid:\t0\t0\t0\t0\nGroups:\t4 24 27 \nNgid:\t0\n";
-        assert_eq!(parse_status(text).supplementary_gids, vec![4, 24, 27]);
+        let text = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t5\t6\t6\t6\nGroups:\t4 24 27 \nNgid:\t0\n";
+        let status = parse_status(text);
+        assert_eq!(status.supplementary_gids, vec![4, 24, 27]);
+        assert_eq!((status.effective_uid, status.effective_gid), (Some(0), Some(6)));
         assert_eq!(parse_status("Groups:\t\n").supplementary_gids, Vec::<u32>::new());
     }
 

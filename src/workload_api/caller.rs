@@ -3,12 +3,15 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::PeerInfo;
 use crate::attest::Workload;
 use crate::registry::Entry;
 
 /// An attested caller and the entries it matched (never empty).
 #[derive(Debug)]
 pub(super) struct Caller {
+    /// The connection's pinned peer, for re-checks while a stream is open.
+    pub peer: PeerInfo,
     pub workload: Workload,
     pub entries: Vec<Arc<Entry>>,
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 
+use super::admission::{self, Refusal};
 use super::caller::{Caller, rpc};
 use super::jwt::{self, JwtRequest};
 use super::{Context, PeerInfo, status, streams};
 use crate::attest::Workload;
-use crate::audit::{Outcome, Record};
 use crate::authority::{JwtBundle, X509Bundle};
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApi;
 use crate::proto::{
@@ -33,54 +33,28 @@ impl WorkloadApi {
         Self { ctx }
     }
 
-    /// Attests the caller of a request whose header was checked. Every
-    /// failure is audited.
-    async fn attest<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Workload, Status> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
-            .cloned()
-            .ok_or_else(status::no_peer_info)?;
-        let attested = match peer.0 {
-            Ok(peer) => {
-                let attestor = Arc::clone(&self.ctx.attestor);
-                tokio::task::spawn_blocking(move || attestor.attest(&peer).map_err(Arc::new))
-                    .await
-                    .map_err(|_| Status::internal("attestation task failed"))?
-            }
-            Err(error) => Err(error),
-        };
-        attested.or_else(|error| {
-            tracing::info!(%error, rpc, "attestation failed");
-            self.deny(Record::new(rpc, Outcome::Denied, error.to_string(), None))?;
-            Err(status::attestation(&error))
-        })
-    }
-
-    /// Attests the caller and finds its entries; a caller without any is
-    /// refused (and audited).
     async fn admit<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Caller, Status> {
-        let workload = self.attest(request, rpc).await?;
-        let entries = self.ctx.registry.policy().matching(&workload.selectors);
-        if entries.is_empty() {
-            tracing::info!(
-                pid = workload.pid,
-                uid = workload.uid,
-                rpc,
-                "no entry matches caller"
-            );
-            let reason = "no registration entry matches the caller";
-            self.deny(Record::new(rpc, Outcome::Denied, reason, Some(&workload)))?;
-            return Err(status::no_identity());
-        }
-        Ok(Caller { workload, entries })
+        let peer = peer_of(request)?;
+        admission::admit(&self.ctx, &peer, rpc)
+            .await
+            .map_err(Refusal::status)
     }
 
-    /// Records a refusal; if even that cannot be recorded, the caller hears
-    /// that the service is unavailable.
-    fn deny(&self, record: Record) -> Result<(), Status> {
-        self.ctx.audit.write(&[record]).map_err(|e| status::audit(&e))
+    async fn attest<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Workload, Status> {
+        let peer = peer_of(request)?;
+        admission::attest(&self.ctx, &peer, rpc)
+            .await
+            .map_err(Refusal::status)
     }
+}
+
+/// The pinned peer tonic attached to the request's connection.
+fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .cloned()
+        .ok_or_else(status::no_peer_info)
 }
 
 fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {

@@ -31,6 +31,8 @@ pub(super) fn attestation(error: &AttestError) -> Status {
         AttestError::NoPeerPid => no_identity(),
         AttestError::ProcessGone { .. } => Status::unavailable("caller exited during attestation"),
         AttestError::Proc { .. } => Status::unavailable("caller attestation failed"),
+        // Contradictory facts will not resolve by retrying.
+        AttestError::Cgroup(_) => no_identity(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The streaming answers. Each message carries the caller's full state
 //! (an identity left out is taken as revoked); the first goes out at once,
-//! the next on every rotation of one of the caller's SVIDs or change of the
-//! bundle. Every X.509-SVID sent is audited before it is sent.
+//! the next on every rotation of one of the caller's SVIDs, change of the
+//! bundle, or policy change that alters the caller's entries. Every
+//! X.509-SVID sent is audited before it is sent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,53 +11,34 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 use tonic::Status;
 
+use super::admission::{self, Refusal};
 use super::caller::{Caller, rpc};
 use super::{Context, status};
 use crate::audit::{Outcome, Record};
 use crate::authority::{SvidTemplate, X509Bundle};
 use crate::proto::{X509svid, X509svidResponse};
+use crate::registry::Policy;
 use crate::svid_cache::SvidReceiver;
 
 /// What woke a waiting stream.
 enum Wake {
-    Changed,
+    /// One of the caller's SVIDs rotated, or the bundle changed.
+    Credentials,
+    /// The policy was swapped.
+    Policy,
     /// A source the stream watched is gone (its SVID was re-minted into a
     /// new slot): the client must reconnect to get the current one.
     SourceClosed,
     Shutdown,
 }
 
-/// Waits until one of `svids` or `bundle` changes, or shutdown.
-async fn next_change(
-    svids: &mut [SvidReceiver],
-    bundle: &mut watch::Receiver<Arc<X509Bundle>>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Wake {
-    let any_svid = async {
-        if svids.is_empty() {
-            return futures::future::pending().await;
-        }
-        let (result, _, _) =
-            futures::future::select_all(svids.iter_mut().map(|rx| Box::pin(rx.changed()))).await;
-        result
-    };
-    let changed = tokio::select! {
-        result = any_svid => result.is_ok(),
-        result = bundle.changed() => result.is_ok(),
-        _ = shutdown.wait_for(|stopping| *stopping) => return Wake::Shutdown,
-    };
-    if changed {
-        Wake::Changed
-    } else {
-        Wake::SourceClosed
-    }
-}
-
 struct X509Watch {
     ctx: Arc<Context>,
     caller: Caller,
-    svids: Vec<SvidReceiver>,
+    /// One per entry of `caller`, in the same order.
+    svids: Vec<(SvidTemplate, SvidReceiver)>,
     bundle: watch::Receiver<Arc<X509Bundle>>,
+    policy: watch::Receiver<Arc<Policy>>,
     shutdown: watch::Receiver<bool>,
     first: bool,
     done: bool,
@@ -64,40 +46,31 @@ struct X509Watch {
 
 /// The `FetchX509SVID` stream. Mints (or reuses) the caller's SVIDs and
 /// builds the first message before returning, so a failure is the RPC's
-/// status rather than a broken stream.
+/// status rather than a broken stream. Before every later message the caller
+/// is admitted again (still alive, still the same executable, still
+/// entitled), so a process that exits, exec's or setuid's, or whose entries
+/// are removed, loses its identities: the stream ends with PermissionDenied.
 pub(super) fn x509_svids(
     ctx: Arc<Context>,
-    mut caller: Caller,
+    caller: Caller,
 ) -> Result<BoxStream<'static, Result<X509svidResponse, Status>>, Status> {
-    caller.entries = caller.entries_with_unique_hints();
-    let mut svids = Vec::with_capacity(caller.entries.len());
-    for entry in &caller.entries {
-        let template = SvidTemplate {
-            spiffe_id: entry.spiffe_id.clone(),
-            dns_names: entry.dns_names.clone(),
-            ttl: entry.x509_ttl,
-        };
-        svids.push(ctx.cache.subscribe(&template).map_err(|e| status::minting(&e))?);
-    }
     let mut watch = X509Watch {
         bundle: ctx.authority.subscribe_bundle(),
+        policy: ctx.registry.subscribe(),
         shutdown: ctx.shutdown.clone(),
+        svids: Vec::new(),
         ctx,
         caller,
-        svids,
         first: true,
         done: false,
     };
+    watch.follow_entries()?;
     let first = watch.respond()?;
     let rest = stream::unfold(watch, |mut watch| async move {
         if watch.done {
             return None;
         }
-        let item = match next_change(&mut watch.svids, &mut watch.bundle, &mut watch.shutdown).await {
-            Wake::Changed => watch.respond(),
-            Wake::SourceClosed => Err(status::reissuing()),
-            Wake::Shutdown => Err(status::shutting_down()),
-        };
+        let item = watch.next_message().await;
         watch.done = item.is_err();
         Some((item, watch))
     });
@@ -105,6 +78,82 @@ pub(super) fn x509_svids(
 }
 
 impl X509Watch {
+    /// Waits for the next change worth a message and builds it.
+    async fn next_message(&mut self) -> Result<X509svidResponse, Status> {
+        loop {
+            match self.next_change().await {
+                Wake::Credentials => {
+                    self.recheck().await?;
+                    return self.respond();
+                }
+                Wake::Policy => {
+                    if self.recheck().await? {
+                        return self.respond();
+                    }
+                }
+                Wake::SourceClosed => return Err(status::reissuing()),
+                Wake::Shutdown => return Err(status::shutting_down()),
+            }
+        }
+    }
+
+    /// Waits until an SVID, the bundle or the policy changes, or shutdown.
+    async fn next_change(&mut self) -> Wake {
+        let any_svid = async {
+            if self.svids.is_empty() {
+                return futures::future::pending().await;
+            }
+            let changes = self.svids.iter_mut().map(|(_, rx)| Box::pin(rx.changed()));
+            futures::future::select_all(changes).await.0
+        };
+        let (wake, result) = tokio::select! {
+            result = any_svid => (Wake::Credentials, result.is_ok()),
+            result = self.bundle.changed() => (Wake::Credentials, result.is_ok()),
+            result = self.policy.changed() => (Wake::Policy, result.is_ok()),
+            _ = self.shutdown.wait_for(|stopping| *stopping) => (Wake::Shutdown, true),
+        };
+        if result { wake } else { Wake::SourceClosed }
+    }
+
+    /// Admits the caller again; returns whether its entries changed.
+    async fn recheck(&mut self) -> Result<bool, Status> {
+        self.policy.borrow_and_update();
+        let peer = self.caller.peer.clone();
+        let caller = admission::admit(&self.ctx, &peer, rpc::FETCH_X509_SVID)
+            .await
+            .map_err(Refusal::stream_end)?;
+        let before: Vec<&str> = self.caller.entries.iter().map(|e| e.id.as_str()).collect();
+        let after: Vec<&str> = caller.entries.iter().map(|e| e.id.as_str()).collect();
+        let changed = before != after;
+        self.caller = caller;
+        self.follow_entries()?;
+        Ok(changed)
+    }
+
+    /// Subscribes to the SVID of each of the caller's entries, keeping the
+    /// subscriptions it already has.
+    fn follow_entries(&mut self) -> Result<(), Status> {
+        self.caller.entries = self.caller.entries_with_unique_hints();
+        let mut previous = std::mem::take(&mut self.svids);
+        for entry in &self.caller.entries {
+            let template = SvidTemplate {
+                spiffe_id: entry.spiffe_id.clone(),
+                dns_names: entry.dns_names.clone(),
+                ttl: entry.x509_ttl,
+            };
+            let receiver = match previous.iter().position(|(t, _)| *t == template) {
+                Some(i) => previous.swap_remove(i).1,
+                None => self
+                    .ctx
+                    .cache
+                    .subscribe(&template)
+                    .map_err(|e| status::minting(&e))?,
+            };
+            self.svids.push((template, receiver));
+        }
+        Ok(())
+    }
+
     /// The full state now; audited before it is handed out.
     fn respond(&mut self) -> Result<X509svidResponse, Status> {
         let bundle = self.bundle.borrow_and_update().concatenated_der();
@@ -116,7 +165,7 @@ impl X509Watch {
         self.first = false;
         let mut svids = Vec::with_capacity(self.svids.len());
         let mut records = Vec::with_capacity(self.svids.len());
-        for (entry, receiver) in self.caller.entries.iter().zip(&mut self.svids) {
+        for (entry, (_, receiver)) in self.caller.entries.iter().zip(&mut self.svids) {
             let svid = Arc::clone(&receiver.borrow_and_update());
             records.push(
                 Record::new(

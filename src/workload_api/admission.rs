@@ -1,0 +1,107 @@
+//! Admission, shared by every RPC and re-run by open streams on each push:
+//! attest the connection's pinned caller, then find its entries. Every
+//! refusal is audited before it is answered.
+
+use std::sync::Arc;
+
+use tonic::Status;
+
+use super::caller::Caller;
+use super::{Context, PeerInfo, status};
+use crate::attest::{AttestError, ExeBinding, Workload};
+use crate::audit::{Outcome, Record};
+
+/// Why a caller was not admitted.
+pub(super) enum Refusal {
+    /// Attestation failed.
+    Unattested(Arc<AttestError>),
+    /// Attested, but no entry matches.
+    NoIdentity,
+    /// Anything else, already a status (including an unwritable audit).
+    Status(Status),
+}
+
+impl Refusal {
+    /// The status of a refused request.
+    pub fn status(self) -> Status {
+        match self {
+            Self::Unattested(error) => status::attestation(&error),
+            Self::NoIdentity => status::no_identity(),
+            Self::Status(status) => status,
+        }
+    }
+
+    /// The status that ends an open stream: a caller that is gone or no
+    /// longer entitled has lost its identities.
+    pub fn stream_end(self) -> Status {
+        match self {
+            Self::Unattested(error) => match *error {
+                AttestError::ProcessGone { .. } => status::no_identity(),
+                _ => status::attestation(&error),
+            },
+            other => other.status(),
+        }
+    }
+}
+
+impl From<Status> for Refusal {
+    fn from(status: Status) -> Self {
+        Self::Status(status)
+    }
+}
+
+/// Attests the caller of a connection.
+pub(super) async fn attest(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> Result<Workload, Refusal> {
+    let attested = match &peer.0 {
+        Ok(peer) => {
+            let attestor = Arc::clone(&ctx.attestor);
+            let peer = Arc::clone(peer);
+            let binding = match ctx.registry.policy().names_executables() {
+                true => ExeBinding::Verify,
+                false => ExeBinding::Trust,
+            };
+            tokio::task::spawn_blocking(move || attestor.attest(&peer, binding).map_err(Arc::new))
+                .await
+                .map_err(|_| Status::internal("attestation task failed"))?
+        }
+        Err(error) => Err(Arc::clone(error)),
+    };
+    attested.or_else(|error| {
+        tracing::info!(%error, rpc, "attestation failed");
+        let mut record = Record::new(rpc, Outcome::Denied, error.to_string(), None);
+        if let Ok(peer) = &peer.0 {
+            record = record.with_peer_ids(peer.pid, peer.uid, peer.gid);
+        }
+        deny(ctx, record)?;
+        Err(Refusal::Unattested(error))
+    })
+}
+
+/// Attests the caller and finds its entries; a caller without any is
+/// refused.
+pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> Result<Caller, Refusal> {
+    let workload = attest(ctx, peer, rpc).await?;
+    let entries = ctx.registry.policy().matching(&workload.selectors);
+    if entries.is_empty() {
+        tracing::info!(
+            pid = workload.pid,
+            uid = workload.uid,
+            rpc,
+            "no entry matches caller"
+        );
+        let reason = "no registration entry matches the caller";
+        deny(ctx, Record::new(rpc, Outcome::Denied, reason, Some(&workload)))?;
+        return Err(Refusal::NoIdentity);
+    }
+    Ok(Caller {
+        peer: peer.clone(),
+        workload,
+        entries,
+    })
+}
+
+/// Records a refusal; if even that cannot be recorded, the caller hears
+/// that the service is unavailable.
+fn deny(ctx: &Context, record: Record) -> Result<(), Status> {
+    ctx.audit.write(&[record]).map_err(|e| status::audit(&e))
+}
