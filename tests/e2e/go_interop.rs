@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::harness::{Daemon, run_as};
 
-fn go_client() -> &'static PathBuf {
+/// The go-spiffe client program, built once per test run.
+pub fn go_client() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("spiffeclient");

@@ -25,14 +25,24 @@ impl Daemon {
     /// Starts attestd with `body` appended to a config that sets the trust
     /// domain and puts socket and data under a fresh temporary directory.
     pub fn start(body: &str) -> Self {
+        Self::start_with_env(body, &[])
+    }
+
+    /// Like [`Self::start`], with extra environment for the daemon (test
+    /// hooks).
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Other uids must reach the socket through this directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self::start_in(dir, body)
+        Self::launch(dir, body, env)
     }
 
     /// Starts attestd on an existing directory (to restart on the same state).
     pub fn start_in(dir: tempfile::TempDir, body: &str) -> Self {
+        Self::launch(dir, body, &[])
+    }
+
+    fn launch(dir: tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> Self {
         let config_path = dir.path().join("attestd.toml");
         let config = format!(
             "trust_domain = \"{TRUST_DOMAIN}\"\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n{body}",
@@ -45,6 +55,7 @@ impl Daemon {
             .args(["run", "-c"])
             .arg(&config_path)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

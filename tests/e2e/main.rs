@@ -3,6 +3,7 @@
 //! Rust `spiffe` crate in-process, go-spiffe, and attestd's own CLI run as
 //! other uids). They run as root, as CI does, to switch uids.
 
+mod attacks;
 mod audit;
 mod bundle_show;
 mod config_errors;

@@ -8,6 +8,9 @@
 // -mode jwt: fetches a JWT-SVID for -audience, validates it through the
 // Workload API, then offline against the JWT bundles fetched from it with
 // jwtsvid.ParseAndValidate, and prints one JSON line.
+//
+// -mode handoff / child / watch-setuid: the attacks of attestd's attestation
+// tests (see handoff.go).
 package main
 
 import (
@@ -46,7 +49,14 @@ func main() {
 	mode := flag.String("mode", "x509", "x509 or jwt")
 	audience := flag.String("audience", "", "comma-separated audiences (jwt mode)")
 	timeout := flag.Duration("timeout", 10*time.Second, "overall deadline")
+	var handoffOpts handoffOptions
+	flag.StringVar(&handoffOpts.childBinary, "child-binary", "", "handoff: program that receives the connection")
+	flag.DurationVar(&handoffOpts.linger, "linger", 0, "handoff: how long the connecting process stays")
+	flag.StringVar(&handoffOpts.execPath, "exec", "", "handoff: program the connecting process then execs")
+	flag.DurationVar(&handoffOpts.childDelay, "child-delay", 0, "handoff/child: wait before asking")
+	setuid := flag.Int("setuid", 65534, "watch-setuid: uid to drop to after the first message")
 	flag.Parse()
+	handoffOpts.addr = *addr
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -61,6 +71,12 @@ func main() {
 		err = fetchX509(ctx, opts)
 	case "jwt":
 		err = fetchJWT(ctx, opts, strings.Split(*audience, ","))
+	case "handoff":
+		err = handoff(handoffOpts)
+	case "child":
+		err = receive(handoffOpts.childDelay)
+	case "watch-setuid":
+		err = watchThenSetuid(*addr, *setuid)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
