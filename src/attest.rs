@@ -121,6 +121,7 @@ impl Attestor {
     /// Attests a peer. Blocking (reads `/proc`, hashes the executable, may
     /// scan `/proc/*/fd`): call it from `spawn_blocking`.
     pub fn attest(&self, peer: &PeerIdentity, binding: ExeBinding) -> Result<Workload, AttestError> {
+        let started = std::time::Instant::now();
         let proc_dir = peer.open_proc_dir(&self.proc_root)?;
         // Only once the pin says the process is still alive do we know the
         // directory we just opened is its own and not a successor's.
@@ -147,6 +148,12 @@ impl Attestor {
         for note in &workload.notes {
             tracing::info!(pid = peer.pid, note, "attestation withheld a selector");
         }
+        tracing::debug!(
+            pid = peer.pid,
+            ?binding,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "attested"
+        );
         Ok(workload)
     }
 
@@ -293,5 +300,81 @@ mod tests {
             workload.notes
         );
         assert!(workload.notes.is_empty(), "{:?}", workload.notes);
+    }
+
+    /// A whole attestation over a fixture `/proc` tree: a Kubernetes pod's
+    /// process, as the kernel would show it.
+    #[test]
+    fn attests_a_fixture_process_tree() {
+        const ID: &str = "3f4b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
+        let root = tempfile::tempdir().unwrap();
+        let proc_dir = root.path().join("4242");
+        std::fs::create_dir(&proc_dir).unwrap();
+        std::fs::write(proc_dir.join("stat"), "4242 (agent) S 1 4242 4242 0 -1\n").unwrap();
+        std::fs::write(
+            proc_dir.join("status"),
+            "Name:\tagent\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nGroups:\t27 \n",
+        )
+        .unwrap();
+        let cgroup = format!(
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{ID}.scope\n"
+        );
+        std::fs::write(proc_dir.join("cgroup"), cgroup).unwrap();
+        let binary = root.path().join("agent-binary");
+        std::fs::write(&binary, b"test").unwrap();
+        std::os::unix::fs::symlink(&binary, proc_dir.join("exe")).unwrap();
+
+        let peer = PeerIdentity {
+            pid: 4242,
+            uid: 1000,
+            gid: 1000,
+            pin: ProcessPin::ProcDir(process::ProcDir::open(root.path(), 4242).unwrap()),
+            socket_inode: None,
+            exe_at_accept: None,
+        };
+        let attestor = Attestor::new(root.path(), DEFAULT_MAX_HASH_BYTES);
+        let workload = attestor.attest(&peer, ExeBinding::Trust).unwrap();
+        let has = |text: &str| workload.selectors.contains(&Selector::parse(text).unwrap());
+        assert!(has("unix:uid:1000") && has("unix:gid:1000") && has("unix:supplementary_gid:27"));
+        assert!(has(&format!("unix:path:{}", binary.display())));
+        assert!(has(
+            "unix:sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+        ));
+        assert!(has(&format!("container:id:{ID}")));
+        assert!(has(&format!("systemd:id:cri-containerd-{ID}.scope")));
+        assert!(has("systemd:slice:kubepods-besteffort-pod1.slice"));
+        assert!(workload.selectors.iter().any(|s| s.kind() == "cgroup:path"));
+
+        // Two containers in one process's cgroups: an error, not a guess.
+        let other = "0000000000000000000000000000000000000000000000000000000000000001";
+        let two = format!("3:cpu:/docker/{ID}\n0::/system.slice/docker-{other}.scope\n");
+        std::fs::write(proc_dir.join("cgroup"), two).unwrap();
+        assert!(matches!(
+            attestor.attest(&peer, ExeBinding::Trust),
+            Err(AttestError::Cgroup(_))
+        ));
+
+        // An executable over the hashing limit: no unix:sha256, and a note.
+        let small = Attestor::new(root.path(), 3);
+        std::fs::write(proc_dir.join("cgroup"), "0::/\n").unwrap();
+        let workload = small.attest(&peer, ExeBinding::Trust).unwrap();
+        assert!(!workload.selectors.iter().any(|s| s.kind() == "unix:sha256"));
+        assert!(
+            workload.notes.iter().any(|n| n.contains("hashing limit")),
+            "{:?}",
+            workload.notes
+        );
+    }
+
+    /// Credentials changed since connect (a setuid): the connect-time uid is
+    /// withheld rather than trusted.
+    #[test]
+    fn changed_credentials_are_withheld() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut peer = PeerIdentity::from_socket(&a).unwrap();
+        peer.uid = 4321;
+        let workload = Attestor::default().attest(&peer, ExeBinding::Trust).unwrap();
+        assert!(!workload.selectors.iter().any(|s| s.kind() == "unix:uid"));
+        assert!(workload.notes.iter().any(|n| n.contains("unix:uid withheld")));
     }
 }

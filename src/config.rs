@@ -72,6 +72,8 @@ pub struct Config {
     pub ca: CaConfig,
     /// The audit trail.
     pub audit: AuditConfig,
+    /// How callers are attested.
+    pub attestation: AttestationConfig,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -112,6 +114,23 @@ impl Default for CaConfig {
         Self {
             ttl: Ttl(Duration::from_secs(7 * 24 * 3600)),
             jwt_key_ttl: Ttl(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// How callers are attested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationConfig {
+    /// Executables larger than this many bytes are not hashed: their
+    /// processes get no `unix:sha256` selector (and the audit says why).
+    pub max_exe_hash_bytes: u64,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        Self {
+            max_exe_hash_bytes: crate::attest::DEFAULT_MAX_HASH_BYTES,
         }
     }
 }
@@ -185,6 +204,8 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
+    attestation: AttestationConfig,
+    #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
 
@@ -250,6 +271,7 @@ impl Config {
             entries_dir: raw.entries_dir,
             svid: raw.svid,
             ca: raw.ca,
+            attestation: raw.attestation,
             trust_domain,
             entries,
         })

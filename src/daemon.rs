@@ -75,7 +75,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (shutdown_tx, shutdown) = watch::channel(false);
 
     let ctx = Arc::new(Context {
-        attestor: Arc::new(Attestor::default()),
+        attestor: Arc::new(Attestor::new("/proc", config.attestation.max_exe_hash_bytes)),
         registry: Arc::new(Registry::new(policy)),
         cache: SvidCache::new(Arc::clone(&authority)),
         authority,

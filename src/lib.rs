@@ -18,6 +18,7 @@ pub mod authority;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod explain;
 pub mod proto;
 pub mod registry;
 pub mod selector;

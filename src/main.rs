@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use attestd::authority::BundleDocument;
-use attestd::{client, config::Config, daemon, telemetry};
+use attestd::{client, config::Config, daemon, explain, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +32,15 @@ enum Command {
     Api {
         #[command(subcommand)]
         command: ApiCommand,
+    },
+    /// Show a process's selectors, the entries it matches, and why others don't.
+    Explain {
+        /// The process to explain.
+        #[arg(long)]
+        pid: i32,
+        /// attestd's configuration file (the policy).
+        #[arg(short, long)]
+        config: PathBuf,
     },
     /// The trust bundle attestd keeps in <data_dir>/bundle.json.
     Bundle {
@@ -152,6 +161,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             daemon::run(config).await?;
         }
         Command::Api { command } => api(command).await?,
+        Command::Explain { pid, config } => {
+            print!("{}", explain::explain(&Config::load(&config)?, pid)?);
+        }
         Command::Bundle {
             command: BundleCommand::Show { config, format },
         } => {

@@ -253,4 +253,18 @@ mod tests {
             Selector::parse(&text).unwrap();
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any input: no panic; a parsed selector is its kind, ':' and value.
+        #[test]
+        fn arbitrary_input_never_panics_and_round_trips(input in "(unix|systemd|cgroup|container|x)?:?\\PC{0,60}") {
+            if let Ok(selector) = Selector::parse(&input) {
+                proptest::prop_assert!(KNOWN_KINDS.contains(&selector.kind()));
+                proptest::prop_assert_eq!(format!("{}:{}", selector.kind(), selector.value()), input.clone());
+                proptest::prop_assert_eq!(selector.to_string(), input);
+            }
+        }
+    }
 }

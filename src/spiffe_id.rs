@@ -245,4 +245,29 @@ mod tests {
         let td = TrustDomain::new("example.org").unwrap();
         assert_eq!(td.id_string(), "spiffe://example.org");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any input: no panic, and whatever parses prints back unchanged.
+        #[test]
+        fn arbitrary_input_never_panics_and_round_trips(input in "\\PC{0,80}") {
+            if let Ok(id) = SpiffeId::new(&input) {
+                proptest::prop_assert_eq!(id.to_string(), input.clone());
+                proptest::prop_assert_eq!(SpiffeId::new(id.as_str()).unwrap(), id);
+            }
+        }
+
+        /// Everything built by the rules parses, with the parts it was built from.
+        #[test]
+        fn valid_ids_parse(
+            domain in "[a-z0-9._-]{1,40}",
+            segments in proptest::collection::vec("[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,12}", 1..6),
+        ) {
+            let uri = format!("spiffe://{domain}/{}", segments.join("/"));
+            let id = SpiffeId::new(&uri).unwrap();
+            proptest::prop_assert_eq!(id.trust_domain().name(), domain.as_str());
+            proptest::prop_assert_eq!(id.path(), format!("/{}", segments.join("/")));
+        }
+    }
 }

@@ -36,6 +36,9 @@ cargo clippy --all-targets --features test-hooks -- -D warnings
 step "cargo test --features test-hooks (unit and end-to-end tests)"
 cargo test --all-targets --features test-hooks
 
+step "fuzz targets build (run them with cargo +nightly fuzz run <target>)"
+cargo check --quiet --manifest-path fuzz/Cargo.toml
+
 step "quickstart (the README's first command)"
 bash examples/quickstart.sh
 

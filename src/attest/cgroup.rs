@@ -265,4 +265,36 @@ mod tests {
         let deep = format!("0::{}\n", "/x.slice".repeat(4000));
         assert_eq!(facts(&deep).systemd_slices.len(), 4000);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any input: no panic, and whatever is concluded has the right shape.
+        #[test]
+        fn arbitrary_input_never_panics(input in "\\PC{0,400}") {
+            check_shape(&input);
+        }
+
+        /// Kernel-shaped lines with hostile paths.
+        #[test]
+        fn kernel_shaped_lines(
+            lines in proptest::collection::vec(("[0-9]{1,2}", "(|name=systemd|cpu,cpuacct)", "/[a-z0-9@:._ /-]{0,120}"), 0..8),
+        ) {
+            let text: String = lines.iter().map(|(id, ctl, path)| format!("{id}:{ctl}:{path}\n")).collect();
+            check_shape(&text);
+        }
+    }
+
+    fn check_shape(input: &str) {
+        if let Ok(facts) = parse(input) {
+            if let Some(id) = &facts.container_id {
+                assert!(is_container_id(id), "{id}");
+            }
+            if let Some(unit) = &facts.systemd_unit {
+                assert!(unit.ends_with(".service") || unit.ends_with(".scope"), "{unit}");
+            }
+            assert!(facts.systemd_slices.iter().all(|s| s.ends_with(".slice")));
+            assert!(facts.path.as_ref().is_none_or(|p| p.starts_with('/')));
+        }
+    }
 }

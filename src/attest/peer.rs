@@ -74,6 +74,29 @@ impl PeerIdentity {
         Ok(peer)
     }
 
+    /// A process found by pid rather than by a connection (for `attestd
+    /// explain`): pinned by its `/proc` directory, with its current
+    /// effective ids standing in for connect-time credentials.
+    pub fn for_process(proc_root: &Path, pid: i32) -> Result<Self, AttestError> {
+        let dir = ProcDir::open(proc_root, pid)?;
+        let status = dir.status()?;
+        let (Some(uid), Some(gid)) = (status.effective_uid, status.effective_gid) else {
+            return Err(AttestError::Proc {
+                pid,
+                what: "status",
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "no Uid/Gid lines"),
+            });
+        };
+        Ok(Self {
+            pid,
+            uid,
+            gid,
+            exe_at_accept: dir.executable_id().ok(),
+            pin: ProcessPin::ProcDir(dir),
+            socket_inode: None,
+        })
+    }
+
     /// The executable the pinned process runs now, if it can be told.
     fn current_executable(&self) -> Option<FileId> {
         let dir = self.open_proc_dir(Path::new("/proc")).ok()?;

@@ -4,6 +4,7 @@
 //! other uids). They run as root, as CI does, to switch uids.
 
 mod attacks;
+mod attestation;
 mod audit;
 mod bundle_show;
 mod config_errors;

@@ -1,0 +1,123 @@
+//! `attestd explain --pid N`: what attestd sees of a process and what the
+//! policy makes of it: its selectors, the entries it matches, and for
+//! entries it nearly matches, which selectors it lacks. Operators debug
+//! policy with it instead of guessing.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::attest::{AttestError, Attestor, ExeBinding, PeerIdentity, Workload};
+use crate::config::{Config, ConfigError};
+use crate::registry::{Entry, Policy};
+use crate::selector::Selector;
+
+/// Why a process could not be explained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExplainError {
+    /// The configuration or policy is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The process could not be attested.
+    #[error(transparent)]
+    Attest(#[from] AttestError),
+}
+
+/// An entry the process lacks some selectors for.
+#[derive(Debug)]
+pub struct NearMiss {
+    /// The entry.
+    pub entry: Arc<Entry>,
+    /// Its selectors the process does not have.
+    pub missing: Vec<Selector>,
+}
+
+/// What attestd makes of one process.
+#[derive(Debug)]
+pub struct Explanation {
+    /// The attested facts.
+    pub workload: Workload,
+    /// Entries it matches, in policy order.
+    pub matches: Vec<Arc<Entry>>,
+    /// Entries it shares at least one selector with but does not match.
+    pub near_misses: Vec<NearMiss>,
+    /// How many entries share no selector with it.
+    pub unrelated: usize,
+}
+
+/// Attests process `pid` as attestd would and holds it against the policy
+/// of `config`.
+pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
+    let policy = Policy::load(config)?;
+    let attestor = Attestor::new("/proc", config.attestation.max_exe_hash_bytes);
+    let peer = PeerIdentity::for_process(attestor.proc_root(), pid)?;
+    let workload = attestor.attest(&peer, ExeBinding::Trust)?;
+    let matches = policy.matching(&workload.selectors);
+    let mut near_misses = Vec::new();
+    let mut unrelated = 0;
+    for entry in policy.entries().iter().filter(|e| !matches.contains(e)) {
+        let missing: Vec<Selector> = entry
+            .selectors
+            .iter()
+            .filter(|s| !workload.selectors.contains(s))
+            .cloned()
+            .collect();
+        if missing.len() < entry.selectors.len() {
+            near_misses.push(NearMiss {
+                entry: Arc::clone(entry),
+                missing,
+            });
+        } else {
+            unrelated += 1;
+        }
+    }
+    Ok(Explanation {
+        workload,
+        matches,
+        near_misses,
+        unrelated,
+    })
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = &self.workload;
+        let exe = w.exe_path.as_ref().map(|p| p.display().to_string());
+        writeln!(
+            f,
+            "Process {}: {} (uid {}, gid {})",
+            w.pid,
+            exe.as_deref().unwrap_or("(executable path unknown)"),
+            w.uid,
+            w.gid
+        )?;
+        writeln!(f, "\nSelectors ({}):", w.selectors.len())?;
+        for selector in &w.selectors {
+            writeln!(f, "  {selector}")?;
+        }
+        for note in &w.notes {
+            writeln!(f, "  note: {note}")?;
+        }
+        writeln!(f, "\nMatches ({}):", self.matches.len())?;
+        for entry in &self.matches {
+            writeln!(
+                f,
+                "  {}  [{}] owner {}",
+                entry.spiffe_id, entry.location, entry.owner
+            )?;
+        }
+        writeln!(f, "\nNear misses ({}):", self.near_misses.len())?;
+        for miss in &self.near_misses {
+            writeln!(f, "  {}  [{}]", miss.entry.spiffe_id, miss.entry.location)?;
+            for selector in &miss.missing {
+                writeln!(f, "    missing {selector}")?;
+            }
+        }
+        writeln!(f, "\nEntries sharing no selector: {}", self.unrelated)?;
+        writeln!(
+            f,
+            "\nOver the socket, unix:path and unix:sha256 also require that the caller still runs the \
+             executable it connected with and is the only process holding the connection."
+        )
+    }
+}
