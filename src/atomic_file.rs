@@ -37,9 +37,15 @@ pub fn create_dir(dir: &Path, mode: u32) -> io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
 }
 
-/// Opens `path` for appending, creating it with `mode` if missing.
+/// Opens `path` for reading and appending, creating it with `mode` if
+/// missing.
 pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(mode).open(path)
+    OpenOptions::new()
+        .read(true)
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .open(path)
 }
 
 #[cfg(test)]

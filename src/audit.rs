@@ -1,22 +1,28 @@
 //! The audit trail: one JSON line per decision (an SVID issued, a caller
-//! denied), with the workload's kernel-attested facts and the accountable
-//! actor, so incident responders can reconstruct who acted as whom.
+//! denied, a token validated), with the workload's kernel-attested facts and
+//! the accountable actor, so incident responders can reconstruct who acted
+//! as whom.
 //!
-//! It is separate from logs and fails closed: a decision that cannot be
-//! recorded is not carried out (the caller gets `Unavailable`).
+//! Records form a hash chain: each carries its sequence number and the
+//! sha256 of the line before it, across size-based rotations, so
+//! `attestd audit verify` detects any edited, deleted, inserted or
+//! reordered record. The trail is separate from logs and by default fails
+//! closed: a decision that cannot be recorded is not carried out.
 
-use std::collections::BTreeMap;
+mod chain;
+mod record;
+mod verify;
+
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Mutex, MutexGuard};
 
-use serde::Serialize;
+pub use chain::GENESIS;
+pub use record::{Outcome, Record, rfc3339};
+pub use verify::{Problem, Verification, verify};
 
 use crate::atomic_file;
-use crate::attest::Workload;
-use crate::registry::Entry;
 
 /// The audit file could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -28,165 +34,54 @@ pub struct AuditError {
     pub source: std::io::Error,
 }
 
-/// What was decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// When to start a new file, and how many old ones to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the current file would grow past this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.jsonl.1` newest … `.N` oldest).
+    pub keep: u32,
+}
+
+/// What happens to a decision that cannot be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// An SVID was handed to the caller.
-    Issued,
-    /// The caller was refused.
-    Denied,
-    /// A presented JWT-SVID passed validation.
-    Validated,
-    /// A presented JWT-SVID failed validation.
-    Rejected,
+pub enum OnAuditFailure {
+    /// Fail closed (the default): nothing is issued, the caller gets
+    /// `Unavailable`.
+    #[default]
+    Refuse,
+    /// Fail open: issue anyway, log the error and count it. For hosts where
+    /// availability outweighs accountability.
+    Issue,
 }
 
-/// One audit record. Every field is always present (null when it does not
-/// apply), so consumers can rely on the shape.
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    /// RFC 3339 UTC time of the decision.
-    pub time: String,
-    /// The Workload API method.
-    pub rpc: &'static str,
-    /// What was decided.
-    pub outcome: Outcome,
-    /// Why (for denials) or what triggered it (for issuance).
-    pub reason: String,
-    /// Caller pid.
-    pub pid: Option<i32>,
-    /// Caller uid.
-    pub uid: Option<u32>,
-    /// Caller gid.
-    pub gid: Option<u32>,
-    /// Caller executable path.
-    pub exe_path: Option<String>,
-    /// Caller executable sha256.
-    pub sha256: Option<String>,
-    /// Every selector the caller had.
-    pub selectors: Vec<String>,
-    /// Facts attestation withheld from the selectors, and why.
-    pub attestation_notes: Vec<String>,
-    /// Registration entry id.
-    pub entry: Option<String>,
-    /// Where the entry is written.
-    pub entry_location: Option<String>,
-    /// The entry's accountable owner.
-    pub owner: Option<String>,
-    /// The entry's description.
-    pub description: Option<String>,
-    /// The entry's labels.
-    pub labels: BTreeMap<String, String>,
-    /// The identity issued.
-    pub spiffe_id: Option<String>,
-    /// Serial of the certificate issued.
-    pub serial: Option<String>,
-    /// Audiences of a JWT-SVID issued, or the audience validated for.
-    pub audience: Vec<String>,
-    /// `jti` of a JWT-SVID issued or validated.
-    pub jti: Option<String>,
-    /// Expiry of what was issued (RFC 3339).
-    pub not_after: Option<String>,
+/// Where the chain stands: the next record's sequence number and the hash
+/// it must link to.
+#[derive(Debug)]
+struct Head {
+    file: File,
+    size: u64,
+    next_seq: u64,
+    last_hash: String,
 }
 
-impl Record {
-    /// A record about `workload` (if attestation got that far), with no
-    /// entry yet.
-    pub fn new(
-        rpc: &'static str,
-        outcome: Outcome,
-        reason: impl Into<String>,
-        workload: Option<&Workload>,
-    ) -> Self {
-        Self {
-            time: rfc3339(SystemTime::now()),
-            rpc,
-            outcome,
-            reason: reason.into(),
-            pid: workload.map(|w| w.pid),
-            uid: workload.map(|w| w.uid),
-            gid: workload.map(|w| w.gid),
-            exe_path: workload.and_then(|w| w.exe_path.as_ref().map(|p| p.display().to_string())),
-            sha256: workload.and_then(|w| w.sha256.clone()),
-            selectors: workload.map(|w| w.selectors.to_strings()).unwrap_or_default(),
-            attestation_notes: workload.map(|w| w.notes.clone()).unwrap_or_default(),
-            entry: None,
-            entry_location: None,
-            owner: None,
-            description: None,
-            labels: BTreeMap::new(),
-            spiffe_id: None,
-            serial: None,
-            audience: Vec::new(),
-            jti: None,
-            not_after: None,
-        }
-    }
-
-    /// Adds the caller's connect-time ids when attestation got no further.
-    pub fn with_peer_ids(mut self, pid: i32, uid: u32, gid: u32) -> Self {
-        self.pid = Some(pid);
-        self.uid = Some(uid);
-        self.gid = Some(gid);
-        self
-    }
-
-    /// Adds the entry and its actor layer.
-    pub fn with_entry(mut self, entry: &Entry) -> Self {
-        self.entry = Some(entry.id.clone());
-        self.entry_location = Some(entry.location.clone());
-        self.owner = Some(entry.owner.clone());
-        self.description = entry.description.clone();
-        self.labels = entry.labels.clone();
-        self.spiffe_id = Some(entry.spiffe_id.to_string());
-        self
-    }
-
-    /// Adds the audiences a token was asked for or validated against.
-    pub fn with_audience(mut self, audience: &[String]) -> Self {
-        self.audience = audience.to_vec();
-        self
-    }
-
-    /// Adds a JWT-SVID's id and expiry.
-    pub fn with_token(mut self, jti: Option<&str>, expires_at: Option<SystemTime>) -> Self {
-        self.jti = jti.map(str::to_owned);
-        self.not_after = expires_at.map(rfc3339);
-        self
-    }
-
-    /// Adds the subject of a validated token.
-    pub fn with_subject(mut self, spiffe_id: &str) -> Self {
-        self.spiffe_id = Some(spiffe_id.to_owned());
-        self
-    }
-
-    /// Adds what was issued.
-    pub fn with_credential(mut self, serial: &str, not_after: SystemTime) -> Self {
-        self.serial = Some(serial.to_owned());
-        self.not_after = Some(rfc3339(not_after));
-        self
-    }
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
-}
-
-/// The append-only audit file.
+/// The append-only, hash-chained audit file.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    // std Mutex: held for one small write, never across an await.
-    file: Mutex<File>,
+    rotation: Rotation,
+    on_failure: OnAuditFailure,
+    // std Mutex: held for one small write (and rarely a rename), never
+    // across an await; it also orders the chain.
+    head: Mutex<Head>,
 }
 
 impl AuditLog {
     /// Opens (creating, mode 0600, with its directory 0700 if missing) the
-    /// audit file for appending.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
+    /// audit file for appending, and finds the end of the chain in it (or in
+    /// the newest rotated file).
+    pub fn open(path: &Path, rotation: Rotation, on_failure: OnAuditFailure) -> Result<Self, AuditError> {
         let error = |source| AuditError {
             path: path.to_owned(),
             source,
@@ -194,10 +89,25 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             atomic_file::create_dir(dir, 0o700).map_err(error)?;
         }
-        let file = atomic_file::open_append(path, 0o600).map_err(error)?;
+        let mut file = atomic_file::open_append(path, 0o600).map_err(error)?;
+        let (next_seq, last_hash) = match chain::last_link(&mut file).map_err(error)? {
+            Some(link) => link,
+            None => chain::last_link_of(&rotated(path, 1))
+                .map_err(error)?
+                .unwrap_or_else(chain::start),
+        };
+        let size = file.metadata().map_err(error)?.len();
+        tracing::info!(path = %path.display(), next_seq, head = %last_hash, "audit trail opened");
         Ok(Self {
             path: path.to_owned(),
-            file: Mutex::new(file),
+            rotation,
+            on_failure,
+            head: Mutex::new(Head {
+                file,
+                size,
+                next_seq,
+                last_hash,
+            }),
         })
     }
 
@@ -206,35 +116,109 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends records as one write, so concurrent writers never interleave
-    /// within a line and a batch lands whole or not at all.
+    /// Appends records, chained, as one write: concurrent writers never
+    /// interleave within a line, and a batch lands whole or not at all. An
+    /// error is returned only when the decision must then be refused.
     pub fn write(&self, records: &[Record]) -> Result<(), AuditError> {
-        let mut buf = Vec::new();
-        for record in records {
-            // Serializing plain strings, numbers and maps cannot fail.
-            serde_json::to_writer(&mut buf, record).map_err(|e| AuditError {
-                path: self.path.clone(),
-                source: e.into(),
-            })?;
-            buf.push(b'\n');
+        match (self.append(records), self.on_failure) {
+            (Err(error), OnAuditFailure::Issue) => {
+                tracing::error!(%error, records = records.len(), "audit records lost (on_failure = issue)");
+                Ok(())
+            }
+            (result, _) => result,
         }
-        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        file.write_all(&buf).map_err(|source| AuditError {
+    }
+
+    fn append(&self, records: &[Record]) -> Result<(), AuditError> {
+        let mut head = self.lock();
+        let mut buf = Vec::new();
+        let mut seq = head.next_seq;
+        let mut last_hash = head.last_hash.clone();
+        for record in records {
+            let mut record = record.clone();
+            record.seq = seq;
+            record.prev = last_hash;
+            // Strings, numbers and maps only: serialization cannot fail.
+            let line = serde_json::to_vec(&record).unwrap_or_default();
+            last_hash = chain::hash_line(&line);
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+            seq += 1;
+        }
+        if head.size > 0 && head.size + buf.len() as u64 > self.rotation.max_bytes {
+            self.rotate(&mut head)?;
+        }
+        head.file.write_all(&buf).map_err(|source| AuditError {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        head.size += buf.len() as u64;
+        head.next_seq = seq;
+        head.last_hash = last_hash;
+        Ok(())
     }
+
+    /// Shifts `audit.jsonl.N` → `.N+1` (dropping the oldest beyond `keep`),
+    /// moves the current file to `.1`, and starts a new one; the chain
+    /// continues into it.
+    fn rotate(&self, head: &mut Head) -> Result<(), AuditError> {
+        let error = |source| AuditError {
+            path: self.path.clone(),
+            source,
+        };
+        let keep = self.rotation.keep.max(1);
+        let _ = std::fs::remove_file(rotated(&self.path, keep));
+        for n in (1..keep).rev() {
+            let from = rotated(&self.path, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&self.path, n + 1)).map_err(error)?;
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1)).map_err(error)?;
+        head.file = atomic_file::open_append(&self.path, 0o600).map_err(error)?;
+        head.size = 0;
+        tracing::info!(path = %self.path.display(), next_seq = head.next_seq, head = %head.last_hash, "audit trail rotated");
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Head> {
+        // A failed write leaves the head unchanged; the state is consistent.
+        self.head.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// `audit.jsonl.N`.
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The last `max` bytes of a file (nothing for a device such as
+/// `/dev/full`, which has no length but endless contents).
+fn read_tail(file: &mut File, max: u64) -> std::io::Result<Vec<u8>> {
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(max);
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    file.take(len - start).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NO_ROTATION: Rotation = Rotation {
+        max_bytes: u64::MAX,
+        keep: 1,
+    };
+
     #[test]
-    fn appends_json_lines() {
+    fn appends_chained_json_lines_and_resumes_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
         log.write(&[Record::new(
             "FetchX509SVID",
             Outcome::Denied,
@@ -242,13 +226,56 @@ mod tests {
             None,
         )])
         .unwrap();
+        drop(log);
+        // Reopened: the chain continues where it ended.
+        let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
         log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "x", None)])
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["outcome"], "denied");
-        assert_eq!(lines[1]["outcome"], "issued");
-        assert!(lines[0].get("owner").is_some());
+        assert_eq!(lines[0]["seq"], 0);
+        assert_eq!(lines[0]["prev"], GENESIS);
+        assert_eq!(lines[1]["seq"], 1);
+        assert_eq!(
+            lines[1]["prev"],
+            chain::hash_line(text.lines().next().unwrap().as_bytes())
+        );
+        assert!(verify(&[path]).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn rotation_keeps_n_files_and_the_chain_spans_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotation = Rotation {
+            max_bytes: 2000,
+            keep: 3,
+        };
+        let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
+        for i in 0..40 {
+            log.write(&[Record::new(
+                "FetchX509SVID",
+                Outcome::Issued,
+                format!("record {i}"),
+                None,
+            )])
+            .unwrap();
+        }
+        assert!(rotated(&path, 3).exists() && !rotated(&path, 4).exists());
+        let files = vec![rotated(&path, 3), rotated(&path, 2), rotated(&path, 1), path];
+        let report = verify(&files).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.last_seq, Some(39));
+    }
+
+    #[test]
+    fn unwritable_trail_refuses_unless_told_to_issue() {
+        let full = Path::new("/dev/full");
+        let refuse = AuditLog::open(full, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
+        let record = Record::new("FetchX509SVID", Outcome::Issued, "x", None);
+        assert!(refuse.write(std::slice::from_ref(&record)).is_err());
+        let issue = AuditLog::open(full, NO_ROTATION, OnAuditFailure::Issue).unwrap();
+        assert!(issue.write(&[record]).is_ok());
     }
 }

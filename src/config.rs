@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use crate::audit::{OnAuditFailure, Rotation};
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -140,6 +141,10 @@ impl Default for AttestationConfig {
 pub struct AuditConfig {
     /// The JSON-lines file decisions are appended to.
     pub path: PathBuf,
+    /// Size-based rotation.
+    pub rotation: Rotation,
+    /// What happens to a decision that cannot be recorded.
+    pub on_failure: OnAuditFailure,
 }
 
 /// A lifetime written as a humantime string ("1h", "90s"), at least
@@ -209,10 +214,24 @@ struct RawConfig {
     entry: Vec<Spanned<RawEntry>>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawAudit {
     path: Option<PathBuf>,
+    max_bytes: u64,
+    keep: u32,
+    on_failure: OnAuditFailure,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: 100 << 20,
+            keep: 10,
+            on_failure: OnAuditFailure::Refuse,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -266,6 +285,11 @@ impl Config {
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
             audit: AuditConfig {
                 path: raw.audit.path.unwrap_or_else(|| data_dir.join("audit.jsonl")),
+                rotation: Rotation {
+                    max_bytes: raw.audit.max_bytes,
+                    keep: raw.audit.keep,
+                },
+                on_failure: raw.audit.on_failure,
             },
             data_dir,
             entries_dir: raw.entries_dir,

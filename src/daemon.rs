@@ -63,7 +63,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.ca.ttl.0,
         config.ca.jwt_key_ttl.0,
     )?);
-    let audit = Arc::new(AuditLog::open(&config.audit.path)?);
+    let audit = Arc::new(AuditLog::open(
+        &config.audit.path,
+        config.audit.rotation,
+        config.audit.on_failure,
+    )?);
     tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
     tokio::spawn(maintain_bundle_file(
         Arc::clone(&authority),

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use attestd::authority::BundleDocument;
-use attestd::{client, config::Config, daemon, explain, telemetry};
+use attestd::{audit, client, config::Config, daemon, explain, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +41,11 @@ enum Command {
         /// attestd's configuration file (the policy).
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Work with the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// The trust bundle attestd keeps in <data_dir>/bundle.json.
     Bundle {
@@ -114,6 +119,16 @@ enum ValidateKind {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files (oldest first, e.g. audit.jsonl.2
+    /// audit.jsonl.1 audit.jsonl); exits 1 and names each broken record.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum BundleCommand {
     /// Print the trust bundle.
     Show {
@@ -161,6 +176,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             daemon::run(config).await?;
         }
         Command::Api { command } => api(command).await?,
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => {
+            let report = audit::verify(&files).context("reading the audit trail")?;
+            print!("{report}");
+            if !report.problems.is_empty() {
+                anyhow::bail!("the audit trail's hash chain is broken");
+            }
+        }
         Command::Explain { pid, config } => {
             print!("{}", explain::explain(&Config::load(&config)?, pid)?);
         }

@@ -45,6 +45,9 @@ labels = { agent = "auditor", version = "1.0" }
     let digest = hex::encode(Sha256::digest(std::fs::read(&binary).unwrap()));
 
     let issued = &records[0];
+    assert_eq!(issued["seq"], 0);
+    assert_eq!(issued["prev"], attestd::audit::GENESIS);
+    assert_eq!(records[1]["seq"], 1);
     assert_eq!(issued["outcome"], "issued");
     assert_eq!(issued["rpc"], "FetchX509SVID");
     assert_eq!(issued["pid"], pid);
@@ -98,4 +101,95 @@ fn selectors_of(record: &Value) -> Vec<String> {
 fn assert_timestamp(value: &Value) {
     let text = value.as_str().unwrap_or_else(|| panic!("not a string: {value}"));
     humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+}
+
+fn verify_cli(files: &[std::path::PathBuf]) -> std::process::Output {
+    Command::new(attestd_bin())
+        .args(["audit", "verify"])
+        .args(files)
+        .output()
+        .unwrap()
+}
+
+fn fetch_as_root(daemon: &Daemon) -> std::process::Output {
+    Command::new(attestd_bin())
+        .args(["api", "fetch", "x509", "--socket", &daemon.endpoint()])
+        .output()
+        .unwrap()
+}
+
+const ROOT_ENTRY: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/audited"
+selectors = ["unix:uid:0"]
+owner = "secops@example.org"
+"#;
+
+#[tokio::test]
+async fn the_chain_spans_rotated_files_and_verify_names_a_tampered_record() {
+    let daemon = Daemon::start(&format!("[audit]\nmax_bytes = 4000\nkeep = 50\n{ROOT_ENTRY}"));
+    for _ in 0..12 {
+        assert!(fetch_as_root(&daemon).status.success());
+        cli_fetch_as(&daemon, 1002);
+    }
+    let audit = daemon.audit_path();
+    let mut files: Vec<_> = (1..=50)
+        .map(|n| std::path::PathBuf::from(format!("{}.{n}", audit.display())))
+        .filter(|p| p.exists())
+        .collect();
+    assert!(files.len() >= 2, "the trail rotated: {files:?}");
+    files.reverse();
+    files.push(audit.clone());
+
+    let intact = verify_cli(&files);
+    let stdout = String::from_utf8_lossy(&intact.stdout);
+    assert!(intact.status.success(), "{stdout}");
+    assert!(stdout.starts_with("intact: 24 records, seq 0..=23"), "{stdout}");
+
+    // Edit a record in a rotated file: verify fails and names it.
+    let victim = &files[0];
+    let text = std::fs::read_to_string(victim).unwrap();
+    std::fs::write(
+        victim,
+        text.replacen("\"outcome\":\"denied\"", "\"outcome\":\"issued\"", 1),
+    )
+    .unwrap();
+    let broken = verify_cli(&files);
+    let stdout = String::from_utf8_lossy(&broken.stdout);
+    assert!(!broken.status.success());
+    let edited_line = text
+        .lines()
+        .position(|l| l.contains("\"outcome\":\"denied\""))
+        .unwrap()
+        + 1;
+    assert!(
+        stdout.contains(&format!(
+            "{}:{edited_line}): that record was edited",
+            victim.display()
+        )),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_trail_refuses_issuance_by_default() {
+    let daemon = Daemon::start(&format!("[audit]\npath = \"/dev/full\"\n{ROOT_ENTRY}"));
+    let output = fetch_as_root(&daemon);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Unavailable: audit trail unavailable"),
+        "{stderr}"
+    );
+
+    let daemon = Daemon::start(&format!(
+        "[audit]\npath = \"/dev/full\"\non_failure = \"issue\"\n{ROOT_ENTRY}"
+    ));
+    let output = fetch_as_root(&daemon);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(daemon.log().contains("audit records lost"));
 }

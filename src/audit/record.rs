@@ -1,0 +1,164 @@
+//! One audit record: the decision, the kernel-attested facts about the
+//! caller, the entry and its accountable owner, and what was issued.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::attest::Workload;
+use crate::registry::Entry;
+
+/// What was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An SVID was handed to the caller.
+    Issued,
+    /// The caller was refused.
+    Denied,
+    /// A presented JWT-SVID passed validation.
+    Validated,
+    /// A presented JWT-SVID failed validation.
+    Rejected,
+}
+
+/// One audit record. Every field is always present (null when it does not
+/// apply), so consumers can rely on the shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// Position in the trail, from 0, continuous across rotated files.
+    pub seq: u64,
+    /// Lowercase hex sha256 of the previous record's line (64 zeros for the
+    /// first record): the hash chain.
+    pub prev: String,
+    /// RFC 3339 UTC time of the decision.
+    pub time: String,
+    /// The Workload API method.
+    pub rpc: &'static str,
+    /// What was decided.
+    pub outcome: Outcome,
+    /// Why (for denials) or what triggered it (for issuance).
+    pub reason: String,
+    /// Caller pid.
+    pub pid: Option<i32>,
+    /// Caller uid.
+    pub uid: Option<u32>,
+    /// Caller gid.
+    pub gid: Option<u32>,
+    /// Caller executable path.
+    pub exe_path: Option<String>,
+    /// Caller executable sha256.
+    pub sha256: Option<String>,
+    /// Every selector the caller had.
+    pub selectors: Vec<String>,
+    /// Facts attestation withheld from the selectors, and why.
+    pub attestation_notes: Vec<String>,
+    /// Registration entry id.
+    pub entry: Option<String>,
+    /// Where the entry is written.
+    pub entry_location: Option<String>,
+    /// The entry's accountable owner.
+    pub owner: Option<String>,
+    /// The entry's description.
+    pub description: Option<String>,
+    /// The entry's labels.
+    pub labels: BTreeMap<String, String>,
+    /// The identity issued.
+    pub spiffe_id: Option<String>,
+    /// Serial of the certificate issued.
+    pub serial: Option<String>,
+    /// Audiences of a JWT-SVID issued, or the audience validated for.
+    pub audience: Vec<String>,
+    /// `jti` of a JWT-SVID issued or validated.
+    pub jti: Option<String>,
+    /// Expiry of what was issued (RFC 3339).
+    pub not_after: Option<String>,
+}
+
+impl Record {
+    /// A record about `workload` (if attestation got that far), with no
+    /// entry yet.
+    pub fn new(
+        rpc: &'static str,
+        outcome: Outcome,
+        reason: impl Into<String>,
+        workload: Option<&Workload>,
+    ) -> Self {
+        Self {
+            seq: 0,
+            prev: String::new(),
+            time: rfc3339(SystemTime::now()),
+            rpc,
+            outcome,
+            reason: reason.into(),
+            pid: workload.map(|w| w.pid),
+            uid: workload.map(|w| w.uid),
+            gid: workload.map(|w| w.gid),
+            exe_path: workload.and_then(|w| w.exe_path.as_ref().map(|p| p.display().to_string())),
+            sha256: workload.and_then(|w| w.sha256.clone()),
+            selectors: workload.map(|w| w.selectors.to_strings()).unwrap_or_default(),
+            attestation_notes: workload.map(|w| w.notes.clone()).unwrap_or_default(),
+            entry: None,
+            entry_location: None,
+            owner: None,
+            description: None,
+            labels: BTreeMap::new(),
+            spiffe_id: None,
+            serial: None,
+            audience: Vec::new(),
+            jti: None,
+            not_after: None,
+        }
+    }
+
+    /// Adds the caller's connect-time ids when attestation got no further.
+    pub fn with_peer_ids(mut self, pid: i32, uid: u32, gid: u32) -> Self {
+        self.pid = Some(pid);
+        self.uid = Some(uid);
+        self.gid = Some(gid);
+        self
+    }
+
+    /// Adds the entry and its actor layer.
+    pub fn with_entry(mut self, entry: &Entry) -> Self {
+        self.entry = Some(entry.id.clone());
+        self.entry_location = Some(entry.location.clone());
+        self.owner = Some(entry.owner.clone());
+        self.description = entry.description.clone();
+        self.labels = entry.labels.clone();
+        self.spiffe_id = Some(entry.spiffe_id.to_string());
+        self
+    }
+
+    /// Adds the audiences a token was asked for or validated against.
+    pub fn with_audience(mut self, audience: &[String]) -> Self {
+        self.audience = audience.to_vec();
+        self
+    }
+
+    /// Adds a JWT-SVID's id and expiry.
+    pub fn with_token(mut self, jti: Option<&str>, expires_at: Option<SystemTime>) -> Self {
+        self.jti = jti.map(str::to_owned);
+        self.not_after = expires_at.map(rfc3339);
+        self
+    }
+
+    /// Adds the subject of a validated token.
+    pub fn with_subject(mut self, spiffe_id: &str) -> Self {
+        self.spiffe_id = Some(spiffe_id.to_owned());
+        self
+    }
+
+    /// Adds what was issued.
+    pub fn with_credential(mut self, serial: &str, not_after: SystemTime) -> Self {
+        self.serial = Some(serial.to_owned());
+        self.not_after = Some(rfc3339(not_after));
+        self
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
