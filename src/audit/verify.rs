@@ -198,7 +198,7 @@ mod tests {
     fn every_kind_of_tampering_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let (path, lines) = trail(dir.path(), 5);
-        assert!(verify(&[path.clone()]).unwrap().problems.is_empty());
+        assert!(verify(std::slice::from_ref(&path)).unwrap().problems.is_empty());
 
         let mut edited = lines.clone();
         edited[2] = edited[2].replace("\"r2\"", "\"nothing happened\"");
