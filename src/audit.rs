@@ -23,6 +23,7 @@ pub use record::{Outcome, Record, rfc3339};
 pub use verify::{Problem, Verification, verify};
 
 use crate::atomic_file;
+use crate::telemetry::metrics;
 
 /// The audit file could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +121,11 @@ impl AuditLog {
     /// interleave within a line, and a batch lands whole or not at all. An
     /// error is returned only when the decision must then be refused.
     pub fn write(&self, records: &[Record]) -> Result<(), AuditError> {
-        match (self.append(records), self.on_failure) {
+        let result = self.append(records);
+        if result.is_err() {
+            metrics().audit_failure(records.len());
+        }
+        match (result, self.on_failure) {
             (Err(error), OnAuditFailure::Issue) => {
                 tracing::error!(%error, records = records.len(), "audit records lost (on_failure = issue)");
                 Ok(())

@@ -18,7 +18,7 @@ use crate::config::DEFAULT_SOCKET_PATH;
 use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use crate::proto::{
     JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER, SECURITY_HEADER_VALUE, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509svid, X509svidRequest, X509svidResponse,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509svid, X509svidRequest, X509svidResponse,
 };
 
 /// The environment variable SPIFFE clients read the socket address from.
@@ -46,6 +46,9 @@ pub enum ClientError {
     /// The stream ended without any message.
     #[error("the Workload API closed the stream without an answer")]
     NoResponse,
+    /// The server did not answer as a live Workload API does.
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
     /// Writing output files failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -119,6 +122,33 @@ pub async fn channel(path: &Path) -> Result<Channel, ClientError> {
             source,
         })?;
     Ok(channel)
+}
+
+/// Whether the Workload API at `path` serves: a request without the
+/// security header must come back `InvalidArgument`, which proves the
+/// server is up and answering without costing an attestation (and works
+/// for callers that hold no identity, like a monitoring probe).
+pub async fn healthcheck(path: &Path, timeout: Duration) -> Result<(), ClientError> {
+    let probe = async {
+        let mut raw = SpiffeWorkloadApiClient::new(channel(path).await?);
+        match raw.fetch_x509_bundles(X509BundlesRequest {}).await {
+            Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(()),
+            Err(status) => Err(ClientError::Unhealthy(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+            Ok(_) => Err(ClientError::Unhealthy(
+                "served a request without the security header".into(),
+            )),
+        }
+    };
+    tokio::time::timeout(timeout, probe).await.map_err(|_| {
+        ClientError::Unhealthy(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        ))
+    })?
 }
 
 /// Fetches the caller's X.509-SVIDs once.

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +76,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// How callers are attested.
     pub attestation: AttestationConfig,
+    /// The optional loopback health and metrics listener.
+    pub health: HealthConfig,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -117,6 +120,19 @@ impl Default for CaConfig {
             jwt_key_ttl: Ttl(Duration::from_secs(24 * 3600)),
         }
     }
+}
+
+/// The optional health and metrics listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HealthConfig {
+    /// Loopback address for `/live`, `/ready` and `/metrics`; off if unset.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    listen: Option<Spanned<SocketAddr>>,
 }
 
 /// How callers are attested.
@@ -211,6 +227,8 @@ struct RawConfig {
     #[serde(default)]
     attestation: AttestationConfig,
     #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
 
@@ -279,6 +297,7 @@ impl Config {
             message: "is required (e.g. trust_domain = \"example.org\")".into(),
         })?;
         let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let health = source.health(raw.health)?;
         let entries = source.entries(raw.entry, &trust_domain)?;
         Ok(Self {
             source: path.to_owned(),
@@ -296,9 +315,25 @@ impl Config {
             svid: raw.svid,
             ca: raw.ca,
             attestation: raw.attestation,
+            health,
             trust_domain,
             entries,
         })
+    }
+
+    /// Everything but the live policy (entries, `[svid]`): what a reload
+    /// cannot change without a restart.
+    pub fn restart_settings(&self) -> impl PartialEq + use<> {
+        (
+            self.trust_domain.clone(),
+            self.socket_path.clone(),
+            self.data_dir.clone(),
+            self.entries_dir.clone(),
+            self.ca,
+            self.audit.clone(),
+            self.attestation,
+            self.health,
+        )
     }
 
     /// The error `attestd run` gives without `--config`: there is no safe
@@ -368,6 +403,27 @@ impl SourceFile<'_> {
             key,
             message: err.message().trim().to_owned(),
         }
+    }
+
+    /// The metrics may describe every workload on the host: only loopback
+    /// addresses are accepted.
+    fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
+        let Some(listen) = raw.listen else {
+            return Ok(HealthConfig::default());
+        };
+        if !listen.get_ref().ip().is_loopback() {
+            return Err(self.error(
+                &listen.span(),
+                "health.listen".into(),
+                format!(
+                    "{} is not a loopback address (use 127.0.0.1 or [::1])",
+                    listen.get_ref()
+                ),
+            ));
+        }
+        Ok(HealthConfig {
+            listen: Some(listen.into_inner()),
+        })
     }
 
     fn entries(
@@ -537,6 +593,18 @@ owner = "team@example.org"
         assert_eq!(err.key.as_deref(), Some("svid.x509_ttl"));
         let ok = parse("trust_domain = \"example.org\"\n[svid]\nx509_ttl = \"5s\"\n").unwrap();
         assert_eq!(ok.svid.x509_ttl.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn health_listener_must_be_loopback() {
+        let ok = parse("trust_domain = \"example.org\"\n[health]\nlisten = \"127.0.0.1:9090\"\n").unwrap();
+        assert_eq!(ok.health.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        let err = parse("trust_domain = \"example.org\"\n[health]\nlisten = \"0.0.0.0:9090\"\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("health.listen")),
+            "{err}"
+        );
     }
 
     #[test]

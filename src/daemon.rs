@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tonic::transport::Server;
 
@@ -15,8 +15,9 @@ use crate::audit::{AuditError, AuditLog};
 use crate::authority::{Authority, AuthorityError, maintain_bundle_file};
 use crate::config::{Config, ConfigError};
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use crate::registry::{Policy, Registry};
+use crate::registry::{self, Policy, Registry};
 use crate::svid_cache::SvidCache;
+use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
 use crate::workload_api::{Context, ListenerError, SocketListener, WorkloadApi};
 
 /// How long connections get to finish after shutdown starts.
@@ -46,6 +47,9 @@ pub enum DaemonError {
     /// The socket could not be set up.
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    /// The health listener could not be started.
+    #[error(transparent)]
+    Health(#[from] HealthError),
     /// Installing signal handlers failed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -54,39 +58,29 @@ pub enum DaemonError {
     Server(#[from] tonic::transport::Error),
 }
 
-/// Runs attestd until SIGTERM or SIGINT.
+/// Runs attestd until SIGTERM or SIGINT; SIGHUP reloads the policy.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let policy = Policy::load(&config)?;
-    let authority = Arc::new(Authority::embedded(
-        config.trust_domain.clone(),
-        &config.data_dir,
-        config.ca.ttl.0,
-        config.ca.jwt_key_ttl.0,
-    )?);
-    let audit = Arc::new(AuditLog::open(
-        &config.audit.path,
-        config.audit.rotation,
-        config.audit.on_failure,
-    )?);
-    tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
-    tokio::spawn(maintain_bundle_file(
-        Arc::clone(&authority),
-        bundle_file(&config.data_dir),
-        BUNDLE_REFRESH_HINT,
-    ));
-    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let (signals, hangup) = Signals::install()?;
+    let ctx_parts = start_services(&config)?;
+    let readiness = Arc::new(Readiness::default());
+    if let Some(addr) = config.health.listen {
+        tokio::spawn(serve_health(addr, Arc::clone(&readiness)).await?);
+    }
     let (shutdown_tx, shutdown) = watch::channel(false);
-
     let ctx = Arc::new(Context {
-        attestor: Arc::new(Attestor::new("/proc", config.attestation.max_exe_hash_bytes)),
-        registry: Arc::new(Registry::new(policy)),
-        cache: SvidCache::new(Arc::clone(&authority)),
-        authority,
-        audit,
         shutdown,
+        ..ctx_parts
     });
+    tokio::spawn(registry::keep_current(
+        config.clone(),
+        Arc::clone(&ctx.registry),
+        hangup,
+    ));
+
     let mut listener = SocketListener::bind(&config.socket_path)?;
+    readiness.set(true);
+    notify_ready(&format!("serving {}", listener.path().display()));
+    tokio::spawn(run_watchdog());
     tracing::info!(
         socket = %listener.path().display(),
         trust_domain = %config.trust_domain,
@@ -96,10 +90,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     );
 
     let stop = async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+        signals.stop().await;
+        readiness.set(false);
+        notify_stopping();
         // Ends every open stream, so the drain below has an end.
         let _ = shutdown_tx.send(true);
     };
@@ -118,4 +111,64 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     drop(listener);
     tracing::info!("attestd stopped");
     Ok(())
+}
+
+/// Loads the policy, the authority and the audit trail, and starts the
+/// authority's background tasks; the returned context still needs its
+/// shutdown channel.
+fn start_services(config: &Config) -> Result<Context, DaemonError> {
+    let policy = Policy::load(config)?;
+    let authority = Arc::new(Authority::embedded(
+        config.trust_domain.clone(),
+        &config.data_dir,
+        config.ca.ttl.0,
+        config.ca.jwt_key_ttl.0,
+    )?);
+    let audit = Arc::new(AuditLog::open(
+        &config.audit.path,
+        config.audit.rotation,
+        config.audit.on_failure,
+    )?);
+    tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
+    tokio::spawn(maintain_bundle_file(
+        Arc::clone(&authority),
+        bundle_file(&config.data_dir),
+        BUNDLE_REFRESH_HINT,
+    ));
+    Ok(Context {
+        attestor: Arc::new(Attestor::new("/proc", config.attestation.max_exe_hash_bytes)),
+        registry: Arc::new(Registry::new(policy)),
+        cache: SvidCache::new(Arc::clone(&authority)),
+        authority,
+        audit,
+        shutdown: watch::channel(false).1,
+    })
+}
+
+/// The stop signals. All signals attestd handles are installed before
+/// anything else, so none takes its default action (termination) during
+/// start-up.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    /// The stop signals, and SIGHUP (policy reload).
+    fn install() -> Result<(Self, Signal), DaemonError> {
+        let install = |kind| signal(kind).map_err(DaemonError::Signals);
+        let stop = Self {
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+        };
+        Ok((stop, install(SignalKind::hangup())?))
+    }
+
+    /// Resolves on SIGTERM or SIGINT.
+    async fn stop(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
 }

@@ -33,6 +33,14 @@ enum Command {
         #[command(subcommand)]
         command: ApiCommand,
     },
+    /// Exit 0 if the Workload API answers, 1 if not (for scripts and probes).
+    Healthcheck {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// How long to wait for an answer.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Show a process's selectors, the entries it matches, and why others don't.
     Explain {
         /// The process to explain.
@@ -160,10 +168,22 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("attestd: {e:#}");
+            eprintln!("attestd: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes whose text the
+/// message already includes (attestd's errors name their cause).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1).map(ToString::to_string) {
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -176,6 +196,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             daemon::run(config).await?;
         }
         Command::Api { command } => api(command).await?,
+        Command::Healthcheck { socket, timeout } => {
+            let path = client::socket_path(socket.socket.as_deref())?;
+            client::healthcheck(&path, timeout).await?;
+            println!("healthy: {}", path.display());
+        }
         Command::Audit {
             command: AuditCommand::Verify { files },
         } => {

@@ -6,6 +6,9 @@
 
 mod index;
 mod load;
+mod reload;
+
+pub use reload::{keep_current, reload};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -118,6 +121,11 @@ impl Registry {
     /// The current snapshot.
     pub fn policy(&self) -> Arc<Policy> {
         self.current.borrow().clone()
+    }
+
+    /// Swaps in a new policy; open streams re-check their callers.
+    pub fn replace(&self, policy: Policy) {
+        self.current.send_replace(Arc::new(policy));
     }
 
     /// A receiver that sees every policy swap.

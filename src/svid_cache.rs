@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::authority::{Authority, AuthorityError, SvidTemplate, X509Svid};
+use crate::telemetry::metrics;
 use crate::wall_clock;
 
 /// First retry delay after a failed mint; doubles up to [`MAX_BACKOFF`].
@@ -91,6 +92,7 @@ impl SvidCache {
         }
         let svid = Arc::new(self.authority.mint_x509(template)?);
         tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "minted X.509-SVID");
+        metrics().x509_minted(false);
         let (sender, receiver) = watch::channel(svid);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         slots.insert(
@@ -162,6 +164,7 @@ async fn rotate(
         }
         let renewed = renew(&cache.authority, &template, &current).await;
         tracing::info!(spiffe_id = %renewed.spiffe_id, serial = %renewed.serial, previous = %current.serial, "rotated X.509-SVID");
+        metrics().x509_minted(true);
         sender.send_replace(Arc::new(renewed));
     }
 }

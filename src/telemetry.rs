@@ -1,14 +1,23 @@
-//! Logging: `tracing` to stderr (journald picks it up under systemd), level
-//! from `RUST_LOG`, `info` by default. Never log keys or tokens.
+//! Observability: logs (`tracing` to stderr, which journald collects),
+//! Prometheus metrics, the optional loopback health/metrics listener, and
+//! systemd readiness and watchdog notifications. Never log keys or tokens.
+
+mod health;
+mod metrics;
+mod systemd;
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. Safe to call once per process.
+pub use health::{HealthError, Readiness, serve as serve_health};
+pub use metrics::{Metrics, ReloadOutcome, metrics};
+pub use systemd::{notify_ready, notify_stopping, run_watchdog};
+
+/// Installs the global subscriber: level from `RUST_LOG`, `info` by default.
+/// Safe to call more than once (later calls keep the first subscriber).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // A second call (tests) finds a subscriber already set: keep that one.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

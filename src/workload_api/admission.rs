@@ -10,6 +10,7 @@ use super::caller::Caller;
 use super::{Context, PeerInfo, status};
 use crate::attest::{AttestError, ExeBinding, Workload};
 use crate::audit::{Outcome, Record};
+use crate::telemetry::metrics;
 
 /// Why a caller was not admitted.
 pub(super) enum Refusal {
@@ -60,9 +61,13 @@ pub(super) async fn attest(ctx: &Context, peer: &PeerInfo, rpc: &'static str) ->
                 true => ExeBinding::Verify,
                 false => ExeBinding::Trust,
             };
-            tokio::task::spawn_blocking(move || attestor.attest(&peer, binding).map_err(Arc::new))
-                .await
-                .map_err(|_| Status::internal("attestation task failed"))?
+            let started = std::time::Instant::now();
+            let attested =
+                tokio::task::spawn_blocking(move || attestor.attest(&peer, binding).map_err(Arc::new))
+                    .await
+                    .map_err(|_| Status::internal("attestation task failed"))?;
+            metrics().attestation(started.elapsed());
+            attested
         }
         Err(error) => Err(Arc::clone(error)),
     };

@@ -43,4 +43,6 @@ pub(super) mod rpc {
     pub const FETCH_JWT_SVID: &str = "FetchJWTSVID";
     pub const FETCH_JWT_BUNDLES: &str = "FetchJWTBundles";
     pub const VALIDATE_JWT_SVID: &str = "ValidateJWTSVID";
+    pub const FETCH_WIT_SVID: &str = "FetchWITSVID";
+    pub const FETCH_WIT_BUNDLES: &str = "FetchWITBundles";
 }

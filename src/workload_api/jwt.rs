@@ -15,6 +15,7 @@ use crate::authority::{JwtError, ValidatedJwt};
 use crate::proto::{Jwtsvid, JwtsvidResponse, ValidateJwtsvidResponse};
 use crate::registry::Entry;
 use crate::spiffe_id::SpiffeId;
+use crate::telemetry::metrics;
 use crate::wall_clock::from_unix_seconds;
 
 /// Parsed and checked `FetchJWTSVID` arguments.
@@ -82,6 +83,7 @@ pub(super) fn fetch(ctx: &Context, caller: Caller, request: &JwtRequest) -> Resu
             .jwt()
             .mint(&entry.spiffe_id, &request.audience, entry.jwt_ttl)
             .map_err(|e| status::minting(&e))?;
+        metrics().jwt_minted();
         records.push(
             record(Outcome::Issued, "fetched", &entry).with_token(Some(&svid.jti), Some(svid.expires_at)),
         );

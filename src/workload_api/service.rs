@@ -20,6 +20,7 @@ use crate::proto::{
     WitBundlesResponse, WitsvidRequest, WitsvidResponse, X509BundlesRequest, X509BundlesResponse,
     X509svidRequest, X509svidResponse,
 };
+use crate::telemetry::metrics;
 
 /// The Workload API service.
 #[derive(Debug, Clone)]
@@ -46,6 +47,83 @@ impl WorkloadApi {
             .await
             .map_err(Refusal::status)
     }
+
+    async fn x509_svids(&self, request: Request<X509svidRequest>) -> Result<X509SvidStream, Status> {
+        check_security_header(&request)?;
+        let caller = self.admit(&request, rpc::FETCH_X509_SVID).await?;
+        streams::x509_svids(Arc::clone(&self.ctx), caller)
+    }
+
+    async fn x509_bundles(&self, request: Request<X509BundlesRequest>) -> Result<X509BundlesStream, Status> {
+        check_security_header(&request)?;
+        // Like SPIRE, bundles go only to callers that hold an identity.
+        self.admit(&request, rpc::FETCH_X509_BUNDLES).await?;
+        let key = self.ctx.authority.trust_domain().id_string();
+        Ok(streams::bundle_stream(
+            self.ctx.authority.subscribe_bundle(),
+            self.ctx.shutdown.clone(),
+            move |bundle: &X509Bundle| X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: HashMap::from([(key.clone(), bundle.concatenated_der())]),
+            },
+        ))
+    }
+
+    async fn jwt_svids(&self, request: Request<JwtsvidRequest>) -> Result<JwtsvidResponse, Status> {
+        check_security_header(&request)?;
+        let arguments = JwtRequest::parse(request.get_ref().audience.clone(), &request.get_ref().spiffe_id)?;
+        let caller = self.admit(&request, rpc::FETCH_JWT_SVID).await?;
+        jwt::fetch(&self.ctx, caller, &arguments)
+    }
+
+    async fn jwt_bundles(&self, request: Request<JwtBundlesRequest>) -> Result<JwtBundlesStream, Status> {
+        check_security_header(&request)?;
+        self.admit(&request, rpc::FETCH_JWT_BUNDLES).await?;
+        let key = self.ctx.authority.trust_domain().id_string();
+        Ok(streams::bundle_stream(
+            self.ctx.authority.jwt().subscribe(),
+            self.ctx.shutdown.clone(),
+            move |bundle: &JwtBundle| JwtBundlesResponse {
+                bundles: HashMap::from([(key.clone(), bundle.jwks_json())]),
+            },
+        ))
+    }
+
+    async fn validate_jwt(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<ValidateJwtsvidResponse, Status> {
+        check_security_header(&request)?;
+        let ValidateJwtsvidRequest { audience, svid } = request.get_ref();
+        if audience.is_empty() {
+            return Err(Status::invalid_argument("audience is required"));
+        }
+        if svid.is_empty() {
+            return Err(Status::invalid_argument("svid is required"));
+        }
+        // Validation needs no identity of the caller's own (verifiers may
+        // hold none), but is attested for the audit trail.
+        let workload = self.attest(&request, rpc::VALIDATE_JWT_SVID).await?;
+        jwt::validate(&self.ctx, &workload, audience, svid)
+    }
+}
+
+type X509SvidStream = BoxStream<'static, Result<X509svidResponse, Status>>;
+type X509BundlesStream = BoxStream<'static, Result<X509BundlesResponse, Status>>;
+type JwtBundlesStream = BoxStream<'static, Result<JwtBundlesResponse, Status>>;
+
+/// Counts the outcome of an RPC by its gRPC code and wraps the answer.
+fn observe<T>(rpc: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
+    let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+    metrics().request(rpc, code);
+    result.map(Response::new)
+}
+
+/// The optional WIT-SVID profile is not offered; the header is still
+/// checked first, as for every RPC.
+fn wit_not_offered<T, R>(request: &Request<T>) -> Result<R, Status> {
+    check_security_header(request)?;
+    Err(status::not_offered("the WIT-SVID profile"))
 }
 
 /// The pinned peer tonic attached to the request's connection.
@@ -66,100 +144,58 @@ fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl SpiffeWorkloadApi for WorkloadApi {
-    type FetchX509SVIDStream = BoxStream<'static, Result<X509svidResponse, Status>>;
-    type FetchX509BundlesStream = BoxStream<'static, Result<X509BundlesResponse, Status>>;
-    type FetchJWTBundlesStream = BoxStream<'static, Result<JwtBundlesResponse, Status>>;
+    type FetchX509SVIDStream = X509SvidStream;
+    type FetchX509BundlesStream = X509BundlesStream;
+    type FetchJWTBundlesStream = JwtBundlesStream;
     type FetchWITSVIDStream = BoxStream<'static, Result<WitsvidResponse, Status>>;
     type FetchWITBundlesStream = BoxStream<'static, Result<WitBundlesResponse, Status>>;
 
     async fn fetch_x509svid(
         &self,
         request: Request<X509svidRequest>,
-    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        check_security_header(&request)?;
-        let caller = self.admit(&request, rpc::FETCH_X509_SVID).await?;
-        Ok(Response::new(streams::x509_svids(Arc::clone(&self.ctx), caller)?))
+    ) -> Result<Response<X509SvidStream>, Status> {
+        observe(rpc::FETCH_X509_SVID, self.x509_svids(request).await)
     }
 
     async fn fetch_x509_bundles(
         &self,
         request: Request<X509BundlesRequest>,
-    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        check_security_header(&request)?;
-        // Like SPIRE, bundles go only to callers that hold an identity.
-        self.admit(&request, rpc::FETCH_X509_BUNDLES).await?;
-        let key = self.ctx.authority.trust_domain().id_string();
-        let stream = streams::bundle_stream(
-            self.ctx.authority.subscribe_bundle(),
-            self.ctx.shutdown.clone(),
-            move |bundle: &X509Bundle| X509BundlesResponse {
-                crl: Vec::new(),
-                bundles: HashMap::from([(key.clone(), bundle.concatenated_der())]),
-            },
-        );
-        Ok(Response::new(stream))
+    ) -> Result<Response<X509BundlesStream>, Status> {
+        observe(rpc::FETCH_X509_BUNDLES, self.x509_bundles(request).await)
     }
 
     async fn fetch_jwtsvid(
         &self,
         request: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        check_security_header(&request)?;
-        let arguments = JwtRequest::parse(request.get_ref().audience.clone(), &request.get_ref().spiffe_id)?;
-        let caller = self.admit(&request, rpc::FETCH_JWT_SVID).await?;
-        Ok(Response::new(jwt::fetch(&self.ctx, caller, &arguments)?))
+        observe(rpc::FETCH_JWT_SVID, self.jwt_svids(request).await)
     }
 
     async fn fetch_jwt_bundles(
         &self,
         request: Request<JwtBundlesRequest>,
-    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        check_security_header(&request)?;
-        self.admit(&request, rpc::FETCH_JWT_BUNDLES).await?;
-        let key = self.ctx.authority.trust_domain().id_string();
-        let stream = streams::bundle_stream(
-            self.ctx.authority.jwt().subscribe(),
-            self.ctx.shutdown.clone(),
-            move |bundle: &JwtBundle| JwtBundlesResponse {
-                bundles: HashMap::from([(key.clone(), bundle.jwks_json())]),
-            },
-        );
-        Ok(Response::new(stream))
+    ) -> Result<Response<JwtBundlesStream>, Status> {
+        observe(rpc::FETCH_JWT_BUNDLES, self.jwt_bundles(request).await)
     }
 
     async fn validate_jwtsvid(
         &self,
         request: Request<ValidateJwtsvidRequest>,
     ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
-        check_security_header(&request)?;
-        let ValidateJwtsvidRequest { audience, svid } = request.get_ref();
-        if audience.is_empty() {
-            return Err(Status::invalid_argument("audience is required"));
-        }
-        if svid.is_empty() {
-            return Err(Status::invalid_argument("svid is required"));
-        }
-        // Validation needs no identity of the caller's own (verifiers may
-        // hold none), but is attested for the audit trail.
-        let workload = self.attest(&request, rpc::VALIDATE_JWT_SVID).await?;
-        Ok(Response::new(jwt::validate(
-            &self.ctx, &workload, audience, svid,
-        )?))
+        observe(rpc::VALIDATE_JWT_SVID, self.validate_jwt(request).await)
     }
 
     async fn fetch_witsvid(
         &self,
         request: Request<WitsvidRequest>,
     ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
-        check_security_header(&request)?;
-        Err(status::not_offered("the WIT-SVID profile"))
+        observe(rpc::FETCH_WIT_SVID, wit_not_offered(&request))
     }
 
     async fn fetch_wit_bundles(
         &self,
         request: Request<WitBundlesRequest>,
     ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
-        check_security_header(&request)?;
-        Err(status::not_offered("the WIT-SVID profile"))
+        observe(rpc::FETCH_WIT_BUNDLES, wit_not_offered(&request))
     }
 }

@@ -19,6 +19,7 @@ use crate::authority::{SvidTemplate, X509Bundle};
 use crate::proto::{X509svid, X509svidResponse};
 use crate::registry::Policy;
 use crate::svid_cache::SvidReceiver;
+use crate::telemetry::metrics;
 
 /// What woke a waiting stream.
 enum Wake {
@@ -32,7 +33,24 @@ enum Wake {
     Shutdown,
 }
 
+/// Counts an open stream in the metrics for as long as it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics().streams(1);
+        Self
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics().streams(-1);
+    }
+}
+
 struct X509Watch {
+    _open: OpenStream,
     ctx: Arc<Context>,
     caller: Caller,
     /// One per entry of `caller`, in the same order.
@@ -55,6 +73,7 @@ pub(super) fn x509_svids(
     caller: Caller,
 ) -> Result<BoxStream<'static, Result<X509svidResponse, Status>>, Status> {
     let mut watch = X509Watch {
+        _open: OpenStream::new(),
         bundle: ctx.authority.subscribe_bundle(),
         policy: ctx.registry.subscribe(),
         shutdown: ctx.shutdown.clone(),
@@ -210,22 +229,33 @@ where
     T: Send + Sync + 'static,
     R: Send + 'static,
 {
-    let state = (bundle, shutdown, true, false);
-    stream::unfold(state, move |(mut bundle, mut shutdown, first, done)| async move {
-        if done {
-            return None;
-        }
-        if !first {
+    struct BundleWatch<T> {
+        _open: OpenStream,
+        bundle: watch::Receiver<Arc<T>>,
+        shutdown: watch::Receiver<bool>,
+        first: bool,
+    }
+    let state = Some(BundleWatch {
+        _open: OpenStream::new(),
+        bundle,
+        shutdown,
+        first: true,
+    });
+    // A `None` state ends the stream after the item that set it.
+    stream::unfold(state, |state| async move {
+        let mut watch = state?;
+        if !watch.first {
             let changed = tokio::select! {
-                result = bundle.changed() => result.is_ok(),
-                _ = shutdown.wait_for(|stopping| *stopping) => false,
+                result = watch.bundle.changed() => result.is_ok(),
+                _ = watch.shutdown.wait_for(|stopping| *stopping) => false,
             };
             if !changed {
-                return Some((Err(status::shutting_down()), (bundle, shutdown, false, true)));
+                return Some((Err(status::shutting_down()), None));
             }
         }
-        let current = Arc::clone(&bundle.borrow_and_update());
-        Some((Ok(current), (bundle, shutdown, false, false)))
+        watch.first = false;
+        let current = Arc::clone(&watch.bundle.borrow_and_update());
+        Some((Ok(current), Some(watch)))
     })
     .map(move |item| item.map(|bundle| render(&bundle)))
     .boxed()

@@ -43,17 +43,19 @@ impl Daemon {
     }
 
     fn launch(dir: tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> Self {
-        let config_path = dir.path().join("attestd.toml");
-        let config = format!(
-            "trust_domain = \"{TRUST_DOMAIN}\"\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n{body}",
-            dir.path().join("run/api.sock").display(),
-            dir.path().join("data").display(),
-        );
-        std::fs::write(&config_path, config).unwrap();
+        let config_path = write_config(dir.path(), body);
+        Self::launch_command(
+            dir,
+            Command::new(attestd_bin()).args(["run", "-c"]).arg(&config_path),
+            env,
+        )
+    }
+
+    /// Starts `command` (attestd run, possibly behind a wrapper) on `dir`,
+    /// whose config [`write_config`] wrote.
+    pub fn launch_command(dir: tempfile::TempDir, command: &mut Command, env: &[(&str, &str)]) -> Self {
         let log = std::fs::File::create(dir.path().join("attestd.log")).unwrap();
-        let child = Command::new(attestd_bin())
-            .args(["run", "-c"])
-            .arg(&config_path)
+        let child = command
             .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -66,6 +68,11 @@ impl Daemon {
         };
         daemon.wait_ready();
         daemon
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -133,6 +140,19 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Writes `<dir>/attestd.toml`: the trust domain, socket and data under
+/// `dir`, then `body`.
+pub fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
+    let path = dir.join("attestd.toml");
+    let config = format!(
+        "trust_domain = \"{TRUST_DOMAIN}\"\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n{body}",
+        dir.join("run/api.sock").display(),
+        dir.join("data").display(),
+    );
+    std::fs::write(&path, config).unwrap();
+    path
 }
 
 /// Runs a command as `uid`/`gid` (no supplementary groups), capturing output.

@@ -12,6 +12,7 @@ mod go_interop;
 mod harness;
 mod isolation;
 mod jwt;
+mod operations;
 mod restart;
 mod robustness;
 mod rotation;

@@ -1,0 +1,243 @@
+//! Running attestd in production: live policy reload (file watching and
+//! SIGHUP), health and metrics, `attestd healthcheck`, and the systemd
+//! notification protocol.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use spiffe::{WorkloadApiClient, WorkloadApiError};
+
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, write_config};
+
+const ROOT_ENTRY: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/ops/root"
+selectors = ["unix:uid:0"]
+owner = "platform@example.org"
+"#;
+
+const AGENT_ENTRY: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/ops/agent"
+selectors = ["unix:uid:1000"]
+owner = "platform@example.org"
+"#;
+
+/// Rewrites the daemon's config file with `body` after the fixed head.
+fn rewrite_policy(daemon: &Daemon, body: &str) {
+    let text = std::fs::read_to_string(daemon.config_path()).unwrap();
+    let head_end = text.find("\n[").map_or(text.len(), |i| i + 1);
+    std::fs::write(daemon.config_path(), format!("{}{body}", &text[..head_end])).unwrap();
+}
+
+#[tokio::test]
+async fn removing_an_entry_ends_its_streams_and_adding_one_serves_at_once() {
+    let daemon = Daemon::start(ROOT_ENTRY);
+    let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
+    let mut stream = client.stream_x509_contexts().await.unwrap();
+    stream.next().await.unwrap().unwrap();
+    assert!(
+        !cli_fetch_as(&daemon, 1000).status.success(),
+        "uid 1000 has no entry yet"
+    );
+
+    // Add the agent's entry and remove root's, in one edit.
+    let edited = Instant::now();
+    rewrite_policy(&daemon, AGENT_ENTRY);
+    let ended = tokio::time::timeout(Duration::from_secs(1), stream.next())
+        .await
+        .expect("root's stream ends within 1 s of the edit")
+        .expect("an item, not a silent end");
+    assert!(
+        matches!(ended, Err(WorkloadApiError::NoIdentityIssued)),
+        "{ended:?}"
+    );
+    eprintln!("stream ended {:?} after the edit", edited.elapsed());
+
+    // A retrying caller of the new entry is served at once.
+    let mut served = None;
+    for _ in 0..20 {
+        let output = cli_fetch_as(&daemon, 1000);
+        if output.status.success() {
+            served = Some(printed_ids(&output));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        served.expect("uid 1000 served"),
+        ["spiffe://example.org/ops/agent"]
+    );
+}
+
+#[tokio::test]
+async fn a_broken_policy_file_keeps_the_previous_policy() {
+    let entries = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(&format!(
+        "entries_dir = \"{}\"\n{ROOT_ENTRY}",
+        entries.path().display()
+    ));
+    let bad = entries.path().join("20-bad.toml");
+    std::fs::write(
+        &bad,
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/x\"\nselectors = [\"unix:uid:abc\"]\nowner = \"o\"\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.log().contains("policy reload failed") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload failure logged:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("{}:3: entry[0].selectors[0]", bad.display())),
+        "{log}"
+    );
+    // The previous policy still serves.
+    let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
+    let svid = client.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/ops/root");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policy() {
+    let daemon = Daemon::start(ROOT_ENTRY);
+    // Write the file without the watcher's help: SIGHUP alone must apply it.
+    rewrite_policy(&daemon, &format!("{ROOT_ENTRY}{AGENT_ENTRY}"));
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if cli_fetch_as(&daemon, 1000).status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent entry never applied:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        daemon.log().contains("SIGHUP: reloading policy") || daemon.log().contains("policy files changed")
+    );
+}
+
+/// GETs a path of the loopback listener; returns the status and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn free_loopback_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn health_endpoints_metrics_and_healthcheck() {
+    let addr = free_loopback_port();
+    let daemon = Daemon::start(&format!("[health]\nlisten = \"{addr}\"\n{ROOT_ENTRY}"));
+    assert_eq!(http_get(&addr, "/live").0, 200);
+    assert_eq!(http_get(&addr, "/ready").0, 200);
+
+    let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
+    let _stream = client.stream_x509_contexts().await.unwrap();
+    client.fetch_x509_svid().await.unwrap();
+    client.fetch_jwt_svid(["svc"], None).await.unwrap();
+    cli_fetch_as(&daemon, 1002);
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for expected in [
+        "attestd_requests_total{rpc=\"FetchX509SVID\",code=\"Ok\"}",
+        "attestd_requests_total{rpc=\"FetchX509SVID\",code=\"PermissionDenied\"} 1",
+        "attestd_requests_total{rpc=\"FetchJWTSVID\",code=\"Ok\"} 1",
+        "attestd_attestation_seconds_count",
+        "attestd_svids_minted_total{kind=\"X509\"} 1",
+        "attestd_svids_minted_total{kind=\"Jwt\"} 1",
+        "attestd_x509_svid_rotations_total 0",
+        "attestd_open_streams 1",
+        "attestd_policy_reloads_total",
+        "attestd_audit_write_failures_total 0",
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in:\n{metrics}");
+    }
+
+    let healthy = Command::new(attestd_bin())
+        .args(["healthcheck", "--socket", &daemon.endpoint()])
+        .output()
+        .unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    let absent = Command::new(attestd_bin())
+        .args(["healthcheck", "--socket", "unix:///nonexistent/api.sock"])
+        .output()
+        .unwrap();
+    assert!(!absent.status.success());
+}
+
+#[test]
+fn systemd_hears_ready_once_the_socket_accepts_then_watchdog_and_stopping() {
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // systemd names the watched pid; a shell that execs attestd knows it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), ROOT_ENTRY);
+    let script = format!(
+        "WATCHDOG_PID=$$ exec {} run -c {}",
+        attestd_bin(),
+        config.display()
+    );
+    let mut daemon = Daemon::launch_command(
+        dir,
+        Command::new("sh").arg("-c").arg(script),
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = notify.recv(&mut buf).expect("notifications from attestd");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.contains("READY=1") {
+            // READY=1 means the socket already accepts.
+            assert!(std::os::unix::net::UnixStream::connect(daemon.socket()).is_ok());
+        }
+        messages.push(message);
+    }
+    assert!(messages[0].contains("READY=1"), "{messages:?}");
+    daemon.stop_with(nix::sys::signal::Signal::SIGTERM);
+    let mut stopping = false;
+    while let Ok(n) = notify.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 on SIGTERM");
+}
