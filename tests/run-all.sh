@@ -20,6 +20,10 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "the end-to-end tests switch uids and must run as root" >&2
     exit 1
 fi
+if ! command -v systemd-analyze >/dev/null; then
+    step "installing systemd-analyze (Debian package systemd) to check the unit file"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
 
 step "fetching Go modules for tests/interop/go"
 (cd tests/interop/go && go mod download && go vet ./...)
@@ -35,6 +39,10 @@ cargo clippy --all-targets --features test-hooks -- -D warnings
 # inside attestation); deployed builds never have it.
 step "cargo test --features test-hooks (unit and end-to-end tests)"
 cargo test --all-targets --features test-hooks
+
+step "systemd unit: systemd-analyze security --offline=true (the e2e test also verifies it)"
+sed "s|/usr/local/bin/attestd|$repo/target/debug/attestd|" systemd/attestd.service > target/attestd.service
+systemd-analyze security --offline=true target/attestd.service | tail -n 1
 
 step "fuzz targets build (run them with cargo +nightly fuzz run <target>)"
 cargo check --quiet --manifest-path fuzz/Cargo.toml

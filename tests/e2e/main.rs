@@ -17,4 +17,5 @@ mod restart;
 mod robustness;
 mod rotation;
 mod security_header;
+mod systemd_unit;
 mod x509_rust_client;
