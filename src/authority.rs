@@ -13,22 +13,35 @@ mod bundle_document;
 mod ca;
 mod jwt;
 mod jwt_keys;
+mod schedule;
+mod signing_ca;
+mod upstream;
 mod x509;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use ca::CaSet;
+use upstream::UpstreamCa;
+
 pub use bundle::X509Bundle;
 pub use bundle_document::{BundleDocument, maintain_bundle_file};
-pub use ca::SigningCa;
 pub use jwt::{JwtAuthority, JwtBundle, JwtError, JwtSvid, ValidatedJwt};
 pub use jwt_keys::JWT_SVID_USE;
+pub use signing_ca::SigningCa;
+pub use upstream::UpstreamFiles;
 pub use x509::{SvidTemplate, X509Svid};
 
 use crate::spiffe_id::TrustDomain;
+use crate::wall_clock;
+
+/// How often an upstream CA's files are checked for replacement.
+const UPSTREAM_POLL: Duration = Duration::from_secs(5);
+/// Retry delay after a failed CA rotation.
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
 
 /// Why the authority could not load its CA or mint an SVID.
 #[derive(Debug, thiserror::Error)]
@@ -72,32 +85,87 @@ pub enum AuthorityError {
     CaExpired,
 }
 
+/// Where X.509-SVIDs are signed.
+#[derive(Debug)]
+enum Signer {
+    /// attestd's own rotating roots.
+    Embedded(CaSet),
+    /// An intermediate from the organisation's CA, in files.
+    Upstream(UpstreamCa),
+}
+
+impl Signer {
+    fn roots(&self) -> Vec<Vec<u8>> {
+        match self {
+            Self::Embedded(set) => set.roots(),
+            Self::Upstream(upstream) => upstream.roots(),
+        }
+    }
+}
+
 /// Mints SVIDs and publishes the bundle.
 #[derive(Debug)]
 pub struct Authority {
     trust_domain: TrustDomain,
-    signer: SigningCa,
+    // std Mutex: held to pick the signer and sign (CPU only, about a
+    // millisecond), never across an await.
+    signer: Mutex<Signer>,
     bundle: watch::Sender<Arc<X509Bundle>>,
     jwt: Arc<JwtAuthority>,
 }
 
 impl Authority {
+    /// The authority `ca` describes: embedded (rotating roots in
+    /// `data_dir`) or upstream (files); JWT keys always in `data_dir`.
+    pub fn from_config(
+        trust_domain: TrustDomain,
+        data_dir: &Path,
+        ca: &crate::config::CaConfig,
+    ) -> Result<Self, AuthorityError> {
+        match &ca.upstream {
+            Some(files) => Self::upstream(trust_domain, data_dir, files, ca.jwt_key_ttl.0),
+            None => Self::embedded(trust_domain, data_dir, ca.ttl.0, ca.jwt_key_ttl.0),
+        }
+    }
+
     /// Loads the embedded CA and the JWT keys from `data_dir`, creating
     /// them on first start.
     pub fn embedded(
         trust_domain: TrustDomain,
-        data_dir: &std::path::Path,
+        data_dir: &Path,
         ca_ttl: Duration,
         jwt_key_ttl: Duration,
     ) -> Result<Self, AuthorityError> {
-        let signer = ca::load_or_create(&trust_domain, data_dir, ca_ttl)?;
-        let bundle = X509Bundle::new(vec![signer.cert_der().to_vec()]);
+        let mut set = CaSet::load(&trust_domain, data_dir, ca_ttl)?;
+        if set.advance(SystemTime::now())? {
+            set.save()?;
+        }
+        Self::with_signer(trust_domain, data_dir, Signer::Embedded(set), jwt_key_ttl)
+    }
+
+    /// Signs with an upstream intermediate; JWT keys from `data_dir`.
+    pub fn upstream(
+        trust_domain: TrustDomain,
+        data_dir: &Path,
+        files: &UpstreamFiles,
+        jwt_key_ttl: Duration,
+    ) -> Result<Self, AuthorityError> {
+        let upstream = UpstreamCa::load(files, &trust_domain)?;
+        Self::with_signer(trust_domain, data_dir, Signer::Upstream(upstream), jwt_key_ttl)
+    }
+
+    fn with_signer(
+        trust_domain: TrustDomain,
+        data_dir: &Path,
+        signer: Signer,
+        jwt_key_ttl: Duration,
+    ) -> Result<Self, AuthorityError> {
         let jwt_keys = jwt_keys::KeySet::load(data_dir, jwt_key_ttl)?;
         Ok(Self {
             jwt: Arc::new(JwtAuthority::new(trust_domain.clone(), jwt_keys)?),
+            bundle: watch::Sender::new(Arc::new(X509Bundle::new(signer.roots()))),
+            signer: Mutex::new(signer),
             trust_domain,
-            signer,
-            bundle: watch::Sender::new(Arc::new(bundle)),
         })
     }
 
@@ -113,7 +181,20 @@ impl Authority {
 
     /// Mints a fresh X.509-SVID with a new key.
     pub fn mint_x509(&self, template: &SvidTemplate) -> Result<X509Svid, AuthorityError> {
-        x509::mint(&self.signer, template)
+        let now = SystemTime::now();
+        let mut signer = self.lock();
+        let ca = match &mut *signer {
+            Signer::Embedded(set) => {
+                if set.signing(now).is_none() {
+                    // The rotation task is late (a suspended host): catch
+                    // up here, publishing before signing.
+                    self.advance_embedded(set, now)?;
+                }
+                set.signing(now).ok_or(AuthorityError::CaExpired)?
+            }
+            Signer::Upstream(upstream) => upstream.signer(),
+        };
+        x509::mint(ca, template)
     }
 
     /// The current trust bundle.
@@ -124,6 +205,58 @@ impl Authority {
     /// A receiver that sees every change of the trust bundle.
     pub fn subscribe_bundle(&self) -> watch::Receiver<Arc<X509Bundle>> {
         self.bundle.subscribe()
+    }
+
+    /// Keeps the X.509 CA current until the process ends: the embedded
+    /// roots on their schedule, an upstream CA's files re-read when
+    /// replaced.
+    pub async fn run_ca_rotation(self: Arc<Self>) {
+        loop {
+            let next = match &*self.lock() {
+                Signer::Embedded(set) => set.next_change(),
+                Signer::Upstream(_) => SystemTime::now() + UPSTREAM_POLL,
+            };
+            wall_clock::sleep_until(next).await;
+            if let Err(error) = self.refresh(SystemTime::now()) {
+                tracing::error!(%error, "CA rotation failed; keeping the current CA");
+                tokio::time::sleep(ROTATION_RETRY).await;
+            }
+        }
+    }
+
+    fn refresh(&self, now: SystemTime) -> Result<(), AuthorityError> {
+        let mut signer = self.lock();
+        match &mut *signer {
+            Signer::Embedded(set) => self.advance_embedded(set, now),
+            Signer::Upstream(upstream) => {
+                if upstream.reload_if_changed(&self.trust_domain)? {
+                    tracing::info!("upstream CA files replaced; new CA in use");
+                    self.bundle
+                        .send_replace(Arc::new(X509Bundle::new(upstream.roots())));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Advances the embedded schedule; a change is saved, then published
+    /// (before the new root can sign: the caller holds the lock).
+    fn advance_embedded(&self, set: &mut CaSet, now: SystemTime) -> Result<(), AuthorityError> {
+        if !set.advance(now)? {
+            return Ok(());
+        }
+        set.save()?;
+        let roots = set.roots();
+        tracing::info!(roots = roots.len(), "X.509 trust bundle changed");
+        self.bundle.send_replace(Arc::new(X509Bundle::new(roots)));
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Signer> {
+        // Every critical section leaves the signer consistent.
+        self.signer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

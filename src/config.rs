@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::audit::{OnAuditFailure, Rotation};
+use crate::authority::UpstreamFiles;
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -101,23 +102,53 @@ impl Default for SvidConfig {
     }
 }
 
-/// The embedded certificate authority and the JWT signing keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The certificate authority and the JWT signing keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaConfig {
-    /// Lifetime of the self-signed root.
+    /// Lifetime of each embedded self-signed root (they rotate).
     pub ttl: Ttl,
     /// Lifetime of each JWT signing key. A key signs for half of it, so it
-    /// should be at least twice the longest `jwt_ttl` (tokens never outlive
-    /// their key and are shortened to fit).
+    /// should be at least four times the longest `jwt_ttl` (tokens never
+    /// outlive their key and are shortened to fit).
     pub jwt_key_ttl: Ttl,
+    /// Sign with an upstream intermediate instead of embedded roots.
+    pub upstream: Option<UpstreamFiles>,
 }
 
 impl Default for CaConfig {
     fn default() -> Self {
+        RawCa::default().into_config(None)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCa {
+    ttl: Ttl,
+    jwt_key_ttl: Ttl,
+    cert_file: Option<Spanned<PathBuf>>,
+    key_file: Option<Spanned<PathBuf>>,
+    bundle_file: Option<Spanned<PathBuf>>,
+}
+
+impl Default for RawCa {
+    fn default() -> Self {
         Self {
             ttl: Ttl(Duration::from_secs(7 * 24 * 3600)),
             jwt_key_ttl: Ttl(Duration::from_secs(24 * 3600)),
+            cert_file: None,
+            key_file: None,
+            bundle_file: None,
+        }
+    }
+}
+
+impl RawCa {
+    fn into_config(self, upstream: Option<UpstreamFiles>) -> CaConfig {
+        CaConfig {
+            ttl: self.ttl,
+            jwt_key_ttl: self.jwt_key_ttl,
+            upstream,
         }
     }
 }
@@ -221,7 +252,7 @@ struct RawConfig {
     #[serde(default)]
     svid: SvidConfig,
     #[serde(default)]
-    ca: CaConfig,
+    ca: RawCa,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
@@ -298,6 +329,7 @@ impl Config {
         })?;
         let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let health = source.health(raw.health)?;
+        let ca = source.ca(raw.ca)?;
         let entries = source.entries(raw.entry, &trust_domain)?;
         Ok(Self {
             source: path.to_owned(),
@@ -313,7 +345,7 @@ impl Config {
             data_dir,
             entries_dir: raw.entries_dir,
             svid: raw.svid,
-            ca: raw.ca,
+            ca,
             attestation: raw.attestation,
             health,
             trust_domain,
@@ -329,7 +361,7 @@ impl Config {
             self.socket_path.clone(),
             self.data_dir.clone(),
             self.entries_dir.clone(),
-            self.ca,
+            self.ca.clone(),
             self.audit.clone(),
             self.attestation,
             self.health,
@@ -403,6 +435,30 @@ impl SourceFile<'_> {
             key,
             message: err.message().trim().to_owned(),
         }
+    }
+
+    /// `cert_file`, `key_file` and `bundle_file` go together: an upstream CA
+    /// needs all three.
+    fn ca(&self, mut raw: RawCa) -> Result<CaConfig, ConfigError> {
+        let files = (raw.cert_file.take(), raw.key_file.take(), raw.bundle_file.take());
+        let upstream = match files {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(bundle)) => Some(UpstreamFiles {
+                cert_file: cert.into_inner(),
+                key_file: key.into_inner(),
+                bundle_file: bundle.into_inner(),
+            }),
+            (cert, key, bundle) => {
+                let given = [cert, key, bundle].into_iter().flatten().next();
+                let span = given.map_or(0..0, |file| file.span());
+                return Err(self.error(
+                    &span,
+                    "ca".into(),
+                    "an upstream CA needs cert_file, key_file and bundle_file together",
+                ));
+            }
+        };
+        Ok(raw.into_config(upstream))
     }
 
     /// The metrics may describe every workload on the host: only loopback
@@ -593,6 +649,15 @@ owner = "team@example.org"
         assert_eq!(err.key.as_deref(), Some("svid.x509_ttl"));
         let ok = parse("trust_domain = \"example.org\"\n[svid]\nx509_ttl = \"5s\"\n").unwrap();
         assert_eq!(ok.svid.x509_ttl.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn upstream_ca_files_go_together() {
+        let ok = parse("trust_domain = \"example.org\"\n[ca]\ncert_file = \"a\"\nkey_file = \"b\"\nbundle_file = \"c\"\n")
+            .unwrap();
+        assert_eq!(ok.ca.upstream.unwrap().bundle_file, PathBuf::from("c"));
+        let err = parse("trust_domain = \"example.org\"\n[ca]\ncert_file = \"a\"\n").unwrap_err();
+        assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("ca")), "{err}");
     }
 
     #[test]

@@ -118,11 +118,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// shutdown channel.
 fn start_services(config: &Config) -> Result<Context, DaemonError> {
     let policy = Policy::load(config)?;
-    let authority = Arc::new(Authority::embedded(
+    let authority = Arc::new(Authority::from_config(
         config.trust_domain.clone(),
         &config.data_dir,
-        config.ca.ttl.0,
-        config.ca.jwt_key_ttl.0,
+        &config.ca,
     )?);
     let audit = Arc::new(AuditLog::open(
         &config.audit.path,
@@ -130,6 +129,7 @@ fn start_services(config: &Config) -> Result<Context, DaemonError> {
         config.audit.on_failure,
     )?);
     tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
+    tokio::spawn(Arc::clone(&authority).run_ca_rotation());
     tokio::spawn(maintain_bundle_file(
         Arc::clone(&authority),
         bundle_file(&config.data_dir),

@@ -1,104 +1,130 @@
-//! The embedded CA: a self-signed ECDSA P-256 root made on first start and
-//! kept in `<data_dir>/ca.pem` (certificate and PKCS#8 key in one file, mode
-//! 0600, replaced atomically so a crash never leaves a cert without its key).
-//! Restarts reuse it, so the bundle relying parties hold stays valid.
+//! The embedded CA: self-signed ECDSA P-256 roots on the rotation schedule
+//! ([`super::schedule`]): a new root is made and published ahead of the
+//! current one's expiry, signs from a quarter of its life, and the old root
+//! stays in the bundle until every SVID it signed has expired. The set is
+//! kept in `<data_dir>/ca.json` (certificates and keys, mode 0600, replaced
+//! atomically), so restarts never change the bundle.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
     PKCS_ECDSA_P256_SHA256, SanType,
 };
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 use super::AuthorityError;
+use super::schedule::{Rotation, Scheduled, Slot};
+use super::signing_ca::SigningCa;
 use super::x509::random_serial;
 use crate::atomic_file;
 use crate::spiffe_id::TrustDomain;
-use crate::wall_clock::from_unix_seconds;
+use crate::wall_clock::{from_unix_seconds, unix_seconds};
 
-const CA_FILE: &str = "ca.pem";
+const CA_FILE: &str = "ca.json";
 /// Backdating absorbs small clock differences between hosts.
 const BACKDATE: Duration = Duration::from_secs(60);
 
-/// A CA that signs SVIDs: its certificate, key, and validity.
-pub struct SigningCa {
-    cert_der: Vec<u8>,
-    issuer: Issuer<'static, KeyPair>,
-    not_before: SystemTime,
-    not_after: SystemTime,
+#[derive(Serialize, Deserialize)]
+struct StoredSet {
+    cas: Vec<StoredCa>,
 }
 
-impl std::fmt::Debug for SigningCa {
-    // Never print the key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningCa")
-            .field("not_before", &self.not_before)
-            .field("not_after", &self.not_after)
-            .finish_non_exhaustive()
+#[derive(Serialize, Deserialize)]
+struct StoredCa {
+    activate_at: u64,
+    certificate: String,
+    private_key: String,
+}
+
+/// The embedded roots.
+#[derive(Debug)]
+pub(super) struct CaSet {
+    path: PathBuf,
+    trust_domain: TrustDomain,
+    rotation: Rotation<SigningCa>,
+}
+
+impl CaSet {
+    /// Loads `<data_dir>/ca.json` (dropping expired roots); creates the
+    /// directory (0700) if missing.
+    pub fn load(trust_domain: &TrustDomain, data_dir: &Path, ttl: Duration) -> Result<Self, AuthorityError> {
+        atomic_file::create_dir(data_dir, 0o700).map_err(|source| AuthorityError::Io {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(CA_FILE);
+        let cas = match std::fs::read_to_string(&path) {
+            Ok(text) => parse(&path, &text, trust_domain)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(AuthorityError::Io { path, source }),
+        };
+        Ok(Self {
+            path,
+            trust_domain: trust_domain.clone(),
+            rotation: Rotation::new(ttl, cas),
+        })
+    }
+
+    /// Brings the schedule up to `now`; returns whether the bundle changed.
+    pub fn advance(&mut self, now: SystemTime) -> Result<bool, AuthorityError> {
+        let trust_domain = self.trust_domain.clone();
+        let path = self.path.clone();
+        self.rotation
+            .advance(now, |slot| create(&path, &trust_domain, slot))
+    }
+
+    /// The root that signs at `now`.
+    pub fn signing(&self, now: SystemTime) -> Option<&SigningCa> {
+        self.rotation.signing(now)
+    }
+
+    /// When the schedule next changes.
+    pub fn next_change(&self) -> SystemTime {
+        self.rotation.next_change()
+    }
+
+    /// Every published root.
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        self.rotation
+            .published()
+            .iter()
+            .map(|ca| ca.cert_der().to_vec())
+            .collect()
+    }
+
+    /// Writes the set to its file (0600, atomically).
+    pub fn save(&self) -> Result<(), AuthorityError> {
+        let stored = StoredSet {
+            cas: self
+                .rotation
+                .published()
+                .iter()
+                .map(|ca| StoredCa {
+                    activate_at: unix_seconds(ca.activate_at()),
+                    certificate: pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert_der().to_vec())),
+                    private_key: ca.key_pem().to_owned(),
+                })
+                .collect(),
+        };
+        // Strings and integers only: serialization cannot fail.
+        let json = serde_json::to_vec_pretty(&stored).unwrap_or_default();
+        atomic_file::write(&self.path, &json, 0o600).map_err(|source| AuthorityError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
-impl SigningCa {
-    /// The CA certificate, DER.
-    pub fn cert_der(&self) -> &[u8] {
-        &self.cert_der
-    }
-
-    pub(super) fn issuer(&self) -> &Issuer<'static, KeyPair> {
-        &self.issuer
-    }
-
-    /// Start of the CA's validity.
-    pub fn not_before(&self) -> SystemTime {
-        self.not_before
-    }
-
-    /// End of the CA's validity: no SVID may outlive it.
-    pub fn not_after(&self) -> SystemTime {
-        self.not_after
-    }
-}
-
-/// Loads `<data_dir>/ca.pem`, or makes and saves a new root if there is none
-/// or the saved one has expired.
-pub(super) fn load_or_create(
-    trust_domain: &TrustDomain,
-    data_dir: &Path,
-    ttl: Duration,
-) -> Result<SigningCa, AuthorityError> {
-    atomic_file::create_dir(data_dir, 0o700).map_err(|source| AuthorityError::Io {
-        path: data_dir.to_owned(),
-        source,
-    })?;
-    let path = ca_file(data_dir);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let ca = parse(&path, &text, trust_domain)?;
-            if ca.not_after > SystemTime::now() {
-                return Ok(ca);
-            }
-            tracing::warn!(path = %path.display(), "saved CA has expired; creating a new root");
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(AuthorityError::Io { path, source }),
-    }
-    let (pem, ca) = create(trust_domain, ttl)?;
-    atomic_file::write(&path, pem.as_bytes(), 0o600).map_err(|source| AuthorityError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    tracing::info!(path = %path.display(), trust_domain = %trust_domain, "created embedded CA");
-    Ok(ca)
-}
-
-fn create(trust_domain: &TrustDomain, ttl: Duration) -> Result<(String, SigningCa), AuthorityError> {
+fn create(path: &Path, trust_domain: &TrustDomain, slot: Slot) -> Result<SigningCa, AuthorityError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let now = SystemTime::now();
     let mut params = CertificateParams::default();
-    params.distinguished_name = ca_name(trust_domain);
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "attestd");
+    name.push(DnType::CommonName, format!("attestd CA {trust_domain}"));
+    params.distinguished_name = name;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -108,85 +134,42 @@ fn create(trust_domain: &TrustDomain, ttl: Duration) -> Result<(String, SigningC
     // A signing certificate may carry the trust domain's ID (no path).
     params.subject_alt_names = vec![SanType::URI(trust_domain.id_string().try_into()?)];
     params.serial_number = Some(random_serial());
-    params.not_before = OffsetDateTime::from(now - BACKDATE);
-    params.not_after = OffsetDateTime::from(now + ttl);
+    params.not_before = OffsetDateTime::from(slot.created - BACKDATE);
+    params.not_after = OffsetDateTime::from(slot.created + slot.ttl);
     let cert = params.self_signed(&key)?;
-    let pem = format!("{}{}", cert.pem(), key.serialize_pem());
-    let ca = SigningCa {
-        cert_der: cert.der().to_vec(),
-        not_before: now - BACKDATE,
-        not_after: now + ttl,
-        issuer: Issuer::new(params, key),
-    };
-    Ok((pem, ca))
+    tracing::info!(trust_domain = %trust_domain, not_after = ?slot.created + slot.ttl, "created embedded CA");
+    SigningCa::from_parts(
+        path,
+        cert.der().to_vec(),
+        Vec::new(),
+        key.serialize_pem(),
+        Some(slot.activate_at),
+        trust_domain,
+    )
 }
 
-fn ca_name(trust_domain: &TrustDomain) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "attestd");
-    name.push(DnType::CommonName, format!("attestd CA {trust_domain}"));
-    name
-}
-
-/// Parses a saved CA, checking it is a CA for our trust domain and that the
-/// key belongs to the certificate.
-fn parse(path: &Path, text: &str, trust_domain: &TrustDomain) -> Result<SigningCa, AuthorityError> {
+fn parse(path: &Path, text: &str, trust_domain: &TrustDomain) -> Result<Vec<SigningCa>, AuthorityError> {
     let invalid = |reason: String| AuthorityError::InvalidFile {
         path: path.to_owned(),
         reason,
     };
-    let blocks = pem::parse_many(text).map_err(|e| invalid(format!("not PEM: {e}")))?;
-    let cert_der =
-        find_block(&blocks, "CERTIFICATE").ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
-    let key_der = find_block(&blocks, "PRIVATE KEY").ok_or_else(|| invalid("no PRIVATE KEY block".into()))?;
-    let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| invalid(format!("bad key: {e}")))?;
-    let (_, cert) =
-        X509Certificate::from_der(&cert_der).map_err(|e| invalid(format!("bad certificate: {e}")))?;
-    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-        return Err(invalid("the private key does not match the certificate".into()));
-    }
-    if !cert.is_ca() {
-        return Err(invalid("the certificate is not a CA".into()));
-    }
-    let expected = trust_domain.id_string();
-    if !has_uri_san(&cert, &expected) {
-        return Err(invalid(format!(
-            "the CA belongs to another trust domain (no URI SAN {expected}); \
-             use another data_dir or remove the file to start a new trust domain"
-        )));
-    }
-    let not_before = from_unix_seconds(cert.validity().not_before.timestamp().max(0) as u64);
-    let not_after = from_unix_seconds(cert.validity().not_after.timestamp().max(0) as u64);
-    let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
-        .map_err(|e| invalid(format!("unusable CA certificate: {e}")))?;
-    Ok(SigningCa {
-        cert_der,
-        issuer,
-        not_before,
-        not_after,
-    })
-}
-
-fn find_block(blocks: &[pem::Pem], tag: &str) -> Option<Vec<u8>> {
-    blocks
-        .iter()
-        .find(|b| b.tag() == tag)
-        .map(|b| b.contents().to_vec())
-}
-
-fn has_uri_san(cert: &X509Certificate<'_>, uri: &str) -> bool {
-    cert.extensions().iter().any(|ext| match ext.parsed_extension() {
-        ParsedExtension::SubjectAlternativeName(san) => san
-            .general_names
-            .iter()
-            .any(|name| matches!(name, GeneralName::URI(u) if *u == uri)),
-        _ => false,
-    })
-}
-
-/// Where the embedded CA lives under `data_dir`.
-pub fn ca_file(data_dir: &Path) -> PathBuf {
-    data_dir.join(CA_FILE)
+    let stored: StoredSet = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    stored
+        .cas
+        .into_iter()
+        .map(|ca| {
+            let cert =
+                pem::parse(&ca.certificate).map_err(|e| invalid(format!("bad certificate PEM: {e}")))?;
+            SigningCa::from_parts(
+                path,
+                cert.into_contents(),
+                Vec::new(),
+                ca.private_key,
+                Some(from_unix_seconds(ca.activate_at)),
+                trust_domain,
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -198,25 +181,33 @@ mod tests {
         TrustDomain::new(name).unwrap()
     }
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
     fn created_once_then_reused() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let first = load_or_create(&td("example.org"), &data, Duration::from_secs(3600)).unwrap();
-        let second = load_or_create(&td("example.org"), &data, Duration::from_secs(3600)).unwrap();
-        assert_eq!(first.cert_der(), second.cert_der());
+        let now = SystemTime::now();
+        let mut first = CaSet::load(&td("example.org"), &data, HOUR).unwrap();
+        assert!(first.advance(now).unwrap());
+        first.save().unwrap();
+        let mut second = CaSet::load(&td("example.org"), &data, HOUR).unwrap();
+        assert!(!second.advance(now).unwrap(), "a restart changes nothing");
+        assert_eq!(first.roots(), second.roots());
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&data), 0o700);
-        assert_eq!(mode(&ca_file(&data)), 0o600);
+        assert_eq!(mode(&data.join(CA_FILE)), 0o600);
     }
 
     #[test]
     fn refuses_foreign_or_broken_ca() {
         let dir = tempfile::tempdir().unwrap();
-        load_or_create(&td("example.org"), dir.path(), Duration::from_secs(3600)).unwrap();
-        let err = load_or_create(&td("other.org"), dir.path(), Duration::from_secs(3600)).unwrap_err();
+        let mut set = CaSet::load(&td("example.org"), dir.path(), HOUR).unwrap();
+        set.advance(SystemTime::now()).unwrap();
+        set.save().unwrap();
+        let err = CaSet::load(&td("other.org"), dir.path(), HOUR).unwrap_err();
         assert!(err.to_string().contains("another trust domain"), "{err}");
-        std::fs::write(ca_file(dir.path()), "garbage").unwrap();
-        assert!(load_or_create(&td("example.org"), dir.path(), Duration::from_secs(3600)).is_err());
+        std::fs::write(dir.path().join(CA_FILE), "garbage").unwrap();
+        assert!(CaSet::load(&td("example.org"), dir.path(), HOUR).is_err());
     }
 }

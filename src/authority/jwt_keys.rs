@@ -1,19 +1,6 @@
-//! The JWT signing keys and their schedule. Each key lives `ttl`:
-//!
-//! ```text
-//! created ──ttl/4──▶ signs ──ttl/2──▶ successor signs ──ttl/4──▶ expires
-//!             (published)      │
-//!                              └ the successor is created (and published) at ttl/2
-//! ```
-//!
-//! A key enters the JWT bundle when it is created, a quarter of its life
-//! before it signs anything, so relying parties see it first. It stops
-//! signing when its successor starts, and leaves the bundle when it expires;
-//! no token outlives its key (token expiry is capped at the key's), so a key
-//! stays published until every token it signed has expired.
-//!
-//! Keys are kept in `<data_dir>/jwt_keys.json` (mode 0600, replaced
-//! atomically), so a restart keeps validating earlier tokens.
+//! The JWT signing keys: P-256, on the shared rotation schedule
+//! ([`super::schedule`]), kept in `<data_dir>/jwt_keys.json` (mode 0600,
+//! replaced atomically) so a restart keeps validating earlier tokens.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -25,6 +12,7 @@ use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde::{Deserialize, Serialize};
 
 use super::AuthorityError;
+use super::schedule::{Rotation, Scheduled, Slot};
 use crate::atomic_file;
 use crate::wall_clock::{from_unix_seconds, unix_seconds};
 
@@ -58,12 +46,30 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+impl Scheduled for JwtKey {
+    fn created(&self) -> SystemTime {
+        self.created
+    }
+    fn activate_at(&self) -> SystemTime {
+        self.activate_at
+    }
+    fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+}
+
 impl JwtKey {
-    fn generate(created: SystemTime, activate_at: SystemTime, ttl: Duration) -> Result<Self, AuthorityError> {
+    fn generate(slot: Slot) -> Result<Self, AuthorityError> {
         let pkcs8 = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?.serialize_der();
         let mut kid = [0u8; 16];
         rand::rng().fill_bytes(&mut kid);
-        Self::from_parts(hex::encode(kid), created, activate_at, created + ttl, pkcs8)
+        Self::from_parts(
+            hex::encode(kid),
+            slot.created,
+            slot.activate_at,
+            slot.created + slot.ttl,
+            pkcs8,
+        )
     }
 
     fn from_parts(
@@ -95,13 +101,12 @@ impl JwtKey {
     }
 }
 
-/// The keys: some signing, some published ahead, some retired but still
-/// validating.
+/// The keys: one signing, maybe one published ahead, maybe one retired but
+/// still validating.
 #[derive(Debug)]
 pub struct KeySet {
-    ttl: Duration,
     path: PathBuf,
-    keys: Vec<JwtKey>,
+    rotation: Rotation<JwtKey>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,14 +129,14 @@ impl KeySet {
     /// may be empty until [`Self::advance`] runs.
     pub fn load(data_dir: &Path, ttl: Duration) -> Result<Self, AuthorityError> {
         let path = data_dir.join(KEYS_FILE);
-        let mut set = Self {
-            ttl,
-            path: path.clone(),
-            keys: Vec::new(),
-        };
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(set),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    path,
+                    rotation: Rotation::new(ttl, Vec::new()),
+                });
+            }
             Err(source) => return Err(AuthorityError::Io { path, source }),
         };
         let invalid = |reason: String| AuthorityError::InvalidFile {
@@ -139,12 +144,13 @@ impl KeySet {
             reason,
         };
         let stored: StoredKeys = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mut keys = Vec::new();
         for key in stored.keys {
             use base64::Engine as _;
             let pkcs8 = base64::engine::general_purpose::STANDARD
                 .decode(&key.pkcs8)
                 .map_err(|e| invalid(format!("key {}: {e}", key.kid)))?;
-            set.keys.push(JwtKey::from_parts(
+            keys.push(JwtKey::from_parts(
                 key.kid,
                 from_unix_seconds(key.created),
                 from_unix_seconds(key.activate_at),
@@ -152,60 +158,31 @@ impl KeySet {
                 pkcs8,
             )?);
         }
-        Ok(set)
+        Ok(Self {
+            path,
+            rotation: Rotation::new(ttl, keys),
+        })
     }
 
-    /// Brings the set up to `now`: drops expired keys, creates the next key
-    /// when it is due (or a first, immediately active one). Returns whether
-    /// the published set changed.
+    /// Brings the set up to `now` (see [`Rotation::advance`]); returns
+    /// whether the published keys changed.
     pub fn advance(&mut self, now: SystemTime) -> Result<bool, AuthorityError> {
-        let before = self.keys.len();
-        self.keys.retain(|key| key.not_after > now);
-        let mut changed = self.keys.len() != before;
-        if self.signing(now).is_none() {
-            self.keys.push(JwtKey::generate(now, now, self.ttl)?);
-            changed = true;
-        } else if self.successor_due(now) {
-            self.keys
-                .push(JwtKey::generate(now, now + self.ttl / 4, self.ttl)?);
-            changed = true;
-        }
-        Ok(changed)
+        self.rotation.advance(now, JwtKey::generate)
     }
 
-    /// The newest key may not have a successor yet; one is due at half its
-    /// life.
-    fn successor_due(&self, now: SystemTime) -> bool {
-        self.newest()
-            .is_some_and(|newest| newest.created + self.ttl / 2 <= now)
-    }
-
-    fn newest(&self) -> Option<&JwtKey> {
-        self.keys.iter().max_by_key(|key| key.created)
-    }
-
-    /// The key that signs at `now`: the most recently activated live one.
+    /// The key that signs at `now`.
     pub fn signing(&self, now: SystemTime) -> Option<&JwtKey> {
-        self.keys
-            .iter()
-            .filter(|key| key.activate_at <= now && key.not_after > now)
-            .max_by_key(|key| key.activate_at)
+        self.rotation.signing(now)
     }
 
-    /// When [`Self::advance`] next has work: a successor due or a key expiring.
+    /// When the schedule next changes.
     pub fn next_change(&self) -> SystemTime {
-        let successor = self.newest().map(|newest| newest.created + self.ttl / 2);
-        let expiry = self.keys.iter().map(|key| key.not_after).min();
-        [successor, expiry]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(SystemTime::now)
+        self.rotation.next_change()
     }
 
-    /// Every published key (all not yet expired ones).
+    /// Every published key.
     pub fn published(&self) -> &[JwtKey] {
-        &self.keys
+        self.rotation.published()
     }
 
     /// Writes the set to its file (0600, atomically).
@@ -213,7 +190,7 @@ impl KeySet {
         use base64::Engine as _;
         let stored = StoredKeys {
             keys: self
-                .keys
+                .published()
                 .iter()
                 .map(|key| StoredKey {
                     kid: key.kid.clone(),
@@ -238,45 +215,6 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(100);
-
-    fn at(seconds: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + seconds)
-    }
-
-    #[test]
-    fn schedule_publishes_before_signing_and_keeps_old_keys_until_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut set = KeySet::load(dir.path(), TTL).unwrap();
-        assert!(set.advance(at(0)).unwrap());
-        let first = set.signing(at(0)).unwrap().kid.clone();
-        assert_eq!(set.next_change(), at(50));
-
-        assert!(!set.advance(at(49)).unwrap());
-        assert!(set.advance(at(50)).unwrap(), "successor published at half-life");
-        assert_eq!(set.published().len(), 2);
-        let second = set.newest().unwrap().kid.clone();
-        assert_ne!(first, second);
-        assert_eq!(
-            set.signing(at(74)).unwrap().kid,
-            first,
-            "successor not yet signing"
-        );
-        assert_eq!(
-            set.signing(at(75)).unwrap().kid,
-            second,
-            "successor signs after a quarter life"
-        );
-
-        // The first key expires at 100, then leaves the bundle.
-        assert_eq!(set.next_change(), at(100));
-        assert!(set.advance(at(100)).unwrap());
-        assert_eq!(
-            set.published().len(),
-            2,
-            "a third key was published at the second's half-life"
-        );
-        assert!(set.published().iter().all(|k| k.kid != first));
-    }
 
     #[test]
     fn keys_survive_a_reload() {

@@ -98,9 +98,11 @@ pub(super) fn mint(ca: &SigningCa, template: &SvidTemplate) -> Result<X509Svid, 
     params.not_after = OffsetDateTime::from(not_after);
 
     let cert = params.signed_by(&key, ca.issuer())?;
+    let mut cert_chain = vec![cert.der().to_vec()];
+    cert_chain.extend(ca.chain().iter().cloned());
     Ok(X509Svid {
         spiffe_id: template.spiffe_id.clone(),
-        cert_chain: vec![cert.der().to_vec()],
+        cert_chain,
         private_key_pkcs8: key.serialize_der(),
         serial: hex::encode(serial.to_bytes()),
         not_before,

@@ -9,7 +9,8 @@ use crate::harness::attestd_bin;
 /// The unit with ExecStart pointing at the binary under test (verify
 /// checks that the command exists).
 fn unit_under_test(dir: &std::path::Path) -> std::path::PathBuf {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/attestd.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/attestd.service")).unwrap();
     let path = dir.join("attestd.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/attestd", attestd_bin())).unwrap();
     path
@@ -29,7 +30,10 @@ fn the_unit_verifies_and_keeps_its_exposure_score() {
     let unit = unit_under_test(dir.path());
     let verify = analyze(&["verify"], &unit);
     let complaints = String::from_utf8_lossy(&verify.stderr);
-    assert!(verify.status.success() && complaints.trim().is_empty(), "{complaints}");
+    assert!(
+        verify.status.success() && complaints.trim().is_empty(),
+        "{complaints}"
+    );
 
     let security = analyze(&["security", "--offline=true"], &unit);
     let report = String::from_utf8_lossy(&security.stdout);

@@ -1,0 +1,197 @@
+//! The rotation schedule shared by the embedded CA and the JWT signing keys.
+//! Each credential lives `ttl`:
+//!
+//! ```text
+//! created ─ ttl/4 ─▶ signs ─── ttl/2 ───▶ successor signs ─ ttl/4 ─▶ expires
+//!  (published)                  ▲
+//!                               └ successor created (and published) at ttl/2
+//! ```
+//!
+//! A credential is published (in the bundle) from its creation, a quarter of
+//! its life before it signs anything, so relying parties hold it first. It
+//! stops signing when its successor starts, and leaves the bundle when it
+//! expires. Nothing it signs outlives it (lifetimes are capped at its
+//! expiry), so it stays published until everything it signed has expired.
+//! The very first credential signs at once.
+
+use std::time::{Duration, SystemTime};
+
+/// A credential with a place in the schedule.
+pub trait Scheduled {
+    /// When it was made (and published).
+    fn created(&self) -> SystemTime;
+    /// When it starts signing.
+    fn activate_at(&self) -> SystemTime;
+    /// When it expires; nothing it signs lives longer.
+    fn not_after(&self) -> SystemTime;
+}
+
+/// When to make a credential and when it signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// Creation (publication) time.
+    pub created: SystemTime,
+    /// Start of signing.
+    pub activate_at: SystemTime,
+    /// Lifetime from creation.
+    pub ttl: Duration,
+}
+
+/// The credentials of one kind, on the schedule.
+#[derive(Debug)]
+pub struct Rotation<K> {
+    ttl: Duration,
+    items: Vec<K>,
+}
+
+impl<K: Scheduled> Rotation<K> {
+    /// A schedule of `ttl`-long credentials, starting from `items` (loaded).
+    pub fn new(ttl: Duration, items: Vec<K>) -> Self {
+        Self { ttl, items }
+    }
+
+    /// Brings the schedule up to `now`: drops expired credentials and makes
+    /// the next one when it is due (or a first, immediately signing one).
+    /// Returns whether the published set changed.
+    pub fn advance<E>(
+        &mut self,
+        now: SystemTime,
+        make: impl FnOnce(Slot) -> Result<K, E>,
+    ) -> Result<bool, E> {
+        let before = self.items.len();
+        self.items.retain(|item| item.not_after() > now);
+        let mut changed = self.items.len() != before;
+        let slot = if self.signing(now).is_none() {
+            Some(Slot {
+                created: now,
+                activate_at: now,
+                ttl: self.ttl,
+            })
+        } else if self.successor_due(now) {
+            Some(Slot {
+                created: now,
+                activate_at: now + self.ttl / 4,
+                ttl: self.ttl,
+            })
+        } else {
+            None
+        };
+        if let Some(slot) = slot {
+            self.items.push(make(slot)?);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn successor_due(&self, now: SystemTime) -> bool {
+        self.newest()
+            .is_some_and(|newest| newest.created() + self.ttl / 2 <= now)
+    }
+
+    fn newest(&self) -> Option<&K> {
+        self.items.iter().max_by_key(|item| item.created())
+    }
+
+    /// The credential that signs at `now`: the most recently activated
+    /// live one.
+    pub fn signing(&self, now: SystemTime) -> Option<&K> {
+        self.items
+            .iter()
+            .filter(|item| item.activate_at() <= now && item.not_after() > now)
+            .max_by_key(|item| item.activate_at())
+    }
+
+    /// When [`Self::advance`] next has work: a successor due or an expiry.
+    pub fn next_change(&self) -> SystemTime {
+        let successor = self.newest().map(|newest| newest.created() + self.ttl / 2);
+        let expiry = self.items.iter().map(Scheduled::not_after).min();
+        [successor, expiry]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(SystemTime::now)
+    }
+
+    /// Every published credential (all unexpired ones), oldest first.
+    pub fn published(&self) -> &[K] {
+        &self.items
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(100);
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Cred(u32, Slot);
+
+    impl Scheduled for Cred {
+        fn created(&self) -> SystemTime {
+            self.1.created
+        }
+        fn activate_at(&self) -> SystemTime {
+            self.1.activate_at
+        }
+        fn not_after(&self) -> SystemTime {
+            self.1.created + self.1.ttl
+        }
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + seconds)
+    }
+
+    #[test]
+    fn publishes_before_signing_and_keeps_old_credentials_until_expiry() {
+        let mut next = 0;
+        let mut make = |slot| -> Result<Cred, ()> {
+            next += 1;
+            Ok(Cred(next, slot))
+        };
+        let mut rotation = Rotation::new(TTL, Vec::new());
+        assert!(rotation.advance(at(0), &mut make).unwrap());
+        assert_eq!(rotation.signing(at(0)).unwrap().0, 1, "the first signs at once");
+        assert_eq!(rotation.next_change(), at(50));
+
+        assert!(!rotation.advance(at(49), &mut make).unwrap());
+        assert!(
+            rotation.advance(at(50), &mut make).unwrap(),
+            "successor published at half-life"
+        );
+        assert_eq!(rotation.published().len(), 2);
+        assert_eq!(
+            rotation.signing(at(74)).unwrap().0,
+            1,
+            "successor not yet signing"
+        );
+        assert_eq!(
+            rotation.signing(at(75)).unwrap().0,
+            2,
+            "successor signs after a quarter life"
+        );
+
+        assert_eq!(rotation.next_change(), at(100));
+        assert!(rotation.advance(at(100), &mut make).unwrap());
+        let live: Vec<u32> = rotation.published().iter().map(|c| c.0).collect();
+        assert_eq!(
+            live,
+            [2, 3],
+            "the first expired; a third was published at the second's half-life"
+        );
+    }
+
+    #[test]
+    fn after_a_long_outage_a_fresh_credential_signs_at_once() {
+        let mut rotation = Rotation::new(TTL, Vec::new());
+        rotation
+            .advance(at(0), |slot| Ok::<_, ()>(Cred(1, slot)))
+            .unwrap();
+        rotation
+            .advance(at(500), |slot| Ok::<_, ()>(Cred(2, slot)))
+            .unwrap();
+        assert_eq!(rotation.published().len(), 1);
+        assert_eq!(rotation.signing(at(500)).unwrap().0, 2);
+    }
+}

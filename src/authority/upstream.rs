@@ -1,0 +1,171 @@
+//! An upstream CA: attestd signs with an intermediate issued by an
+//! organisation's root, so SVIDs of many hosts chain to one trust anchor.
+//! The files (`[ca] cert_file`, `key_file`, `bundle_file`) are checked as a
+//! whole and re-read when replaced; a replacement that does not check out
+//! is logged and the previous CA kept.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::AuthorityError;
+use super::signing_ca::SigningCa;
+use crate::spiffe_id::TrustDomain;
+
+/// Where an upstream CA's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFiles {
+    /// PEM: the intermediate attestd signs with, then any certificates
+    /// between it and the root.
+    pub cert_file: PathBuf,
+    /// PEM: the intermediate's private key (PKCS#8).
+    pub key_file: PathBuf,
+    /// PEM: the root(s) relying parties trust: the trust bundle.
+    pub bundle_file: PathBuf,
+}
+
+/// The loaded upstream CA.
+#[derive(Debug)]
+pub(super) struct UpstreamCa {
+    files: UpstreamFiles,
+    stamp: Vec<(u64, u64, i64, i64)>,
+    signer: SigningCa,
+    roots: Vec<Vec<u8>>,
+}
+
+impl UpstreamCa {
+    /// Reads and checks the files.
+    pub fn load(files: &UpstreamFiles, trust_domain: &TrustDomain) -> Result<Self, AuthorityError> {
+        let stamp = stamp(files)?;
+        let mut certs = read_pem(&files.cert_file, "CERTIFICATE")?;
+        let roots = read_pem(&files.bundle_file, "CERTIFICATE")?;
+        let key = std::fs::read_to_string(&files.key_file).map_err(|source| AuthorityError::Io {
+            path: files.key_file.clone(),
+            source,
+        })?;
+        if certs.is_empty() || roots.is_empty() {
+            return Err(AuthorityError::InvalidFile {
+                path: if certs.is_empty() {
+                    files.cert_file.clone()
+                } else {
+                    files.bundle_file.clone()
+                },
+                reason: "no CERTIFICATE in the file".into(),
+            });
+        }
+        check_chain(&files.cert_file, &certs, &roots)?;
+        let intermediate = certs.remove(0);
+        let signer = SigningCa::from_parts(&files.cert_file, intermediate, certs, key, None, trust_domain)?;
+        Ok(Self {
+            files: files.clone(),
+            stamp,
+            signer,
+            roots,
+        })
+    }
+
+    /// The intermediate that signs SVIDs.
+    pub fn signer(&self) -> &SigningCa {
+        &self.signer
+    }
+
+    /// The trust bundle: the roots.
+    pub fn roots(&self) -> Vec<Vec<u8>> {
+        self.roots.clone()
+    }
+
+    /// Re-reads the files if any was replaced or changed. Returns whether a
+    /// new CA is in use; a broken replacement is an error and the current CA
+    /// stays.
+    pub fn reload_if_changed(&mut self, trust_domain: &TrustDomain) -> Result<bool, AuthorityError> {
+        if stamp(&self.files)? == self.stamp {
+            return Ok(false);
+        }
+        *self = Self::load(&self.files, trust_domain)?;
+        Ok(true)
+    }
+}
+
+/// (device, inode, mtime, size) of each file: a replacement by rename or an
+/// in-place rewrite changes it.
+fn stamp(files: &UpstreamFiles) -> Result<Vec<(u64, u64, i64, i64)>, AuthorityError> {
+    [&files.cert_file, &files.key_file, &files.bundle_file]
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path).map_err(|source| AuthorityError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok((
+                meta.dev(),
+                meta.ino(),
+                meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+                meta.size() as i64,
+            ))
+        })
+        .collect()
+}
+
+fn read_pem(path: &Path, tag: &str) -> Result<Vec<Vec<u8>>, AuthorityError> {
+    let text = std::fs::read(path).map_err(|source| AuthorityError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let blocks = pem::parse_many(&text).map_err(|e| AuthorityError::InvalidFile {
+        path: path.to_owned(),
+        reason: format!("not PEM: {e}"),
+    })?;
+    Ok(blocks
+        .into_iter()
+        .filter(|b| b.tag() == tag)
+        .map(pem::Pem::into_contents)
+        .collect())
+}
+
+/// Each certificate must be signed by the next, and the last by one of the
+/// roots: an SVID this CA signs then verifies against the bundle.
+fn check_chain(path: &Path, chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Result<(), AuthorityError> {
+    let invalid = |reason: String| AuthorityError::InvalidFile {
+        path: path.to_owned(),
+        reason,
+    };
+    fn parse<'a>(
+        der: &'a [u8],
+        invalid: &impl Fn(String) -> AuthorityError,
+    ) -> Result<X509Certificate<'a>, AuthorityError> {
+        X509Certificate::from_der(der)
+            .map(|(_, cert)| cert)
+            .map_err(|e| invalid(format!("bad certificate: {e}")))
+    }
+    let chain: Vec<X509Certificate<'_>> = chain
+        .iter()
+        .map(|der| parse(der, &invalid))
+        .collect::<Result<_, _>>()?;
+    let roots: Vec<X509Certificate<'_>> = roots
+        .iter()
+        .map(|der| parse(der, &invalid))
+        .collect::<Result<_, _>>()?;
+    for pair in chain.windows(2) {
+        pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .map_err(|_| {
+                invalid(format!(
+                    "{} is not signed by {}",
+                    pair[0].subject(),
+                    pair[1].subject()
+                ))
+            })?;
+    }
+    let last = &chain[chain.len() - 1];
+    if !roots
+        .iter()
+        .any(|root| last.verify_signature(Some(root.public_key())).is_ok())
+    {
+        return Err(invalid(format!(
+            "{} is not signed by any root of the bundle_file",
+            last.subject()
+        )));
+    }
+    Ok(())
+}
