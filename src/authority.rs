@@ -91,7 +91,7 @@ enum Signer {
     /// attestd's own rotating roots.
     Embedded(CaSet),
     /// An intermediate from the organisation's CA, in files.
-    Upstream(UpstreamCa),
+    Upstream(Box<UpstreamCa>),
 }
 
 impl Signer {
@@ -151,7 +151,7 @@ impl Authority {
         jwt_key_ttl: Duration,
     ) -> Result<Self, AuthorityError> {
         let upstream = UpstreamCa::load(files, &trust_domain)?;
-        Self::with_signer(trust_domain, data_dir, Signer::Upstream(upstream), jwt_key_ttl)
+        Self::with_signer(trust_domain, data_dir, Signer::Upstream(Box::new(upstream)), jwt_key_ttl)
     }
 
     fn with_signer(
