@@ -136,6 +136,7 @@ impl Authority {
         ca_ttl: Duration,
         jwt_key_ttl: Duration,
     ) -> Result<Self, AuthorityError> {
+        create_data_dir(data_dir)?;
         let mut set = CaSet::load(&trust_domain, data_dir, ca_ttl)?;
         if set.advance(SystemTime::now())? {
             set.save()?;
@@ -150,8 +151,14 @@ impl Authority {
         files: &UpstreamFiles,
         jwt_key_ttl: Duration,
     ) -> Result<Self, AuthorityError> {
+        create_data_dir(data_dir)?;
         let upstream = UpstreamCa::load(files, &trust_domain)?;
-        Self::with_signer(trust_domain, data_dir, Signer::Upstream(Box::new(upstream)), jwt_key_ttl)
+        Self::with_signer(
+            trust_domain,
+            data_dir,
+            Signer::Upstream(Box::new(upstream)),
+            jwt_key_ttl,
+        )
     }
 
     fn with_signer(
@@ -258,6 +265,14 @@ impl Authority {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The state directory (keys inside): created 0700 if missing.
+fn create_data_dir(data_dir: &Path) -> Result<(), AuthorityError> {
+    crate::atomic_file::create_dir(data_dir, 0o700).map_err(|source| AuthorityError::Io {
+        path: data_dir.to_owned(),
+        source,
+    })
 }
 
 /// An embedded authority for `example.org` on a temporary directory (kept

@@ -34,6 +34,7 @@ struct StoredSet {
 
 #[derive(Serialize, Deserialize)]
 struct StoredCa {
+    created: u64,
     activate_at: u64,
     certificate: String,
     private_key: String,
@@ -48,13 +49,8 @@ pub(super) struct CaSet {
 }
 
 impl CaSet {
-    /// Loads `<data_dir>/ca.json` (dropping expired roots); creates the
-    /// directory (0700) if missing.
+    /// Loads `<data_dir>/ca.json`, if there is one.
     pub fn load(trust_domain: &TrustDomain, data_dir: &Path, ttl: Duration) -> Result<Self, AuthorityError> {
-        atomic_file::create_dir(data_dir, 0o700).map_err(|source| AuthorityError::Io {
-            path: data_dir.to_owned(),
-            source,
-        })?;
         let path = data_dir.join(CA_FILE);
         let cas = match std::fs::read_to_string(&path) {
             Ok(text) => parse(&path, &text, trust_domain)?,
@@ -103,6 +99,7 @@ impl CaSet {
                 .published()
                 .iter()
                 .map(|ca| StoredCa {
+                    created: unix_seconds(ca.created()),
                     activate_at: unix_seconds(ca.activate_at()),
                     certificate: pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert_der().to_vec())),
                     private_key: ca.key_pem().to_owned(),
@@ -143,7 +140,7 @@ fn create(path: &Path, trust_domain: &TrustDomain, slot: Slot) -> Result<Signing
         cert.der().to_vec(),
         Vec::new(),
         key.serialize_pem(),
-        Some(slot.activate_at),
+        Some((slot.created, slot.activate_at)),
         trust_domain,
     )
 }
@@ -165,7 +162,7 @@ fn parse(path: &Path, text: &str, trust_domain: &TrustDomain) -> Result<Vec<Sign
                 cert.into_contents(),
                 Vec::new(),
                 ca.private_key,
-                Some(from_unix_seconds(ca.activate_at)),
+                Some((from_unix_seconds(ca.created), from_unix_seconds(ca.activate_at))),
                 trust_domain,
             )
         })
@@ -186,7 +183,7 @@ mod tests {
     #[test]
     fn created_once_then_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
+        let data = dir.path().to_owned();
         let now = SystemTime::now();
         let mut first = CaSet::load(&td("example.org"), &data, HOUR).unwrap();
         assert!(first.advance(now).unwrap());
@@ -194,9 +191,12 @@ mod tests {
         let mut second = CaSet::load(&td("example.org"), &data, HOUR).unwrap();
         assert!(!second.advance(now).unwrap(), "a restart changes nothing");
         assert_eq!(first.roots(), second.roots());
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&data), 0o700);
-        assert_eq!(mode(&data.join(CA_FILE)), 0o600);
+        let mode = std::fs::metadata(data.join(CA_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -16,11 +16,12 @@ use crate::wall_clock::from_unix_seconds;
 /// A CA that signs SVIDs.
 pub struct SigningCa {
     cert_der: Vec<u8>,
-    /// Certificates between this CA and the trust anchor, sent after the
-    /// leaf (empty for a root).
+    /// Certificates sent after the leaf: this CA and any above it, short of
+    /// the trust anchor (empty for a root, which relying parties hold).
     chain: Vec<Vec<u8>>,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    created: SystemTime,
     activate_at: SystemTime,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -38,7 +39,7 @@ impl std::fmt::Debug for SigningCa {
 
 impl Scheduled for SigningCa {
     fn created(&self) -> SystemTime {
-        self.not_before
+        self.created
     }
     fn activate_at(&self) -> SystemTime {
         self.activate_at
@@ -51,13 +52,15 @@ impl Scheduled for SigningCa {
 impl SigningCa {
     /// Checks a CA certificate and its key (the key must be the
     /// certificate's; the certificate a CA; its SPIFFE ID, if any, the trust
-    /// domain's) and makes them a signer. `path` names the source in errors.
+    /// domain's) and makes them a signer. `path` names the source in errors;
+    /// `schedule` is (created, activate_at) for a rotating CA, and defaults
+    /// to the start of validity.
     pub(super) fn from_parts(
         path: &Path,
         cert_der: Vec<u8>,
         chain: Vec<Vec<u8>>,
         key_pem: String,
-        activate_at: Option<SystemTime>,
+        schedule: Option<(SystemTime, SystemTime)>,
         trust_domain: &TrustDomain,
     ) -> Result<Self, AuthorityError> {
         let invalid = |reason: String| AuthorityError::InvalidFile {
@@ -91,12 +94,14 @@ impl SigningCa {
         let not_after = from_unix_seconds(cert.validity().not_after.timestamp().max(0) as u64);
         let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
             .map_err(|e| invalid(format!("unusable CA certificate: {e}")))?;
+        let (created, activate_at) = schedule.unwrap_or((not_before, not_before));
         Ok(Self {
             cert_der,
             chain,
             key_pem,
             issuer,
-            activate_at: activate_at.unwrap_or(not_before),
+            created,
+            activate_at,
             not_before,
             not_after,
         })

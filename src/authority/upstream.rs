@@ -38,7 +38,7 @@ impl UpstreamCa {
     /// Reads and checks the files.
     pub fn load(files: &UpstreamFiles, trust_domain: &TrustDomain) -> Result<Self, AuthorityError> {
         let stamp = stamp(files)?;
-        let mut certs = read_pem(&files.cert_file, "CERTIFICATE")?;
+        let certs = read_pem(&files.cert_file, "CERTIFICATE")?;
         let roots = read_pem(&files.bundle_file, "CERTIFICATE")?;
         let key = std::fs::read_to_string(&files.key_file).map_err(|source| AuthorityError::Io {
             path: files.key_file.clone(),
@@ -55,7 +55,9 @@ impl UpstreamCa {
             });
         }
         check_chain(&files.cert_file, &certs, &roots)?;
-        let intermediate = certs.remove(0);
+        // SVIDs carry the intermediate and everything above it up to the
+        // root, which relying parties already hold.
+        let intermediate = certs[0].clone();
         let signer = SigningCa::from_parts(&files.cert_file, intermediate, certs, key, None, trust_domain)?;
         Ok(Self {
             files: files.clone(),

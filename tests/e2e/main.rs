@@ -7,6 +7,7 @@ mod attacks;
 mod attestation;
 mod audit;
 mod bundle_show;
+mod ca;
 mod config_errors;
 mod go_interop;
 mod harness;
