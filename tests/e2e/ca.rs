@@ -187,7 +187,11 @@ async fn two_hosts_with_intermediates_of_one_root_trust_each_other() {
     let (chain_a, bundle_a) = fetch(&host_a).await;
     let (chain_b, bundle_b) = fetch(&host_b).await;
     let root = pem::parse(&org.root_pem).unwrap().into_contents();
-    assert_eq!(bundle_a, std::slice::from_ref(&root), "the bundle holds the organisation root");
+    assert_eq!(
+        bundle_a,
+        std::slice::from_ref(&root),
+        "the bundle holds the organisation root"
+    );
     assert_eq!(bundle_b, [root]);
     assert_eq!(
         chain_a[1], intermediate_a,
