@@ -61,16 +61,12 @@ pub enum DaemonError {
 /// Runs attestd until SIGTERM or SIGINT; SIGHUP reloads the policy.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (signals, hangup) = Signals::install()?;
-    let ctx_parts = start_services(&config)?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let ctx = Arc::new(start_services(&config, shutdown)?);
     let readiness = Arc::new(Readiness::default());
     if let Some(addr) = config.health.listen {
         tokio::spawn(serve_health(addr, Arc::clone(&readiness)).await?);
     }
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let ctx = Arc::new(Context {
-        shutdown,
-        ..ctx_parts
-    });
     tokio::spawn(registry::keep_current(
         config.clone(),
         Arc::clone(&ctx.registry),
@@ -114,9 +110,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Loads the policy, the authority and the audit trail, and starts the
-/// authority's background tasks; the returned context still needs its
-/// shutdown channel.
-fn start_services(config: &Config) -> Result<Context, DaemonError> {
+/// authority's background tasks.
+fn start_services(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Context, DaemonError> {
     let policy = Policy::load(config)?;
     let authority = Arc::new(Authority::from_config(
         config.trust_domain.clone(),
@@ -141,7 +136,7 @@ fn start_services(config: &Config) -> Result<Context, DaemonError> {
         cache: SvidCache::new(Arc::clone(&authority)),
         authority,
         audit,
-        shutdown: watch::channel(false).1,
+        shutdown,
     })
 }
 

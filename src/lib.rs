@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod explain;
+pub mod policy_check;
 pub mod proto;
 pub mod registry;
 pub mod selector;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use attestd::authority::BundleDocument;
-use attestd::{audit, client, config::Config, daemon, explain, telemetry};
+use attestd::{audit, client, config::Config, daemon, explain, policy_check, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +49,11 @@ enum Command {
         /// attestd's configuration file (the policy).
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Show or lint the registration entries (the policy).
+    Entry {
+        #[command(subcommand)]
+        command: EntryCommand,
     },
     /// Work with the audit trail.
     Audit {
@@ -127,6 +132,22 @@ enum ValidateKind {
 }
 
 #[derive(Subcommand)]
+enum EntryCommand {
+    /// Print every entry as attestd reads it.
+    List {
+        /// attestd's configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate the policy (exit 1 on an error) and warn about weak entries.
+    Check {
+        /// attestd's configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain of audit files (oldest first, e.g. audit.jsonl.2
     /// audit.jsonl.1 audit.jsonl); exits 1 and names each broken record.
@@ -200,6 +221,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let path = client::socket_path(socket.socket.as_deref())?;
             client::healthcheck(&path, timeout).await?;
             println!("healthy: {}", path.display());
+        }
+        Command::Entry {
+            command: EntryCommand::List { config },
+        } => print!("{}", policy_check::list(&Config::load(&config)?)?),
+        Command::Entry {
+            command: EntryCommand::Check { config },
+        } => {
+            for warning in policy_check::check(&Config::load(&config)?)? {
+                println!("warning: {warning}");
+            }
+            println!("policy OK");
         }
         Command::Audit {
             command: AuditCommand::Verify { files },

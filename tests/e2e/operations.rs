@@ -241,3 +241,48 @@ fn systemd_hears_ready_once_the_socket_accepts_then_watchdog_and_stopping() {
     }
     assert!(stopping, "STOPPING=1 on SIGTERM");
 }
+
+#[test]
+fn entry_list_and_check_show_the_policy_as_attestd_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/anchored"
+selectors = ["unix:uid:1000", "unix:path:/usr/bin/agent"]
+owner = "team@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/unanchored"
+selectors = ["systemd:id:agent.service"]
+owner = "team@example.org"
+"#,
+    );
+    let run = |args: &[&str]| {
+        Command::new(attestd_bin())
+            .args(args)
+            .arg("-c")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let list = run(&["entry", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success() && text.starts_with("2 entries"), "{text}");
+    assert!(text.contains("selector   unix:path:/usr/bin/agent"), "{text}");
+
+    let check = run(&["entry", "check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{text}");
+    assert!(
+        text.contains("warning:") && text.contains("spiffe://example.org/unanchored"),
+        "{text}"
+    );
+    assert!(!text.contains("spiffe://example.org/anchored names"), "{text}");
+
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap() + "bogus = 1\n").unwrap();
+    let broken = run(&["entry", "check"]);
+    assert!(!broken.status.success());
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("bogus"));
+}
