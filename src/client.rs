@@ -295,7 +295,8 @@ pub fn write_x509(response: &X509svidResponse, dir: &Path) -> Result<Vec<PathBuf
     Ok(written)
 }
 
-fn pem_blocks(tag: &str, ders: &[&[u8]]) -> String {
+/// PEM blocks of `tag`, one per DER item, concatenated.
+pub(crate) fn pem_blocks(tag: &str, ders: &[&[u8]]) -> String {
     ders.iter()
         .map(|der| pem::encode(&pem::Pem::new(tag, der.to_vec())))
         .collect()

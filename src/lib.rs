@@ -6,7 +6,7 @@
 //! to registration entries, the [`svid_cache`] hands out the entry's current
 //! SVID minted by the [`authority`], and [`audit`] records the decision.
 //! [`daemon`] wires these together; [`client`] is the CLI's Workload API
-//! client.
+//! client, and [`helper`] the sidecar that writes rotated SVIDs to files.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -18,6 +18,7 @@ pub mod authority;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod helper;
 pub mod proto;
 pub mod registry;
 pub mod selector;
