@@ -8,6 +8,7 @@ mod bundle_show;
 mod config_errors;
 mod go_interop;
 mod harness;
+mod helper;
 mod isolation;
 mod jwt;
 mod restart;
