@@ -8,6 +8,12 @@
 // -mode jwt: fetches a JWT-SVID for -audience, validates it through the
 // Workload API, then offline against the JWT bundles fetched from it with
 // jwtsvid.ParseAndValidate, and prints one JSON line.
+//
+// -mode files: spiffe-helper's job, done with go-spiffe's X509Source (the
+// stand-in for spiffe-helper, which the Go module proxy here does not
+// serve): on every new SVID, writes svid.pem (chain), svid_key.pem (PKCS#8,
+// 0600) and svid_bundle.pem into -dir as spiffe-helper does, prints one JSON
+// line, and exits after -updates distinct SVIDs.
 package main
 
 import (
@@ -17,6 +23,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -46,6 +53,8 @@ func main() {
 	mode := flag.String("mode", "x509", "x509 or jwt")
 	audience := flag.String("audience", "", "comma-separated audiences (jwt mode)")
 	timeout := flag.Duration("timeout", 10*time.Second, "overall deadline")
+	dir := flag.String("dir", "", "where to write the files (files mode)")
+	updates := flag.Int("updates", 1, "distinct SVIDs to write before exiting (files mode)")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -61,6 +70,8 @@ func main() {
 		err = fetchX509(ctx, opts)
 	case "jwt":
 		err = fetchJWT(ctx, opts, strings.Split(*audience, ","))
+	case "files":
+		err = writeFiles(ctx, opts, *dir, *updates)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -125,4 +136,72 @@ func fetchJWT(ctx context.Context, opts []workloadapi.ClientOption, audience []s
 		OnlineSubject:  online.ID.String(),
 		OfflineSubject: offline.ID.String(),
 	})
+}
+
+type filesResult struct {
+	SpiffeID string `json:"spiffe_id"`
+	Serial   string `json:"serial"`
+}
+
+func writeFiles(ctx context.Context, opts []workloadapi.ClientOption, dir string, updates int) error {
+	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))
+	if err != nil {
+		return fmt.Errorf("x509 source: %w", err)
+	}
+	defer source.Close()
+	out := json.NewEncoder(os.Stdout)
+	lastSerial := ""
+	for written := 0; written < updates; {
+		svid, err := source.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("svid: %w", err)
+		}
+		serial := hex.EncodeToString(svid.Certificates[0].SerialNumber.Bytes())
+		if serial != lastSerial {
+			if err := writeX509(source, svid, dir); err != nil {
+				return err
+			}
+			if err := out.Encode(filesResult{SpiffeID: svid.ID.String(), Serial: serial}); err != nil {
+				return err
+			}
+			lastSerial = serial
+			written++
+			continue
+		}
+		select {
+		case <-source.Updated():
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for a rotation: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+func writeX509(source *workloadapi.X509Source, svid *x509svid.SVID, dir string) error {
+	bundle, err := source.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+	if err != nil {
+		return fmt.Errorf("bundle: %w", err)
+	}
+	certs, key, err := svid.Marshal()
+	if err != nil {
+		return fmt.Errorf("marshal svid: %w", err)
+	}
+	bundlePEM, err := bundle.Marshal()
+	if err != nil {
+		return fmt.Errorf("marshal bundle: %w", err)
+	}
+	for _, file := range []struct {
+		name     string
+		contents []byte
+		mode     os.FileMode
+	}{
+		{"svid.pem", certs, 0o644},
+		{"svid_key.pem", key, 0o600},
+		{"svid_bundle.pem", bundlePEM, 0o644},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, file.name), file.contents, file.mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
