@@ -6,6 +6,7 @@
 mod audit;
 mod bundle_show;
 mod config_errors;
+mod examples;
 mod go_interop;
 mod harness;
 mod helper;
