@@ -31,7 +31,6 @@ pub use process::{ChildCommand, ProcessError};
 pub use x509::X509Error;
 
 use crate::client::{self, ClientError};
-use crate::proto::JwtBundlesRequest;
 use outputs::Outputs;
 use process::Supervisor;
 use watch::Written;
@@ -95,16 +94,7 @@ async fn one_shot(config: &HelperConfig, outputs: &Outputs, socket: &Path) -> Re
         outputs.publish_x509(output, &outputs.render_x509(output, &response)?)?;
     }
     if let Some(output) = &config.jwt_bundle {
-        let mut stream = client
-            .fetch_jwt_bundles(JwtBundlesRequest {})
-            .await
-            .map_err(ClientError::from)?
-            .into_inner();
-        let response = stream
-            .message()
-            .await
-            .map_err(ClientError::from)?
-            .ok_or(ClientError::NoResponse)?;
+        let response = client::fetch_jwt_bundles(&mut client).await?;
         outputs.write_jwt_bundle(output, &response)?;
     }
     for output in &config.jwt_svids {

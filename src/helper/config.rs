@@ -15,6 +15,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::process::{ChildCommand, split_args};
+use crate::client;
 use crate::config::{ConfigError, SourceFile, read_file};
 
 /// spiffe-helper's default modes: certificates world-readable, secrets not.
@@ -90,7 +91,7 @@ pub struct JwtSvidOutput {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHelperConfig {
-    agent_address: Option<String>,
+    agent_address: Option<AgentAddress>,
     cmd: Option<Spanned<String>>,
     cmd_args: Option<Spanned<String>>,
     cert_dir: Option<PathBuf>,
@@ -204,7 +205,7 @@ impl HelperConfig {
         }
         Ok(Self {
             source: path.to_owned(),
-            agent_address: raw.agent_address.filter(|a| !a.is_empty()),
+            agent_address: raw.agent_address.map(|a| a.0).filter(|a| !a.is_empty()),
             daemon_mode,
             cert_dir: raw.cert_dir.unwrap_or_else(|| PathBuf::from(".")),
             hint: raw.hint.filter(|h| !h.is_empty()),
@@ -314,6 +315,21 @@ impl<'de> Deserialize<'de> for FileName {
             )));
         }
         Ok(Self(name))
+    }
+}
+
+/// A Workload API address the client accepts (`unix:///path`, `unix:/path`
+/// or `/path`), checked here so a typo is reported with its line.
+/// Empty means unset, as in spiffe-helper.
+struct AgentAddress(String);
+
+impl<'de> Deserialize<'de> for AgentAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let address = String::deserialize(d)?;
+        if !address.is_empty() {
+            client::socket_path(Some(&address)).map_err(serde::de::Error::custom)?;
+        }
+        Ok(Self(address))
     }
 }
 
@@ -466,6 +482,18 @@ jwt_svid_file_name = "jwt_db.token"
         let err = parse(&format!("{X509}health_checks = 1\n")).unwrap_err();
         assert_eq!(err.line, Some(5), "{err}");
         assert!(err.to_string().contains("health_checks"), "{err}");
+    }
+
+    #[test]
+    fn agent_address_is_checked() {
+        let config = parse(&format!("{X509}agent_address = \"/run/a.sock\"\n")).unwrap();
+        assert_eq!(config.agent_address.as_deref(), Some("/run/a.sock"));
+        let err = parse(&format!("{X509}agent_address = \"tcp://127.0.0.1:1\"\n")).unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(5), Some("agent_address")),
+            "{err}"
+        );
     }
 
     #[test]
