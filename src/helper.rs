@@ -33,7 +33,7 @@ pub use x509::X509Error;
 use crate::client::{self, ClientError};
 use outputs::Outputs;
 use process::Supervisor;
-use watch::Written;
+use watch::{Watcher, Written};
 
 /// Why the helper stopped or could not write.
 #[derive(Debug, thiserror::Error)]
@@ -110,36 +110,12 @@ async fn daemon(config: HelperConfig, outputs: Arc<Outputs>, socket: PathBuf) ->
     let mut terminate = signal(SignalKind::terminate()).map_err(HelperError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(HelperError::Signals)?;
     let (written_tx, mut written) = mpsc::unbounded_channel();
-    let mut watchers = JoinSet::new();
-    let mut pending = BTreeSet::new();
-    if let Some(output) = config.x509.clone() {
-        pending.insert(Written::X509);
-        watchers.spawn(watch::x509(
-            Arc::clone(&outputs),
-            output,
-            socket.clone(),
-            written_tx.clone(),
-        ));
-    }
-    if let Some(output) = config.jwt_bundle.clone() {
-        pending.insert(Written::JwtBundle);
-        watchers.spawn(watch::jwt_bundle(
-            Arc::clone(&outputs),
-            output,
-            socket.clone(),
-            written_tx.clone(),
-        ));
-    }
-    for (index, output) in config.jwt_svids.iter().cloned().enumerate() {
-        pending.insert(Written::JwtSvid(index));
-        watchers.spawn(watch::jwt_svid(
-            Arc::clone(&outputs),
-            index,
-            output,
-            socket.clone(),
-            written_tx.clone(),
-        ));
-    }
+    let watcher = Watcher {
+        outputs,
+        socket: socket.clone(),
+        written: written_tx,
+    };
+    let (mut watchers, mut pending) = spawn_watchers(&config, &watcher);
     tracing::info!(socket = %socket.display(), cert_dir = %config.cert_dir.display(), "helper started");
 
     let mut supervisor = Supervisor::new(config.cmd, config.renew_signal, config.pid_file);
@@ -173,6 +149,26 @@ async fn daemon(config: HelperConfig, outputs: Arc<Outputs>, socket: PathBuf) ->
     watchers.abort_all();
     supervisor.stop().await;
     outcome
+}
+
+/// Starts one watcher per configured output; returns them with the set of
+/// outputs not written yet.
+fn spawn_watchers(config: &HelperConfig, watcher: &Watcher) -> (JoinSet<HelperError>, BTreeSet<Written>) {
+    let mut watchers = JoinSet::new();
+    let mut pending = BTreeSet::new();
+    if let Some(output) = config.x509.clone() {
+        pending.insert(Written::X509);
+        watchers.spawn(watcher.clone().x509(output));
+    }
+    if let Some(output) = config.jwt_bundle.clone() {
+        pending.insert(Written::JwtBundle);
+        watchers.spawn(watcher.clone().jwt_bundle(output));
+    }
+    for (index, output) in config.jwt_svids.iter().cloned().enumerate() {
+        pending.insert(Written::JwtSvid(index));
+        watchers.spawn(watcher.clone().jwt_svid(index, output));
+    }
+    (watchers, pending)
 }
 
 /// A process that cannot be started or signalled does not stop the helper:

@@ -37,89 +37,98 @@ pub(super) enum Written {
     JwtSvid(usize),
 }
 
-/// Follows the X.509-SVID stream; publishes every update that changes the
-/// files (a re-sent SVID after a reconnect changes nothing, and signals
-/// nobody).
-pub(super) async fn x509(
-    outputs: Arc<Outputs>,
-    output: X509Output,
-    socket: PathBuf,
-    written: UnboundedSender<Written>,
-) -> HelperError {
-    let mut current = None;
-    let open = |mut client: Client| async move {
-        client
-            .fetch_x509svid(X509svidRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-    };
-    follow(&socket, "X.509-SVID", open, |response| {
-        let docs = match outputs.render_x509(&output, &response) {
-            Ok(docs) => docs,
-            Err(error) => {
-                tracing::error!(%error, "cannot use the X.509-SVID update");
+/// What every watcher needs: where to write, where attestd is, whom to tell.
+#[derive(Debug, Clone)]
+pub(super) struct Watcher {
+    pub(super) outputs: Arc<Outputs>,
+    pub(super) socket: PathBuf,
+    pub(super) written: UnboundedSender<Written>,
+}
+
+impl Watcher {
+    /// Follows the X.509-SVID stream; publishes every update that changes the
+    /// files (a re-sent SVID after a reconnect changes nothing, and signals
+    /// nobody).
+    pub(super) async fn x509(self, output: X509Output) -> HelperError {
+        let Self {
+            outputs,
+            socket,
+            written,
+        } = self;
+        let mut current = None;
+        let open = |mut client: Client| async move {
+            client
+                .fetch_x509svid(X509svidRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+        };
+        follow(&socket, "X.509-SVID", open, |response| {
+            let docs = match outputs.render_x509(&output, &response) {
+                Ok(docs) => docs,
+                Err(error) => {
+                    tracing::error!(%error, "cannot use the X.509-SVID update");
+                    return;
+                }
+            };
+            if current.as_ref() == Some(&docs) {
                 return;
             }
+            match outputs.publish_x509(&output, &docs) {
+                Ok(()) => {
+                    current = Some(docs);
+                    let _ = written.send(Written::X509);
+                }
+                Err(error) => tracing::error!(%error, "cannot write the X.509-SVID files"),
+            }
+        })
+        .await
+    }
+
+    /// Follows the JWT bundle stream, writing every update.
+    pub(super) async fn jwt_bundle(self, output: FileOutput) -> HelperError {
+        let Self {
+            outputs,
+            socket,
+            written,
+        } = self;
+        let open = |mut client: Client| async move {
+            client
+                .fetch_jwt_bundles(JwtBundlesRequest {})
+                .await
+                .map(tonic::Response::into_inner)
         };
-        if current.as_ref() == Some(&docs) {
-            return;
-        }
-        match outputs.publish_x509(&output, &docs) {
-            Ok(()) => {
-                current = Some(docs);
-                let _ = written.send(Written::X509);
+        follow(&socket, "JWT bundle", open, |response| {
+            match outputs.write_jwt_bundle(&output, &response) {
+                Ok(()) => {
+                    let _ = written.send(Written::JwtBundle);
+                }
+                Err(error) => tracing::error!(%error, "cannot write the JWT bundle file"),
             }
-            Err(error) => tracing::error!(%error, "cannot write the X.509-SVID files"),
-        }
-    })
-    .await
-}
+        })
+        .await
+    }
 
-/// Follows the JWT bundle stream, writing every update.
-pub(super) async fn jwt_bundle(
-    outputs: Arc<Outputs>,
-    output: FileOutput,
-    socket: PathBuf,
-    written: UnboundedSender<Written>,
-) -> HelperError {
-    let open = |mut client: Client| async move {
-        client
-            .fetch_jwt_bundles(JwtBundlesRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-    };
-    follow(&socket, "JWT bundle", open, |response| {
-        match outputs.write_jwt_bundle(&output, &response) {
-            Ok(()) => {
-                let _ = written.send(Written::JwtBundle);
-            }
-            Err(error) => tracing::error!(%error, "cannot write the JWT bundle file"),
-        }
-    })
-    .await
-}
-
-/// Keeps `jwt_svids[index]`'s token fresh: a new one at half the lifetime of
-/// the last.
-pub(super) async fn jwt_svid(
-    outputs: Arc<Outputs>,
-    index: usize,
-    output: JwtSvidOutput,
-    socket: PathBuf,
-    written: UnboundedSender<Written>,
-) -> HelperError {
-    let mut backoff = Backoff::default();
-    loop {
-        match fetch_jwt_svid(&outputs, &output, &socket).await {
-            Ok(token) => {
-                backoff.reset();
-                let _ = written.send(Written::JwtSvid(index));
-                wall_clock::sleep_until(token.refresh_at).await;
-            }
-            Err(error) if is_fatal(&error) => return error,
-            Err(error) => {
-                tracing::warn!(audience = ?output.audiences, %error, retry_in = ?backoff.delay, "cannot renew the JWT-SVID");
-                backoff.wait().await;
+    /// Keeps `jwt_svids[index]`'s token fresh: a new one at half the lifetime of
+    /// the last.
+    pub(super) async fn jwt_svid(self, index: usize, output: JwtSvidOutput) -> HelperError {
+        let Self {
+            outputs,
+            socket,
+            written,
+        } = self;
+        let mut backoff = Backoff::default();
+        loop {
+            match fetch_jwt_svid(&outputs, &output, &socket).await {
+                Ok(token) => {
+                    backoff.reset();
+                    let _ = written.send(Written::JwtSvid(index));
+                    wall_clock::sleep_until(token.refresh_at).await;
+                }
+                Err(error) if is_fatal(&error) => return error,
+                Err(error) => {
+                    tracing::warn!(audience = ?output.audiences, %error, retry_in = ?backoff.delay, "cannot renew the JWT-SVID");
+                    backoff.wait().await;
+                }
             }
         }
     }
