@@ -10,15 +10,9 @@ use std::path::Path;
 
 /// Atomically replaces `path` with `contents`, created with `mode`.
 pub fn write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let (dir, temp_prefix) = split(path)?;
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .prefix(&temp_prefix)
         .suffix(".tmp")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .tempfile_in(dir)?;
@@ -26,6 +20,32 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+/// Atomically makes `link` a symbolic link to `target` (replacing whatever
+/// file or link was there): a new link under a temporary name, renamed over
+/// `link`, so a path lookup sees the old target or the new one.
+pub fn symlink(target: &Path, link: &Path) -> io::Result<()> {
+    let (dir, temp_prefix) = split(link)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix)
+        .suffix(".tmp")
+        .make_in(dir, |path| std::os::unix::fs::symlink(target, path))?;
+    tmp.into_temp_path().persist(link).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+/// The directory holding `path` and a hidden prefix for temporary files
+/// next to it.
+fn split(path: &Path) -> io::Result<(&Path, String)> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    Ok((dir, format!(".{}.", name.to_string_lossy())))
 }
 
 /// Creates `dir` (and parents) if missing; a directory this call creates gets
@@ -66,6 +86,22 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().count(),
             1,
             "no temp file left"
+        );
+    }
+
+    #[test]
+    fn symlink_replaces_file_and_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("current");
+        write(&link, b"plain file", 0o644).unwrap();
+        symlink(Path::new("a"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("a"));
+        symlink(Path::new("b"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("b"));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp link left"
         );
     }
 }

@@ -17,8 +17,9 @@ use crate::atomic_file;
 use crate::config::DEFAULT_SOCKET_PATH;
 use crate::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use crate::proto::{
-    JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER, SECURITY_HEADER_VALUE, ValidateJwtsvidRequest,
-    ValidateJwtsvidResponse, X509BundlesRequest, X509svid, X509svidRequest, X509svidResponse,
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER,
+    SECURITY_HEADER_VALUE, ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509svid,
+    X509svidRequest, X509svidResponse,
 };
 
 /// The environment variable SPIFFE clients read the socket address from.
@@ -158,6 +159,12 @@ pub async fn fetch_x509(client: &mut Client) -> Result<X509svidResponse, ClientE
         Some(response) => Ok(response?),
         None => Err(ClientError::NoResponse),
     }
+}
+
+/// Fetches the JWT bundles once (the first message of the stream).
+pub async fn fetch_jwt_bundles(client: &mut Client) -> Result<JwtBundlesResponse, ClientError> {
+    let mut stream = client.fetch_jwt_bundles(JwtBundlesRequest {}).await?.into_inner();
+    stream.message().await?.ok_or(ClientError::NoResponse)
 }
 
 /// Prints every X.509-SVID update until the stream ends.
@@ -325,7 +332,8 @@ pub fn write_x509(response: &X509svidResponse, dir: &Path) -> Result<Vec<PathBuf
     Ok(written)
 }
 
-fn pem_blocks(tag: &str, ders: &[&[u8]]) -> String {
+/// PEM blocks of `tag`, one per DER item, concatenated.
+pub(crate) fn pem_blocks(tag: &str, ders: &[&[u8]]) -> String {
     ders.iter()
         .map(|der| pem::encode(&pem::Pem::new(tag, der.to_vec())))
         .collect()

@@ -390,7 +390,7 @@ pub fn load_entries_file(path: &Path, trust_domain: &TrustDomain) -> Result<Vec<
     source.entries(raw.entry, trust_domain)
 }
 
-fn read_file(path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_owned(),
         line: None,
@@ -400,9 +400,10 @@ fn read_file(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// A file being parsed: knows how to turn byte spans into line numbers.
-struct SourceFile<'a> {
-    path: &'a Path,
-    text: &'a str,
+/// Shared with the helper's configuration, so both report errors alike.
+pub(crate) struct SourceFile<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) text: &'a str,
 }
 
 impl SourceFile<'_> {
@@ -411,7 +412,7 @@ impl SourceFile<'_> {
         self.text[..end].bytes().filter(|b| *b == b'\n').count() + 1
     }
 
-    fn error(&self, span: &Range<usize>, key: String, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(&self, span: &Range<usize>, key: String, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.path.to_owned(),
             line: Some(self.line_of(span)),
@@ -420,7 +421,7 @@ impl SourceFile<'_> {
         }
     }
 
-    fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+    pub(crate) fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
         let deserializer = toml::Deserializer::parse(self.text).map_err(|e| self.toml_error(&e, None))?;
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = key_path(e.path());

@@ -6,7 +6,7 @@
 //! to registration entries, the [`svid_cache`] hands out the entry's current
 //! SVID minted by the [`authority`], and [`audit`] records the decision.
 //! [`daemon`] wires these together; [`client`] is the CLI's Workload API
-//! client.
+//! client, and [`helper`] the sidecar that writes rotated SVIDs to files.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod explain;
+pub mod helper;
 pub mod policy_check;
 pub mod proto;
 pub mod registry;

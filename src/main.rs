@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use attestd::authority::BundleDocument;
-use attestd::{audit, client, config::Config, daemon, explain, policy_check, telemetry};
+use attestd::{audit, client, config::Config, daemon, explain, helper, policy_check, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +64,13 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         command: BundleCommand,
+    },
+    /// Sidecar (spiffe-helper compatible): write rotated SVIDs to files,
+    /// start a program and signal it on every rotation.
+    Helper {
+        /// Helper configuration file (TOML, spiffe-helper's keys).
+        #[arg(short, long)]
+        config: PathBuf,
     },
 }
 
@@ -255,6 +262,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 BundleFormat::Pem => print!("{}", document.to_pem()),
             }
         }
+        Command::Helper { config } => helper::run(helper::HelperConfig::load(&config)?).await?,
     }
     Ok(())
 }

@@ -1,14 +1,18 @@
-//! go-spiffe v2 (the reference client) fetches, checks and verifies SVIDs.
-//! The program lives in tests/interop/go; the test command downloads its
-//! modules, and this test builds it once.
+//! go-spiffe v2 (the reference client) fetches, checks and verifies SVIDs,
+//! and stands in for spiffe-helper (which the Go module proxy here does not
+//! serve) to write rotating certificate files. The program lives in
+//! tests/interop/go; the test command downloads its modules, and this test
+//! builds it once.
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, run_as};
+use crate::harness::{Daemon, key_matches, openssl_verify, pem_certificates, run_as};
 
 /// The go-spiffe client program, built once per test run.
 pub fn go_client() -> &'static PathBuf {
@@ -101,4 +105,63 @@ owner = "team-a@example.org"
     assert_eq!(result["audience"], serde_json::json!(["svc-a", "svc-b"]));
     assert_eq!(result["online_subject"], "spiffe://example.org/go/jwt");
     assert_eq!(result["offline_subject"], "spiffe://example.org/go/jwt");
+}
+
+/// spiffe-helper's job done by go-spiffe's X509Source: as another uid, it
+/// writes svid.pem, svid_key.pem and svid_bundle.pem on every rotation; each
+/// set verifies with openssl and holds a matching key, and the files change.
+#[test]
+fn helper_interop_go_x509_source_writes_files_that_verify_and_rotate() {
+    let daemon = Daemon::start(
+        r#"
+[svid]
+x509_ttl = "6s"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/go/sidecar"
+selectors = ["unix:uid:1000"]
+owner = "team-a@example.org"
+"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let user = Some(nix::unistd::Uid::from_raw(1000));
+    nix::unistd::chown(&certs, user, Some(nix::unistd::Gid::from_raw(1000))).unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let mut child = Command::new(go_client())
+        .args([
+            "-addr",
+            &daemon.endpoint(),
+            "-mode",
+            "files",
+            "-updates",
+            "3",
+            "-timeout",
+            "40s",
+        ])
+        .arg("-dir")
+        .arg(&certs)
+        .uid(1000)
+        .gid(1000)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut serials = Vec::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let written: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(written["spiffe_id"], "spiffe://example.org/go/sidecar");
+        openssl_verify(&certs.join("svid_bundle.pem"), &certs.join("svid.pem"));
+        let chain = pem_certificates(&std::fs::read(certs.join("svid.pem")).unwrap());
+        let key = pem::parse(std::fs::read(certs.join("svid_key.pem")).unwrap()).unwrap();
+        assert_eq!(key.tag(), "PRIVATE KEY");
+        assert!(key_matches(&chain[0], key.contents()));
+        serials.push(written["serial"].as_str().unwrap().to_owned());
+    }
+    assert!(child.wait().unwrap().success(), "go client failed");
+    assert_eq!(serials.len(), 3, "three SVIDs written: {serials:?}");
+    serials.dedup();
+    assert_eq!(serials.len(), 3, "the files changed on every rotation");
 }

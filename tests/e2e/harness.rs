@@ -207,14 +207,18 @@ pub fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>]) {
 
 /// Fails unless the PKCS#8 key's public half is the certificate's.
 pub fn assert_key_matches(leaf_der: &[u8], key_pkcs8: &[u8]) {
+    assert!(
+        key_matches(leaf_der, key_pkcs8),
+        "private key does not match the certificate"
+    );
+}
+
+/// Whether the PKCS#8 key's public half is the certificate's.
+pub fn key_matches(leaf_der: &[u8], key_pkcs8: &[u8]) -> bool {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, leaf) = X509Certificate::from_der(leaf_der).unwrap();
     let key = rcgen::KeyPair::try_from(key_pkcs8).unwrap();
-    assert_eq!(
-        leaf.public_key().subject_public_key.data.as_ref(),
-        key.public_key_raw(),
-        "private key does not match the certificate"
-    );
+    leaf.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
 }
 
 /// Serial of a DER certificate, lowercase hex.
@@ -236,4 +240,44 @@ pub fn trust_bundle(context: &spiffe::X509Context) -> Vec<Vec<u8>> {
         .iter()
         .map(|c| c.as_bytes().to_vec())
         .collect()
+}
+
+/// `openssl verify -CAfile bundle cert`: the chain in `cert` (PEM, leaf
+/// first) verifies against the CA certificates in `bundle`.
+pub fn openssl_verify(bundle: &std::path::Path, cert: &std::path::Path) {
+    let output = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(bundle)
+        .arg(cert)
+        .output()
+        .expect("openssl on PATH");
+    assert!(
+        output.status.success(),
+        "openssl verify failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The DER certificates of a PEM file, in order.
+pub fn pem_certificates(pem_text: &[u8]) -> Vec<Vec<u8>> {
+    pem::parse_many(pem_text)
+        .unwrap()
+        .into_iter()
+        .filter(|block| block.tag() == "CERTIFICATE")
+        .map(|block| block.into_contents())
+        .collect()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics with `what`
+/// after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -11,6 +11,11 @@
 //
 // -mode handoff / child / watch-setuid: the attacks of attestd's attestation
 // tests (see handoff.go).
+// -mode files: spiffe-helper's job, done with go-spiffe's X509Source (the
+// stand-in for spiffe-helper, which the Go module proxy here does not
+// serve): on every new SVID, writes svid.pem (chain), svid_key.pem (PKCS#8,
+// 0600) and svid_bundle.pem into -dir as spiffe-helper does, prints one JSON
+// line, and exits after -updates distinct SVIDs.
 package main
 
 import (
@@ -20,6 +25,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -55,6 +61,8 @@ func main() {
 	flag.StringVar(&handoffOpts.execPath, "exec", "", "handoff: program the connecting process then execs")
 	flag.DurationVar(&handoffOpts.childDelay, "child-delay", 0, "handoff/child: wait before asking")
 	setuid := flag.Int("setuid", 65534, "watch-setuid: uid to drop to after the first message")
+	dir := flag.String("dir", "", "where to write the files (files mode)")
+	updates := flag.Int("updates", 1, "distinct SVIDs to write before exiting (files mode)")
 	flag.Parse()
 	handoffOpts.addr = *addr
 
@@ -77,6 +85,8 @@ func main() {
 		err = receive(handoffOpts.childDelay)
 	case "watch-setuid":
 		err = watchThenSetuid(*addr, *setuid)
+	case "files":
+		err = writeFiles(ctx, opts, *dir, *updates)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -141,4 +151,72 @@ func fetchJWT(ctx context.Context, opts []workloadapi.ClientOption, audience []s
 		OnlineSubject:  online.ID.String(),
 		OfflineSubject: offline.ID.String(),
 	})
+}
+
+type filesResult struct {
+	SpiffeID string `json:"spiffe_id"`
+	Serial   string `json:"serial"`
+}
+
+func writeFiles(ctx context.Context, opts []workloadapi.ClientOption, dir string, updates int) error {
+	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(opts...))
+	if err != nil {
+		return fmt.Errorf("x509 source: %w", err)
+	}
+	defer source.Close()
+	out := json.NewEncoder(os.Stdout)
+	lastSerial := ""
+	for written := 0; written < updates; {
+		svid, err := source.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("svid: %w", err)
+		}
+		serial := hex.EncodeToString(svid.Certificates[0].SerialNumber.Bytes())
+		if serial != lastSerial {
+			if err := writeX509(source, svid, dir); err != nil {
+				return err
+			}
+			if err := out.Encode(filesResult{SpiffeID: svid.ID.String(), Serial: serial}); err != nil {
+				return err
+			}
+			lastSerial = serial
+			written++
+			continue
+		}
+		select {
+		case <-source.Updated():
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for a rotation: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+func writeX509(source *workloadapi.X509Source, svid *x509svid.SVID, dir string) error {
+	bundle, err := source.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
+	if err != nil {
+		return fmt.Errorf("bundle: %w", err)
+	}
+	certs, key, err := svid.Marshal()
+	if err != nil {
+		return fmt.Errorf("marshal svid: %w", err)
+	}
+	bundlePEM, err := bundle.Marshal()
+	if err != nil {
+		return fmt.Errorf("marshal bundle: %w", err)
+	}
+	for _, file := range []struct {
+		name     string
+		contents []byte
+		mode     os.FileMode
+	}{
+		{"svid.pem", certs, 0o644},
+		{"svid_key.pem", key, 0o600},
+		{"svid_bundle.pem", bundlePEM, 0o644},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, file.name), file.contents, file.mode); err != nil {
+			return err
+		}
+	}
+	return nil
 }
