@@ -10,6 +10,7 @@ use futures::StreamExt;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use spiffe::WorkloadApiClient;
 
+use crate::examples::{Server, client};
 use crate::harness::{Daemon, assert_key_matches, trust_bundle, verify_chain};
 
 /// Which of `roots` signed `chain` (leaf first).
@@ -169,6 +170,9 @@ async fn fetch(daemon: &Daemon) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (chain, trust_bundle(&context))
 }
 
+const HOST_A_AGENT: &str = "spiffe://example.org/host-a/agent";
+const HOST_B_AGENT: &str = "spiffe://example.org/host-b/agent";
+
 #[tokio::test]
 async fn two_hosts_with_intermediates_of_one_root_trust_each_other() {
     let org = OrgCa::new();
@@ -198,9 +202,17 @@ async fn two_hosts_with_intermediates_of_one_root_trust_each_other() {
         "the SVID chain carries the intermediate"
     );
     assert_eq!(chain_b[1], intermediate_b);
-    // Each host's workload verifies the other's SVID with its own bundle.
+    // Each host's workload verifies the other's SVID with its own bundle...
     verify_chain(&chain_a, &bundle_b);
     verify_chain(&chain_b, &bundle_a);
+    // ...and they complete mutual TLS, each authorizing the other by SPIFFE ID.
+    let server = Server::start(&host_a, 0, HOST_A_AGENT, HOST_B_AGENT);
+    let (ok, stdout, stderr) = client(&host_b, &server, 0, HOST_A_AGENT, 2);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains(&format!("server {HOST_A_AGENT} ")), "{stdout}");
+    let served = server.wait_for_line(&format!("served {HOST_B_AGENT} "), Duration::from_secs(5));
+    assert!(served.is_some(), "the server authorized host B's agent");
+    drop(server);
 
     // Replacing host A's files switches it to the new intermediate.
     let replacement = org.issue(&files.path().join("a"), "host-a-2");

@@ -61,15 +61,17 @@ owner = "platform@example.org"
 const SERVER_ID: &str = "spiffe://example.org/mtls/server";
 const CLIENT_ID: &str = "spiffe://example.org/mtls/client";
 
-/// The mtls server, run as uid 1000; its output lines arrive on a channel.
-struct Server {
+/// The mtls server; its output lines arrive on a channel.
+pub struct Server {
     child: Child,
     address: String,
     lines: mpsc::Receiver<String>,
 }
 
 impl Server {
-    fn start(daemon: &Daemon) -> Self {
+    /// Starts the server as `uid` on `daemon`; it expects to be `own_id`
+    /// and accepts only `peer`.
+    pub fn start(daemon: &Daemon, uid: u32, own_id: &str, peer: &str) -> Self {
         let mut child = Command::new(example("mtls"))
             .args([
                 "--socket",
@@ -78,9 +80,9 @@ impl Server {
                 "--listen",
                 "127.0.0.1:0",
             ])
-            .args(["--expect-peer", CLIENT_ID])
-            .uid(1000)
-            .gid(1000)
+            .args(["--expect-peer", peer])
+            .uid(uid)
+            .gid(uid)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -100,7 +102,7 @@ impl Server {
             .and_then(|rest| rest.split(' ').next())
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .to_owned();
-        assert!(first.ends_with(&format!("as {SERVER_ID}")), "{first}");
+        assert!(first.ends_with(&format!("as {own_id}")), "{first}");
         Self {
             child,
             address,
@@ -108,8 +110,21 @@ impl Server {
         }
     }
 
+    /// Waits up to `timeout` for a printed line starting with `prefix`.
+    pub fn wait_for_line(&self, prefix: &str, timeout: Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     /// The lines printed so far.
-    fn printed(&self) -> Vec<String> {
+    pub fn printed(&self) -> Vec<String> {
         self.lines.try_iter().collect()
     }
 }
@@ -121,8 +136,15 @@ impl Drop for Server {
     }
 }
 
-/// Runs the mtls client as `uid` against `server`.
-fn client(daemon: &Daemon, server: &Server, uid: u32, expect: &str, rounds: u32) -> (bool, String, String) {
+/// Runs the mtls client as `uid`, with its SVID from `daemon`, against
+/// `server`; returns success, stdout and stderr.
+pub fn client(
+    daemon: &Daemon,
+    server: &Server,
+    uid: u32,
+    expect: &str,
+    rounds: u32,
+) -> (bool, String, String) {
     let mut command = Command::new(example("mtls"));
     command
         .args([
@@ -182,7 +204,7 @@ selectors = ["unix:uid:1002"]
 owner = "platform@example.org"
 "#
     ));
-    let server = Server::start(&daemon);
+    let server = Server::start(&daemon, 1000, SERVER_ID, CLIENT_ID);
 
     // A connection a second for 15 s: both sides rotate several times (6 s
     // lifetime, renewed at about half) and no process restarts.
