@@ -99,8 +99,8 @@ impl CaSet {
                 .published()
                 .iter()
                 .map(|ca| StoredCa {
-                    created: unix_seconds(ca.created()),
-                    activate_at: unix_seconds(ca.activate_at()),
+                    created: unix_seconds(ca.lifetime().created),
+                    activate_at: unix_seconds(ca.lifetime().activate_at),
                     certificate: pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert_der().to_vec())),
                     private_key: ca.key_pem().to_owned(),
                 })

@@ -186,7 +186,7 @@ impl JwtAuthority {
             self.refresh_locked(&mut keys, now)?;
         }
         let key = keys.signing(now).ok_or(AuthorityError::NoSigningKey)?;
-        let expires_at = (now + ttl).min(key.not_after);
+        let expires_at = (now + ttl).min(key.lifetime.not_after);
         let mut jti = [0u8; 16];
         rand::rng().fill_bytes(&mut jti);
         let jti = hex::encode(jti);
@@ -410,7 +410,7 @@ mod tests {
         let svid = jwt
             .mint(&id, &["a".to_owned()], Duration::from_secs(10 * 3600))
             .unwrap();
-        let key_expiry = jwt.lock().signing(SystemTime::now()).unwrap().not_after;
+        let key_expiry = jwt.lock().signing(SystemTime::now()).unwrap().lifetime.not_after;
         assert!(svid.expires_at <= key_expiry);
     }
 }

@@ -12,7 +12,7 @@ use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde::{Deserialize, Serialize};
 
 use super::AuthorityError;
-use super::schedule::{Rotation, Scheduled, Slot};
+use super::schedule::{Lifetime, Rotation, Scheduled, Slot};
 use crate::atomic_file;
 use crate::wall_clock::{from_unix_seconds, unix_seconds};
 
@@ -24,10 +24,9 @@ pub const JWT_SVID_USE: &str = "jwt-svid";
 pub struct JwtKey {
     /// Key id, in token headers and the bundle.
     pub kid: String,
-    created: SystemTime,
-    activate_at: SystemTime,
-    /// No token signed by this key expires later.
-    pub not_after: SystemTime,
+    /// Its place in the schedule; no token it signs expires after
+    /// `lifetime.not_after`.
+    pub lifetime: Lifetime,
     pkcs8: Vec<u8>,
     /// The signing key.
     pub encoding: EncodingKey,
@@ -40,21 +39,14 @@ impl std::fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtKey")
             .field("kid", &self.kid)
-            .field("activate_at", &self.activate_at)
-            .field("not_after", &self.not_after)
+            .field("lifetime", &self.lifetime)
             .finish_non_exhaustive()
     }
 }
 
 impl Scheduled for JwtKey {
-    fn created(&self) -> SystemTime {
-        self.created
-    }
-    fn activate_at(&self) -> SystemTime {
-        self.activate_at
-    }
-    fn not_after(&self) -> SystemTime {
-        self.not_after
+    fn lifetime(&self) -> Lifetime {
+        self.lifetime
     }
 }
 
@@ -63,22 +55,15 @@ impl JwtKey {
         let pkcs8 = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?.serialize_der();
         let mut kid = [0u8; 16];
         rand::rng().fill_bytes(&mut kid);
-        Self::from_parts(
-            hex::encode(kid),
-            slot.created,
-            slot.activate_at,
-            slot.created + slot.ttl,
-            pkcs8,
-        )
+        let lifetime = Lifetime {
+            created: slot.created,
+            activate_at: slot.activate_at,
+            not_after: slot.created + slot.ttl,
+        };
+        Self::from_parts(hex::encode(kid), lifetime, pkcs8)
     }
 
-    fn from_parts(
-        kid: String,
-        created: SystemTime,
-        activate_at: SystemTime,
-        not_after: SystemTime,
-        pkcs8: Vec<u8>,
-    ) -> Result<Self, AuthorityError> {
+    fn from_parts(kid: String, lifetime: Lifetime, pkcs8: Vec<u8>) -> Result<Self, AuthorityError> {
         let encoding = EncodingKey::from_ec_der(&pkcs8);
         let mut jwk =
             Jwk::from_encoding_key(&encoding, Algorithm::ES256).map_err(|e| AuthorityError::InvalidKey {
@@ -91,9 +76,7 @@ impl JwtKey {
         jwk.common.public_key_use = Some(PublicKeyUse::Other(JWT_SVID_USE.into()));
         Ok(Self {
             kid,
-            created,
-            activate_at,
-            not_after,
+            lifetime,
             pkcs8,
             encoding,
             jwk,
@@ -152,9 +135,11 @@ impl KeySet {
                 .map_err(|e| invalid(format!("key {}: {e}", key.kid)))?;
             keys.push(JwtKey::from_parts(
                 key.kid,
-                from_unix_seconds(key.created),
-                from_unix_seconds(key.activate_at),
-                from_unix_seconds(key.not_after),
+                Lifetime {
+                    created: from_unix_seconds(key.created),
+                    activate_at: from_unix_seconds(key.activate_at),
+                    not_after: from_unix_seconds(key.not_after),
+                },
                 pkcs8,
             )?);
         }
@@ -194,9 +179,9 @@ impl KeySet {
                 .iter()
                 .map(|key| StoredKey {
                     kid: key.kid.clone(),
-                    created: unix_seconds(key.created),
-                    activate_at: unix_seconds(key.activate_at),
-                    not_after: unix_seconds(key.not_after),
+                    created: unix_seconds(key.lifetime.created),
+                    activate_at: unix_seconds(key.lifetime.activate_at),
+                    not_after: unix_seconds(key.lifetime.not_after),
                     pkcs8: base64::engine::general_purpose::STANDARD.encode(&key.pkcs8),
                 })
                 .collect(),

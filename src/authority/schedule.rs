@@ -16,14 +16,21 @@
 
 use std::time::{Duration, SystemTime};
 
+/// A credential's place in the schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// When it was made (and published).
+    pub created: SystemTime,
+    /// When it starts signing.
+    pub activate_at: SystemTime,
+    /// When it expires; nothing it signs lives longer.
+    pub not_after: SystemTime,
+}
+
 /// A credential with a place in the schedule.
 pub trait Scheduled {
-    /// When it was made (and published).
-    fn created(&self) -> SystemTime;
-    /// When it starts signing.
-    fn activate_at(&self) -> SystemTime;
-    /// When it expires; nothing it signs lives longer.
-    fn not_after(&self) -> SystemTime;
+    /// Its place in the schedule.
+    fn lifetime(&self) -> Lifetime;
 }
 
 /// When to make a credential and when it signs.
@@ -59,7 +66,7 @@ impl<K: Scheduled> Rotation<K> {
         make: impl FnOnce(Slot) -> Result<K, E>,
     ) -> Result<bool, E> {
         let before = self.items.len();
-        self.items.retain(|item| item.not_after() > now);
+        self.items.retain(|item| item.lifetime().not_after > now);
         let mut changed = self.items.len() != before;
         let slot = if self.signing(now).is_none() {
             Some(Slot {
@@ -85,11 +92,11 @@ impl<K: Scheduled> Rotation<K> {
 
     fn successor_due(&self, now: SystemTime) -> bool {
         self.newest()
-            .is_some_and(|newest| newest.created() + self.ttl / 2 <= now)
+            .is_some_and(|newest| newest.lifetime().created + self.ttl / 2 <= now)
     }
 
     fn newest(&self) -> Option<&K> {
-        self.items.iter().max_by_key(|item| item.created())
+        self.items.iter().max_by_key(|item| item.lifetime().created)
     }
 
     /// The credential that signs at `now`: the most recently activated
@@ -97,14 +104,18 @@ impl<K: Scheduled> Rotation<K> {
     pub fn signing(&self, now: SystemTime) -> Option<&K> {
         self.items
             .iter()
-            .filter(|item| item.activate_at() <= now && item.not_after() > now)
-            .max_by_key(|item| item.activate_at())
+            .map(|item| (item, item.lifetime()))
+            .filter(|(_, lifetime)| lifetime.activate_at <= now && lifetime.not_after > now)
+            .max_by_key(|(_, lifetime)| lifetime.activate_at)
+            .map(|(item, _)| item)
     }
 
     /// When [`Self::advance`] next has work: a successor due or an expiry.
     pub fn next_change(&self) -> SystemTime {
-        let successor = self.newest().map(|newest| newest.created() + self.ttl / 2);
-        let expiry = self.items.iter().map(Scheduled::not_after).min();
+        let successor = self
+            .newest()
+            .map(|newest| newest.lifetime().created + self.ttl / 2);
+        let expiry = self.items.iter().map(|item| item.lifetime().not_after).min();
         [successor, expiry]
             .into_iter()
             .flatten()
@@ -128,14 +139,12 @@ mod tests {
     struct Cred(u32, Slot);
 
     impl Scheduled for Cred {
-        fn created(&self) -> SystemTime {
-            self.1.created
-        }
-        fn activate_at(&self) -> SystemTime {
-            self.1.activate_at
-        }
-        fn not_after(&self) -> SystemTime {
-            self.1.created + self.1.ttl
+        fn lifetime(&self) -> Lifetime {
+            Lifetime {
+                created: self.1.created,
+                activate_at: self.1.activate_at,
+                not_after: self.1.created + self.1.ttl,
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use rcgen::{Issuer, KeyPair};
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 use super::AuthorityError;
-use super::schedule::Scheduled;
+use super::schedule::{Lifetime, Scheduled};
 use crate::spiffe_id::TrustDomain;
 use crate::wall_clock::from_unix_seconds;
 
@@ -21,10 +21,8 @@ pub struct SigningCa {
     chain: Vec<Vec<u8>>,
     key_pem: String,
     issuer: Issuer<'static, KeyPair>,
-    created: SystemTime,
-    activate_at: SystemTime,
+    lifetime: Lifetime,
     not_before: SystemTime,
-    not_after: SystemTime,
 }
 
 impl std::fmt::Debug for SigningCa {
@@ -32,20 +30,14 @@ impl std::fmt::Debug for SigningCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningCa")
             .field("not_before", &self.not_before)
-            .field("not_after", &self.not_after)
+            .field("lifetime", &self.lifetime)
             .finish_non_exhaustive()
     }
 }
 
 impl Scheduled for SigningCa {
-    fn created(&self) -> SystemTime {
-        self.created
-    }
-    fn activate_at(&self) -> SystemTime {
-        self.activate_at
-    }
-    fn not_after(&self) -> SystemTime {
-        self.not_after
+    fn lifetime(&self) -> Lifetime {
+        self.lifetime
     }
 }
 
@@ -100,10 +92,12 @@ impl SigningCa {
             chain,
             key_pem,
             issuer,
-            created,
-            activate_at,
+            lifetime: Lifetime {
+                created,
+                activate_at,
+                not_after,
+            },
             not_before,
-            not_after,
         })
     }
 
@@ -133,7 +127,7 @@ impl SigningCa {
 
     /// End of the CA's validity: no SVID may outlive it.
     pub fn not_after(&self) -> SystemTime {
-        self.not_after
+        self.lifetime.not_after
     }
 }
 

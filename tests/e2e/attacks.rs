@@ -36,19 +36,31 @@ fn reports(child: &mut Child) -> impl Iterator<Item = Value> + use<> {
         .map(|line| serde_json::from_str(&line.unwrap()).unwrap())
 }
 
-fn denied_records(daemon: &Daemon) -> Vec<Value> {
-    daemon
-        .audit_records()
-        .into_iter()
-        .filter(|r| r["outcome"] == "denied")
-        .collect()
-}
-
-/// The receiver's report must show no identity at all.
-fn assert_refused(report: &Value, code: &str) {
+/// Ends the attacker, then checks that the receiver's `report` shows no
+/// identity at all, refused with `code`, and that a denial in the audit
+/// trail mentions `evidence` in the field `field`.
+fn assert_refused(
+    mut attack: Child,
+    report: &Value,
+    code: &str,
+    daemon: &Daemon,
+    field: &str,
+    evidence: &str,
+) {
+    let _ = attack.kill();
+    attack.wait().unwrap();
     assert_eq!(report["ok"], false, "the receiver got an identity: {report}");
     assert!(report["spiffe_ids"].is_null(), "{report}");
     assert_eq!(report["code"], code, "{report}");
+    let denied: Vec<Value> = daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["outcome"] == "denied")
+        .collect();
+    assert!(
+        denied.iter().any(|r| r[field].to_string().contains(evidence)),
+        "no denial with {evidence:?} in {field}: {denied:#?}"
+    );
 }
 
 /// The connecting process exec's a trusted binary after handing its
@@ -86,15 +98,13 @@ owner = "platform@example.org"
     assert_eq!(exe, std::path::Path::new("/usr/bin/sleep"));
 
     let report = reports.next().unwrap();
-    attack.kill().unwrap();
-    attack.wait().unwrap();
-    assert_refused(&report, "PermissionDenied");
-    let denied = denied_records(&daemon);
-    assert!(
-        denied
-            .iter()
-            .any(|r| r["attestation_notes"].to_string().contains("withheld")),
-        "{denied:#?}"
+    assert_refused(
+        attack,
+        &report,
+        "PermissionDenied",
+        &daemon,
+        "attestation_notes",
+        "withheld",
     );
 }
 
@@ -149,15 +159,13 @@ owner = "platform@example.org"
     let mut reports = reports(&mut attack);
     reports.next().unwrap();
     let report = reports.next().unwrap();
-    attack.kill().unwrap();
-    attack.wait().unwrap();
-    assert_refused(&report, "PermissionDenied");
-    let denied = denied_records(&daemon);
-    assert!(
-        denied
-            .iter()
-            .any(|r| r["attestation_notes"].to_string().contains("held by processes")),
-        "{denied:#?}"
+    assert_refused(
+        attack,
+        &report,
+        "PermissionDenied",
+        &daemon,
+        "attestation_notes",
+        "held by processes",
     );
 }
 
@@ -230,15 +238,7 @@ owner = "platform@example.org"
     let report = reports.next().unwrap();
     squatter.kill().unwrap();
     squatter.wait().unwrap();
-
-    assert_refused(&report, "Unavailable");
-    let denied = denied_records(&daemon);
-    assert!(
-        denied
-            .iter()
-            .any(|r| r["reason"].as_str().unwrap().contains("exited")),
-        "{denied:#?}"
-    );
+    assert_refused(attack, &report, "Unavailable", &daemon, "reason", "exited");
 }
 
 /// Starts a root `sleep` with exactly `pid`, steering the kernel's pid
