@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::harness::{Daemon, attestd_bin, printed_ids};
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids};
 
 /// The cgroup v2 hierarchy: the root on unified hosts, `unified/` on hybrid
 /// ones (where `/proc/<pid>/cgroup` shows it as the `0::` line).
@@ -178,11 +178,7 @@ selectors = ["unix:uid:0"]
 owner = "platform@example.org"
 "#,
     );
-    let output = Command::new(attestd_bin())
-        .args(["api", "fetch", "x509", "--socket", &daemon.endpoint()])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
+    assert!(cli_fetch_as(&daemon, 0).status.success());
     let record = &daemon.audit_records()[0];
     assert!(record["sha256"].is_null(), "{record}");
     assert!(

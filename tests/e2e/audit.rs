@@ -111,13 +111,6 @@ fn verify_cli(files: &[std::path::PathBuf]) -> std::process::Output {
         .unwrap()
 }
 
-fn fetch_as_root(daemon: &Daemon) -> std::process::Output {
-    Command::new(attestd_bin())
-        .args(["api", "fetch", "x509", "--socket", &daemon.endpoint()])
-        .output()
-        .unwrap()
-}
-
 const ROOT_ENTRY: &str = r#"
 [[entry]]
 spiffe_id = "spiffe://example.org/audited"
@@ -129,7 +122,7 @@ owner = "secops@example.org"
 async fn the_chain_spans_rotated_files_and_verify_names_a_tampered_record() {
     let daemon = Daemon::start(&format!("[audit]\nmax_bytes = 4000\nkeep = 50\n{ROOT_ENTRY}"));
     for _ in 0..12 {
-        assert!(fetch_as_root(&daemon).status.success());
+        assert!(cli_fetch_as(&daemon, 0).status.success());
         cli_fetch_as(&daemon, 1002);
     }
     let audit = daemon.audit_path();
@@ -174,7 +167,7 @@ async fn the_chain_spans_rotated_files_and_verify_names_a_tampered_record() {
 #[tokio::test]
 async fn an_unwritable_trail_refuses_issuance_by_default() {
     let daemon = Daemon::start(&format!("[audit]\npath = \"/dev/full\"\n{ROOT_ENTRY}"));
-    let output = fetch_as_root(&daemon);
+    let output = cli_fetch_as(&daemon, 0);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -185,7 +178,7 @@ async fn an_unwritable_trail_refuses_issuance_by_default() {
     let daemon = Daemon::start(&format!(
         "[audit]\npath = \"/dev/full\"\non_failure = \"issue\"\n{ROOT_ENTRY}"
     ));
-    let output = fetch_as_root(&daemon);
+    let output = cli_fetch_as(&daemon, 0);
     assert!(
         output.status.success(),
         "{}",
