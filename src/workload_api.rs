@@ -6,6 +6,7 @@
 //! is attested from the connection's kernel-pinned peer, then matched.
 
 mod admission;
+mod authority_fix;
 mod caller;
 mod connection;
 mod jwt;

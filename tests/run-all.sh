@@ -30,6 +30,10 @@ fi
 step "fetching Go modules for tests/interop/go"
 (cd tests/interop/go && go mod download && go vet ./...)
 
+step "python venv with py-spiffe for tests/interop/python (target/interop-venv)"
+python3 -m venv target/interop-venv
+target/interop-venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
+
 step "cargo fmt --check"
 cargo fmt --check
 

@@ -5,12 +5,13 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
+use super::authority_fix::AuthorityFix;
 use crate::attest::{AttestError, PeerIdentity};
 
 /// What tonic hands each request of a connection: the pinned peer, or why it
@@ -18,18 +19,24 @@ use crate::attest::{AttestError, PeerIdentity};
 #[derive(Debug, Clone)]
 pub struct PeerInfo(pub Result<Arc<PeerIdentity>, Arc<AttestError>>);
 
-/// A Unix stream plus its peer.
+/// A Unix stream plus its peer; what the client sends passes through an
+/// [`AuthorityFix`] so that gRPC-core clients are understood.
 #[derive(Debug)]
 pub struct AttestedConnection {
     stream: UnixStream,
     peer: PeerInfo,
+    requests: AuthorityFix,
 }
 
 impl AttestedConnection {
     /// Pins the peer of a freshly accepted stream.
     pub fn new(stream: UnixStream) -> Self {
         let peer = PeerInfo(PeerIdentity::from_socket(&stream).map(Arc::new).map_err(Arc::new));
-        Self { stream, peer }
+        Self {
+            stream,
+            peer,
+            requests: AuthorityFix::default(),
+        }
     }
 }
 
@@ -43,7 +50,26 @@ impl Connected for AttestedConnection {
 
 impl AsyncRead for AttestedConnection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        loop {
+            if this.requests.has_output() {
+                let n = this.requests.drain_into(buf.initialize_unfilled());
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // End of stream: hand over any partial frame, then EOF.
+                this.requests.finish();
+                if !this.requests.has_output() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            this.requests.feed(read.filled()).map_err(io::Error::other)?;
+        }
     }
 }
 

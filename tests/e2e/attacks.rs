@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::go_interop::go_client;
-use crate::harness::{Daemon, run_as};
+use crate::harness::{Daemon, run_as, shell};
 
 const ATTACKER: u32 = 1002;
 
@@ -138,10 +138,11 @@ owner = "platform@example.org"
     // The untrusted receiver: the same program with one byte more, so
     // another sha256.
     let untrusted = daemon.dir.path().join("untrusted-client");
-    let mut bytes = trusted;
-    bytes.push(0);
-    std::fs::write(&untrusted, bytes).unwrap();
-    std::fs::set_permissions(&untrusted, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    shell(&format!(
+        "cp {} {u} && printf '\\0' >> {u} && chmod 755 {u}",
+        go_client().display(),
+        u = untrusted.display()
+    ));
 
     let mut attack = attacker(
         &daemon,

@@ -281,3 +281,12 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs a shell command line and checks it succeeded. Tests create
+/// executables this way: a file this (multi-threaded) process held open for
+/// writing could leak into a child another test forks at that moment, and
+/// executing it would fail with ETXTBSY.
+pub fn shell(script: &str) {
+    let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "`{script}` failed");
+}

@@ -16,6 +16,7 @@ mod helper;
 mod isolation;
 mod jwt;
 mod operations;
+mod py_interop;
 mod restart;
 mod robustness;
 mod rotation;
