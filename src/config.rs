@@ -26,6 +26,8 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 pub const DEFAULT_SOCKET_PATH: &str = "/run/attestd/api.sock";
 /// Default state directory (CA key, audit trail).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/attestd";
+/// Default cap on open Workload API connections per uid.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
 /// The shortest TTL accepted anywhere: shorter lifetimes leave no room to
 /// rotate before expiry.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
@@ -65,6 +67,8 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     /// Where the Workload API listens.
     pub socket_path: PathBuf,
+    /// Open connections one uid may hold at once.
+    pub max_connections_per_uid: usize,
     /// State directory: CA material, default audit trail.
     pub data_dir: PathBuf,
     /// Optional directory of `*.toml` files holding more `[[entry]]` tables.
@@ -247,6 +251,7 @@ pub struct EntryConfig {
 struct RawConfig {
     trust_domain: Option<TrustDomain>,
     socket_path: Option<PathBuf>,
+    max_connections_per_uid: Option<Spanned<usize>>,
     data_dir: Option<PathBuf>,
     entries_dir: Option<PathBuf>,
     #[serde(default)]
@@ -330,10 +335,22 @@ impl Config {
         let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let health = source.health(raw.health)?;
         let ca = source.ca(raw.ca)?;
+        let max_connections_per_uid = match raw.max_connections_per_uid {
+            Some(max) if *max.get_ref() == 0 => {
+                return Err(source.error(
+                    &max.span(),
+                    "max_connections_per_uid".into(),
+                    "must be at least 1",
+                ));
+            }
+            Some(max) => max.into_inner(),
+            None => DEFAULT_MAX_CONNECTIONS_PER_UID,
+        };
         let entries = source.entries(raw.entry, &trust_domain)?;
         Ok(Self {
             source: path.to_owned(),
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
+            max_connections_per_uid,
             audit: AuditConfig {
                 path: raw.audit.path.unwrap_or_else(|| data_dir.join("audit.jsonl")),
                 rotation: Rotation {
@@ -359,6 +376,7 @@ impl Config {
         (
             self.trust_domain.clone(),
             self.socket_path.clone(),
+            self.max_connections_per_uid,
             self.data_dir.clone(),
             self.entries_dir.clone(),
             self.ca.clone(),

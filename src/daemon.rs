@@ -18,7 +18,7 @@ use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::registry::{self, Policy, Registry};
 use crate::svid_cache::SvidCache;
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
-use crate::workload_api::{Context, ListenerError, SocketListener, WorkloadApi};
+use crate::workload_api::{ConnectionLimits, Context, ListenerError, SocketListener, WorkloadApi};
 
 /// How long connections get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -94,7 +94,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let server = Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx))))
-        .serve_with_incoming_shutdown(listener.incoming(), stop);
+        .serve_with_incoming_shutdown(
+            listener.incoming(ConnectionLimits::new(config.max_connections_per_uid)),
+            stop,
+        );
     let mut shutdown = ctx.shutdown.clone();
     tokio::pin!(server);
     tokio::select! {

@@ -10,6 +10,7 @@ mod authority_fix;
 mod caller;
 mod connection;
 mod jwt;
+mod limits;
 mod listener;
 mod service;
 mod status;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use connection::{AttestedConnection, PeerInfo};
+pub use limits::{ConnectionLimits, ConnectionSlot};
 pub use listener::{ListenerError, SocketListener};
 pub use service::WorkloadApi;
 

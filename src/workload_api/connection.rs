@@ -12,6 +12,7 @@ use tokio::net::UnixStream;
 use tonic::transport::server::Connected;
 
 use super::authority_fix::AuthorityFix;
+use super::limits::ConnectionSlot;
 use crate::attest::{AttestError, PeerIdentity};
 
 /// What tonic hands each request of a connection: the pinned peer, or why it
@@ -26,16 +27,19 @@ pub struct AttestedConnection {
     stream: UnixStream,
     peer: PeerInfo,
     requests: AuthorityFix,
+    /// Counts against the peer's uid cap until the connection closes.
+    _slot: ConnectionSlot,
 }
 
 impl AttestedConnection {
     /// Pins the peer of a freshly accepted stream.
-    pub fn new(stream: UnixStream) -> Self {
+    pub fn new(stream: UnixStream, slot: ConnectionSlot) -> Self {
         let peer = PeerInfo(PeerIdentity::from_socket(&stream).map(Arc::new).map_err(Arc::new));
         Self {
             stream,
             peer,
             requests: AuthorityFix::default(),
+            _slot: slot,
         }
     }
 }

@@ -10,7 +10,10 @@ use std::time::Duration;
 use futures::Stream;
 use tokio::net::UnixListener;
 
+use std::sync::Arc;
+
 use super::AttestedConnection;
+use super::limits::ConnectionLimits;
 use crate::atomic_file;
 
 /// Why the socket could not be set up.
@@ -65,26 +68,51 @@ impl SocketListener {
         &self.path
     }
 
-    /// Accepted connections, each with its peer pinned. Accept errors (say,
-    /// out of file descriptors) are logged and retried after a pause rather
-    /// than spinning or stopping the server.
-    pub fn incoming(&mut self) -> impl Stream<Item = Result<AttestedConnection, io::Error>> + use<> {
+    /// Accepted connections, each with its peer pinned. A uid at its
+    /// connection cap has the new connection closed at once. Accept errors
+    /// (say, out of file descriptors) are logged and retried after a pause
+    /// rather than spinning or stopping the server.
+    pub fn incoming(
+        &mut self,
+        limits: Arc<ConnectionLimits>,
+    ) -> impl Stream<Item = Result<AttestedConnection, io::Error>> + use<> {
         let listener = self.listener.take();
-        futures::stream::unfold(listener, |listener| async move {
-            let accepted = listener.as_ref()?;
-            loop {
-                match accepted.accept().await {
-                    Ok((stream, _)) => {
-                        let connection = AttestedConnection::new(stream);
-                        return Some((Ok(connection), listener));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+        futures::stream::unfold(listener, move |listener| {
+            let limits = Arc::clone(&limits);
+            async move {
+                let accepted = listener.as_ref()?;
+                loop {
+                    match accepted.accept().await {
+                        Ok((stream, _)) => {
+                            if let Some(connection) = admit_connection(stream, &limits) {
+                                return Some((Ok(connection), listener));
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "accept failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
             }
         })
+    }
+}
+
+/// Pins the peer of an accepted stream within its uid's connection cap;
+/// `None` (the stream closed) when the uid is at the cap.
+fn admit_connection(
+    stream: tokio::net::UnixStream,
+    limits: &Arc<ConnectionLimits>,
+) -> Option<AttestedConnection> {
+    // A peer without credentials shares one bucket (u32::MAX is no uid).
+    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+    match limits.acquire(uid) {
+        Some(slot) => Some(AttestedConnection::new(stream, slot)),
+        None => {
+            tracing::warn!(uid, "connection refused: uid at its connection cap");
+            None
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use spiffe::WorkloadApiClient;
 
-use crate::harness::{Daemon, attestd_bin};
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as};
 
 const ENTRY: &str = r#"
 [[entry]]
@@ -87,4 +87,64 @@ async fn sigterm_ends_streams_and_removes_the_socket() {
         .unwrap();
     assert!(status.success(), "{status}");
     assert!(!socket_exists, "socket removed on SIGTERM");
+}
+
+#[test]
+fn a_uid_at_its_connection_cap_does_not_lock_out_others() {
+    let daemon = Daemon::start(
+        r#"
+max_connections_per_uid = 3
+
+[[entry]]
+spiffe_id = "spiffe://example.org/root"
+selectors = ["unix:uid:0"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/agent"
+selectors = ["unix:uid:1000"]
+owner = "platform@example.org"
+"#,
+    );
+    // Root (this test process) holds three idle connections: its cap.
+    let mut held: Vec<_> = (0..3).map(|_| served_connection(&daemon)).collect();
+    let refused = cli_fetch_as(&daemon, 0);
+    assert!(
+        !refused.status.success(),
+        "a fourth connection of uid 0 is refused"
+    );
+    assert!(daemon.log().contains("uid at its connection cap"));
+    let other = cli_fetch_as(&daemon, 1000);
+    assert!(
+        other.status.success(),
+        "other uids are served: {}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+
+    // Closing one frees a slot.
+    held.pop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !cli_fetch_as(&daemon, 0).status.success() {
+        assert!(std::time::Instant::now() < deadline, "the slot was never freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A connection attestd has accepted and serves (its HTTP/2 SETTINGS came
+/// back). One refused because the harness's readiness probe still held a
+/// slot is retried.
+fn served_connection(daemon: &Daemon) -> std::os::unix::net::UnixStream {
+    use std::io::Read;
+    for _ in 0..100 {
+        let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .unwrap();
+        let mut frame_header = [0u8; 9];
+        if stream.read_exact(&mut frame_header).is_ok() {
+            return stream;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("attestd never served a connection");
 }
