@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 
 pub use cgroup::{CgroupError, CgroupFacts, parse as parse_cgroup};
 pub use exe_hash::{DEFAULT_MAX_HASH_BYTES, ExeHasher, FileId};
-pub use peer::{PeerIdentity, ProcessPin};
+pub use peer::{ConnectionSocket, PeerIdentity, ProcessPin};
+pub use socket_holders::HolderError;
 
 use crate::selector::{Selector, SelectorSet};
 use exe_hash::Digest256;
@@ -113,11 +114,6 @@ impl Attestor {
         &self.proc_root
     }
 
-    /// How many executables were read and hashed so far (cache misses).
-    pub fn executables_hashed(&self) -> u64 {
-        self.hasher.files_hashed()
-    }
-
     /// Attests a peer. Blocking (reads `/proc`, hashes the executable, may
     /// scan `/proc/*/fd`): call it from `spawn_blocking`.
     pub fn attest(&self, peer: &PeerIdentity, binding: ExeBinding) -> Result<Workload, AttestError> {
@@ -201,8 +197,8 @@ impl Attestor {
         if peer.exe_at_accept != Some(exe) {
             return Err("the process exec'd another executable since it connected".into());
         }
-        let local = peer.socket_inode.ok_or("the connection's socket is unknown")?;
-        let remote = socket_holders::peer_inode(local).map_err(|e| e.to_string())?;
+        let socket = peer.socket.as_ref().ok_or("the connection's socket is unknown")?;
+        let remote = socket.remote_inode().map_err(|e| e.to_string())?;
         let holders = socket_holders::holders(&self.proc_root, remote).map_err(|e| e.to_string())?;
         if holders != [peer.pid] {
             return Err(format!(
@@ -329,7 +325,7 @@ mod tests {
             uid: 1000,
             gid: 1000,
             pin: ProcessPin::ProcDir(process::ProcDir::open(root.path(), 4242).unwrap()),
-            socket_inode: None,
+            socket: None,
             exe_at_accept: None,
         };
         let attestor = Attestor::new(root.path(), DEFAULT_MAX_HASH_BYTES);

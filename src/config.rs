@@ -32,6 +32,21 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
 /// rotate before expiry.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
 
+/// A place in a policy file; prints as `file:line`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
 /// A configuration error, printed as `file:line: key: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
@@ -242,8 +257,9 @@ pub struct EntryConfig {
     pub dns_names: Vec<String>,
     /// Label that tells several identities of one workload apart.
     pub hint: Option<String>,
-    /// `file:line` of the entry, for logs, `entry list` and the audit trail.
-    pub location: String,
+    /// Where the entry is written, for errors, logs, `entry list` and the
+    /// audit trail.
+    pub location: Location,
 }
 
 #[derive(Deserialize)]
@@ -518,7 +534,10 @@ impl SourceFile<'_> {
         spanned: Spanned<RawEntry>,
         trust_domain: &TrustDomain,
     ) -> Result<EntryConfig, ConfigError> {
-        let location = format!("{}:{}", self.path.display(), self.line_of(&spanned.span()));
+        let location = Location {
+            file: self.path.to_owned(),
+            line: self.line_of(&spanned.span()),
+        };
         let raw = spanned.into_inner();
         let key = |field: &str| format!("entry[{index}].{field}");
         if raw.spiffe_id.get_ref().trust_domain() != trust_domain {
@@ -635,7 +654,7 @@ owner = "team@example.org"
         assert_eq!(config.audit.path, PathBuf::from("/var/lib/attestd/audit.jsonl"));
         assert_eq!(config.svid.x509_ttl.0, Duration::from_secs(3600));
         assert_eq!(config.entries.len(), 1);
-        assert_eq!(config.entries[0].location, "test.toml:3");
+        assert_eq!(config.entries[0].location.to_string(), "test.toml:3");
     }
 
     #[test]

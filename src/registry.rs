@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Location};
 use crate::selector::SelectorSet;
 use crate::spiffe_id::SpiffeId;
 
@@ -48,7 +48,7 @@ pub struct Entry {
     /// Hint for workloads with several identities.
     pub hint: Option<String>,
     /// Where the entry is written (`file:line`).
-    pub location: String,
+    pub location: Location,
 }
 
 /// An immutable, indexed set of entries.

@@ -5,6 +5,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
@@ -14,6 +15,7 @@ use nix::sys::stat::fstat;
 use super::AttestError;
 use super::exe_hash::FileId;
 use super::process::ProcDir;
+use super::socket_holders::{HolderError, peer_inode};
 
 /// What pins the caller's process.
 #[derive(Debug)]
@@ -23,6 +25,34 @@ pub enum ProcessPin {
     /// Older kernels: `/proc/<pid>` opened at accept time. Reads through it
     /// fail with ESRCH once that process is gone, even if the pid is reused.
     ProcDir(ProcDir),
+}
+
+/// The two ends of a connection: attestd's socket, and the caller's, asked
+/// of the kernel on first need and then kept (it never changes, and streams
+/// re-attest before every push).
+#[derive(Debug)]
+pub struct ConnectionSocket {
+    local_inode: u64,
+    remote_inode: OnceLock<u64>,
+}
+
+impl ConnectionSocket {
+    /// The connection whose attestd end has inode `local_inode`.
+    pub fn new(local_inode: u64) -> Self {
+        Self {
+            local_inode,
+            remote_inode: OnceLock::new(),
+        }
+    }
+
+    /// Inode of the caller's end.
+    pub fn remote_inode(&self) -> Result<u64, HolderError> {
+        if let Some(inode) = self.remote_inode.get() {
+            return Ok(*inode);
+        }
+        let inode = peer_inode(self.local_inode)?;
+        Ok(*self.remote_inode.get_or_init(|| inode))
+    }
 }
 
 /// A socket peer: its credentials at connect time and the pin on it.
@@ -36,8 +66,8 @@ pub struct PeerIdentity {
     pub gid: u32,
     /// The pin that proves later reads concern this very process.
     pub pin: ProcessPin,
-    /// Inode of attestd's end of the connection (to find the caller's end).
-    pub socket_inode: Option<u64>,
+    /// The connection (to find every process holding the caller's end).
+    pub socket: Option<ConnectionSocket>,
     /// The executable the caller ran when attestd accepted it; an exec since
     /// then voids executable-bound selectors.
     pub exe_at_accept: Option<FileId>,
@@ -67,7 +97,9 @@ impl PeerIdentity {
             uid: cred.uid(),
             gid: cred.gid(),
             pin,
-            socket_inode: fstat(socket.as_fd()).ok().map(|stat| stat.st_ino),
+            socket: fstat(socket.as_fd())
+                .ok()
+                .map(|stat| ConnectionSocket::new(stat.st_ino)),
             exe_at_accept: None,
         };
         peer.exe_at_accept = peer.current_executable();
@@ -93,7 +125,7 @@ impl PeerIdentity {
             gid,
             exe_at_accept: dir.executable_id().ok(),
             pin: ProcessPin::ProcDir(dir),
-            socket_inode: None,
+            socket: None,
         })
     }
 
@@ -192,7 +224,7 @@ mod tests {
             uid: 0,
             gid: 0,
             pin: ProcessPin::ProcDir(ProcDir::open(Path::new("/proc"), pid).unwrap()),
-            socket_inode: None,
+            socket: None,
             exe_at_accept: None,
         };
         peer.ensure_alive().unwrap();

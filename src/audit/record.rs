@@ -123,7 +123,7 @@ impl Record {
     /// Adds the entry and its actor layer.
     pub fn with_entry(mut self, entry: &Entry) -> Self {
         self.entry = Some(entry.id.clone());
-        self.entry_location = Some(entry.location.clone());
+        self.entry_location = Some(entry.location.to_string());
         self.owner = Some(entry.owner.clone());
         self.description = entry.description.clone();
         self.labels = entry.labels.clone();

@@ -67,7 +67,10 @@ mod tests {
             jwt_audiences: vec![],
             dns_names: vec![],
             hint: None,
-            location: "t:1".into(),
+            location: crate::config::Location {
+                file: "t".into(),
+                line: 1,
+            },
         })
     }
 

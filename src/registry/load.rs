@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use sha2::{Digest, Sha256};
 
 use super::Entry;
-use crate::config::{self, Config, ConfigError, EntryConfig};
+use crate::config::{self, Config, ConfigError, EntryConfig, Location};
 use crate::selector::SelectorSet;
 
 pub(super) fn entries(config: &Config) -> Result<Vec<Entry>, ConfigError> {
@@ -15,7 +15,7 @@ pub(super) fn entries(config: &Config) -> Result<Vec<Entry>, ConfigError> {
     for file in entry_files(config)? {
         raw.extend(config::load_entries_file(&file, &config.trust_domain)?);
     }
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut seen: HashMap<String, Location> = HashMap::new();
     let mut entries = Vec::with_capacity(raw.len());
     for entry in raw {
         let entry = resolve(config, entry);
@@ -79,14 +79,10 @@ fn entry_id(spiffe_id: &str, selectors: &SelectorSet) -> String {
     hex::encode(&hasher.finalize()[..8])
 }
 
-fn duplicate_error(entry: &Entry, first: &str) -> ConfigError {
-    let (file, line) = match entry.location.rsplit_once(':') {
-        Some((file, line)) => (PathBuf::from(file), line.parse().ok()),
-        None => (PathBuf::from(&entry.location), None),
-    };
+fn duplicate_error(entry: &Entry, first: &Location) -> ConfigError {
     ConfigError {
-        file,
-        line,
+        file: entry.location.file.clone(),
+        line: Some(entry.location.line),
         key: Some("entry".into()),
         message: format!(
             "duplicate of the entry at {first} (same spiffe_id {} and selectors)",
