@@ -246,13 +246,19 @@ impl Authority {
         }
     }
 
-    /// Advances the embedded schedule; a change is saved, then published
-    /// (before the new root can sign: the caller holds the lock).
+    /// Advances the embedded schedule; a change is saved and published
+    /// (before the new root can sign: the caller holds the lock). A root in
+    /// use must be in the bundle even if saving fails, so that failure is
+    /// logged, not returned, as for the JWT keys.
     fn advance_embedded(&self, set: &mut CaSet, now: SystemTime) -> Result<(), AuthorityError> {
         if !set.advance(now)? {
             return Ok(());
         }
-        set.save()?;
+        if let Err(error) = set.save() {
+            // The root still works; a restart would lose it, and with it
+            // the bundle relying parties hold.
+            tracing::error!(%error, "cannot save the embedded CA");
+        }
         let roots = set.roots();
         tracing::info!(roots = roots.len(), "X.509 trust bundle changed");
         self.bundle.send_replace(Arc::new(X509Bundle::new(roots)));
