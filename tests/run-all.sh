@@ -58,6 +58,11 @@ systemd-analyze security --offline=true target/attestd.service | tail -n 1
 step "fuzz targets build (run them with cargo +nightly fuzz run <target>)"
 cargo check --quiet --manifest-path fuzz/Cargo.toml
 
+# A short run checks the harness; the full run (and benches/compare.sh
+# against an older revision) is run by hand: see the README's Performance.
+step "benchmark harness, short mode (cargo bench --bench workload_api -- --quick)"
+cargo bench --quiet --bench workload_api -- --quick
+
 step "quickstart (the README's first command)"
 bash examples/quickstart.sh
 
