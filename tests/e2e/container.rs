@@ -1,0 +1,342 @@
+//! Real containers: podman (Debian's package, the `runc` runtime, the
+//! cgroupfs manager, no network) runs go-spiffe's client from an image
+//! imported from a local tarball (tests/container/build-rootfs.sh), with
+//! attestd's socket directory bind-mounted in and `SPIFFE_ENDPOINT_SOCKET`
+//! pointing at it. The clients run as uid 1000 inside and outside.
+//!
+//! podman keeps its storage under target/ (the image is imported again only
+//! when the tarball changed). If podman cannot run a container here, the
+//! tests fail with podman's own error: they never skip.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::harness::{Daemon, run_as};
+
+const UID: u32 = 1000;
+
+/// Where the image, podman's storage and the client binaries live.
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("container")
+}
+
+/// The host's trusted binary (a copy of the client) that entries name by
+/// `unix:path`; the image holds an attacker's program at the same path.
+fn trusted_agent() -> PathBuf {
+    cache_dir().join("trusted/agent")
+}
+
+/// `podman` with the options every call needs: storage under target/, runc,
+/// the cgroupfs manager (no systemd as PID 1 here), events to a file.
+fn podman() -> Command {
+    let cache = cache_dir();
+    let mut command = Command::new("podman");
+    command
+        .arg("--root")
+        .arg(cache.join("storage"))
+        .arg("--runroot")
+        .arg(cache.join("run"))
+        .arg("--tmpdir")
+        .arg(cache.join("tmp"))
+        .args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=file",
+        ]);
+    command
+}
+
+/// Runs podman with `args`; panics with podman's own error if it fails.
+fn podman_ok(args: &[&str]) -> String {
+    let output = podman().args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run podman (tests/run-all.sh installs it: apt-get install podman): {e}")
+    });
+    assert!(
+        output.status.success(),
+        "podman {} failed ({}):\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The test image, built and imported once per run (and only when its
+/// content changed since the last run).
+fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let cache = cache_dir();
+        let status = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/container/build-rootfs.sh"
+        ))
+        .arg(&cache)
+        .status()
+        .expect("running tests/container/build-rootfs.sh");
+        assert!(
+            status.success(),
+            "building the container's root file system failed"
+        );
+        let tarball = cache.join("rootfs.tar");
+        let digest = hex::encode(Sha256::digest(std::fs::read(&tarball).unwrap()));
+        let image = format!("localhost/attestd-e2e-client:{}", &digest[..16]);
+        let exists = podman().args(["image", "exists", &image]).status().unwrap();
+        if !exists.success() {
+            podman_ok(&["import", "--quiet", tarball.to_str().unwrap(), &image]);
+        }
+        image
+    })
+}
+
+/// A directory for a daemon, with its socket directory made in advance:
+/// containers mount it when they are created, before the daemon whose
+/// entries name them starts.
+fn daemon_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for path in [dir.path(), &dir.path().join("run")] {
+        std::fs::DirBuilder::new().mode(0o755).create(path).ok();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// A container's network namespace, as podman's `--network` names it.
+#[derive(Clone, Copy)]
+struct Net(&'static str);
+
+/// Its own, empty network namespace.
+const NO_NETWORK: Net = Net("none");
+/// The host's network namespace.
+const HOST_NETWORK: Net = Net("host");
+
+/// A created (not yet started) container, removed when dropped.
+struct Container {
+    id: String,
+}
+
+impl Container {
+    /// `podman create`: as `user` ("uid:gid"), in network `net` (`none`,
+    /// or `host`), explicit limits (podman's default nofile limit is above
+    /// this machine's hard limit, and runc then fails), `dir`'s socket
+    /// directory mounted read-only at /run/spiffe, running `command`
+    /// (go-spiffe's client, which finds the socket through
+    /// SPIFFE_ENDPOINT_SOCKET). `extra` goes before the image.
+    fn create(dir: &Path, net: Net, user: &str, extra: &[&str], command: &[&str]) -> Self {
+        let volume = format!("{}:/run/spiffe:ro", dir.join("run").display());
+        let network = format!("--network={}", net.0);
+        let mut args = vec![
+            "create",
+            &network,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=256:256",
+            "--user",
+            user,
+            "--volume",
+            &volume,
+            "--env",
+            "SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/api.sock",
+        ];
+        args.extend_from_slice(extra);
+        args.push(image());
+        args.extend_from_slice(command);
+        args.extend_from_slice(&["-mode", "x509", "-timeout", "10s"]);
+        Self { id: podman_ok(&args) }
+    }
+
+    /// `podman start --attach`: runs it to the end.
+    fn run(&self) -> Output {
+        podman().args(["start", "--attach", &self.id]).output().unwrap()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman().args(["rm", "--force", "--time", "0", &self.id]).output();
+    }
+}
+
+/// The SPIFFE IDs that the Go client verified against the bundle
+/// (x509svid.Verify) and printed.
+fn verified_ids(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .inspect(|svid| assert_eq!(svid["verified"], true, "{svid}"))
+        .map(|svid| svid["spiffe_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The audit records with `outcome`.
+fn records(daemon: &Daemon, outcome: &str) -> Vec<Value> {
+    daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["outcome"] == outcome)
+        .collect()
+}
+
+fn has_selector(record: &Value, selector: &str) -> bool {
+    record["selectors"]
+        .as_array()
+        .is_some_and(|all| all.iter().any(|s| s == selector))
+}
+
+/// Done means: a real podman container gets its entry by `container:id`
+/// (the id podman reports), go-spiffe inside it receives and verifies the
+/// SVID, and the audit record carries the selector. attestd sees the host's
+/// view: the client is PID 1 of its container, the record holds its host
+/// pid, and the uid (no user namespace) is the one it runs as.
+#[test]
+fn a_real_podman_container_gets_its_entry_by_container_id() {
+    let dir = daemon_dir();
+    let container = Container::create(dir.path(), NO_NETWORK, "1000:1000", &[], &["/client"]);
+    let other = Container::create(dir.path(), NO_NETWORK, "1000:1000", &[], &["/client"]);
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/container/agent"
+selectors = ["container:id:{}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+"#,
+            container.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the container's client failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/agent"]);
+
+    let issued = records(&daemon, "issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let record = &issued[0];
+    assert!(
+        has_selector(record, &format!("container:id:{}", container.id)),
+        "{record}"
+    );
+    assert_eq!(record["spiffe_id"], "spiffe://example.org/container/agent");
+    assert_eq!(record["uid"], UID);
+    let pid = record["pid"].as_i64().unwrap();
+    assert!(
+        pid > 1,
+        "attestd saw the container's own pid, not the host's: {record}"
+    );
+
+    // Another container of the same image and uid is not that container.
+    let output = other.run();
+    assert!(!output.status.success(), "{:?}", verified_ids(&output));
+    assert!(
+        stderr(&output).contains("PermissionDenied"),
+        "{}",
+        stderr(&output)
+    );
+    let denied = records(&daemon, "denied");
+    assert!(
+        denied
+            .iter()
+            .any(|r| has_selector(r, &format!("container:id:{}", other.id))),
+        "{denied:?}"
+    );
+}
+
+/// Done means: a container whose in-container executable path is forged
+/// gets nothing. The entry trusts the host binary at `trusted/agent` (for
+/// uid 1000); the image holds an attacker's program at that very path.
+/// attestd must see that the caller does not run the host's file (no
+/// `unix:path`, a note in the audit record). Controls: the host binary run
+/// on the host, and the host binary bind-mounted into a container at the
+/// same path (the same inode), both get the identity.
+///
+/// The containers share the host's network namespace: attestd binds
+/// `unix:path` to the connection only where the kernel's sock_diag answers
+/// for the caller's socket, i.e. in attestd's own network namespace (see
+/// README, Containers). In a container with its own, `unix:path` is
+/// withheld whatever the path, and the attack would fail for that reason,
+/// not for the one under test.
+#[test]
+fn a_forged_in_container_path_gets_nothing() {
+    image();
+    let trusted = trusted_agent();
+    let trusted = trusted.to_str().unwrap();
+    let dir = daemon_dir();
+    let forged = Container::create(dir.path(), HOST_NETWORK, "1000:1000", &[], &[trusted]);
+    let mount = format!("{trusted}:{trusted}:ro");
+    let genuine = Container::create(
+        dir.path(),
+        HOST_NETWORK,
+        "1000:1000",
+        &["--volume", &mount],
+        &[trusted],
+    );
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/trusted-agent"
+selectors = ["unix:path:{trusted}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+"#
+        ),
+    );
+
+    let output = forged.run();
+    assert!(
+        !output.status.success(),
+        "the attacker's program in the container got {:?}",
+        verified_ids(&output)
+    );
+    assert!(
+        stderr(&output).contains("PermissionDenied"),
+        "{}",
+        stderr(&output)
+    );
+    let denied = records(&daemon, "denied");
+    let record = denied
+        .iter()
+        .find(|r| has_selector(r, &format!("container:id:{}", forged.id)))
+        .unwrap_or_else(|| panic!("no denial of the forged container: {denied:?}"));
+    assert!(!has_selector(record, &format!("unix:path:{trusted}")), "{record}");
+    let notes = record["attestation_notes"].to_string();
+    assert!(
+        notes.contains("unix:path"),
+        "no note on the withheld path: {record}"
+    );
+
+    let mut host = Command::new(trusted);
+    host.args(["-addr", &daemon.endpoint(), "-mode", "x509", "-timeout", "10s"]);
+    let output = run_as(UID, UID, &mut host);
+    assert!(
+        output.status.success(),
+        "the host binary failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/trusted-agent"]);
+
+    let output = genuine.run();
+    assert!(
+        output.status.success(),
+        "the host binary mounted into a container failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/trusted-agent"]);
+    assert_eq!(records(&daemon, "issued").len(), 2);
+}
