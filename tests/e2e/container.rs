@@ -31,12 +31,31 @@ fn trusted_agent() -> PathBuf {
     cache_dir().join("trusted/agent")
 }
 
+/// Limits for every container: podman's default nofile limit is above
+/// this machine's hard limit, and runc then fails to start the container.
+const NOFILE: &str = "nofile=1024:1024";
+const NPROC: &str = "nproc=256:256";
+
+/// A containers.conf with the same limits as defaults: `podman create` gets
+/// them explicitly, but a pod's infra container can only take them from here.
+fn containers_conf() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        let path = cache_dir().join("containers.conf");
+        std::fs::create_dir_all(cache_dir()).unwrap();
+        let conf = format!("[containers]\ndefault_ulimits = [\"{NOFILE}\", \"{NPROC}\"]\n");
+        std::fs::write(&path, conf).unwrap();
+        path
+    })
+}
+
 /// `podman` with the options every call needs: storage under target/, runc,
 /// the cgroupfs manager (no systemd as PID 1 here), events to a file.
 fn podman() -> Command {
     let cache = cache_dir();
     let mut command = Command::new("podman");
     command
+        .env("CONTAINERS_CONF", containers_conf())
         .arg("--root")
         .arg(cache.join("storage"))
         .arg("--runroot")
@@ -107,14 +126,26 @@ fn daemon_dir() -> tempfile::TempDir {
     dir
 }
 
-/// A container's network namespace, as podman's `--network` names it.
+/// A container's network namespace.
 #[derive(Clone, Copy)]
-struct Net(&'static str);
+enum Net<'a> {
+    /// Its own, empty one.
+    None,
+    /// The host's.
+    Host,
+    /// Its pod's (podman pod id).
+    Pod(&'a str),
+}
 
-/// Its own, empty network namespace.
-const NO_NETWORK: Net = Net("none");
-/// The host's network namespace.
-const HOST_NETWORK: Net = Net("host");
+impl Net<'_> {
+    fn arg(self) -> String {
+        match self {
+            Net::None => "--network=none".to_owned(),
+            Net::Host => "--network=host".to_owned(),
+            Net::Pod(id) => format!("--pod={id}"),
+        }
+    }
+}
 
 /// A created (not yet started) container, removed when dropped.
 struct Container {
@@ -122,22 +153,21 @@ struct Container {
 }
 
 impl Container {
-    /// `podman create`: as `user` ("uid:gid"), in network `net` (`none`,
-    /// or `host`), explicit limits (podman's default nofile limit is above
-    /// this machine's hard limit, and runc then fails), `dir`'s socket
+    /// `podman create`: as `user` ("uid:gid"), in network `net`, explicit
+    /// limits, `dir`'s socket
     /// directory mounted read-only at /run/spiffe, running `command`
     /// (go-spiffe's client, which finds the socket through
     /// SPIFFE_ENDPOINT_SOCKET). `extra` goes before the image.
-    fn create(dir: &Path, net: Net, user: &str, extra: &[&str], command: &[&str]) -> Self {
+    fn create(dir: &Path, net: Net<'_>, user: &str, extra: &[&str], command: &[&str]) -> Self {
         let volume = format!("{}:/run/spiffe:ro", dir.join("run").display());
-        let network = format!("--network={}", net.0);
+        let network = net.arg();
         let mut args = vec![
             "create",
             &network,
             "--ulimit",
-            "nofile=1024:1024",
+            NOFILE,
             "--ulimit",
-            "nproc=256:256",
+            NPROC,
             "--user",
             user,
             "--volume",
@@ -202,8 +232,8 @@ fn has_selector(record: &Value, selector: &str) -> bool {
 #[test]
 fn a_real_podman_container_gets_its_entry_by_container_id() {
     let dir = daemon_dir();
-    let container = Container::create(dir.path(), NO_NETWORK, "1000:1000", &[], &["/client"]);
-    let other = Container::create(dir.path(), NO_NETWORK, "1000:1000", &[], &["/client"]);
+    let container = Container::create(dir.path(), Net::None, "1000:1000", &[], &["/client"]);
+    let other = Container::create(dir.path(), Net::None, "1000:1000", &[], &["/client"]);
     let daemon = Daemon::start_in(
         dir,
         &format!(
@@ -277,11 +307,11 @@ fn a_forged_in_container_path_gets_nothing() {
     let trusted = trusted_agent();
     let trusted = trusted.to_str().unwrap();
     let dir = daemon_dir();
-    let forged = Container::create(dir.path(), HOST_NETWORK, "1000:1000", &[], &[trusted]);
+    let forged = Container::create(dir.path(), Net::Host, "1000:1000", &[], &[trusted]);
     let mount = format!("{trusted}:{trusted}:ro");
     let genuine = Container::create(
         dir.path(),
-        HOST_NETWORK,
+        Net::Host,
         "1000:1000",
         &["--volume", &mount],
         &[trusted],
@@ -339,4 +369,74 @@ owner = "platform@example.org"
     );
     assert_eq!(verified_ids(&output), ["spiffe://example.org/trusted-agent"]);
     assert_eq!(records(&daemon, "issued").len(), 2);
+}
+
+/// A podman pod (cgroupfs: `/libpod_parent/<pod id>`), removed when dropped.
+struct Pod {
+    id: String,
+}
+
+impl Pod {
+    /// `podman pod create` with no network; its infra container is podman's
+    /// own pause image, which podman builds locally (catatonit).
+    fn create() -> Self {
+        Self {
+            id: podman_ok(&["pod", "create", "--network=none"]),
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = podman()
+            .args(["pod", "rm", "--force", "--time", "0", &self.id])
+            .output();
+    }
+}
+
+/// A container of a pod gets its entry by its own id. Its cgroup sits in
+/// the pod's (a bare 64-hex directory, which the pod's conmon shares): an
+/// entry naming the pod's id as a container is no match.
+#[test]
+fn a_container_in_a_podman_pod_is_identified_by_its_own_id() {
+    image();
+    let pod = Pod::create();
+    let dir = daemon_dir();
+    let container = Container::create(dir.path(), Net::Pod(&pod.id), "1000:1000", &[], &["/client"]);
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/pod/container"
+selectors = ["container:id:{}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/pod/as-a-container"
+selectors = ["container:id:{}"]
+owner = "platform@example.org"
+"#,
+            container.id, pod.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the pod's client failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/pod/container"]);
+    let issued = records(&daemon, "issued");
+    let record = &issued[0];
+    let selectors = record["selectors"].to_string();
+    assert!(
+        selectors.contains(&format!("/{}/libpod-{}", pod.id, container.id)),
+        "the container's cgroup is inside its pod's: {selectors}"
+    );
+    assert!(
+        !has_selector(record, &format!("container:id:{}", pod.id)),
+        "{record}"
+    );
 }
