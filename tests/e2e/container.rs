@@ -440,3 +440,49 @@ owner = "platform@example.org"
         "{record}"
     );
 }
+
+/// In a user namespace (`--uidmap`), the container's uid 1000 is another
+/// uid on the host, and SO_PEERCRED reports the host's: an entry written
+/// for the host's uid 1000 does not match it; one for the mapped uid does.
+#[test]
+fn a_user_namespaced_container_is_attested_under_its_host_uid() {
+    const BASE: u32 = 200_000;
+    image();
+    let dir = daemon_dir();
+    let map = format!("0:{BASE}:65536");
+    let container = Container::create(
+        dir.path(),
+        Net::None,
+        "1000:1000",
+        &["--uidmap", &map, "--gidmap", &map],
+        &["/client"],
+    );
+    let host_uid = BASE + UID;
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/userns/as-host-uid-1000"
+selectors = ["container:id:{id}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/userns/mapped"
+selectors = ["container:id:{id}", "unix:uid:{host_uid}"]
+owner = "platform@example.org"
+"#,
+            id = container.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the container's client failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/userns/mapped"]);
+    let issued = records(&daemon, "issued");
+    assert_eq!(issued[0]["uid"], host_uid, "{}", issued[0]);
+}
