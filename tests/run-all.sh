@@ -25,6 +25,16 @@ if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# Real containers (tests/e2e/container.rs): podman from Debian's packages,
+# the runc runtime the tests name, and catatonit for the pause image of pods
+# (podman builds it locally). The tests import their image from a tarball
+# they build: no registry is used.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v catatonit >/dev/null; then
+    step "installing podman, runc and catatonit for the container tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc catatonit >/dev/null
+fi
+
 # The Go program stands in for spiffe-helper too: the Go module proxy does
 # not serve github.com/spiffe/spiffe-helper, so it cannot be built here.
 step "fetching Go modules for tests/interop/go"
