@@ -8,7 +8,7 @@
 //! when the tarball changed). If podman cannot run a container here, the
 //! tests fail with podman's own error: they never skip.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -49,19 +49,27 @@ fn containers_conf() -> &'static Path {
     })
 }
 
-/// `podman` with the options every call needs: storage under target/, runc,
+/// podman's run-time state: on tmpfs, as podman expects (it learns of a
+/// reboot from this state vanishing), one directory per image cache.
+fn podman_state_dir() -> PathBuf {
+    let cache = cache_dir();
+    let tag = hex::encode(&Sha256::digest(cache.as_os_str().as_encoded_bytes())[..6]);
+    PathBuf::from("/run/attestd-e2e-podman").join(tag)
+}
+
+/// `podman` with the options every call needs: images under target/, runc,
 /// the cgroupfs manager (no systemd as PID 1 here), events to a file.
 fn podman() -> Command {
-    let cache = cache_dir();
+    let state = podman_state_dir();
     let mut command = Command::new("podman");
     command
         .env("CONTAINERS_CONF", containers_conf())
         .arg("--root")
-        .arg(cache.join("storage"))
+        .arg(cache_dir().join("storage"))
         .arg("--runroot")
-        .arg(cache.join("run"))
+        .arg(state.join("run"))
         .arg("--tmpdir")
-        .arg(cache.join("tmp"))
+        .arg(state.join("tmp"))
         .args([
             "--runtime",
             "runc",
@@ -119,8 +127,10 @@ fn image() -> &'static str {
 /// entries name them starts.
 fn daemon_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for path in [dir.path(), &dir.path().join("run")] {
-        std::fs::DirBuilder::new().mode(0o755).create(path).ok();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    // Other uids (the clients) must reach the socket.
+    for path in [dir.path(), &run] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     dir
@@ -154,10 +164,9 @@ struct Container {
 
 impl Container {
     /// `podman create`: as `user` ("uid:gid"), in network `net`, explicit
-    /// limits, `dir`'s socket
-    /// directory mounted read-only at /run/spiffe, running `command`
-    /// (go-spiffe's client, which finds the socket through
-    /// SPIFFE_ENDPOINT_SOCKET). `extra` goes before the image.
+    /// limits, `dir`'s socket directory mounted read-only at /run/spiffe,
+    /// running `command` in x509 mode (go-spiffe's client, which finds the
+    /// socket through SPIFFE_ENDPOINT_SOCKET). `extra` goes before the image.
     fn create(dir: &Path, net: Net<'_>, user: &str, extra: &[&str], command: &[&str]) -> Self {
         let volume = format!("{}:/run/spiffe:ro", dir.join("run").display());
         let network = net.arg();
