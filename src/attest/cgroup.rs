@@ -139,7 +139,8 @@ fn is_unit(segment: &str, suffix: &str) -> bool {
 /// bare hex. Where each form comes from: tests/fixtures/cgroup/README.md.
 const CONTAINER_CGROUP_NAMES: &[(&str, &str)] = &[
     // podman, cgroupfs manager: `/libpod_parent/libpod-<id>` (seen on real
-    // containers in the e2e tests), `--cgroups=split`: `libpod-payload-<id>`.
+    // containers in the e2e tests); with `--cgroups=split`,
+    // `<podman's own cgroup>/libpod-payload-<id>`.
     ("libpod-", ""),
     ("libpod-payload-", ""),
     // podman, systemd manager: `machine.slice/libpod-<id>.scope`.
@@ -305,6 +306,7 @@ mod tests {
     fn runtime_fixtures() {
         const PODMAN: &str = "e928b1c70508ede1ca533f0595f9015ba9e557694ce3d57a1e5b54d63d1f0390";
         const PODMAN_IN_POD: &str = "1a9ec6ec1aab719aa62de1c507985abe337e19a3125cffd22e280fc8d7bca303";
+        const PODMAN_SPLIT: &str = "62153b09853021ba956ad1c0ee79097fd4ff519dba9b83c902f50ea9b9e6319f";
         const PODMAN_SYSTEMD: &str = "50441b5e7a2a26d2b8c70e8675122e3db74c157955230f1da5be639ee5e97267";
         const DOCKER: &str = "d548c5b83fa61d8e3bd86ad42a7ffea9b7c86e3f9d8095c1577d3e1270bb9420";
         const CONTAINERD: &str = "2397d068a8d1552a4c3f9147ba9c94e086bfd66fb2acb5bbaf47197105127d5f";
@@ -323,6 +325,8 @@ mod tests {
             (fixture!("podman-pod-cgroupfs-hybrid"), Some(PODMAN_IN_POD)),
             (fixture!("podman-conmon-cgroupfs-hybrid"), None),
             (fixture!("podman-pod-conmon-cgroupfs-hybrid"), None),
+            (fixture!("podman-split-cgroupfs-hybrid"), Some(PODMAN_SPLIT)),
+            (fixture!("podman-split-conmon-cgroupfs-hybrid"), None),
             (fixture!("podman-systemd-v1"), Some(PODMAN_SYSTEMD)),
             (fixture!("podman-systemd-v2"), Some(PODMAN_SYSTEMD)),
             (fixture!("podman-systemd-always-v2"), Some(PODMAN_SYSTEMD)),
