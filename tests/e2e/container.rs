@@ -79,11 +79,16 @@ fn podman() -> Command {
     command
 }
 
+/// Runs podman with `args`.
+fn podman_output(args: &[&str]) -> Output {
+    podman().args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run podman (tests/run-all.sh installs it: apt-get install podman): {e}")
+    })
+}
+
 /// Runs podman with `args`; panics with podman's own error if it fails.
 fn podman_ok(args: &[&str]) -> String {
-    let output = podman().args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run podman (tests/run-all.sh installs it: apt-get install podman): {e}")
-    });
+    let output = podman_output(args);
     assert!(
         output.status.success(),
         "podman {} failed ({}):\n{}",
@@ -114,8 +119,7 @@ fn image() -> &'static str {
         let tarball = cache.join("rootfs.tar");
         let digest = hex::encode(Sha256::digest(std::fs::read(&tarball).unwrap()));
         let image = format!("localhost/attestd-e2e-client:{}", &digest[..16]);
-        let exists = podman().args(["image", "exists", &image]).status().unwrap();
-        if !exists.success() {
+        if !podman_output(&["image", "exists", &image]).status.success() {
             podman_ok(&["import", "--quiet", tarball.to_str().unwrap(), &image]);
         }
         image
@@ -193,7 +197,7 @@ impl Container {
 
     /// `podman start --attach`: runs it to the end.
     fn run(&self) -> Output {
-        podman().args(["start", "--attach", &self.id]).output().unwrap()
+        podman_output(&["start", "--attach", &self.id])
     }
 }
 
