@@ -404,7 +404,30 @@ impl Drop for Pod {
         let _ = podman()
             .args(["pod", "rm", "--force", "--time", "0", &self.id])
             .output();
+        // podman 4.3 leaves the pod's (empty) cgroups behind in the
+        // hierarchies it does not manage (name=systemd, and cgroup v2 on
+        // hybrid hosts): remove them, innermost first.
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for hierarchy in hierarchies.flatten() {
+            remove_cgroup_tree(&hierarchy.path().join("libpod_parent").join(&self.id));
+        }
     }
+}
+
+/// Removes an empty cgroup and its empty descendants (a cgroup directory
+/// holds no files that rmdir minds).
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(children) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for child in children.flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&child.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// A container of a pod gets its entry by its own id. Its cgroup sits in
