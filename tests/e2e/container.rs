@@ -522,3 +522,99 @@ owner = "platform@example.org"
     let issued = records(&daemon, "issued");
     assert_eq!(issued[0]["uid"], host_uid, "{}", issued[0]);
 }
+
+/// podman's `--systemd=always` mounts the whole cgroup v1 `name=systemd`
+/// hierarchy writable into a root container (no cgroup namespace on v1).
+/// The container moves itself to the path of a host unit there, then asks.
+/// On this hybrid host attestd takes the unit from the cgroup v2 line,
+/// which stays the container's: the unit's entry is not issued, the
+/// container's own is. (The attacker is the container's root, the one user
+/// podman lets write there; on v1-only hosts the attack succeeds, see
+/// README, Containers.)
+#[test]
+fn a_container_that_moves_itself_into_a_host_units_v1_cgroup_is_still_the_container() {
+    image();
+    let unit = format!("attestd-e2e-{}.service", std::process::id());
+    let v1_unit = HostUnitCgroup::new(&unit);
+    let script = format!(
+        "mkdir -p {dir} && echo $$ > {dir}/cgroup.procs && exec /client \"$@\"",
+        dir = Path::new("/sys/fs/cgroup/systemd")
+            .join(&v1_unit.relative)
+            .display()
+    );
+    let dir = daemon_dir();
+    let container = Container::create(
+        dir.path(),
+        Net::None,
+        "0:0",
+        &["--systemd=always", "--volume", "/bin/busybox:/busybox:ro"],
+        &["/busybox", "sh", "-c", &script, "sh"],
+    );
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/host-unit"
+selectors = ["systemd:id:{unit}"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/container/root"
+selectors = ["container:id:{}"]
+owner = "platform@example.org"
+"#,
+            container.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the container's client failed: {}",
+        stderr(&output)
+    );
+    assert!(
+        v1_unit.host_path().is_dir(),
+        "the container did not reach the host's name=systemd hierarchy: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/root"]);
+    let issued = records(&daemon, "issued");
+    assert!(
+        !issued[0]["selectors"].to_string().contains(&unit),
+        "{}",
+        issued[0]
+    );
+}
+
+/// A host unit's cgroup in the v1 `name=systemd` hierarchy, as a test's
+/// container creates it; removed (with `system.slice` if the test made it)
+/// when dropped.
+struct HostUnitCgroup {
+    relative: PathBuf,
+    made_slice: bool,
+}
+
+impl HostUnitCgroup {
+    fn new(unit: &str) -> Self {
+        let made_slice = !Path::new("/sys/fs/cgroup/systemd/system.slice").exists();
+        Self {
+            relative: Path::new("system.slice").join(unit),
+            made_slice,
+        }
+    }
+
+    fn host_path(&self) -> PathBuf {
+        Path::new("/sys/fs/cgroup/systemd").join(&self.relative)
+    }
+}
+
+impl Drop for HostUnitCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.host_path());
+        if self.made_slice {
+            let _ = std::fs::remove_dir("/sys/fs/cgroup/systemd/system.slice");
+        }
+    }
+}
