@@ -25,6 +25,18 @@ if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# Real containers (tests/e2e/container.rs): podman from Debian's packages,
+# the runc runtime the tests name, catatonit for the pause image of pods
+# (podman builds it locally), and a static busybox that one test mounts into
+# its container as a shell. The tests import their image from a tarball
+# they build: no registry is used.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v catatonit >/dev/null \
+    || ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+    step "installing podman, runc, catatonit and busybox-static for the container tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc catatonit busybox-static >/dev/null
+fi
+
 # The Go program stands in for spiffe-helper too: the Go module proxy does
 # not serve github.com/spiffe/spiffe-helper, so it cannot be built here.
 step "fetching Go modules for tests/interop/go"

@@ -133,31 +133,64 @@ fn is_unit(segment: &str, suffix: &str) -> bool {
     segment.len() > suffix.len() && segment.ends_with(suffix) && !segment.chars().any(char::is_control)
 }
 
-/// Runtimes that name a container's cgroup `<prefix><id>.scope` (systemd
-/// cgroup driver). `crio-conmon-` and `libpod-conmon-` are the monitors, not
-/// the containers, and do not match: their remainder is not bare hex.
-const SCOPE_PREFIXES: &[&str] = &["docker-", "cri-containerd-", "crio-", "libpod-"];
+/// How runtimes name the cgroup of the container itself:
+/// `<prefix><64 hex><suffix>`. The monitors (`libpod-conmon-<id>.scope`,
+/// `crio-conmon-<id>[.scope]`) do not match: what follows the prefix is not
+/// bare hex. Where each form comes from: tests/fixtures/cgroup/README.md.
+const CONTAINER_CGROUP_NAMES: &[(&str, &str)] = &[
+    // podman, cgroupfs manager: `/libpod_parent/libpod-<id>` (seen on real
+    // containers in the e2e tests); with `--cgroups=split`,
+    // `<podman's own cgroup>/libpod-payload-<id>`.
+    ("libpod-", ""),
+    ("libpod-payload-", ""),
+    // podman, systemd manager: `machine.slice/libpod-<id>.scope`.
+    ("libpod-", ".scope"),
+    // docker, systemd driver: `system.slice/docker-<id>.scope`.
+    ("docker-", ".scope"),
+    // containerd (CRI), systemd driver.
+    ("cri-containerd-", ".scope"),
+    // cri-o: `crio-<id>.scope` (systemd), `crio-<id>` (cgroupfs).
+    ("crio-", ".scope"),
+    ("crio-", ""),
+];
 
-/// The container id named by a cgroup path: `<prefix><64 hex>.scope`, or a
-/// bare 64-hex segment under `docker`, a kubepods `pod…` segment, or
-/// `libpod_parent` (cgroupfs driver).
+/// The container id named by a cgroup path: a segment of one of the
+/// [`CONTAINER_CGROUP_NAMES`] forms, or a bare 64-hex segment directly under
+/// `docker` (docker, cgroupfs driver) or a kubelet `pod<uid>` directory
+/// (containerd and docker, cgroupfs driver).
+///
+/// The OUTERMOST match wins. A container's cgroup was created by the
+/// runtime on the host, but what lies below it may be created by the
+/// container itself (podman `--systemd=always` hands it its subtree, a
+/// nested runtime creates its own `docker-<id>.scope` there): an id named
+/// inside a container is that container's claim, and must never pass for
+/// a container of the host's runtime. The innermost match would let a
+/// container name any other container's id.
 fn container_id(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.split('/').collect();
-    segments.iter().enumerate().rev().find_map(|(i, segment)| {
-        let scoped = segment.strip_suffix(".scope").and_then(|name| {
-            SCOPE_PREFIXES
-                .iter()
-                .find_map(|prefix| name.strip_prefix(prefix))
+    segments.iter().enumerate().find_map(|(i, segment)| {
+        let named = CONTAINER_CGROUP_NAMES.iter().find_map(|(prefix, suffix)| {
+            segment
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
                 .filter(|id| is_container_id(id))
         });
         let bare =
             (i > 0 && is_container_id(segment) && is_container_parent(segments[i - 1])).then_some(*segment);
-        scoped.or(bare).map(str::to_owned)
+        named.or(bare).map(str::to_owned)
     })
 }
 
+/// A directory whose 64-hex children are containers: docker's cgroupfs
+/// parent, or a kubelet pod (`pod` + the pod's UID, with `-`; the systemd
+/// driver's `…-pod<uid>.slice` holds `.scope`s instead). Not
+/// `libpod_parent`: podman's 64-hex children there are pods (their conmon
+/// sits in `<pod id>/conmon`), and its containers are `libpod-<id>`.
 fn is_container_parent(segment: &str) -> bool {
-    segment == "docker" || segment == "libpod_parent" || segment.starts_with("pod")
+    segment == "docker"
+        || segment
+            .strip_prefix("pod")
+            .is_some_and(|uid| uid.len() == 36 && uid.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()))
 }
 
 fn is_container_id(text: &str) -> bool {
@@ -217,9 +250,12 @@ mod tests {
                 "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_34.slice/cri-containerd-{ID}.scope"
             ),
             format!("0::/kubepods.slice/kubepods-pod99.slice/crio-{ID}.scope"),
+            format!("0::/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/crio-{ID}"),
             format!("0::/machine.slice/libpod-{ID}.scope/container"),
             format!("0::/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/{ID}"),
-            format!("0::/libpod_parent/{ID}"),
+            format!("0::/libpod_parent/libpod-{ID}"),
+            format!("0::/libpod_parent/{OTHER}/libpod-{ID}"),
+            format!("0::/system.slice/podman-agent.service/libpod-payload-{ID}"),
             format!("0::/docker/{ID}"),
         ];
         for case in &cases {
@@ -228,16 +264,99 @@ mod tests {
     }
 
     #[test]
-    fn monitors_and_lookalikes_are_not_containers() {
+    fn monitors_pods_and_lookalikes_are_not_containers() {
         for case in [
             format!("0::/machine.slice/libpod-conmon-{ID}.scope"),
             format!("0::/system.slice/crio-conmon-{ID}.scope"),
+            format!("0::/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/crio-conmon-{ID}"),
+            // podman's pod cgroup (cgroupfs) and its conmon: a pod id.
+            format!("0::/libpod_parent/{ID}"),
+            format!("0::/libpod_parent/{ID}/conmon"),
             format!("0::/user.slice/{ID}"),
+            format!("0::/pods/{ID}"),
+            format!("0::/podcast/{ID}"),
             format!("0::/docker/{}", &ID[..63]),
             format!("0::/docker/{}", ID.to_uppercase()),
+            format!("0::/docker/{ID}x"),
             format!("0::/system.slice/docker-{ID}.service"),
+            format!("0::/system.slice/docker-{ID}"),
+            format!("0::/machine.slice/libpod-{ID}.scopex"),
         ] {
             assert_eq!(facts(&case).container_id, None, "{case}");
+        }
+    }
+
+    /// What a container names inside its own cgroup is its claim: the
+    /// outermost container, created by the host's runtime, is the one.
+    #[test]
+    fn ids_named_inside_a_container_do_not_count() {
+        for case in [
+            format!("0::/system.slice/docker-{ID}.scope/docker/{OTHER}"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container/docker-{OTHER}.scope"),
+            format!("0::/docker/{ID}/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/{OTHER}"),
+            format!("0::/libpod_parent/libpod-{ID}/libpod_parent/libpod-{OTHER}"),
+        ] {
+            assert_eq!(facts(&case).container_id.as_deref(), Some(ID), "{case}");
+        }
+    }
+
+    /// Whole `/proc/<pid>/cgroup` files of real runtimes' layouts; where
+    /// each comes from: tests/fixtures/cgroup/README.md.
+    #[test]
+    fn runtime_fixtures() {
+        const PODMAN: &str = "e928b1c70508ede1ca533f0595f9015ba9e557694ce3d57a1e5b54d63d1f0390";
+        const PODMAN_IN_POD: &str = "1a9ec6ec1aab719aa62de1c507985abe337e19a3125cffd22e280fc8d7bca303";
+        const PODMAN_SPLIT: &str = "62153b09853021ba956ad1c0ee79097fd4ff519dba9b83c902f50ea9b9e6319f";
+        const PODMAN_SYSTEMD: &str = "50441b5e7a2a26d2b8c70e8675122e3db74c157955230f1da5be639ee5e97267";
+        const DOCKER: &str = "d548c5b83fa61d8e3bd86ad42a7ffea9b7c86e3f9d8095c1577d3e1270bb9420";
+        const CONTAINERD: &str = "2397d068a8d1552a4c3f9147ba9c94e086bfd66fb2acb5bbaf47197105127d5f";
+        const CRIO: &str = "c64064614423cb790e88b3e5492ff5ccf673b25ae823089f7a60c65cda24d809";
+        macro_rules! fixture {
+            ($name:literal) => {
+                (
+                    $name,
+                    include_str!(concat!("../../tests/fixtures/cgroup/", $name)),
+                )
+            };
+        }
+        let cases = [
+            (fixture!("podman-cgroupfs-hybrid"), Some(PODMAN)),
+            (fixture!("podman-cgroupfs-v2"), Some(PODMAN)),
+            (fixture!("podman-pod-cgroupfs-hybrid"), Some(PODMAN_IN_POD)),
+            (fixture!("podman-conmon-cgroupfs-hybrid"), None),
+            (fixture!("podman-pod-conmon-cgroupfs-hybrid"), None),
+            (fixture!("podman-split-cgroupfs-hybrid"), Some(PODMAN_SPLIT)),
+            (fixture!("podman-split-conmon-cgroupfs-hybrid"), None),
+            (fixture!("podman-systemd-v1"), Some(PODMAN_SYSTEMD)),
+            (fixture!("podman-systemd-v2"), Some(PODMAN_SYSTEMD)),
+            (fixture!("podman-systemd-always-v2"), Some(PODMAN_SYSTEMD)),
+            (
+                fixture!("podman-systemd-always-unit-inside-v2"),
+                Some(PODMAN_SYSTEMD),
+            ),
+            (fixture!("podman-systemd-conmon-v2"), None),
+            (fixture!("podman-pod-systemd-v2"), Some(PODMAN_SYSTEMD)),
+            (fixture!("docker-cgroupfs-v1"), Some(DOCKER)),
+            (fixture!("docker-cgroupfs-v2"), Some(DOCKER)),
+            (fixture!("docker-systemd-v1"), Some(DOCKER)),
+            (fixture!("docker-systemd-v2"), Some(DOCKER)),
+            (fixture!("docker-nested-v2"), Some(DOCKER)),
+            (fixture!("containerd-kubepods-cgroupfs-v1"), Some(CONTAINERD)),
+            (
+                fixture!("containerd-kubepods-guaranteed-cgroupfs-v2"),
+                Some(CONTAINERD),
+            ),
+            (fixture!("containerd-kubepods-systemd-v1"), Some(CONTAINERD)),
+            (fixture!("containerd-kubepods-systemd-v2"), Some(CONTAINERD)),
+            (fixture!("crio-systemd-v1"), Some(CRIO)),
+            (fixture!("crio-systemd-v2"), Some(CRIO)),
+            (fixture!("crio-conmon-systemd-v2"), None),
+            (fixture!("crio-cgroupfs-v1"), Some(CRIO)),
+            (fixture!("crio-cgroupfs-v2"), Some(CRIO)),
+            (fixture!("crio-conmon-cgroupfs-v2"), None),
+        ];
+        for ((name, text), want) in cases {
+            assert_eq!(facts(text).container_id.as_deref(), want, "{name}");
         }
     }
 

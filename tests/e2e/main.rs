@@ -9,6 +9,7 @@ mod audit;
 mod bundle_show;
 mod ca;
 mod config_errors;
+mod container;
 mod examples;
 mod go_interop;
 mod harness;
