@@ -26,7 +26,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use bound::{MAX_RECORD_BYTES, MAX_REASON_BYTES, MAX_VALUE_BYTES};
+pub use bound::{MAX_REASON_BYTES, MAX_RECORD_BYTES, MAX_VALUE_BYTES};
 pub use chain::GENESIS;
 pub use denials::{DenialLimit, DenialSummary};
 pub use record::{Outcome, Record, rfc3339};
@@ -463,14 +463,17 @@ mod tests {
             .unwrap()
             .with_denial_limit(limit);
         for _ in 0..5 {
-            log.write_denial(Record::new("FetchX509SVID", Outcome::Denied, "no entry", None).with_peer_ids(1, 1000, 1000))
-                .unwrap();
+            log.write_denial(
+                Record::new("FetchX509SVID", Outcome::Denied, "no entry", None).with_peer_ids(1, 1000, 1000),
+            )
+            .unwrap();
         }
         log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "fetched", None)])
             .unwrap();
         log.summarise_denials();
         let text = std::fs::read_to_string(&path).unwrap();
-        let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let records: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let outcomes: Vec<&str> = records.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
         assert_eq!(outcomes, ["denied", "denied", "issued", "suppressed"]);
         assert_eq!(records[3]["suppressed"]["count"], 3);

@@ -321,8 +321,9 @@ struct DenialWindow(Duration);
 impl<'de> Deserialize<'de> for DenialWindow {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let duration = humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (e.g. \"60s\")")))?;
+        let duration = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {text:?}: {e} (e.g. \"60s\")"))
+        })?;
         if duration < Duration::from_secs(1) {
             return Err(serde::de::Error::custom(format!(
                 "duration {text:?} is shorter than the minimum of 1s"
@@ -531,7 +532,11 @@ impl SourceFile<'_> {
         let default = DenialLimit::default();
         let tracked_uids = match &raw.denial_tracked_uids {
             Some(n) if *n.get_ref() == 0 => {
-                return Err(self.error(&n.span(), "audit.denial_tracked_uids".into(), "must be at least 1"));
+                return Err(self.error(
+                    &n.span(),
+                    "audit.denial_tracked_uids".into(),
+                    "must be at least 1",
+                ));
             }
             Some(n) => *n.get_ref(),
             None => default.tracked_uids,
@@ -774,7 +779,11 @@ owner = "team@example.org"
             }
         );
         let err = parse("trust_domain = \"example.org\"\n[audit]\ndenial_window = \"10ms\"\n").unwrap_err();
-        assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("audit.denial_window")), "{err}");
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("audit.denial_window")),
+            "{err}"
+        );
         let err = parse("trust_domain = \"example.org\"\n[audit]\n\ndenial_tracked_uids = 0\n").unwrap_err();
         assert_eq!(
             (err.line, err.key.as_deref()),

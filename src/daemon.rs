@@ -124,12 +124,8 @@ fn start_services(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Co
         &config.ca,
     )?);
     let audit = Arc::new(
-        AuditLog::open(
-            &config.audit.path,
-            config.audit.rotation,
-            config.audit.on_failure,
-        )?
-        .with_denial_limit(config.audit.denial_limit),
+        AuditLog::open(&config.audit.path, config.audit.rotation, config.audit.on_failure)?
+            .with_denial_limit(config.audit.denial_limit),
     );
     tokio::spawn(Arc::clone(&audit).summarise_denials_every_window());
     tokio::spawn(Arc::clone(authority.jwt()).run_rotation());

@@ -56,14 +56,24 @@ pub(super) fn bound(record: &mut Record) -> bool {
             changed.scalar(name, value, MAX_VALUE_BYTES);
         }
     }
-    changed.list("selectors", &mut record.selectors, MAX_VALUE_BYTES, MAX_SELECTORS_BYTES);
+    changed.list(
+        "selectors",
+        &mut record.selectors,
+        MAX_VALUE_BYTES,
+        MAX_SELECTORS_BYTES,
+    );
     changed.list(
         "attestation_notes",
         &mut record.attestation_notes,
         MAX_NOTE_BYTES,
         MAX_NOTES_BYTES,
     );
-    changed.list("audience", &mut record.audience, MAX_VALUE_BYTES, MAX_AUDIENCE_BYTES);
+    changed.list(
+        "audience",
+        &mut record.audience,
+        MAX_VALUE_BYTES,
+        MAX_AUDIENCE_BYTES,
+    );
     !record.truncated.is_empty()
 }
 
@@ -170,7 +180,9 @@ mod tests {
         record.exe_path = Some(nasty(70_000));
         record.spiffe_id = Some(nasty(70_000));
         record.jti = Some(nasty(70_000));
-        record.selectors = (0..2000).map(|i| format!("cgroup:path:/{i}{}", nasty(5000))).collect();
+        record.selectors = (0..2000)
+            .map(|i| format!("cgroup:path:/{i}{}", nasty(5000)))
+            .collect();
         record.attestation_notes = vec![nasty(5000); 1000];
         record.audience = vec![nasty(5000); 2000];
         record.pid = Some(i32::MAX);
@@ -189,8 +201,20 @@ mod tests {
         assert!(bound(&mut record));
         let line = serde_json::to_vec(&record).unwrap();
         assert!(line.len() <= MAX_RECORD_BYTES, "{} bytes", line.len());
-        for field in ["reason", "exe_path", "spiffe_id", "jti", "selectors", "attestation_notes", "audience"] {
-            assert!(record.truncated.contains_key(field), "{field} not marked: {:?}", record.truncated);
+        for field in [
+            "reason",
+            "exe_path",
+            "spiffe_id",
+            "jti",
+            "selectors",
+            "attestation_notes",
+            "audience",
+        ] {
+            assert!(
+                record.truncated.contains_key(field),
+                "{field} not marked: {:?}",
+                record.truncated
+            );
         }
     }
 
@@ -211,7 +235,10 @@ mod tests {
         let short = shorten(&value, MAX_VALUE_BYTES).unwrap();
         let digest = hex::encode(Sha256::digest(value.as_bytes()));
         assert!(short.starts_with("https://aaaa"), "{short}");
-        assert!(short.ends_with(&format!("…(sha256:{digest}, 1008 bytes)")), "{short}");
+        assert!(
+            short.ends_with(&format!("…(sha256:{digest}, 1008 bytes)")),
+            "{short}"
+        );
         assert!(json_len(&short) <= MAX_VALUE_BYTES);
         assert_eq!(shorten("short", MAX_VALUE_BYTES), None);
     }
@@ -225,7 +252,10 @@ mod tests {
         assert!(kept > 100 && kept < 4000, "{kept}");
         assert_eq!(record.selectors[0], "unix:supplementary_gid:0");
         let note = &record.truncated["selectors"];
-        assert!(note.starts_with(&format!("{kept} of 4000 values kept (0 shortened)")), "{note}");
+        assert!(
+            note.starts_with(&format!("{kept} of 4000 values kept (0 shortened)")),
+            "{note}"
+        );
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub(super) fn last_link(file: &mut File) -> io::Result<Option<(u64, String)>> {
     let len = file.metadata()?.len();
     let end = rfind_newline(file, len)?.map_or(0, |i| i + 1);
     if end < len {
-        tracing::warn!(bytes = len - end, "audit trail ends in a torn record; cutting it off");
+        tracing::warn!(
+            bytes = len - end,
+            "audit trail ends in a torn record; cutting it off"
+        );
         file.set_len(end)?;
     }
     let Some(line) = last_line(file, end)? else {
@@ -118,9 +121,15 @@ mod tests {
 
     #[test]
     fn the_last_record_is_found_however_long_it_is() {
-        let long = format!(r#"{{"seq":9,"prev":"x","reason":"{}"}}"#, "a".repeat(3 * CHUNK as usize));
+        let long = format!(
+            r#"{{"seq":9,"prev":"x","reason":"{}"}}"#,
+            "a".repeat(3 * CHUNK as usize)
+        );
         let (_dir, path) = file_with(format!("{{\"seq\":8}}\n{long}\n\n").as_bytes());
-        assert_eq!(last_link_of(&path).unwrap(), Some((10, hash_line(long.as_bytes()))));
+        assert_eq!(
+            last_link_of(&path).unwrap(),
+            Some((10, hash_line(long.as_bytes())))
+        );
     }
 
     #[test]

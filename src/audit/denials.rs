@@ -159,7 +159,9 @@ impl DenialLimiter {
 
     fn lock(&self) -> MutexGuard<'_, Window> {
         // Counters only: a panic mid-update leaves them usable.
-        self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.window
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -218,8 +220,16 @@ mod tests {
         let limiter = limiter(3, 16);
         let admitted: Vec<bool> = (0..10)
             .map(|i| {
-                let rpc = if i % 2 == 0 { "FetchJWTSVID" } else { "ValidateJWTSVID" };
-                limiter.admit(&denial(Some(1000), rpc, "no registration entry matches the caller"))
+                let rpc = if i % 2 == 0 {
+                    "FetchJWTSVID"
+                } else {
+                    "ValidateJWTSVID"
+                };
+                limiter.admit(&denial(
+                    Some(1000),
+                    rpc,
+                    "no registration entry matches the caller",
+                ))
             })
             .collect();
         assert_eq!(admitted.iter().filter(|a| **a).count(), 3);
@@ -230,12 +240,19 @@ mod tests {
         let summaries = limiter.end_window();
         assert_eq!(summaries.len(), 1);
         let summary = &summaries[0];
-        assert_eq!((summary.outcome, summary.rpc, summary.uid), (Outcome::Suppressed, "*", Some(1000)));
+        assert_eq!(
+            (summary.outcome, summary.rpc, summary.uid),
+            (Outcome::Suppressed, "*", Some(1000))
+        );
         let counts = summary.suppressed.as_ref().unwrap();
         assert_eq!(counts.count, 7);
         assert_eq!(counts.rpcs["FetchJWTSVID"] + counts.rpcs["ValidateJWTSVID"], 7);
         assert_eq!(counts.reasons["no registration entry matches the caller"], 7);
-        assert!(summary.reason.starts_with("7 denial records of uid 1000"), "{}", summary.reason);
+        assert!(
+            summary.reason.starts_with("7 denial records of uid 1000"),
+            "{}",
+            summary.reason
+        );
 
         // A new window: the allowance is back, nothing left to summarise.
         assert!(limiter.admit(&denial(Some(1000), "FetchJWTSVID", "x")));

@@ -69,7 +69,9 @@ impl JwtRequest {
         }
         let spiffe_id = match spiffe_id {
             "" => None,
-            id => Some(SpiffeId::new(id).map_err(|e| BadArguments(format!("invalid spiffe_id {id:?}: {e}")))?),
+            id => {
+                Some(SpiffeId::new(id).map_err(|e| BadArguments(format!("invalid spiffe_id {id:?}: {e}")))?)
+            }
         };
         Ok(Self {
             audience: audience.to_vec(),
@@ -300,17 +302,24 @@ mod tests {
         }
         let long_id = format!("spiffe://example.org/{}", "a".repeat(MAX_SPIFFE_ID_BYTES));
         let BadArguments(message) = JwtRequest::parse(&audiences(1, 1), &long_id).unwrap_err();
-        assert_eq!(message, format!("spiffe_id: at most 2048 bytes (got {})", long_id.len()));
+        assert_eq!(
+            message,
+            format!("spiffe_id: at most 2048 bytes (got {})", long_id.len())
+        );
         assert!(JwtRequest::parse(&[], "").is_err());
         assert!(JwtRequest::parse(&[String::new()], "").is_err());
     }
 
     #[test]
     fn validate_arguments_are_capped_and_the_message_names_the_limit() {
-        assert!(check_validate_request(&"a".repeat(MAX_AUDIENCE_BYTES), &"t".repeat(MAX_TOKEN_BYTES)).is_ok());
-        let BadArguments(message) = check_validate_request("a", &"t".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err();
+        assert!(
+            check_validate_request(&"a".repeat(MAX_AUDIENCE_BYTES), &"t".repeat(MAX_TOKEN_BYTES)).is_ok()
+        );
+        let BadArguments(message) =
+            check_validate_request("a", &"t".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err();
         assert_eq!(message, "svid: at most 65536 bytes (got 65537)");
-        let BadArguments(message) = check_validate_request(&"a".repeat(MAX_AUDIENCE_BYTES + 1), "t").unwrap_err();
+        let BadArguments(message) =
+            check_validate_request(&"a".repeat(MAX_AUDIENCE_BYTES + 1), "t").unwrap_err();
         assert_eq!(message, "audience: at most 2048 bytes (got 2049)");
         assert!(check_validate_request("", "t").is_err());
         assert!(check_validate_request("a", "").is_err());

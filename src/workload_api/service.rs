@@ -119,7 +119,12 @@ impl WorkloadApi {
         // hold none), but is attested for the audit trail; whether it holds
         // one decides how a rejection is recorded.
         let workload = self.attest(&request, rpc::VALIDATE_JWT_SVID).await?;
-        let holds_identity = !self.ctx.registry.policy().matching(&workload.selectors).is_empty();
+        let holds_identity = !self
+            .ctx
+            .registry
+            .policy()
+            .matching(&workload.selectors)
+            .is_empty();
         jwt::validate(&self.ctx, &workload, holds_identity, audience, svid)
     }
 }

@@ -61,7 +61,10 @@ owner = "platform@example.org"
 /// `attestd api ARGS` as the attacker.
 fn hostile(daemon: &Daemon, args: &[&str]) -> Output {
     let mut command = Command::new(attestd_bin());
-    command.arg("api").args(args).args(["--socket", &daemon.endpoint()]);
+    command
+        .arg("api")
+        .args(args)
+        .args(["--socket", &daemon.endpoint()]);
     run_as(ATTACKER, ATTACKER, &mut command)
 }
 
@@ -79,12 +82,25 @@ fn assert_refused(output: &Output, code: &str, message: &str) {
 /// an identity.
 fn attack_round(daemon: &Daemon) {
     let huge = "A".repeat(HUGE);
-    let many: Vec<String> = (0..1000).map(|i| format!("https://relying-party-{i}.example.org")).collect();
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("https://relying-party-{i}.example.org"))
+        .collect();
     let many = many.join(",");
     let output = hostile(daemon, &["validate", "jwt", "--audience", "svc", "--svid", &huge]);
-    assert_refused(&output, "InvalidArgument", "svid: at most 65536 bytes (got 100000)");
-    let output = hostile(daemon, &["validate", "jwt", "--audience", &huge, "--svid", "x.y.z"]);
-    assert_refused(&output, "InvalidArgument", "audience: at most 2048 bytes (got 100000)");
+    assert_refused(
+        &output,
+        "InvalidArgument",
+        "svid: at most 65536 bytes (got 100000)",
+    );
+    let output = hostile(
+        daemon,
+        &["validate", "jwt", "--audience", &huge, "--svid", "x.y.z"],
+    );
+    assert_refused(
+        &output,
+        "InvalidArgument",
+        "audience: at most 2048 bytes (got 100000)",
+    );
     let output = hostile(daemon, &["fetch", "jwt", "--audience", &many]);
     assert_refused(
         &output,
@@ -92,15 +108,25 @@ fn attack_round(daemon: &Daemon) {
         "audience: at most 16 values of at most 2048 bytes each (got 1000 values",
     );
     let output = hostile(daemon, &["fetch", "jwt", "--audience", &huge]);
-    assert_refused(&output, "InvalidArgument", "audience: at most 16 values of at most 2048 bytes each");
+    assert_refused(
+        &output,
+        "InvalidArgument",
+        "audience: at most 16 values of at most 2048 bytes each",
+    );
     // Within the caps, still refused: a forged token, and no entry.
-    let output = hostile(daemon, &["validate", "jwt", "--audience", "svc", "--svid", "e30.e30.AAAA"]);
+    let output = hostile(
+        daemon,
+        &["validate", "jwt", "--audience", "svc", "--svid", "e30.e30.AAAA"],
+    );
     assert_refused(&output, "InvalidArgument", "invalid JWT-SVID");
     let output = hostile(daemon, &["fetch", "x509"]);
     assert_refused(&output, "PermissionDenied", "no identity issued");
 }
 
-fn audit_lines(daemon: &Daemon) -> Vec<(usize, Value)> {
+/// Audit records with the length of their line.
+type Lines = Vec<(usize, Value)>;
+
+fn audit_lines(daemon: &Daemon) -> Lines {
     std::fs::read_to_string(daemon.audit_path())
         .unwrap()
         .lines()
@@ -118,7 +144,7 @@ fn suppressed_count(record: &Value) -> u64 {
 }
 
 /// The attacker's records: (individual denials, summaries).
-fn attacker_records(daemon: &Daemon) -> (Vec<(usize, Value)>, Vec<(usize, Value)>) {
+fn attacker_records(daemon: &Daemon) -> (Lines, Lines) {
     audit_lines(daemon)
         .into_iter()
         .filter(|(_, r)| r["uid"] == ATTACKER)
@@ -137,7 +163,11 @@ fn vm_kb(pid: nix::unistd::Pid, field: &str) -> u64 {
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
@@ -173,8 +203,15 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
             let asked = Instant::now();
             let output = cli_fetch_as(&daemon, LEGIT);
             let took = asked.elapsed();
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-            assert!(took < Duration::from_secs(1), "the legitimate caller waited {took:?}");
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(
+                took < Duration::from_secs(1),
+                "the legitimate caller waited {took:?}"
+            );
             served += 1;
         }
         attack.join().map(|()| served)
@@ -190,7 +227,10 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
     let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
     for _ in 0..3 * PER_UID {
         client.fetch_jwt_svid(["svc"], None).await.unwrap();
-        client.validate_jwt_token("svc", "e30.e30.AAAA").await.unwrap_err();
+        client
+            .validate_jwt_token("svc", "e30.e30.AAAA")
+            .await
+            .unwrap_err();
     }
 
     // Every hostile call is accounted for: written, or counted in a summary
@@ -215,33 +255,75 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
     // summary per window.
     let attacker_bytes: usize = individual.iter().chain(&summaries).map(|(len, _)| len + 1).sum();
     let allowed = (windows * (PER_UID + 1)) as usize * max_line;
-    assert!(attacker_bytes <= allowed, "{attacker_bytes} bytes of attacker records (bound {allowed})");
+    assert!(
+        attacker_bytes <= allowed,
+        "{attacker_bytes} bytes of attacker records (bound {allowed})"
+    );
     // Each hostile record is far smaller than what the attacker sent.
     for (len, record) in &individual {
         assert!(*len < 8 * 1024, "{len} bytes: {}", head(record));
-        assert!(record["outcome"] == "denied" || record["outcome"] == "rejected", "{}", head(record));
+        assert!(
+            record["outcome"] == "denied" || record["outcome"] == "rejected",
+            "{}",
+            head(record)
+        );
     }
-    let truncated = individual.iter().filter(|(_, r)| r["truncated"]["audience"].is_string()).count();
-    let denied_before_attestation = individual.iter().filter(|(_, r)| r["selectors"] == serde_json::json!([])).count();
-    assert!(denied_before_attestation > 0, "refusals for arguments are audited");
+    let truncated = individual
+        .iter()
+        .filter(|(_, r)| r["truncated"]["audience"].is_string())
+        .count();
+    let denied_before_attestation = individual
+        .iter()
+        .filter(|(_, r)| r["selectors"] == serde_json::json!([]))
+        .count();
+    assert!(
+        denied_before_attestation > 0,
+        "refusals for arguments are audited"
+    );
     let summary = &summaries[0].1;
     assert_eq!(summary["rpc"], "*");
-    assert!(summary["reason"].as_str().unwrap().contains("denial records of uid 1000 left out"), "{summary}");
+    assert!(
+        summary["reason"]
+            .as_str()
+            .unwrap()
+            .contains("denial records of uid 1000 left out"),
+        "{summary}"
+    );
     let by_rpc: u64 = summaries
         .iter()
-        .flat_map(|(_, r)| r["suppressed"]["rpcs"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()))
+        .flat_map(|(_, r)| {
+            r["suppressed"]["rpcs"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|n| n.as_u64().unwrap())
+        })
         .sum();
     let suppressed: u64 = summaries.iter().map(|(_, r)| suppressed_count(r)).sum();
     assert_eq!(by_rpc, suppressed);
     let reasons: Vec<String> = summaries
         .iter()
-        .flat_map(|(_, r)| r["suppressed"]["reasons"].as_object().unwrap().keys().cloned().collect::<Vec<_>>())
+        .flat_map(|(_, r)| {
+            r["suppressed"]["reasons"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
         .collect();
-    assert!(reasons.iter().any(|r| r.starts_with("svid: at most 65536 bytes")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("svid: at most 65536 bytes")),
+        "{reasons:?}"
+    );
 
     // The metrics show the suppression.
     let metrics = http_get(&health, "/metrics");
-    assert_eq!(counter_sum(&metrics, "attestd_audit_denials_suppressed_total"), suppressed, "{metrics}");
+    assert_eq!(
+        counter_sum(&metrics, "attestd_audit_denials_suppressed_total"),
+        suppressed,
+        "{metrics}"
+    );
     assert!(metrics.contains("attestd_requests_total{rpc=\"ValidateJWTSVID\",code=\"InvalidArgument\"}"));
 
     // The legitimate caller's issuances and the real identity's are all there.
@@ -253,7 +335,10 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
             .count()
     };
     assert_eq!(issued("spiffe://example.org/legit", "FetchX509SVID"), served);
-    assert_eq!(issued("spiffe://example.org/root", "FetchJWTSVID"), 3 * PER_UID as usize);
+    assert_eq!(
+        issued("spiffe://example.org/root", "FetchJWTSVID"),
+        3 * PER_UID as usize
+    );
     let root_rejections = records
         .iter()
         .filter(|(_, r)| r["uid"] == 0 && r["outcome"] == "rejected")
@@ -261,10 +346,16 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
     assert_eq!(root_rejections, 3 * PER_UID as usize);
 
     let growth = std::fs::metadata(daemon.audit_path()).unwrap().len() - before;
+    let longest = individual
+        .iter()
+        .chain(&summaries)
+        .map(|(len, _)| *len)
+        .max()
+        .unwrap_or(0);
     eprintln!(
         "attack: {HOSTILE_CALLS} hostile calls of ~100 KB in {attack_took:?}; {} attacker records written \
-         ({truncated} with audiences shortened), {} summaries, {attacker_bytes} bytes; trail grew {growth} bytes \
-         in all; legitimate fetches served: {served}; attestd VmHWM {hwm} kB",
+         ({truncated} with audiences shortened), {} summaries, {attacker_bytes} bytes, the longest {longest}; \
+         trail grew {growth} bytes in all; legitimate fetches served: {served}; attestd VmHWM {hwm} kB",
         individual.len(),
         summaries.len()
     );
@@ -273,7 +364,11 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
         .arg(daemon.audit_path())
         .output()
         .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[tokio::test]
