@@ -114,7 +114,7 @@ pub(super) fn refuse(
     BadArguments(message): BadArguments,
     audience: &[String],
 ) -> Status {
-    tracing::info!(rpc, reason = %message, "request refused for its arguments");
+    tracing::debug!(rpc, reason = %message, "request refused for its arguments");
     let mut record = Record::new(rpc, Outcome::Denied, &message, None).with_audience(audience);
     if let Ok(peer) = &peer.0 {
         record = record.with_peer_ids(peer.pid, peer.uid, peer.gid);
