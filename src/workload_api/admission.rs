@@ -105,8 +105,10 @@ pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> 
     })
 }
 
-/// Records a refusal; if even that cannot be recorded, the caller hears
+/// Records the refusal of a caller that holds no identity, within its
+/// uid's allowance of denial records (beyond it, the refusal is counted for
+/// the window's summary); if even that cannot be recorded, the caller hears
 /// that the service is unavailable.
 fn deny(ctx: &Context, record: Record) -> Result<(), Status> {
-    ctx.audit.write(&[record]).map_err(|e| status::audit(&e))
+    ctx.audit.write_denial(record).map_err(|e| status::audit(&e))
 }

@@ -6,6 +6,7 @@
 mod attacks;
 mod attestation;
 mod audit;
+mod audit_flood;
 mod bundle_show;
 mod ca;
 mod config_errors;
