@@ -25,6 +25,13 @@ if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# tests/e2e/forgery.rs runs a binary from a FUSE file system (bindfs,
+# mounted by root) to show it gets no executable identity.
+if ! command -v bindfs >/dev/null; then
+    step "installing bindfs (Debian package bindfs) for the forged-facts tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs >/dev/null
+fi
+
 # The Go program stands in for spiffe-helper too: the Go module proxy does
 # not serve github.com/spiffe/spiffe-helper, so it cannot be built here.
 step "fetching Go modules for tests/interop/go"

@@ -142,7 +142,7 @@ fn systemd_facts(facts: &mut CgroupFacts, line: &Line<'_>, evidence: &dyn Owners
     facts.systemd_slices = slices(system);
     if !split.verified && (facts.systemd_unit.is_some() || !facts.systemd_slices.is_empty()) {
         facts.notes.push(format!(
-            "systemd selectors judged by unit names only: attestd cannot inspect the {} cgroup hierarchy",
+            "systemd selectors judged by unit names only: attestd cannot inspect the {} hierarchy",
             line.hierarchy_name()
         ));
     }
