@@ -70,7 +70,8 @@ pub struct Workload {
     pub gid: u32,
     /// The executable's path, when it still exists under that name.
     pub exe_path: Option<PathBuf>,
-    /// Lowercase hex sha256 of the executable, hashed through `/proc/<pid>/exe`.
+    /// Lowercase hex sha256 of the executable, hashed through `/proc/<pid>/exe`
+    /// (only when the policy names `unix:sha256`, see [`Hashing`]).
     pub sha256: Option<String>,
     /// Every selector the caller has.
     pub selectors: SelectorSet,

@@ -17,11 +17,11 @@
 mod delegation;
 mod mounts;
 
-pub use delegation::{Hierarchy, NoEvidence, OwnershipEvidence};
+pub use delegation::OwnershipEvidence;
 pub use mounts::CgroupMounts;
 
 use crate::selector::{Selector, SelectorSet};
-use delegation::Split;
+use delegation::{Hierarchy, NoEvidence, Split};
 
 /// Lines beyond this many bytes in all are not believed to come from the
 /// kernel; the file is refused.
