@@ -380,6 +380,19 @@ mod tests {
         assert!(!selectors.iter().any(|s| s.kind() == "container:id"));
     }
 
+    /// A v1-only host: the `name=systemd` hierarchy carries the same
+    /// boundary.
+    #[test]
+    fn v1_name_systemd_paths_are_split_too() {
+        let text = "2:cpu:/user.slice\n1:name=systemd:/user.slice/user-42.slice/user@42.service/app.slice/x.service\n";
+        let f = facts(text);
+        assert_eq!(f.systemd_unit.as_deref(), Some("user@42.service"));
+        let delegated = f.delegated.unwrap();
+        assert_eq!(delegated.uid, 42);
+        assert_eq!(delegated.systemd_unit.as_deref(), Some("x.service"));
+        assert_eq!(delegated.systemd_slices, ["app.slice"]);
+    }
+
     /// The kernel's evidence: a directory chowned for delegation (systemd's
     /// `Delegate=` with `User=`) marks the boundary with no telltale name.
     #[test]
