@@ -36,6 +36,12 @@ if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc catatonit busybox-static >/dev/null
 fi
+# tests/e2e/forgery.rs runs a binary from a FUSE file system (bindfs,
+# mounted by root) to show it gets no executable identity.
+if ! command -v bindfs >/dev/null; then
+    step "installing bindfs (Debian package bindfs) for the forged-facts tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs >/dev/null
+fi
 
 # The Go program stands in for spiffe-helper too: the Go module proxy does
 # not serve github.com/spiffe/spiffe-helper, so it cannot be built here.

@@ -8,7 +8,7 @@ use tonic::Status;
 
 use super::caller::Caller;
 use super::{Context, PeerInfo, status};
-use crate::attest::{AttestError, ExeBinding, Workload};
+use crate::attest::{AttestError, ExeBinding, Hashing, Workload};
 use crate::audit::{Outcome, Record};
 use crate::telemetry::metrics;
 
@@ -61,11 +61,16 @@ pub(super) async fn attest(ctx: &Context, peer: &PeerInfo, rpc: &'static str) ->
                 true => ExeBinding::Verify,
                 false => ExeBinding::Trust,
             };
+            let hashing = match ctx.registry.policy().names_sha256() {
+                true => Hashing::Hash,
+                false => Hashing::Skip,
+            };
             let started = std::time::Instant::now();
-            let attested =
-                tokio::task::spawn_blocking(move || attestor.attest(&peer, binding).map_err(Arc::new))
-                    .await
-                    .map_err(|_| Status::internal("attestation task failed"))?;
+            let attested = tokio::task::spawn_blocking(move || {
+                attestor.attest(&peer, binding, hashing).map_err(Arc::new)
+            })
+            .await
+            .map_err(|_| Status::internal("attestation task failed"))?;
             metrics().attestation(started.elapsed());
             attested
         }
