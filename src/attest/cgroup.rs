@@ -339,10 +339,10 @@ const CONTAINER_CGROUP_NAMES: &[(&str, &str)] = &[
     ("crio-", ""),
 ];
 
-/// The outermost container that cgroup path `segments` name: a segment of one of the
-/// [`CONTAINER_CGROUP_NAMES`] forms, or a bare 64-hex segment directly under
-/// `docker` (docker, cgroupfs driver) or a kubelet `pod<uid>` directory
-/// (containerd and docker, cgroupfs driver).
+/// The outermost container that the cgroup path `segments` names: a segment
+/// of one of the [`CONTAINER_CGROUP_NAMES`] forms, or a bare 64-hex segment
+/// directly under `docker` (docker, cgroupfs driver) or a kubelet `pod<uid>`
+/// directory (containerd and docker, cgroupfs driver).
 ///
 /// The OUTERMOST match wins. A container's cgroup was created by the
 /// runtime on the host, but what lies below it may be created by the
