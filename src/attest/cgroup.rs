@@ -12,7 +12,9 @@
 //! lines are skipped (fewer selectors can only mean fewer matches), and
 //! evidence of two different containers is an error, never a guess. Names
 //! below a delegation boundary (see [`delegation`]) are the delegated
-//! user's, and are reported apart, with that user's uid.
+//! user's, and are reported apart, with that user's uid. Names below a
+//! container's cgroup are the container's, and are not reported as units or
+//! slices at all.
 
 mod delegation;
 mod mounts;
@@ -45,13 +47,16 @@ pub struct CgroupFacts {
     /// The v2 path, or the v1 `name=systemd` path (whole: a user cannot
     /// create a path outside its subtree, and the path shows the delegation).
     pub path: Option<String>,
-    /// The innermost `.service` or `.scope` unit of that path named by root.
+    /// The innermost `.service` or `.scope` unit of that path named by root,
+    /// no deeper than its outermost container's cgroup.
     pub systemd_unit: Option<String>,
-    /// Every `.slice` of that path named by root, outermost first.
+    /// Every `.slice` of that path named by root, no deeper than its
+    /// outermost container's cgroup, outermost first.
     pub systemd_slices: Vec<String>,
     /// The container id (64 lowercase hex) a root-named cgroup shows.
     pub container_id: Option<String>,
-    /// Units and slices named below the path's delegation boundary.
+    /// Units and slices named below the path's delegation boundary (and no
+    /// deeper than its outermost container's cgroup).
     pub delegated: Option<DelegatedFacts>,
     /// A container id named below a delegation boundary: (uid, id).
     pub user_container_id: Option<(u32, String)>,
@@ -131,13 +136,14 @@ pub fn parse_with(text: &str, evidence: &dyn OwnershipEvidence) -> Result<Cgroup
     Ok(facts)
 }
 
-/// The path, and the units and slices on it, on either side of its
-/// delegation boundary.
+/// The path, and the units and slices on it down to its outermost
+/// container's cgroup, on either side of its delegation boundary.
 fn systemd_facts(facts: &mut CgroupFacts, line: &Line<'_>, evidence: &dyn OwnershipEvidence) {
     facts.path = Some(line.path.to_owned());
-    let segments = line.segments();
-    let split = delegation::split(&segments, line.hierarchy(), evidence);
-    let (system, user) = segments.split_at(split.root_named);
+    let all_segments = line.segments();
+    let split = delegation::split(&all_segments, line.hierarchy(), evidence);
+    let segments = named_outside_containers(facts, line.path, &all_segments);
+    let (system, user) = segments.split_at(split.root_named.min(segments.len()));
     facts.systemd_unit = innermost_unit(system);
     facts.systemd_slices = slices(system);
     if !split.verified && (facts.systemd_unit.is_some() || !facts.systemd_slices.is_empty()) {
@@ -162,6 +168,42 @@ fn systemd_facts(facts: &mut CgroupFacts, line: &Line<'_>, evidence: &dyn Owners
     }
 }
 
+/// The segments of `path` down to and including its outermost container's
+/// cgroup; what lies below is left out, with a note when it held units or
+/// slices.
+///
+/// A container without a user namespace that may create cgroups in its own
+/// subtree (podman `--systemd=always`, docker in docker) names them as it
+/// likes: its systemd makes `system.slice/nginx.service` there. Those names
+/// are the container's, whoever's uid owns the directories, so they come out
+/// under no selector at all rather than under one of their own carrying the
+/// container id (`systemd:container_unit:<id>:<unit>`): a container id is new
+/// with every container, so such an entry could only be written for one
+/// container instance, which `container:id` already names; and the
+/// container's root moves its processes among its own cgroups at will, so
+/// the name would add nothing the container could not claim. The container's
+/// own segment (`libpod-<id>.scope`, `docker-<id>.scope`) was named by the
+/// host's runtime or systemd, and stays, as do the units and slices above it
+/// (podman's own unit with `--cgroups=split`). A payload child such as
+/// `libpod-<id>.scope/container` is no unit name and needs no note.
+fn named_outside_containers<'s, 'a>(
+    facts: &mut CgroupFacts,
+    path: &str,
+    segments: &'s [&'a str],
+) -> &'s [&'a str] {
+    let Some((index, id)) = outermost_container(segments) else {
+        return segments;
+    };
+    let (outside, inside) = segments.split_at(index + 1);
+    if innermost_unit(inside).is_some() || !slices(inside).is_empty() {
+        facts.notes.push(format!(
+            "systemd names below container {id}'s cgroup (segment {} of {path}) withheld: the container named them",
+            index + 1
+        ));
+    }
+    outside
+}
+
 /// A container id of one line: a system one if root named it, else the
 /// delegated user's. Two different ids on either side are an error.
 fn container_facts(
@@ -169,17 +211,14 @@ fn container_facts(
     line: &Line<'_>,
     evidence: &dyn OwnershipEvidence,
 ) -> Result<(), CgroupError> {
-    let Some(named) = container_id(line.path) else {
+    let segments = line.segments();
+    let Some((index, named)) = outermost_container(&segments) else {
         return Ok(());
     };
-    let segments = line.segments();
     let split = delegation::split(&segments, line.hierarchy(), evidence);
-    let root_named = container_id(&format!("/{}", segments[..split.root_named].join("/")));
-    if let Some(id) = &root_named {
-        agree(&mut facts.container_id, id.clone())?;
-    }
-    if root_named.as_ref() == Some(&named) {
-        return Ok(());
+    // The outermost container is the only one: any other lies inside it.
+    if index < split.root_named {
+        return agree(&mut facts.container_id, named);
     }
     match split.delegate {
         Some(uid) => {
@@ -300,10 +339,10 @@ const CONTAINER_CGROUP_NAMES: &[(&str, &str)] = &[
     ("crio-", ""),
 ];
 
-/// The container id named by a cgroup path: a segment of one of the
-/// [`CONTAINER_CGROUP_NAMES`] forms, or a bare 64-hex segment directly under
-/// `docker` (docker, cgroupfs driver) or a kubelet `pod<uid>` directory
-/// (containerd and docker, cgroupfs driver).
+/// The outermost container that the cgroup path `segments` names: a segment
+/// of one of the [`CONTAINER_CGROUP_NAMES`] forms, or a bare 64-hex segment
+/// directly under `docker` (docker, cgroupfs driver) or a kubelet `pod<uid>`
+/// directory (containerd and docker, cgroupfs driver).
 ///
 /// The OUTERMOST match wins. A container's cgroup was created by the
 /// runtime on the host, but what lies below it may be created by the
@@ -312,8 +351,10 @@ const CONTAINER_CGROUP_NAMES: &[(&str, &str)] = &[
 /// inside a container is that container's claim, and must never pass for
 /// a container of the host's runtime. The innermost match would let a
 /// container name any other container's id.
-fn container_id(path: &str) -> Option<String> {
-    let segments: Vec<&str> = path.split('/').collect();
+///
+/// Returns the segment's index with the id: the one rule that both the
+/// container id and the end of the host-named units rest on.
+fn outermost_container(segments: &[&str]) -> Option<(usize, String)> {
     segments.iter().enumerate().find_map(|(i, segment)| {
         let named = CONTAINER_CGROUP_NAMES.iter().find_map(|(prefix, suffix)| {
             segment
@@ -323,7 +364,7 @@ fn container_id(path: &str) -> Option<String> {
         });
         let bare =
             (i > 0 && is_container_id(segment) && is_container_parent(segments[i - 1])).then_some(*segment);
-        named.or(bare).map(str::to_owned)
+        named.or(bare).map(|id| (i, id.to_owned()))
     })
 }
 
@@ -627,6 +668,186 @@ mod tests {
         }
     }
 
+    fn selectors_of(facts: &CgroupFacts) -> SelectorSet {
+        let mut selectors = SelectorSet::new();
+        facts.selectors(&mut selectors);
+        selectors
+    }
+
+    fn withheld_note(facts: &CgroupFacts) -> bool {
+        facts
+            .notes
+            .iter()
+            .any(|n| n.contains("below container") && n.contains("withheld"))
+    }
+
+    /// The attack: a container without a user namespace runs systemd
+    /// (podman `--systemd=always`), which names `init.scope` and
+    /// `system.slice/nginx.service` inside the container's cgroup. Neither
+    /// may pass for the host's unit or slice; the container's own scope and
+    /// the slices above it are the host's, and the container stays known.
+    #[test]
+    fn units_named_inside_a_container_are_withheld() {
+        let cases = [
+            // cgroupfs manager: the container's cgroup is no unit.
+            (
+                format!("0::/libpod_parent/libpod-{ID}/system.slice/nginx.service"),
+                None,
+                vec![],
+            ),
+            (
+                format!("0::/machine.slice/libpod-{ID}.scope/system.slice/nginx.service"),
+                Some(format!("libpod-{ID}.scope")),
+                vec!["machine.slice"],
+            ),
+            (
+                format!("0::/machine.slice/libpod-{ID}.scope/init.scope"),
+                Some(format!("libpod-{ID}.scope")),
+                vec!["machine.slice"],
+            ),
+            // The payload in a child of the scope (`--systemd=always` on v2).
+            (
+                format!("0::/machine.slice/libpod-{ID}.scope/container/system.slice/nginx.service"),
+                Some(format!("libpod-{ID}.scope")),
+                vec!["machine.slice"],
+            ),
+            // `--cgroups=split` under a host unit: that unit is the host's.
+            (
+                format!(
+                    "0::/system.slice/podman-agent.service/libpod-payload-{ID}/system.slice/nginx.service"
+                ),
+                Some("podman-agent.service".to_owned()),
+                vec!["system.slice"],
+            ),
+            // A nested container's units: still the outer container's names.
+            (
+                format!("0::/system.slice/docker-{ID}.scope/docker/{OTHER}/system.slice/nginx.service"),
+                Some(format!("docker-{ID}.scope")),
+                vec!["system.slice"],
+            ),
+            // v1-only host: the name=systemd line is the one.
+            (
+                format!(
+                    "3:cpu:/libpod_parent/libpod-{ID}\n1:name=systemd:/libpod_parent/libpod-{ID}/system.slice/nginx.service"
+                ),
+                None,
+                vec![],
+            ),
+        ];
+        for (text, unit, slices) in cases {
+            let f = facts(&text);
+            assert_eq!(f.systemd_unit, unit, "{text}");
+            assert_eq!(f.systemd_slices, slices, "{text}");
+            assert_eq!(f.container_id.as_deref(), Some(ID), "{text}");
+            assert!(withheld_note(&f), "{text}: {:?}", f.notes);
+            let selectors = selectors_of(&f);
+            assert!(
+                !selectors.iter().any(|s| s.kind().starts_with("systemd:")
+                    && (s.value().contains("nginx.service") || s.value().contains("init.scope"))),
+                "{text}: {selectors:?}"
+            );
+            // The whole path stays: it shows where the process sits.
+            assert!(f.path.unwrap().contains(ID));
+        }
+        let f = facts(include_str!(
+            "../../tests/fixtures/cgroup/podman-systemd-always-unit-inside-v2"
+        ));
+        assert_eq!(f.systemd_unit.as_deref(), Some(PODMAN_SYSTEMD_UNIT));
+        assert_eq!(f.systemd_slices, ["machine.slice"]);
+        assert!(f.notes.iter().any(|n| n.contains("withheld")), "{:?}", f.notes);
+        let f = facts(include_str!(
+            "../../tests/fixtures/cgroup/podman-systemd-unit-inside-cgroupfs-hybrid"
+        ));
+        // Captured on a real container: only the v2 line was moved.
+        assert_eq!((f.systemd_unit, f.systemd_slices), (None, vec![]));
+        assert_eq!(
+            f.container_id.as_deref(),
+            Some("9c74fc0c71dc2ab33954e5d648f02c3507f00252317b4d86760bd16cc089b326")
+        );
+        assert!(f.notes.iter().any(|n| n.contains("withheld")), "{:?}", f.notes);
+    }
+
+    const PODMAN_SYSTEMD_UNIT: &str =
+        "libpod-50441b5e7a2a26d2b8c70e8675122e3db74c157955230f1da5be639ee5e97267.scope";
+
+    /// Where nothing but the runtime's own payload cgroup lies below the
+    /// container's (`.../libpod-<id>.scope/container`, `--cgroups=split`),
+    /// units above it are reported as ever, with no note.
+    #[test]
+    fn layouts_with_nothing_named_inside_the_container_lose_nothing() {
+        let f = facts(include_str!(
+            "../../tests/fixtures/cgroup/podman-systemd-always-v2"
+        ));
+        assert_eq!(f.systemd_unit.as_deref(), Some(PODMAN_SYSTEMD_UNIT));
+        assert_eq!(f.systemd_slices, ["machine.slice"]);
+        assert!(!withheld_note(&f), "{:?}", f.notes);
+        let f = facts(&format!(
+            "0::/system.slice/podman-agent.service/libpod-payload-{ID}\n"
+        ));
+        assert_eq!(f.systemd_unit.as_deref(), Some("podman-agent.service"));
+        assert_eq!(f.systemd_slices, ["system.slice"]);
+        assert!(!withheld_note(&f), "{:?}", f.notes);
+        for fixture in [
+            include_str!("../../tests/fixtures/cgroup/podman-cgroupfs-hybrid"),
+            include_str!("../../tests/fixtures/cgroup/podman-split-cgroupfs-hybrid"),
+            include_str!("../../tests/fixtures/cgroup/docker-systemd-v2"),
+        ] {
+            let notes = facts(fixture).notes;
+            assert!(
+                !notes.iter().any(|n| n.contains("withheld")),
+                "{fixture}: {notes:?}"
+            );
+        }
+    }
+
+    /// Both boundaries on one path: whichever comes first, nothing below
+    /// the container is reported, delegated or not, and the container id is
+    /// judged by the same outermost segment.
+    #[test]
+    fn the_container_boundary_and_the_delegation_boundary_together() {
+        // Rootless podman: the container lies in the user's subtree.
+        let rootless = facts(&format!(
+            "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container/system.slice/nginx.service\n"
+        ));
+        assert_eq!(rootless.systemd_unit.as_deref(), Some("user@1000.service"));
+        assert_eq!(
+            rootless.delegated,
+            Some(DelegatedFacts {
+                uid: 1000,
+                systemd_unit: Some(format!("libpod-{ID}.scope")),
+                systemd_slices: vec!["user.slice".into()],
+            })
+        );
+        assert_eq!(rootless.user_container_id, Some((1000, ID.to_owned())));
+        assert!(withheld_note(&rootless), "{:?}", rootless.notes);
+
+        // A container whose cgroup was chowned to its mapped root (podman
+        // `--systemd=always` with a user namespace): the container is the
+        // host's, and what its systemd names is withheld, not delegated.
+        struct DelegatedAt(usize, u32);
+        impl OwnershipEvidence for DelegatedAt {
+            fn walk(&self, _: Hierarchy<'_>, segments: &[&str]) -> Ownership {
+                match segments.len() >= self.0 {
+                    true => Ownership::DelegatedAt {
+                        depth: self.0,
+                        uid: self.1,
+                    },
+                    false => Ownership::RootOwned,
+                }
+            }
+        }
+        let text = format!("0::/machine.slice/libpod-{ID}.scope/system.slice/nginx.service\n");
+        let f = parse_with(&text, &DelegatedAt(2, 200_000)).unwrap();
+        assert_eq!(f.container_id.as_deref(), Some(ID));
+        assert_eq!(f.systemd_unit, Some(format!("libpod-{ID}.scope")));
+        assert_eq!((f.delegated.clone(), f.user_container_id.clone()), (None, None));
+        assert!(withheld_note(&f), "{:?}", f.notes);
+        // Delegated deeper inside the container: still nothing below it.
+        let f = parse_with(&text, &DelegatedAt(3, 200_000)).unwrap();
+        assert_eq!((f.delegated, f.user_container_id), (None, None));
+        assert_eq!(f.systemd_slices, ["machine.slice"]);
+    }
+
     #[test]
     fn two_containers_are_an_error() {
         let text = format!("3:cpu:/docker/{ID}\n0::/system.slice/docker-{OTHER}.scope\n");
@@ -668,6 +889,38 @@ mod tests {
         ) {
             let text: String = lines.iter().map(|(id, ctl, path)| format!("{id}:{ctl}:{path}\n")).collect();
             check_shape(&text);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever a container names below its cgroup (any mix of slices,
+        /// units, nested containers, user managers), none of it comes out as
+        /// a unit or slice, on either side of a delegation boundary.
+        #[test]
+        fn nothing_named_inside_a_container_is_a_unit(
+            above in proptest::collection::vec("(machine\\.slice|system\\.slice|libpod_parent|podman\\.service|user@1000\\.service)", 0..4),
+            runtime in 0usize..4,
+            inside in proptest::collection::vec("(in-[a-z]{1,3}\\.(slice|service|scope)|container|user@0\\.service|docker|libpod-0{63}1\\.scope)", 0..6),
+        ) {
+            let container = [
+                format!("libpod-{ID}"),
+                format!("libpod-{ID}.scope"),
+                format!("docker-{ID}.scope"),
+                format!("libpod-payload-{ID}"),
+            ][runtime].clone();
+            let path = format!("/{}", above.iter().cloned().chain([container]).chain(inside.iter().cloned()).collect::<Vec<_>>().join("/"));
+            let f = facts(&format!("0::{path}\n"));
+            let selectors = selectors_of(&f);
+            for selector in selectors.iter() {
+                proptest::prop_assert!(
+                    !selector.kind().starts_with("systemd:") || !(selector.as_str().contains(":in-") || selector.as_str().contains("user@0") || selector.as_str().contains(OTHER)),
+                    "{path}: {selector:?}"
+                );
+            }
+            let has_id = f.container_id.as_deref() == Some(ID) || f.user_container_id.as_ref().is_some_and(|(_, id)| id == ID);
+            proptest::prop_assert!(has_id, "{path}: {f:?}");
         }
     }
 

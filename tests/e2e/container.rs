@@ -618,3 +618,151 @@ impl Drop for HostUnitCgroup {
         }
     }
 }
+
+/// The attack of a container that runs its own systemd (podman
+/// `--systemd=always`, root, no user namespace): it names units inside its
+/// own cgroup, `system.slice/<unit>.service` among them. Here the test (root
+/// on the host, as the container's systemd would be) creates that cgroup
+/// below the container's in the cgroup v2 hierarchy and moves the
+/// container's process into it; the process then asks. An entry written for
+/// the host's `<unit>.service` (or `system.slice`) must not issue; the
+/// container's own entry still does, and the audit record says what was
+/// withheld.
+#[test]
+fn a_unit_named_inside_a_containers_cgroup_is_not_the_hosts() {
+    image();
+    let unit = format!("attestd-e2e-inside-{}.service", std::process::id());
+    let script = format!(
+        "i=0; until /busybox grep -q {unit} /proc/self/cgroup; do \
+         i=$((i+1)); [ $i -gt 300 ] && exit 3; /busybox sleep 0.1; done; exec /client \"$@\""
+    );
+    let dir = daemon_dir();
+    let container = Container::create(
+        dir.path(),
+        Net::None,
+        "0:0",
+        &["--systemd=always", "--volume", "/bin/busybox:/busybox:ro"],
+        &["/busybox", "sh", "-c", &script, "sh"],
+    );
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/host-unit"
+selectors = ["systemd:id:{unit}"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/host-slice"
+selectors = ["systemd:slice:system.slice"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/container/root"
+selectors = ["container:id:{}"]
+owner = "platform@example.org"
+"#,
+            container.id
+        ),
+    );
+
+    let client = podman()
+        .args(["start", "--attach", &container.id])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = running_pid(&container);
+    let inside = UnitInsideContainer::create(pid, &unit);
+    let output = client.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the container's client failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/root"]);
+    let issued = records(&daemon, "issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let record = &issued[0];
+    assert!(
+        has_selector(record, &format!("cgroup:path:{}", inside.cgroup_path)),
+        "the client did not ask from the cgroup named inside the container: {record}"
+    );
+    assert!(
+        has_selector(record, &format!("container:id:{}", container.id)),
+        "{record}"
+    );
+    assert!(!has_selector(record, &format!("systemd:id:{unit}")), "{record}");
+    assert!(!has_selector(record, "systemd:slice:system.slice"), "{record}");
+    let notes = record["attestation_notes"].to_string();
+    assert!(
+        notes.contains(&format!("below container {}'s cgroup", container.id)),
+        "no note on the withheld names: {record}"
+    );
+}
+
+/// The host pid of a container's first process, once podman reports it
+/// running.
+fn running_pid(container: &Container) -> u32 {
+    for _ in 0..200 {
+        let pid = podman_ok(&["inspect", "--format", "{{.State.Pid}}", &container.id]);
+        if let Ok(pid) = pid.parse::<u32>()
+            && pid > 0
+        {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("container {} never ran", container.id);
+}
+
+/// The cgroup v2 mount: `unified/` on a hybrid host, else the root.
+fn cgroup2_root() -> PathBuf {
+    let hybrid = Path::new("/sys/fs/cgroup/unified");
+    if hybrid.join("cgroup.procs").exists() {
+        hybrid.to_owned()
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
+/// `system.slice/<unit>` created below a container's cgroup v2 cgroup, with
+/// a process moved into it; removed (the process gone) when dropped.
+struct UnitInsideContainer {
+    /// Its path as `/proc/<pid>/cgroup` shows it.
+    cgroup_path: String,
+    slice_dir: PathBuf,
+}
+
+impl UnitInsideContainer {
+    fn create(pid: u32, unit: &str) -> Self {
+        let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let container_path = own
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .unwrap_or_else(|| panic!("no cgroup v2 line: {own}"));
+        assert!(
+            container_path.contains("libpod-"),
+            "not in its container's cgroup: {own}"
+        );
+        let cgroup_path = format!("{container_path}/system.slice/{unit}");
+        let slice_dir = cgroup2_root()
+            .join(container_path.trim_start_matches('/'))
+            .join("system.slice");
+        let unit_dir = slice_dir.join(unit);
+        std::fs::create_dir_all(&unit_dir).unwrap();
+        let made = Self {
+            cgroup_path,
+            slice_dir,
+        };
+        std::fs::write(unit_dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        made
+    }
+}
+
+impl Drop for UnitInsideContainer {
+    fn drop(&mut self) {
+        remove_cgroup_tree(&self.slice_dir);
+    }
+}
