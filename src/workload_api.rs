@@ -18,10 +18,11 @@ mod streams;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
+pub use authority_fix::MAX_HEADER_LIST_SIZE;
 pub use connection::{AttestedConnection, PeerInfo};
-pub use limits::{ConnectionLimits, ConnectionSlot};
+pub use limits::{ConnectionBudget, ConnectionLimits, ConnectionSlot, Refused};
 pub use listener::{ListenerError, SocketListener};
 pub use service::WorkloadApi;
 
@@ -44,6 +45,9 @@ pub struct Context {
     pub authority: Arc<Authority>,
     /// Where decisions are recorded.
     pub audit: Arc<AuditLog>,
+    /// Permits for attestations in flight (hashing, `/proc` fd scans run on
+    /// blocking threads): bounds them host-wide.
+    pub attestations: Semaphore,
     /// Flips to `true` when the daemon stops, ending open streams so a
     /// graceful shutdown does not wait on clients that never hang up.
     pub shutdown: watch::Receiver<bool>,
