@@ -10,6 +10,7 @@ mod bundle_show;
 mod ca;
 mod config_errors;
 mod examples;
+mod exhaustion;
 mod go_interop;
 mod harness;
 mod helper;
