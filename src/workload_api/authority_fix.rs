@@ -85,6 +85,9 @@ pub enum AuthorityFixError {
     Hpack(loona_hpack::decoder::DecoderError),
 }
 
+/// Decoded header fields: (name, value).
+type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A header block split over HEADERS and CONTINUATION frames, being
 /// collected.
 struct PendingBlock {
@@ -311,11 +314,8 @@ fn frame_length(bytes: &[u8]) -> usize {
 /// from its table, so past the bound nothing is copied; the rest of the
 /// block is still walked (the decoder offers no way to stop early), which
 /// costs time linear in the block's encoded size and no memory.
-fn decode_bounded(
-    decoder: &mut Decoder<'static>,
-    block: &[u8],
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, AuthorityFixError> {
-    let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+fn decode_bounded(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<HeaderList, AuthorityFixError> {
+    let mut headers = HeaderList::new();
     let mut size = 0usize;
     decoder
         .decode_with_cb(block, |name, value| {
@@ -386,8 +386,6 @@ mod tests {
             (b"workload.spiffe.io".to_vec(), b"true".to_vec()),
         ]
     }
-
-    type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
 
     /// What the server side would decode from `bytes` (after the preface):
     /// the header lists and each frame's (type, flags).
