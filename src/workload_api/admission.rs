@@ -121,6 +121,7 @@ pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> 
         peer: peer.clone(),
         workload,
         entries,
+        policy,
     })
 }
 

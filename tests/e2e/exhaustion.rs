@@ -4,6 +4,7 @@
 //! decodes to hundreds of MB, idle connections squatting every slot, and
 //! more streams on one connection than allowed. Each test also shows a
 //! legitimate caller of another uid served within a second meanwhile.
+//! Also: one attestation reads one policy snapshot (issue 9, class 5 b).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -249,4 +250,60 @@ fn one_connection_is_held_to_its_stream_limit() {
     let daemon = Daemon::start(&format!("[limits]\nmax_concurrent_streams = 4\n{LEGIT_ENTRY}"));
     let outcome = raw_client_output(&daemon, 1000, &["streams", "10"]);
     assert_eq!(outcome.trim(), "open 4 refused 6 ended 0");
+}
+
+/// Class 5 (b): an attestation collects what its policy needs and is
+/// matched against that same policy. uid 1000 shares its connection with a
+/// child (two holders), and asks while policy P1 (no executable selectors:
+/// nothing to verify) is in force; during its attestation (slowed by the
+/// test hook) P2 replaces P1 with an entry that requires `unix:path`. Mixing
+/// the two (P1's choice not to verify, P2's entries) would issue P2's entry
+/// on an unverified path to a shared connection; one snapshot issues P1's,
+/// and the open stream is then matched against P2 (and ends).
+#[test]
+fn one_attestation_sees_one_policy() {
+    let python = std::fs::canonicalize(PYTHON).unwrap();
+    let p1 = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/p1"
+selectors = ["unix:uid:1000"]
+owner = "platform@example.org"
+"#;
+    let p2 = format!(
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/p2\"\n\
+         selectors = [\"unix:uid:1000\", \"unix:path:{}\"]\nowner = \"platform@example.org\"\n",
+        python.display()
+    );
+    let daemon = Daemon::start_with_env(p1, &[("ATTESTD_TEST_ATTEST_DELAY_MS", "1000")]);
+    let client = raw_client(&daemon, 1000, &["streams", "1", "shared"]).spawn().unwrap();
+    // The request is in its attestation (1 s): swap the policy.
+    std::thread::sleep(Duration::from_millis(300));
+    write_config(daemon.dir.path(), &p2);
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
+    let output = client.wait_with_output().unwrap();
+    // Admitted under P1, the stream is matched against P2 at once, and
+    // ends: under P2 a shared connection's executable is not believed.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "open 0 refused 0 ended 1"
+    );
+    assert!(
+        daemon.log().contains("new policy in effect"),
+        "{}",
+        daemon.log()
+    );
+    let issued: Vec<String> = daemon
+        .audit_records()
+        .iter()
+        .filter(|r| r["outcome"] == "issued")
+        .map(|r| r.to_string())
+        .collect();
+    assert!(
+        !issued.iter().any(|r| r.contains("example.org/p2")),
+        "P2's entry issued on P1's unverified attestation: {issued:?}"
+    );
+    assert!(
+        issued.iter().any(|r| r.contains("example.org/p1")),
+        "the request was not admitted under P1 as a whole: {issued:?}"
+    );
 }

@@ -3,7 +3,7 @@
 the Unix socket, so the tests can do what no well-behaved client library
 does. Run as another uid by the tests (hence Debian's /usr/bin/python3,
 reachable by every uid)."""
-import select, socket, struct, sys, time
+import os, select, socket, struct, sys, time
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HEADERS, CONTINUATION, DATA, SETTINGS, RST_STREAM, GOAWAY = 1, 9, 0, 4, 3, 7
@@ -116,10 +116,14 @@ def hold(path, count, seconds):
     else:
         print(f"all closed after {time.monotonic() - start:.1f}", flush=True)
 
-def streams(path, count):
+def streams(path, count, share=False):
     """Starts count FetchX509SVID streams at once on one connection; reports
-    how many stayed open and how many the server refused."""
+    how many stayed open and how many the server refused. With share, a
+    child process holds the connection too (two holders)."""
     s = connect(path)
+    if share and os.fork() == 0:
+        time.sleep(4)
+        os._exit(0)
     s.sendall(PREFACE + frame(SETTINGS, 0, 0, b""))
     deadline = time.monotonic() + 5
     while True:
@@ -166,4 +170,4 @@ if mode == "amplify":
 elif mode == "hold":
     hold(path, int(sys.argv[3]), float(sys.argv[4]))
 elif mode == "streams":
-    streams(path, int(sys.argv[3]))
+    streams(path, int(sys.argv[3]), share=sys.argv[4:] == ["shared"])
