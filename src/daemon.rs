@@ -67,9 +67,10 @@ pub enum DaemonError {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (signals, hangup) = Signals::install()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let nofile = descriptor_limit::raise_to_hard_limit();
     let attestations = concurrent_attestations(&config.limits);
     let ctx = Arc::new(start_services(&config, shutdown, attestations)?);
+    // After the policy loaded: a bad config fails with its one line alone.
+    let nofile = descriptor_limit::raise_to_hard_limit();
     let readiness = Arc::new(Readiness::default());
     let health_connections = match config.health.listen {
         Some(addr) => {

@@ -275,7 +275,9 @@ owner = "platform@example.org"
         python.display()
     );
     let daemon = Daemon::start_with_env(p1, &[("ATTESTD_TEST_ATTEST_DELAY_MS", "1000")]);
-    let client = raw_client(&daemon, 1000, &["streams", "1", "shared"]).spawn().unwrap();
+    let client = raw_client(&daemon, 1000, &["streams", "1", "shared"])
+        .spawn()
+        .unwrap();
     // The request is in its attestation (1 s): swap the policy.
     std::thread::sleep(Duration::from_millis(300));
     write_config(daemon.dir.path(), &p2);
@@ -287,11 +289,7 @@ owner = "platform@example.org"
         String::from_utf8_lossy(&output.stdout).trim(),
         "open 0 refused 0 ended 1"
     );
-    assert!(
-        daemon.log().contains("new policy in effect"),
-        "{}",
-        daemon.log()
-    );
+    assert!(daemon.log().contains("new policy in effect"), "{}", daemon.log());
     let issued: Vec<String> = daemon
         .audit_records()
         .iter()
