@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tonic::transport::Server;
 
 use crate::attest::Attestor;
@@ -21,8 +21,8 @@ use crate::registry::{self, Policy, Registry};
 use crate::svid_cache::SvidCache;
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
 use crate::workload_api::{
-    ConnectionBudget, ConnectionLimits, Context, ListenerError, MAX_HEADER_LIST_SIZE, SocketListener,
-    WorkloadApi,
+    AttestationPermits, ConnectionBudget, ConnectionLimits, Context, ListenerError, MAX_HEADER_LIST_SIZE,
+    SocketListener, WorkloadApi,
 };
 
 /// How long connections get to finish after shutdown starts.
@@ -168,7 +168,7 @@ fn start_services(
         cache: SvidCache::new(Arc::clone(&authority)),
         authority,
         audit,
-        attestations: Semaphore::new(attestations),
+        attestations: AttestationPermits::new(attestations),
         shutdown,
     })
 }

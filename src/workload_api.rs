@@ -6,6 +6,7 @@
 //! is attested from the connection's kernel-pinned peer, then matched.
 
 mod admission;
+mod attestation_permits;
 mod authority_fix;
 mod caller;
 mod connection;
@@ -18,8 +19,9 @@ mod streams;
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+pub use attestation_permits::{AttestationPermit, AttestationPermits};
 pub use authority_fix::MAX_HEADER_LIST_SIZE;
 pub use connection::{AttestedConnection, PeerInfo};
 pub use limits::{ConnectionBudget, ConnectionLimits, ConnectionSlot, Refused};
@@ -46,8 +48,8 @@ pub struct Context {
     /// Where decisions are recorded.
     pub audit: Arc<AuditLog>,
     /// Permits for attestations in flight (hashing, `/proc` fd scans run on
-    /// blocking threads): bounds them host-wide.
-    pub attestations: Semaphore,
+    /// blocking threads): bounds them host-wide and per uid.
+    pub attestations: Arc<AttestationPermits>,
     /// Flips to `true` when the daemon stops, ending open streams so a
     /// graceful shutdown does not wait on clients that never hang up.
     pub shutdown: watch::Receiver<bool>,

@@ -57,8 +57,8 @@ impl From<Status> for Refusal {
 }
 
 /// Attests the caller of a connection, collecting what `policy` needs.
-/// Attestations run at most `ctx.attestations` at a time host-wide; the
-/// rest wait their turn (in arrival order).
+/// Attestations run within `ctx.attestations` (host-wide and per uid); the
+/// rest wait their turn.
 pub(super) async fn attest(
     ctx: &Context,
     policy: &Policy,
@@ -73,17 +73,19 @@ pub(super) async fn attest(
                 true => ExeBinding::Verify,
                 false => ExeBinding::Trust,
             };
-            // The semaphore is never closed.
-            let _permit = ctx
+            let permit = ctx
                 .attestations
-                .acquire()
+                .acquire(peer.uid)
                 .await
                 .map_err(|_| Status::internal("attestation permits closed"))?;
             let started = std::time::Instant::now();
-            let attested =
-                tokio::task::spawn_blocking(move || attestor.attest(&peer, binding).map_err(Arc::new))
-                    .await
-                    .map_err(|_| Status::internal("attestation task failed"))?;
+            let attested = tokio::task::spawn_blocking(move || {
+                // Held until the work ends, even if the request is cancelled.
+                let _permit = permit;
+                attestor.attest(&peer, binding).map_err(Arc::new)
+            })
+            .await
+            .map_err(|_| Status::internal("attestation task failed"))?;
             metrics().attestation(started.elapsed());
             attested
         }

@@ -252,6 +252,42 @@ fn one_connection_is_held_to_its_stream_limit() {
     assert_eq!(outcome.trim(), "open 4 refused 6 ended 0");
 }
 
+/// Class 4: uid 2001, holding no identity, floods attestd with 128
+/// requests at once (8 connections of 16 streams); each attestation takes
+/// 200 ms (test hook) and two may run at once. uid 2001 may hold only one
+/// of them, so uid 1000 is still served within a second (without the
+/// per-uid share it would queue behind ~12 s of the flood). Each hostile
+/// request adds at most one audit record.
+#[test]
+fn a_request_flood_from_one_uid_leaves_attestations_for_others() {
+    let daemon = Daemon::start_with_env(
+        &format!("[limits]\nmax_concurrent_attestations = 2\n{LEGIT_ENTRY}"),
+        &[("ATTESTD_TEST_ATTEST_DELAY_MS", "200")],
+    );
+    let audit_before = audit_counts(&daemon);
+    let rss_before = vm_kb(&daemon, "VmRSS:");
+    let flood: Vec<Child> = (0..8)
+        .map(|_| raw_client(&daemon, 2001, &["streams", "16"]).spawn().unwrap())
+        .collect();
+    // Let the flood's requests queue up.
+    std::thread::sleep(Duration::from_millis(500));
+    legit_caller_served_within_a_second(&daemon);
+    let rss_kb = vm_kb(&daemon, "VmRSS:");
+    for child in flood {
+        let output = child.wait_with_output().unwrap();
+        let outcome = String::from_utf8_lossy(&output.stdout);
+        assert!(outcome.starts_with("open "), "{outcome}");
+    }
+    println!("VmRSS {rss_before} kB before, {rss_kb} kB during the flood");
+    assert!(rss_kb < rss_before + 64 * 1024, "RSS grew to {rss_kb} kB");
+    let (legit_after, total_after) = audit_counts(&daemon);
+    let hostile_records = (total_after - audit_before.1) - (legit_after - audit_before.0);
+    assert!(
+        hostile_records <= 128,
+        "{hostile_records} audit records for 128 hostile requests"
+    );
+}
+
 /// Class 5 (b): an attestation collects what its policy needs and is
 /// matched against that same policy. uid 1000 shares its connection with a
 /// child (two holders), and asks while policy P1 (no executable selectors:
