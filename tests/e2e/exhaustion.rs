@@ -24,10 +24,15 @@ owner = "platform@example.org"
 /// Debian's interpreter: every uid can reach it (a pyenv under /root is not).
 const PYTHON: &str = "/usr/bin/python3";
 
-/// The raw client, written where every uid can read it.
+/// The raw client, written (once, whole, by a rename) where every uid can
+/// read it: clients started earlier may be reading it.
 fn client_script(daemon: &Daemon) -> std::path::PathBuf {
     let path = daemon.dir.path().join("exhaustion_client.py");
-    std::fs::write(&path, include_str!("exhaustion_client.py")).unwrap();
+    if !path.exists() {
+        let partial = daemon.dir.path().join("exhaustion_client.py.partial");
+        std::fs::write(&partial, include_str!("exhaustion_client.py")).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+    }
     path
 }
 
