@@ -202,6 +202,9 @@ pub struct LimitsConfig {
     /// Concurrent streams (requests) per connection (HTTP/2
     /// SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_concurrent_streams: u32,
+    /// Requests one uid may have being received and handled at once; more
+    /// wait their turn.
+    pub max_requests_per_uid: usize,
     /// Attestations running at once, host-wide; unset: the number of CPUs.
     pub max_concurrent_attestations: Option<usize>,
     /// Open connections of the health and metrics listener.
@@ -216,6 +219,7 @@ impl Default for LimitsConfig {
             connection_reserve: None,
             first_request_timeout: Duration::from_secs(5),
             max_concurrent_streams: 16,
+            max_requests_per_uid: 64,
             max_concurrent_attestations: None,
             health_max_connections: 16,
         }
@@ -230,6 +234,7 @@ struct RawLimits {
     connection_reserve: Option<Spanned<usize>>,
     first_request_timeout: Option<Spanned<Timeout>>,
     max_concurrent_streams: Option<Spanned<u32>>,
+    max_requests_per_uid: Option<Spanned<usize>>,
     max_concurrent_attestations: Option<Spanned<usize>>,
     health_max_connections: Option<Spanned<usize>>,
 }
@@ -611,6 +616,11 @@ impl SourceFile<'_> {
                 .first_request_timeout
                 .map_or(defaults.first_request_timeout, |t| t.into_inner().0),
             max_concurrent_streams: streams,
+            max_requests_per_uid: at_least_one(
+                raw.max_requests_per_uid
+                    .map(|v| (v, "limits.max_requests_per_uid")),
+            )?
+            .unwrap_or(defaults.max_requests_per_uid),
             max_concurrent_attestations: at_least_one(
                 raw.max_concurrent_attestations
                     .map(|v| (v, "limits.max_concurrent_attestations")),
@@ -846,7 +856,7 @@ owner = "team@example.org"
         let nested = parse(
             "trust_domain = \"example.org\"\n[limits]\nmax_connections_per_uid = 4\nmax_connections = 40\n\
              connection_reserve = 8\nfirst_request_timeout = \"2s\"\nmax_concurrent_streams = 4\n\
-             max_concurrent_attestations = 3\nhealth_max_connections = 5\n",
+             max_requests_per_uid = 6\nmax_concurrent_attestations = 3\nhealth_max_connections = 5\n",
         )
         .unwrap();
         assert_eq!(
@@ -857,6 +867,7 @@ owner = "team@example.org"
                 connection_reserve: Some(8),
                 first_request_timeout: Duration::from_secs(2),
                 max_concurrent_streams: 4,
+                max_requests_per_uid: 6,
                 max_concurrent_attestations: Some(3),
                 health_max_connections: 5,
             }

@@ -22,7 +22,7 @@ use crate::svid_cache::SvidCache;
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
 use crate::workload_api::{
     AttestationPermits, ConnectionBudget, ConnectionLimits, Context, ListenerError, MAX_HEADER_LIST_SIZE,
-    SocketListener, WorkloadApi,
+    RequestPermits, RequestPermitsLayer, SocketListener, WorkloadApi,
 };
 
 /// The largest request message attestd decodes. tonic buffers a message
@@ -36,6 +36,10 @@ const MAX_REQUEST_MESSAGE: usize = 256 * 1024;
 /// yet read, per stream and per connection (hyper's defaults are 1 MiB).
 const STREAM_WINDOW: u32 = 64 * 1024;
 const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// A request not answered by then (its message received, its caller
+/// attested, its answer built; for a stream, the first message) fails: a
+/// caller that stalls mid-message gives its request permit back.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// `spiffe_refresh_hint` of the bundle document: how often relying parties
@@ -131,6 +135,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .max_concurrent_streams(config.limits.max_concurrent_streams)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .timeout(REQUEST_TIMEOUT)
+        .layer(RequestPermitsLayer(RequestPermits::new(
+            config.limits.max_requests_per_uid,
+        )))
         .add_service(
             SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(MAX_REQUEST_MESSAGE),

@@ -13,6 +13,7 @@ mod connection;
 mod jwt;
 mod limits;
 mod listener;
+mod request_permits;
 mod service;
 mod status;
 mod streams;
@@ -26,6 +27,7 @@ pub use authority_fix::MAX_HEADER_LIST_SIZE;
 pub use connection::{AttestedConnection, PeerInfo};
 pub use limits::{ConnectionBudget, ConnectionLimits, ConnectionSlot, Refused};
 pub use listener::{ListenerError, SocketListener};
+pub use request_permits::{RequestPermits, RequestPermitsLayer, RequestPermitsService};
 pub use service::WorkloadApi;
 
 use crate::attest::Attestor;

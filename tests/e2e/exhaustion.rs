@@ -267,7 +267,10 @@ fn oversized_request_messages_are_refused_before_they_are_buffered() {
     legit_caller_served_within_a_second(&daemon);
     let rss_kb = vm_kb(&daemon, "VmRSS:");
     child.wait().unwrap();
-    println!("client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held", line.trim());
+    println!(
+        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
+        line.trim()
+    );
     assert!(
         line.trim().ends_with("ended 32"),
         "the oversized requests were not refused: {line}"
@@ -279,6 +282,35 @@ fn oversized_request_messages_are_refused_before_they_are_buffered() {
         legit_after - audit_before.0,
         "refused messages were audited"
     );
+}
+
+/// Class 4 (memory): requests in flight are bounded per uid. uid 2001
+/// starts 128 ValidateJWTSVID requests (8 connections of 16 streams) whose
+/// 250,000-byte messages it sends all but the last byte of: 32 MB if
+/// attestd took them all in. With `max_requests_per_uid = 4`, four are
+/// taken in and the rest wait, their bodies unread beyond the HTTP/2
+/// windows: RSS stays within 12 MB of where it was, and uid 1000 is served
+/// within a second meanwhile.
+#[test]
+fn requests_in_flight_are_bounded_per_uid() {
+    let daemon = Daemon::start(&format!("[limits]\nmax_requests_per_uid = 4\n{LEGIT_ENTRY}"));
+    let rss_before = vm_kb(&daemon, "VmRSS:");
+    let mut child = raw_client(&daemon, 2001, &["bodies", "8", "16", "250000", "3"])
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    legit_caller_served_within_a_second(&daemon);
+    let rss_kb = vm_kb(&daemon, "VmRSS:");
+    child.wait().unwrap();
+    println!(
+        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
+        line.trim()
+    );
+    assert!(line.starts_with("sent "), "{line}");
+    assert!(rss_kb < rss_before + 12 * 1024, "RSS grew to {rss_kb} kB");
 }
 
 /// Class 4: one connection of uid 1000 starts ten FetchX509SVID streams at
