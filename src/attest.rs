@@ -9,20 +9,24 @@
 //! This module knows nothing of gRPC.
 
 mod cgroup;
+mod exe_fs;
 mod exe_hash;
+mod host_root;
 mod peer;
 mod process;
 mod socket_holders;
 
 use std::path::{Path, PathBuf};
 
-pub use cgroup::{CgroupError, CgroupFacts, parse as parse_cgroup};
+pub use cgroup::{CgroupError, CgroupFacts, DelegatedFacts, parse as parse_cgroup};
 pub use exe_hash::{DEFAULT_MAX_HASH_BYTES, ExeHasher, FileId};
 pub use peer::{ConnectionSocket, PeerIdentity, ProcessPin};
 pub use socket_holders::HolderError;
 
 use crate::selector::{Selector, SelectorSet};
+use cgroup::CgroupMounts;
 use exe_hash::Digest256;
+use host_root::HostRoot;
 use process::{Executable, Status};
 
 /// Why a caller could not be attested. None of these says the caller is not
@@ -66,7 +70,8 @@ pub struct Workload {
     pub gid: u32,
     /// The executable's path, when it still exists under that name.
     pub exe_path: Option<PathBuf>,
-    /// Lowercase hex sha256 of the executable, hashed through `/proc/<pid>/exe`.
+    /// Lowercase hex sha256 of the executable, hashed through `/proc/<pid>/exe`
+    /// (only when the policy names `unix:sha256`, see [`Hashing`]).
     pub sha256: Option<String>,
     /// Every selector the caller has.
     pub selectors: SelectorSet,
@@ -85,12 +90,27 @@ pub enum ExeBinding {
     Trust,
 }
 
+/// Whether to hash the executable. Hashing a large binary costs CPU that
+/// any local user can make attestd spend (one new binary per call), so it
+/// is done only when the policy names `unix:sha256` (and for `explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashing {
+    /// Hash it (cached per file version).
+    Hash,
+    /// Do not read the executable at all.
+    Skip,
+}
+
 /// Attests socket peers by reading `/proc` under a configurable root (tests
 /// point it at fixture trees).
 #[derive(Debug)]
 pub struct Attestor {
     proc_root: PathBuf,
     hasher: ExeHasher,
+    /// Where `unix:path` is resolved (see [`host_root`]).
+    host_root: HostRoot,
+    /// Who owns which cgroup directory (delegated subtrees).
+    cgroups: CgroupMounts,
 }
 
 impl Default for Attestor {
@@ -103,9 +123,12 @@ impl Attestor {
     /// An attestor reading the process tree at `proc_root`, hashing
     /// executables up to `max_hash_bytes`.
     pub fn new(proc_root: impl Into<PathBuf>, max_hash_bytes: u64) -> Self {
+        let proc_root = proc_root.into();
         Self {
-            proc_root: proc_root.into(),
             hasher: ExeHasher::new(max_hash_bytes),
+            host_root: HostRoot::open(&proc_root),
+            cgroups: CgroupMounts::discover(&proc_root),
+            proc_root,
         }
     }
 
@@ -116,7 +139,12 @@ impl Attestor {
 
     /// Attests a peer. Blocking (reads `/proc`, hashes the executable, may
     /// scan `/proc/*/fd`): call it from `spawn_blocking`.
-    pub fn attest(&self, peer: &PeerIdentity, binding: ExeBinding) -> Result<Workload, AttestError> {
+    pub fn attest(
+        &self,
+        peer: &PeerIdentity,
+        binding: ExeBinding,
+        hashing: Hashing,
+    ) -> Result<Workload, AttestError> {
         let started = std::time::Instant::now();
         let proc_dir = peer.open_proc_dir(&self.proc_root)?;
         // Only once the pin says the process is still alive do we know the
@@ -134,9 +162,12 @@ impl Attestor {
             notes: Vec::new(),
         };
         unix_id_selectors(&mut workload, peer, &proc_dir.status()?);
-        let exe = proc_dir.executable(&self.hasher)?;
+        let hasher = (hashing == Hashing::Hash).then_some(&self.hasher);
+        let exe = proc_dir.executable(hasher)?;
         self.exe_selectors(&mut workload, peer, exe, binding);
-        proc_dir.cgroup()?.selectors(&mut workload.selectors);
+        let cgroup = proc_dir.cgroup(&self.cgroups)?;
+        cgroup.selectors(&mut workload.selectors);
+        workload.notes.extend(cgroup.notes);
 
         // Facts read from a process that has since exited could belong to
         // anything: refuse instead of issuing on them.
@@ -154,7 +185,9 @@ impl Attestor {
     }
 
     /// `unix:path` and `unix:sha256`, when they are sound for this
-    /// connection.
+    /// connection: the file lives on a trusted file system, is bound to the
+    /// connection (when asked), and for the path, the path names that very
+    /// file in a mount namespace the caller does not control.
     fn exe_selectors(
         &self,
         workload: &mut Workload,
@@ -162,19 +195,28 @@ impl Attestor {
         exe: Executable,
         binding: ExeBinding,
     ) {
-        let sha256 = match exe.digest {
-            Digest256::Hex(hex) => Some(hex),
-            Digest256::TooLarge(size) => {
+        workload.exe_path = exe.path;
+        let file = match exe.file {
+            Ok(file) => file,
+            Err(reason) => {
+                workload
+                    .notes
+                    .push(format!("unix:path and unix:sha256 withheld: {reason}"));
+                return;
+            }
+        };
+        workload.sha256 = match file.digest {
+            Some(Digest256::Hex(hex)) => Some(hex),
+            Some(Digest256::TooLarge(size)) => {
                 workload.notes.push(format!(
                     "unix:sha256 not emitted: the executable is {size} bytes, over the hashing limit"
                 ));
                 None
             }
+            None => None,
         };
-        workload.exe_path = exe.path;
-        workload.sha256 = sha256;
         if binding == ExeBinding::Verify
-            && let Err(reason) = self.exe_bound_to_connection(peer, exe.id)
+            && let Err(reason) = self.exe_bound_to_connection(peer, file.id)
         {
             workload
                 .notes
@@ -182,9 +224,12 @@ impl Attestor {
             return;
         }
         if let Some(path) = &workload.exe_path {
-            workload
-                .selectors
-                .insert(Selector::new("unix", "path", path.display()));
+            match self.host_root.names(path, file.id) {
+                Ok(()) => workload
+                    .selectors
+                    .insert(Selector::new("unix", "path", path.display())),
+                Err(reason) => workload.notes.push(format!("unix:path withheld: {reason}")),
+            }
         }
         if let Some(digest) = &workload.sha256 {
             workload.selectors.insert(Selector::new("unix", "sha256", digest));
@@ -273,7 +318,9 @@ mod tests {
     fn attests_this_process() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let peer = PeerIdentity::from_socket(&a).unwrap();
-        let workload = Attestor::default().attest(&peer, ExeBinding::Trust).unwrap();
+        let workload = Attestor::default()
+            .attest(&peer, ExeBinding::Trust, Hashing::Hash)
+            .unwrap();
         assert_eq!(workload.pid, std::process::id() as i32);
         assert_eq!(workload.uid, nix::unistd::geteuid().as_raw());
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
@@ -288,7 +335,9 @@ mod tests {
     fn a_socketpair_shared_by_no_one_else_binds_the_executable() {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let peer = PeerIdentity::from_socket(&a).unwrap();
-        let workload = Attestor::default().attest(&peer, ExeBinding::Verify).unwrap();
+        let workload = Attestor::default()
+            .attest(&peer, ExeBinding::Verify, Hashing::Hash)
+            .unwrap();
         // Our own process holds both ends: it is the only holder.
         assert!(
             workload.selectors.iter().any(|s| s.kind() == "unix:sha256"),
@@ -329,7 +378,7 @@ mod tests {
             exe_at_accept: None,
         };
         let attestor = Attestor::new(root.path(), DEFAULT_MAX_HASH_BYTES);
-        let workload = attestor.attest(&peer, ExeBinding::Trust).unwrap();
+        let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash).unwrap();
         let has = |text: &str| workload.selectors.contains(&Selector::parse(text).unwrap());
         assert!(has("unix:uid:1000") && has("unix:gid:1000") && has("unix:supplementary_gid:27"));
         assert!(has(&format!("unix:path:{}", binary.display())));
@@ -346,14 +395,14 @@ mod tests {
         let two = format!("3:cpu:/docker/{ID}\n0::/system.slice/docker-{other}.scope\n");
         std::fs::write(proc_dir.join("cgroup"), two).unwrap();
         assert!(matches!(
-            attestor.attest(&peer, ExeBinding::Trust),
+            attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash),
             Err(AttestError::Cgroup(_))
         ));
 
         // An executable over the hashing limit: no unix:sha256, and a note.
         let small = Attestor::new(root.path(), 3);
         std::fs::write(proc_dir.join("cgroup"), "0::/\n").unwrap();
-        let workload = small.attest(&peer, ExeBinding::Trust).unwrap();
+        let workload = small.attest(&peer, ExeBinding::Trust, Hashing::Hash).unwrap();
         assert!(!workload.selectors.iter().any(|s| s.kind() == "unix:sha256"));
         assert!(
             workload.notes.iter().any(|n| n.contains("hashing limit")),
@@ -369,7 +418,9 @@ mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut peer = PeerIdentity::from_socket(&a).unwrap();
         peer.uid = 4321;
-        let workload = Attestor::default().attest(&peer, ExeBinding::Trust).unwrap();
+        let workload = Attestor::default()
+            .attest(&peer, ExeBinding::Trust, Hashing::Hash)
+            .unwrap();
         assert!(!workload.selectors.iter().any(|s| s.kind() == "unix:uid"));
         assert!(workload.notes.iter().any(|n| n.contains("unix:uid withheld")));
     }

@@ -7,20 +7,32 @@
 //! sha256 of the line before it, across size-based rotations, so
 //! `attestd audit verify` detects any edited, deleted, inserted or
 //! reordered record. The trail is separate from logs and by default fails
-//! closed: a decision that cannot be recorded is not carried out.
+//! closed: a decision that cannot be recorded is not carried out. A write
+//! that fails part-way is cut back to the last whole record, so a full disk
+//! or a crash never looks like tampering.
+//!
+//! Local callers cannot flood it: every record is bounded in size
+//! ([`bound`]), and denials of callers that hold no identity are rate
+//! limited per uid and summarised ([`denials`]).
 
+mod bound;
 mod chain;
+mod denials;
 mod record;
 mod verify;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use bound::{MAX_REASON_BYTES, MAX_RECORD_BYTES, MAX_VALUE_BYTES};
 pub use chain::GENESIS;
+pub use denials::{DenialLimit, DenialSummary};
 pub use record::{Outcome, Record, rfc3339};
 pub use verify::{Problem, Verification, verify};
+
+use denials::DenialLimiter;
 
 use crate::atomic_file;
 use crate::telemetry::metrics;
@@ -61,8 +73,12 @@ pub enum OnAuditFailure {
 /// it must link to.
 #[derive(Debug)]
 struct Head {
-    file: File,
+    file: AuditFile,
+    /// Bytes of whole records in the file: where a failed write is cut
+    /// back to.
     size: u64,
+    /// A failed write could not be cut back yet: do so before the next.
+    torn: bool,
     next_seq: u64,
     last_hash: String,
 }
@@ -76,6 +92,7 @@ pub struct AuditLog {
     // std Mutex: held for one small write (and rarely a rename), never
     // across an await; it also orders the chain.
     head: Mutex<Head>,
+    denials: DenialLimiter,
 }
 
 impl AuditLog {
@@ -90,14 +107,14 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             atomic_file::create_dir(dir, 0o700).map_err(error)?;
         }
-        let mut file = atomic_file::open_append(path, 0o600).map_err(error)?;
-        let (next_seq, last_hash) = match chain::last_link(&mut file).map_err(error)? {
+        let mut file = AuditFile::open(path).map_err(error)?;
+        let (next_seq, last_hash) = match chain::last_link(&mut file.file).map_err(error)? {
             Some(link) => link,
             None => chain::last_link_of(&rotated(path, 1))
                 .map_err(error)?
                 .unwrap_or_else(chain::start),
         };
-        let size = file.metadata().map_err(error)?.len();
+        let size = file.file.metadata().map_err(error)?.len();
         tracing::info!(path = %path.display(), next_seq, head = %last_hash, "audit trail opened");
         Ok(Self {
             path: path.to_owned(),
@@ -106,10 +123,18 @@ impl AuditLog {
             head: Mutex::new(Head {
                 file,
                 size,
+                torn: false,
                 next_seq,
                 last_hash,
             }),
+            denials: DenialLimiter::new(DenialLimit::default()),
         })
+    }
+
+    /// Replaces the default rate limit on denial records.
+    pub fn with_denial_limit(mut self, limit: DenialLimit) -> Self {
+        self.denials = DenialLimiter::new(limit);
+        self
     }
 
     /// The audit file's path.
@@ -134,13 +159,58 @@ impl AuditLog {
         }
     }
 
+    /// Records the denial of a caller that holds no identity (attestation
+    /// failed, no entry matches, or the request was refused before
+    /// attestation), unless that caller's uid has used up its allowance of
+    /// such records for this window: then it is only counted, for the
+    /// window's summary and the metrics. Never use this for issuance,
+    /// validations or policy decisions about a caller with an identity.
+    pub fn write_denial(&self, record: Record) -> Result<(), AuditError> {
+        if self.denials.admit(&record) {
+            return self.write(&[record]);
+        }
+        metrics().audit_denial_suppressed(record.rpc);
+        Ok(())
+    }
+
+    /// Ends the rate limit's window: writes one summary record per uid that
+    /// had denial records left out. Failures are logged (and counted), not
+    /// returned: nobody waits on a summary.
+    pub fn summarise_denials(&self) {
+        let summaries = self.denials.end_window();
+        if summaries.is_empty() {
+            return;
+        }
+        if let Err(error) = self.write(&summaries) {
+            tracing::error!(%error, records = summaries.len(), "denial summaries lost");
+        }
+    }
+
+    /// Summarises denials at the end of every window, for as long as the
+    /// daemon runs (the summary must not wait for the next denial).
+    pub async fn summarise_denials_every_window(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(self.denials.window());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate
+        loop {
+            ticks.tick().await;
+            self.summarise_denials();
+        }
+    }
+
     fn append(&self, records: &[Record]) -> Result<(), AuditError> {
         let mut head = self.lock();
+        if head.torn {
+            self.cut_back(&mut head)?;
+        }
         let mut buf = Vec::new();
         let mut seq = head.next_seq;
         let mut last_hash = head.last_hash.clone();
         for record in records {
             let mut record = record.clone();
+            if bound::bound(&mut record) {
+                metrics().audit_record_truncated();
+            }
             record.seq = seq;
             record.prev = last_hash;
             // Strings, numbers and maps only: serialization cannot fail.
@@ -153,10 +223,18 @@ impl AuditLog {
         if head.size > 0 && head.size + buf.len() as u64 > self.rotation.max_bytes {
             self.rotate(&mut head)?;
         }
-        head.file.write_all(&buf).map_err(|source| AuditError {
-            path: self.path.clone(),
-            source,
-        })?;
+        if let Err(source) = head.file.write_all(&buf) {
+            // Part of the batch may be on disk: remove it, so the file ends
+            // with the last whole record and the chain goes on from there.
+            head.torn = true;
+            if let Err(error) = self.cut_back(&mut head) {
+                tracing::error!(%error, "cannot cut a failed audit write back; retrying before the next");
+            }
+            return Err(AuditError {
+                path: self.path.clone(),
+                source,
+            });
+        }
         head.size += buf.len() as u64;
         head.next_seq = seq;
         head.last_hash = last_hash;
@@ -180,9 +258,20 @@ impl AuditLog {
             }
         }
         std::fs::rename(&self.path, rotated(&self.path, 1)).map_err(error)?;
-        head.file = atomic_file::open_append(&self.path, 0o600).map_err(error)?;
+        head.file = AuditFile::open(&self.path).map_err(error)?;
         head.size = 0;
+        head.torn = false;
         tracing::info!(path = %self.path.display(), next_seq = head.next_seq, head = %head.last_hash, "audit trail rotated");
+        Ok(())
+    }
+
+    /// Truncates the file to its last whole record.
+    fn cut_back(&self, head: &mut Head) -> Result<(), AuditError> {
+        head.file.truncate(head.size).map_err(|source| AuditError {
+            path: self.path.clone(),
+            source,
+        })?;
+        head.torn = false;
         Ok(())
     }
 
@@ -199,15 +288,43 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The last `max` bytes of a file (nothing for a device such as
-/// `/dev/full`, which has no length but endless contents).
-fn read_tail(file: &mut File, max: u64) -> std::io::Result<Vec<u8>> {
-    let len = file.metadata()?.len();
-    let start = len.saturating_sub(max);
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = Vec::new();
-    file.take(len - start).read_to_end(&mut buf)?;
-    Ok(buf)
+/// The open audit file. Unit tests can make its next write stop part-way,
+/// as a full disk does.
+#[derive(Debug)]
+struct AuditFile {
+    file: File,
+    /// Only a regular file can be cut back (not `/dev/full`, a pipe, ...).
+    regular: bool,
+    #[cfg(test)]
+    fail_after: Option<usize>,
+}
+
+impl AuditFile {
+    fn open(path: &Path) -> io::Result<Self> {
+        let file = atomic_file::open_append(path, 0o600)?;
+        Ok(Self {
+            regular: file.metadata()?.is_file(),
+            file,
+            #[cfg(test)]
+            fail_after: None,
+        })
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(written) = self.fail_after.take() {
+            self.file.write_all(&buf[..written.min(buf.len())])?;
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "test: disk full"));
+        }
+        self.file.write_all(buf)
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        match self.regular {
+            true => self.file.set_len(len),
+            false => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -272,6 +389,96 @@ mod tests {
         let report = verify(&files).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.last_seq, Some(39));
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_is_cut_back_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
+        let record = |i: usize| Record::new("FetchX509SVID", Outcome::Issued, format!("r{i}"), None);
+        log.write(&[record(0), record(1)]).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+
+        // The disk fills 30 bytes into the next batch of two records.
+        log.lock().file.fail_after = Some(30);
+        assert!(log.write(&[record(2), record(3)]).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), whole, "the partial batch is gone");
+        assert!(verify(std::slice::from_ref(&path)).unwrap().problems.is_empty());
+
+        // Space again: the chain continues from the last whole record.
+        log.write(&[record(4)]).unwrap();
+        let report = verify(std::slice::from_ref(&path)).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!((report.records, report.last_seq), (3, Some(2)));
+        let last: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().lines().last().unwrap()).unwrap();
+        assert_eq!(last["reason"], "r4");
+    }
+
+    #[test]
+    fn a_torn_record_left_by_a_crash_is_cut_off_when_the_trail_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
+        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "r0", None)])
+            .unwrap();
+        drop(log);
+        // A crash in the middle of the next write.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(br#"{"seq":1,"prev":"ab"#).unwrap();
+        let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
+        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "r1", None)])
+            .unwrap();
+        let report = verify(std::slice::from_ref(&path)).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!((report.records, report.last_seq), (2, Some(1)));
+    }
+
+    #[test]
+    fn records_are_bounded_as_written_and_the_chain_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
+        let huge = Record::new("ValidateJWTSVID", Outcome::Rejected, "x".repeat(1 << 20), None)
+            .with_audience(&vec!["a".repeat(10_000); 1000]);
+        log.write(&[huge]).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() <= MAX_RECORD_BYTES, "{} bytes", text.len());
+        let record: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert!(record["truncated"]["audience"].is_string(), "{record}");
+        assert!(record["truncated"]["reason"].is_string(), "{record}");
+        assert!(verify(&[path]).unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn denials_beyond_the_limit_are_summarised_in_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let limit = DenialLimit {
+            per_uid: 2,
+            ..DenialLimit::default()
+        };
+        let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse)
+            .unwrap()
+            .with_denial_limit(limit);
+        for _ in 0..5 {
+            log.write_denial(
+                Record::new("FetchX509SVID", Outcome::Denied, "no entry", None).with_peer_ids(1, 1000, 1000),
+            )
+            .unwrap();
+        }
+        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "fetched", None)])
+            .unwrap();
+        log.summarise_denials();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let outcomes: Vec<&str> = records.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+        assert_eq!(outcomes, ["denied", "denied", "issued", "suppressed"]);
+        assert_eq!(records[3]["suppressed"]["count"], 3);
+        assert_eq!(records[3]["uid"], 1000);
+        assert!(verify(&[path]).unwrap().problems.is_empty());
     }
 
     #[test]

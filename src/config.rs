@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::audit::{OnAuditFailure, Rotation};
+use crate::audit::{DenialLimit, OnAuditFailure, Rotation};
 use crate::authority::UpstreamFiles;
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
@@ -284,6 +284,9 @@ pub struct AuditConfig {
     pub rotation: Rotation,
     /// What happens to a decision that cannot be recorded.
     pub on_failure: OnAuditFailure,
+    /// The per-uid rate limit on denial records of callers without an
+    /// identity.
+    pub denial_limit: DenialLimit,
 }
 
 /// A lifetime written as a humantime string ("1h", "90s"), at least
@@ -366,16 +369,42 @@ struct RawAudit {
     max_bytes: u64,
     keep: u32,
     on_failure: OnAuditFailure,
+    denial_records_per_uid: u32,
+    denial_window: DenialWindow,
+    denial_tracked_uids: Option<Spanned<usize>>,
 }
 
 impl Default for RawAudit {
     fn default() -> Self {
+        let limit = DenialLimit::default();
         Self {
             path: None,
             max_bytes: 100 << 20,
             keep: 10,
             on_failure: OnAuditFailure::Refuse,
+            denial_records_per_uid: limit.per_uid,
+            denial_window: DenialWindow(limit.window),
+            denial_tracked_uids: None,
         }
+    }
+}
+
+/// `[audit] denial_window`: a humantime string of at least a second (tests
+/// use short windows; the timer that ends them must not spin).
+struct DenialWindow(Duration);
+
+impl<'de> Deserialize<'de> for DenialWindow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let duration = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {text:?}: {e} (e.g. \"60s\")"))
+        })?;
+        if duration < Duration::from_secs(1) {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is shorter than the minimum of 1s"
+            )));
+        }
+        Ok(Self(duration))
     }
 }
 
@@ -428,6 +457,7 @@ impl Config {
         let ca = source.ca(raw.ca)?;
         let limits = source.limits(raw.limits, raw.max_connections_per_uid)?;
         let entries = source.entries(raw.entry, &trust_domain)?;
+        let denial_limit = source.denial_limit(&raw.audit)?;
         Ok(Self {
             source: path.to_owned(),
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
@@ -439,6 +469,7 @@ impl Config {
                     keep: raw.audit.keep,
                 },
                 on_failure: raw.audit.on_failure,
+                denial_limit,
             },
             data_dir,
             entries_dir: raw.entries_dir,
@@ -630,6 +661,27 @@ impl SourceFile<'_> {
                     .map(|v| (v, "limits.health_max_connections")),
             )?
             .unwrap_or(defaults.health_max_connections),
+        })
+    }
+
+    /// The rate limit on denial records; at least one uid must be tracked.
+    fn denial_limit(&self, raw: &RawAudit) -> Result<DenialLimit, ConfigError> {
+        let default = DenialLimit::default();
+        let tracked_uids = match &raw.denial_tracked_uids {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(self.error(
+                    &n.span(),
+                    "audit.denial_tracked_uids".into(),
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => *n.get_ref(),
+            None => default.tracked_uids,
+        };
+        Ok(DenialLimit {
+            per_uid: raw.denial_records_per_uid,
+            window: raw.denial_window.0,
+            tracked_uids,
         })
     }
 
@@ -901,6 +953,36 @@ owner = "team@example.org"
             short.key.as_deref(),
             Some("limits.first_request_timeout"),
             "{short}"
+        );
+    }
+
+    #[test]
+    fn audit_denial_limit() {
+        let default = parse("trust_domain = \"example.org\"\n").unwrap();
+        assert_eq!(default.audit.denial_limit, DenialLimit::default());
+        let set = parse(
+            "trust_domain = \"example.org\"\n[audit]\ndenial_records_per_uid = 5\ndenial_window = \"2s\"\ndenial_tracked_uids = 8\n",
+        )
+        .unwrap();
+        assert_eq!(
+            set.audit.denial_limit,
+            DenialLimit {
+                per_uid: 5,
+                window: Duration::from_secs(2),
+                tracked_uids: 8
+            }
+        );
+        let err = parse("trust_domain = \"example.org\"\n[audit]\ndenial_window = \"10ms\"\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("audit.denial_window")),
+            "{err}"
+        );
+        let err = parse("trust_domain = \"example.org\"\n[audit]\n\ndenial_tracked_uids = 0\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("audit.denial_tracked_uids")),
+            "{err}"
         );
     }
 

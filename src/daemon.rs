@@ -157,6 +157,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         } => tracing::warn!("connections still open after the grace period; closing them"),
     }
     drop(listener);
+    // Denials left out since the last window's end are summarised now, not lost.
+    ctx.audit.summarise_denials();
     tracing::info!("attestd stopped");
     Ok(())
 }
@@ -174,11 +176,11 @@ fn start_services(
         &config.data_dir,
         &config.ca,
     )?);
-    let audit = Arc::new(AuditLog::open(
-        &config.audit.path,
-        config.audit.rotation,
-        config.audit.on_failure,
-    )?);
+    let audit = Arc::new(
+        AuditLog::open(&config.audit.path, config.audit.rotation, config.audit.on_failure)?
+            .with_denial_limit(config.audit.denial_limit),
+    );
+    tokio::spawn(Arc::clone(&audit).summarise_denials_every_window());
     tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
     tokio::spawn(Arc::clone(&authority).run_ca_rotation());
     tokio::spawn(maintain_bundle_file(

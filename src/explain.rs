@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::attest::{AttestError, Attestor, ExeBinding, PeerIdentity, Workload};
+use crate::attest::{AttestError, Attestor, ExeBinding, Hashing, PeerIdentity, Workload};
 use crate::config::{Config, ConfigError};
 use crate::registry::{Entry, Policy};
 use crate::selector::Selector;
@@ -51,7 +51,8 @@ pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
     let policy = Policy::load(config)?;
     let attestor = Attestor::new("/proc", config.attestation.max_exe_hash_bytes);
     let peer = PeerIdentity::for_process(attestor.proc_root(), pid)?;
-    let workload = attestor.attest(&peer, ExeBinding::Trust)?;
+    // Always hashed: an operator writing a unix:sha256 entry needs the hash.
+    let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash)?;
     let matches = policy.matching(&workload.selectors);
     let mut near_misses = Vec::new();
     let mut unrelated = 0;
@@ -117,7 +118,8 @@ impl fmt::Display for Explanation {
         writeln!(
             f,
             "\nOver the socket, unix:path and unix:sha256 also require that the caller still runs the \
-             executable it connected with and is the only process holding the connection."
+             executable it connected with and is the only process holding the connection, and \
+             executables are hashed only while some entry names unix:sha256."
         )
     }
 }

@@ -57,6 +57,7 @@ pub struct Policy {
     entries: Vec<Arc<Entry>>,
     index: SelectorIndex,
     names_executables: bool,
+    names_sha256: bool,
 }
 
 impl Policy {
@@ -74,11 +75,22 @@ impl Policy {
             .iter()
             .flat_map(|entry| entry.selectors.iter())
             .any(|selector| matches!(selector.kind(), "unix:path" | "unix:sha256"));
+        let names_sha256 = entries
+            .iter()
+            .flat_map(|entry| entry.selectors.iter())
+            .any(|selector| selector.kind() == "unix:sha256");
         Self {
             entries,
             index,
             names_executables,
+            names_sha256,
         }
+    }
+
+    /// Whether any entry names `unix:sha256`: only then are executables
+    /// hashed (CPU a caller could otherwise make attestd spend for nothing).
+    pub fn names_sha256(&self) -> bool {
+        self.names_sha256
     }
 
     /// Whether any entry relies on `unix:path` or `unix:sha256`: only then

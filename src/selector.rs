@@ -30,6 +30,9 @@ pub enum SelectorError {
     /// `unix:path` wants an absolute path.
     #[error("unix:path needs an absolute path")]
     RelativePath,
+    /// A delegated-cgroup selector wants `<uid>:<name>`.
+    #[error("{0} needs \"<uid>:<name>\" (the delegating uid, then the name)")]
+    NotDelegated(String),
 }
 
 /// Every `type:key` attestd can produce. Entries may only name these.
@@ -44,9 +47,16 @@ pub const KNOWN_KINDS: &[&str] = &[
     "unix:sha256",
     "systemd:id",
     "systemd:slice",
+    "systemd:user_unit",
+    "systemd:user_slice",
     "cgroup:path",
     "container:id",
+    "container:user_id",
 ];
+
+/// Kinds whose value is `<uid>:<name>`: facts named inside a cgroup subtree
+/// delegated to that uid, kept apart from the system's own names.
+const DELEGATED_KINDS: &[&str] = &["systemd:user_unit", "systemd:user_slice", "container:user_id"];
 
 const NUMERIC_KINDS: &[&str] = &["unix:uid", "unix:gid", "unix:supplementary_gid"];
 
@@ -109,18 +119,29 @@ fn validate_value(kind: &str, value: &str) -> Result<(), SelectorError> {
     if NUMERIC_KINDS.contains(&kind) && value.parse::<u32>().is_err() {
         return Err(SelectorError::NotANumber(kind.to_owned()));
     }
+    let value = match DELEGATED_KINDS.contains(&kind) {
+        true => delegated_name(value).ok_or_else(|| SelectorError::NotDelegated(kind.to_owned()))?,
+        false => value,
+    };
     match kind {
-        "unix:sha256"
-            if value.len() != 64
-                || !value
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Err(SelectorError::BadDigest)
-        }
+        "unix:sha256" if !is_lower_hex64(value) => Err(SelectorError::BadDigest),
+        "container:user_id" if !is_lower_hex64(value) => Err(SelectorError::NotDelegated(kind.to_owned())),
         "unix:path" if !value.starts_with('/') => Err(SelectorError::RelativePath),
         _ => Ok(()),
     }
+}
+
+/// The name part of a delegated selector's `<uid>:<name>`.
+fn delegated_name(value: &str) -> Option<&str> {
+    let (uid, name) = value.split_once(':')?;
+    (uid.parse::<u32>().is_ok() && !name.is_empty()).then_some(name)
+}
+
+fn is_lower_hex64(value: &str) -> bool {
+    value.len() == 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl fmt::Display for Selector {
@@ -249,9 +270,32 @@ mod tests {
             "unix:path:/usr/bin/env".to_owned(),
             "systemd:id:foo.service".to_owned(),
             format!("container:id:{digest}"),
+            "systemd:user_unit:1000:nginx.service".to_owned(),
+            "systemd:user_slice:1000:app.slice".to_owned(),
+            format!("container:user_id:1000:{digest}"),
         ] {
             Selector::parse(&text).unwrap();
         }
+    }
+
+    #[test]
+    fn delegated_kinds_need_a_uid_and_a_name() {
+        for text in [
+            "systemd:user_unit:nginx.service",
+            "systemd:user_unit:1000:",
+            "systemd:user_slice:x:app.slice",
+            "container:user_id:1000:abc",
+        ] {
+            assert!(
+                matches!(Selector::parse(text), Err(SelectorError::NotDelegated(_))),
+                "{text}"
+            );
+        }
+        let unit = Selector::new("systemd", "user_unit", "1000:nginx.service");
+        assert_eq!(
+            Selector::parse("systemd:user_unit:1000:nginx.service").unwrap(),
+            unit
+        );
     }
 
     proptest::proptest! {

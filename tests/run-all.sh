@@ -25,6 +25,24 @@ if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# Real containers (tests/e2e/container.rs): podman from Debian's packages,
+# the runc runtime the tests name, catatonit for the pause image of pods
+# (podman builds it locally), and a static busybox that one test mounts into
+# its container as a shell. The tests import their image from a tarball
+# they build: no registry is used.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v catatonit >/dev/null \
+    || ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+    step "installing podman, runc, catatonit and busybox-static for the container tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc catatonit busybox-static >/dev/null
+fi
+# tests/e2e/forgery.rs runs a binary from a FUSE file system (bindfs,
+# mounted by root) to show it gets no executable identity.
+if ! command -v bindfs >/dev/null; then
+    step "installing bindfs (Debian package bindfs) for the forged-facts tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs >/dev/null
+fi
+
 # tests/e2e/exhaustion.rs runs a raw HTTP/2 client as other uids: it needs an
 # interpreter every uid can reach (Debian's /usr/bin/python3, not a pyenv
 # under /root), and prlimit (util-linux) to give attestd a small fd budget.
@@ -65,6 +83,11 @@ systemd-analyze security --offline=true target/attestd.service | tail -n 1
 
 step "fuzz targets build (run them with cargo +nightly fuzz run <target>)"
 cargo check --quiet --manifest-path fuzz/Cargo.toml
+
+# A short run checks the harness; the full run (and benches/compare.sh
+# against an older revision) is run by hand: see the README's Performance.
+step "benchmark harness, short mode (cargo bench --bench workload_api -- --quick)"
+cargo bench --quiet --bench workload_api -- --quick
 
 step "quickstart (the README's first command)"
 bash examples/quickstart.sh

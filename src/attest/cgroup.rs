@@ -10,9 +10,18 @@
 //! creates cgroups (systemd, container runtimes, and any process with a
 //! delegated subtree), so nothing here trusts their shape: unparseable
 //! lines are skipped (fewer selectors can only mean fewer matches), and
-//! evidence of two different containers is an error, never a guess.
+//! evidence of two different containers is an error, never a guess. Names
+//! below a delegation boundary (see [`delegation`]) are the delegated
+//! user's, and are reported apart, with that user's uid.
+
+mod delegation;
+mod mounts;
+
+pub use delegation::OwnershipEvidence;
+pub use mounts::CgroupMounts;
 
 use crate::selector::{Selector, SelectorSet};
+use delegation::{Hierarchy, NoEvidence, Split};
 
 /// Lines beyond this many bytes in all are not believed to come from the
 /// kernel; the file is refused.
@@ -33,14 +42,32 @@ pub enum CgroupError {
 /// What the cgroup file says about a process.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CgroupFacts {
-    /// The v2 path, or the v1 `name=systemd` path.
+    /// The v2 path, or the v1 `name=systemd` path (whole: a user cannot
+    /// create a path outside its subtree, and the path shows the delegation).
     pub path: Option<String>,
-    /// The innermost `.service` or `.scope` unit of that path.
+    /// The innermost `.service` or `.scope` unit of that path named by root.
     pub systemd_unit: Option<String>,
-    /// Every `.slice` of that path, outermost first.
+    /// Every `.slice` of that path named by root, outermost first.
     pub systemd_slices: Vec<String>,
-    /// The container id (64 lowercase hex), if any hierarchy names one.
+    /// The container id (64 lowercase hex) a root-named cgroup shows.
     pub container_id: Option<String>,
+    /// Units and slices named below the path's delegation boundary.
+    pub delegated: Option<DelegatedFacts>,
+    /// A container id named below a delegation boundary: (uid, id).
+    pub user_container_id: Option<(u32, String)>,
+    /// Facts withheld or judged on weaker evidence, and why.
+    pub notes: Vec<String>,
+}
+
+/// Units and slices a delegated user named.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DelegatedFacts {
+    /// The uid the subtree was delegated to.
+    pub uid: u32,
+    /// The innermost unit below the boundary.
+    pub systemd_unit: Option<String>,
+    /// Every slice below the boundary, outermost first.
+    pub systemd_slices: Vec<String>,
 }
 
 impl CgroupFacts {
@@ -58,50 +85,148 @@ impl CgroupFacts {
         if let Some(id) = &self.container_id {
             into.insert(Selector::new("container", "id", id));
         }
+        if let Some(delegated) = &self.delegated {
+            let uid = delegated.uid;
+            if let Some(unit) = &delegated.systemd_unit {
+                into.insert(Selector::new("systemd", "user_unit", format!("{uid}:{unit}")));
+            }
+            for slice in &delegated.systemd_slices {
+                into.insert(Selector::new("systemd", "user_slice", format!("{uid}:{slice}")));
+            }
+        }
+        if let Some((uid, id)) = &self.user_container_id {
+            into.insert(Selector::new("container", "user_id", format!("{uid}:{id}")));
+        }
     }
 }
 
-/// Parses the contents of `/proc/<pid>/cgroup`.
+/// Parses the contents of `/proc/<pid>/cgroup`, with unit names as the only
+/// evidence of delegation.
 pub fn parse(text: &str) -> Result<CgroupFacts, CgroupError> {
+    parse_with(text, &NoEvidence)
+}
+
+/// Parses the contents of `/proc/<pid>/cgroup`, asking `evidence` who owns
+/// the cgroup directories to find delegated subtrees.
+pub fn parse_with(text: &str, evidence: &dyn OwnershipEvidence) -> Result<CgroupFacts, CgroupError> {
     if text.len() > MAX_CGROUP_FILE {
         return Err(CgroupError::TooLarge);
     }
     let lines: Vec<Line<'_>> = text.lines().filter_map(Line::parse).collect();
-    let path = lines
+    let main = lines
         .iter()
-        .find(|l| l.id == "0" && l.controllers.is_empty())
+        .find(|l| l.hierarchy() == Hierarchy::Unified)
         .or_else(|| {
             lines
                 .iter()
                 .find(|l| l.controllers.split(',').any(|c| c == "name=systemd"))
-        })
-        .map(|l| l.path);
-    let mut facts = CgroupFacts {
-        path: path.map(str::to_owned),
-        ..CgroupFacts::default()
-    };
-    if let Some(path) = path {
-        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        facts.systemd_unit = segments
-            .iter()
-            .rev()
-            .find(|s| is_unit(s, ".service") || is_unit(s, ".scope"))
-            .map(|s| (*s).to_owned());
-        facts.systemd_slices = segments
-            .iter()
-            .filter(|s| is_unit(s, ".slice"))
-            .map(|s| (*s).to_owned())
-            .collect();
+        });
+    let mut facts = CgroupFacts::default();
+    if let Some(line) = main {
+        systemd_facts(&mut facts, line, evidence);
     }
     for line in &lines {
-        if let Some(id) = container_id(line.path) {
-            match &facts.container_id {
-                Some(seen) if *seen != id => return Err(CgroupError::AmbiguousContainer(seen.clone(), id)),
-                _ => facts.container_id = Some(id),
-            }
-        }
+        container_facts(&mut facts, line, evidence)?;
     }
     Ok(facts)
+}
+
+/// The path, and the units and slices on it, on either side of its
+/// delegation boundary.
+fn systemd_facts(facts: &mut CgroupFacts, line: &Line<'_>, evidence: &dyn OwnershipEvidence) {
+    facts.path = Some(line.path.to_owned());
+    let segments = line.segments();
+    let split = delegation::split(&segments, line.hierarchy(), evidence);
+    let (system, user) = segments.split_at(split.root_named);
+    facts.systemd_unit = innermost_unit(system);
+    facts.systemd_slices = slices(system);
+    if !split.verified && (facts.systemd_unit.is_some() || !facts.systemd_slices.is_empty()) {
+        facts.notes.push(format!(
+            "systemd selectors judged by unit names only: attestd cannot inspect the {} hierarchy",
+            line.hierarchy_name()
+        ));
+    }
+    let (unit, user_slices) = (innermost_unit(user), slices(user));
+    if unit.is_none() && user_slices.is_empty() {
+        return;
+    }
+    match split.delegate {
+        Some(uid) => {
+            facts.delegated = Some(DelegatedFacts {
+                uid,
+                systemd_unit: unit,
+                systemd_slices: user_slices,
+            });
+        }
+        None => facts.notes.push(lost_note(line.path, split)),
+    }
+}
+
+/// A container id of one line: a system one if root named it, else the
+/// delegated user's. Two different ids on either side are an error.
+fn container_facts(
+    facts: &mut CgroupFacts,
+    line: &Line<'_>,
+    evidence: &dyn OwnershipEvidence,
+) -> Result<(), CgroupError> {
+    let Some(named) = container_id(line.path) else {
+        return Ok(());
+    };
+    let segments = line.segments();
+    let split = delegation::split(&segments, line.hierarchy(), evidence);
+    let root_named = container_id(&format!("/{}", segments[..split.root_named].join("/")));
+    if let Some(id) = &root_named {
+        agree(&mut facts.container_id, id.clone())?;
+    }
+    if root_named.as_ref() == Some(&named) {
+        return Ok(());
+    }
+    match split.delegate {
+        Some(uid) => {
+            let seen = facts
+                .user_container_id
+                .get_or_insert_with(|| (uid, named.clone()));
+            if *seen != (uid, named.clone()) {
+                return Err(CgroupError::AmbiguousContainer(seen.1.clone(), named));
+            }
+        }
+        None => facts.notes.push(lost_note(line.path, split)),
+    }
+    Ok(())
+}
+
+/// Records `id` in `slot` unless another id is already there.
+fn agree(slot: &mut Option<String>, id: String) -> Result<(), CgroupError> {
+    match slot {
+        Some(seen) if *seen != id => Err(CgroupError::AmbiguousContainer(seen.clone(), id)),
+        _ => {
+            *slot = Some(id);
+            Ok(())
+        }
+    }
+}
+
+fn lost_note(path: &str, split: Split) -> String {
+    format!(
+        "cgroup names below segment {} of {path} withheld: that cgroup could not be inspected",
+        split.root_named
+    )
+}
+
+fn innermost_unit(segments: &[&str]) -> Option<String> {
+    segments
+        .iter()
+        .rev()
+        .find(|s| is_unit(s, ".service") || is_unit(s, ".scope"))
+        .map(|s| (*s).to_owned())
+}
+
+fn slices(segments: &[&str]) -> Vec<String> {
+    segments
+        .iter()
+        .filter(|s| is_unit(s, ".slice"))
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 struct Line<'a> {
@@ -125,6 +250,27 @@ impl<'a> Line<'a> {
             path,
         })
     }
+
+    fn hierarchy(&self) -> Hierarchy<'a> {
+        if self.id == "0" && self.controllers.is_empty() {
+            Hierarchy::Unified
+        } else {
+            Hierarchy::V1 {
+                controllers: self.controllers,
+            }
+        }
+    }
+
+    fn hierarchy_name(&self) -> &'a str {
+        match self.hierarchy() {
+            Hierarchy::Unified => "cgroup2",
+            Hierarchy::V1 { controllers } => controllers,
+        }
+    }
+
+    fn segments(&self) -> Vec<&'a str> {
+        self.path.split('/').filter(|s| !s.is_empty()).collect()
+    }
 }
 
 /// A systemd unit name: a non-empty name plus the suffix, no control
@@ -133,31 +279,64 @@ fn is_unit(segment: &str, suffix: &str) -> bool {
     segment.len() > suffix.len() && segment.ends_with(suffix) && !segment.chars().any(char::is_control)
 }
 
-/// Runtimes that name a container's cgroup `<prefix><id>.scope` (systemd
-/// cgroup driver). `crio-conmon-` and `libpod-conmon-` are the monitors, not
-/// the containers, and do not match: their remainder is not bare hex.
-const SCOPE_PREFIXES: &[&str] = &["docker-", "cri-containerd-", "crio-", "libpod-"];
+/// How runtimes name the cgroup of the container itself:
+/// `<prefix><64 hex><suffix>`. The monitors (`libpod-conmon-<id>.scope`,
+/// `crio-conmon-<id>[.scope]`) do not match: what follows the prefix is not
+/// bare hex. Where each form comes from: tests/fixtures/cgroup/README.md.
+const CONTAINER_CGROUP_NAMES: &[(&str, &str)] = &[
+    // podman, cgroupfs manager: `/libpod_parent/libpod-<id>` (seen on real
+    // containers in the e2e tests); with `--cgroups=split`,
+    // `<podman's own cgroup>/libpod-payload-<id>`.
+    ("libpod-", ""),
+    ("libpod-payload-", ""),
+    // podman, systemd manager: `machine.slice/libpod-<id>.scope`.
+    ("libpod-", ".scope"),
+    // docker, systemd driver: `system.slice/docker-<id>.scope`.
+    ("docker-", ".scope"),
+    // containerd (CRI), systemd driver.
+    ("cri-containerd-", ".scope"),
+    // cri-o: `crio-<id>.scope` (systemd), `crio-<id>` (cgroupfs).
+    ("crio-", ".scope"),
+    ("crio-", ""),
+];
 
-/// The container id named by a cgroup path: `<prefix><64 hex>.scope`, or a
-/// bare 64-hex segment under `docker`, a kubepods `pod…` segment, or
-/// `libpod_parent` (cgroupfs driver).
+/// The container id named by a cgroup path: a segment of one of the
+/// [`CONTAINER_CGROUP_NAMES`] forms, or a bare 64-hex segment directly under
+/// `docker` (docker, cgroupfs driver) or a kubelet `pod<uid>` directory
+/// (containerd and docker, cgroupfs driver).
+///
+/// The OUTERMOST match wins. A container's cgroup was created by the
+/// runtime on the host, but what lies below it may be created by the
+/// container itself (podman `--systemd=always` hands it its subtree, a
+/// nested runtime creates its own `docker-<id>.scope` there): an id named
+/// inside a container is that container's claim, and must never pass for
+/// a container of the host's runtime. The innermost match would let a
+/// container name any other container's id.
 fn container_id(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.split('/').collect();
-    segments.iter().enumerate().rev().find_map(|(i, segment)| {
-        let scoped = segment.strip_suffix(".scope").and_then(|name| {
-            SCOPE_PREFIXES
-                .iter()
-                .find_map(|prefix| name.strip_prefix(prefix))
+    segments.iter().enumerate().find_map(|(i, segment)| {
+        let named = CONTAINER_CGROUP_NAMES.iter().find_map(|(prefix, suffix)| {
+            segment
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
                 .filter(|id| is_container_id(id))
         });
         let bare =
             (i > 0 && is_container_id(segment) && is_container_parent(segments[i - 1])).then_some(*segment);
-        scoped.or(bare).map(str::to_owned)
+        named.or(bare).map(str::to_owned)
     })
 }
 
+/// A directory whose 64-hex children are containers: docker's cgroupfs
+/// parent, or a kubelet pod (`pod` + the pod's UID, with `-`; the systemd
+/// driver's `…-pod<uid>.slice` holds `.scope`s instead). Not
+/// `libpod_parent`: podman's 64-hex children there are pods (their conmon
+/// sits in `<pod id>/conmon`), and its containers are `libpod-<id>`.
 fn is_container_parent(segment: &str) -> bool {
-    segment == "docker" || segment == "libpod_parent" || segment.starts_with("pod")
+    segment == "docker"
+        || segment
+            .strip_prefix("pod")
+            .is_some_and(|uid| uid.len() == 36 && uid.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()))
 }
 
 fn is_container_id(text: &str) -> bool {
@@ -169,6 +348,7 @@ fn is_container_id(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::delegation::Ownership;
     use super::*;
 
     const ID: &str = "3f4b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
@@ -187,11 +367,131 @@ mod tests {
         assert_eq!(f.container_id, None);
     }
 
+    /// A user session: root's systemd named everything down to the user's
+    /// manager; below it, the user's manager (or the user) named the rest.
     #[test]
-    fn user_session_innermost_unit_and_all_slices() {
+    fn user_session_units_below_the_user_manager_are_the_users() {
         let f = facts("0::/user.slice/user-1000.slice/user@1000.service/app.slice/app-agent-42.scope\n");
-        assert_eq!(f.systemd_unit.as_deref(), Some("app-agent-42.scope"));
-        assert_eq!(f.systemd_slices, ["user.slice", "user-1000.slice", "app.slice"]);
+        assert_eq!(f.systemd_unit.as_deref(), Some("user@1000.service"));
+        assert_eq!(f.systemd_slices, ["user.slice", "user-1000.slice"]);
+        assert_eq!(
+            f.delegated,
+            Some(DelegatedFacts {
+                uid: 1000,
+                systemd_unit: Some("app-agent-42.scope".into()),
+                systemd_slices: vec!["app.slice".into()],
+            })
+        );
+        let mut selectors = SelectorSet::new();
+        f.selectors(&mut selectors);
+        let has = |text: &str| selectors.contains(&Selector::parse(text).unwrap());
+        assert!(has("systemd:user_unit:1000:app-agent-42.scope"));
+        assert!(has("systemd:user_slice:1000:app.slice"));
+        assert!(has("systemd:id:user@1000.service") && has("systemd:slice:user-1000.slice"));
+        assert!(!has("systemd:id:app-agent-42.scope") && !has("systemd:slice:app.slice"));
+    }
+
+    /// The attack: a user names a system unit, or a container, inside its
+    /// own subtree. Neither may come out as the system's.
+    #[test]
+    fn names_forged_in_a_users_subtree_are_not_the_systems() {
+        let forged = facts("0::/user.slice/user-1000.slice/user@1000.service/system.slice/nginx.service\n");
+        assert_eq!(forged.systemd_unit.as_deref(), Some("user@1000.service"));
+        assert!(!forged.systemd_slices.contains(&"system.slice".to_owned()));
+        let delegated = forged.delegated.unwrap();
+        assert_eq!(delegated.systemd_unit.as_deref(), Some("nginx.service"));
+
+        // Rootless podman under the user's manager.
+        let rootless = facts(&format!(
+            "0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope/container\n"
+        ));
+        assert_eq!(rootless.container_id, None);
+        assert_eq!(rootless.user_container_id, Some((1000, ID.to_owned())));
+        let mut selectors = SelectorSet::new();
+        rootless.selectors(&mut selectors);
+        assert!(selectors.contains(&Selector::parse(&format!("container:user_id:1000:{ID}")).unwrap()));
+        assert!(!selectors.iter().any(|s| s.kind() == "container:id"));
+    }
+
+    /// A v1-only host: the `name=systemd` hierarchy carries the same
+    /// boundary.
+    #[test]
+    fn v1_name_systemd_paths_are_split_too() {
+        let text = "2:cpu:/user.slice\n1:name=systemd:/user.slice/user-42.slice/user@42.service/app.slice/x.service\n";
+        let f = facts(text);
+        assert_eq!(f.systemd_unit.as_deref(), Some("user@42.service"));
+        let delegated = f.delegated.unwrap();
+        assert_eq!(delegated.uid, 42);
+        assert_eq!(delegated.systemd_unit.as_deref(), Some("x.service"));
+        assert_eq!(delegated.systemd_slices, ["app.slice"]);
+    }
+
+    /// The kernel's evidence: a directory chowned for delegation (systemd's
+    /// `Delegate=` with `User=`) marks the boundary with no telltale name.
+    #[test]
+    fn a_directory_owned_by_a_user_marks_a_delegation() {
+        struct DelegatedAt(usize, u32);
+        impl OwnershipEvidence for DelegatedAt {
+            fn walk(&self, _: Hierarchy<'_>, segments: &[&str]) -> Ownership {
+                match segments.len() >= self.0 {
+                    true => Ownership::DelegatedAt {
+                        depth: self.0,
+                        uid: self.1,
+                    },
+                    false => Ownership::RootOwned,
+                }
+            }
+        }
+        let text =
+            format!("0::/system.slice/ci.service/system.slice/nginx.service\n1:name=systemd:/docker/{ID}\n");
+        let f = parse_with(&text, &DelegatedAt(2, 1000)).unwrap();
+        assert_eq!(f.systemd_unit.as_deref(), Some("ci.service"));
+        assert_eq!(f.systemd_slices, ["system.slice"]);
+        let delegated = f.delegated.unwrap();
+        assert_eq!(delegated.uid, 1000);
+        assert_eq!(delegated.systemd_unit.as_deref(), Some("nginx.service"));
+        assert_eq!(delegated.systemd_slices, ["system.slice"]);
+        // The id names the boundary directory itself, which root named: the
+        // container is the system's. Below the boundary it is the user's.
+        assert_eq!(f.container_id.as_deref(), Some(ID));
+        let deep = format!("0::/system.slice/ci.service/docker-{ID}.scope\n");
+        let f = parse_with(&deep, &DelegatedAt(2, 1000)).unwrap();
+        assert_eq!(
+            (f.container_id, f.user_container_id),
+            (None, Some((1000, ID.to_owned())))
+        );
+        // A root-owned path is the system's all the way down.
+        let f = parse_with(&deep, &DelegatedAt(9, 1000)).unwrap();
+        assert_eq!(f.container_id.as_deref(), Some(ID));
+        assert!(f.notes.is_empty(), "{:?}", f.notes);
+    }
+
+    /// A cgroup that vanished between reading the file and inspecting the
+    /// directory: what lay below it is believed by no one.
+    #[test]
+    fn names_below_an_uninspectable_cgroup_are_withheld() {
+        struct Lost;
+        impl OwnershipEvidence for Lost {
+            fn walk(&self, _: Hierarchy<'_>, _: &[&str]) -> Ownership {
+                Ownership::LostAt { depth: 2 }
+            }
+        }
+        let f = parse_with(
+            &format!("0::/system.slice/gone.service/docker-{ID}.scope\n"),
+            &Lost,
+        )
+        .unwrap();
+        assert_eq!(f.systemd_unit, None);
+        assert_eq!(f.systemd_slices, ["system.slice"]);
+        assert_eq!(
+            (f.container_id, f.user_container_id, f.delegated),
+            (None, None, None)
+        );
+        assert!(
+            f.notes.iter().any(|n| n.contains("could not be inspected")),
+            "{:?}",
+            f.notes
+        );
     }
 
     #[test]
@@ -217,9 +517,12 @@ mod tests {
                 "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod12_34.slice/cri-containerd-{ID}.scope"
             ),
             format!("0::/kubepods.slice/kubepods-pod99.slice/crio-{ID}.scope"),
+            format!("0::/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/crio-{ID}"),
             format!("0::/machine.slice/libpod-{ID}.scope/container"),
             format!("0::/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/{ID}"),
-            format!("0::/libpod_parent/{ID}"),
+            format!("0::/libpod_parent/libpod-{ID}"),
+            format!("0::/libpod_parent/{OTHER}/libpod-{ID}"),
+            format!("0::/system.slice/podman-agent.service/libpod-payload-{ID}"),
             format!("0::/docker/{ID}"),
         ];
         for case in &cases {
@@ -228,16 +531,99 @@ mod tests {
     }
 
     #[test]
-    fn monitors_and_lookalikes_are_not_containers() {
+    fn monitors_pods_and_lookalikes_are_not_containers() {
         for case in [
             format!("0::/machine.slice/libpod-conmon-{ID}.scope"),
             format!("0::/system.slice/crio-conmon-{ID}.scope"),
+            format!("0::/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/crio-conmon-{ID}"),
+            // podman's pod cgroup (cgroupfs) and its conmon: a pod id.
+            format!("0::/libpod_parent/{ID}"),
+            format!("0::/libpod_parent/{ID}/conmon"),
             format!("0::/user.slice/{ID}"),
+            format!("0::/pods/{ID}"),
+            format!("0::/podcast/{ID}"),
             format!("0::/docker/{}", &ID[..63]),
             format!("0::/docker/{}", ID.to_uppercase()),
+            format!("0::/docker/{ID}x"),
             format!("0::/system.slice/docker-{ID}.service"),
+            format!("0::/system.slice/docker-{ID}"),
+            format!("0::/machine.slice/libpod-{ID}.scopex"),
         ] {
             assert_eq!(facts(&case).container_id, None, "{case}");
+        }
+    }
+
+    /// What a container names inside its own cgroup is its claim: the
+    /// outermost container, created by the host's runtime, is the one.
+    #[test]
+    fn ids_named_inside_a_container_do_not_count() {
+        for case in [
+            format!("0::/system.slice/docker-{ID}.scope/docker/{OTHER}"),
+            format!("0::/machine.slice/libpod-{ID}.scope/container/docker-{OTHER}.scope"),
+            format!("0::/docker/{ID}/kubepods/besteffort/pod0a1b2c3d-aaaa-bbbb-cccc-000000000000/{OTHER}"),
+            format!("0::/libpod_parent/libpod-{ID}/libpod_parent/libpod-{OTHER}"),
+        ] {
+            assert_eq!(facts(&case).container_id.as_deref(), Some(ID), "{case}");
+        }
+    }
+
+    /// Whole `/proc/<pid>/cgroup` files of real runtimes' layouts; where
+    /// each comes from: tests/fixtures/cgroup/README.md.
+    #[test]
+    fn runtime_fixtures() {
+        const PODMAN: &str = "e928b1c70508ede1ca533f0595f9015ba9e557694ce3d57a1e5b54d63d1f0390";
+        const PODMAN_IN_POD: &str = "1a9ec6ec1aab719aa62de1c507985abe337e19a3125cffd22e280fc8d7bca303";
+        const PODMAN_SPLIT: &str = "62153b09853021ba956ad1c0ee79097fd4ff519dba9b83c902f50ea9b9e6319f";
+        const PODMAN_SYSTEMD: &str = "50441b5e7a2a26d2b8c70e8675122e3db74c157955230f1da5be639ee5e97267";
+        const DOCKER: &str = "d548c5b83fa61d8e3bd86ad42a7ffea9b7c86e3f9d8095c1577d3e1270bb9420";
+        const CONTAINERD: &str = "2397d068a8d1552a4c3f9147ba9c94e086bfd66fb2acb5bbaf47197105127d5f";
+        const CRIO: &str = "c64064614423cb790e88b3e5492ff5ccf673b25ae823089f7a60c65cda24d809";
+        macro_rules! fixture {
+            ($name:literal) => {
+                (
+                    $name,
+                    include_str!(concat!("../../tests/fixtures/cgroup/", $name)),
+                )
+            };
+        }
+        let cases = [
+            (fixture!("podman-cgroupfs-hybrid"), Some(PODMAN)),
+            (fixture!("podman-cgroupfs-v2"), Some(PODMAN)),
+            (fixture!("podman-pod-cgroupfs-hybrid"), Some(PODMAN_IN_POD)),
+            (fixture!("podman-conmon-cgroupfs-hybrid"), None),
+            (fixture!("podman-pod-conmon-cgroupfs-hybrid"), None),
+            (fixture!("podman-split-cgroupfs-hybrid"), Some(PODMAN_SPLIT)),
+            (fixture!("podman-split-conmon-cgroupfs-hybrid"), None),
+            (fixture!("podman-systemd-v1"), Some(PODMAN_SYSTEMD)),
+            (fixture!("podman-systemd-v2"), Some(PODMAN_SYSTEMD)),
+            (fixture!("podman-systemd-always-v2"), Some(PODMAN_SYSTEMD)),
+            (
+                fixture!("podman-systemd-always-unit-inside-v2"),
+                Some(PODMAN_SYSTEMD),
+            ),
+            (fixture!("podman-systemd-conmon-v2"), None),
+            (fixture!("podman-pod-systemd-v2"), Some(PODMAN_SYSTEMD)),
+            (fixture!("docker-cgroupfs-v1"), Some(DOCKER)),
+            (fixture!("docker-cgroupfs-v2"), Some(DOCKER)),
+            (fixture!("docker-systemd-v1"), Some(DOCKER)),
+            (fixture!("docker-systemd-v2"), Some(DOCKER)),
+            (fixture!("docker-nested-v2"), Some(DOCKER)),
+            (fixture!("containerd-kubepods-cgroupfs-v1"), Some(CONTAINERD)),
+            (
+                fixture!("containerd-kubepods-guaranteed-cgroupfs-v2"),
+                Some(CONTAINERD),
+            ),
+            (fixture!("containerd-kubepods-systemd-v1"), Some(CONTAINERD)),
+            (fixture!("containerd-kubepods-systemd-v2"), Some(CONTAINERD)),
+            (fixture!("crio-systemd-v1"), Some(CRIO)),
+            (fixture!("crio-systemd-v2"), Some(CRIO)),
+            (fixture!("crio-conmon-systemd-v2"), None),
+            (fixture!("crio-cgroupfs-v1"), Some(CRIO)),
+            (fixture!("crio-cgroupfs-v2"), Some(CRIO)),
+            (fixture!("crio-conmon-cgroupfs-v2"), None),
+        ];
+        for ((name, text), want) in cases {
+            assert_eq!(facts(text).container_id.as_deref(), want, "{name}");
         }
     }
 

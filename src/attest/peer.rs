@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
 
@@ -86,12 +87,7 @@ impl PeerIdentity {
         if pid <= 0 {
             return Err(AttestError::NoPeerPid);
         }
-        let pin = match getsockopt(socket, sockopt::PeerPidfd) {
-            Ok(pidfd) => ProcessPin::Pidfd(pidfd),
-            // ENOPROTOOPT: kernel older than 6.5. Anything else: the peer is
-            // already gone, which ProcDir::open reports.
-            Err(_) => ProcessPin::ProcDir(ProcDir::open(Path::new("/proc"), pid)?),
-        };
+        let pin = pin_process(getsockopt(socket, sockopt::PeerPidfd), pid, Path::new("/proc"))?;
         let mut peer = Self {
             pid,
             uid: cred.uid(),
@@ -162,6 +158,23 @@ impl PeerIdentity {
     }
 }
 
+/// The pin from SO_PEERPIDFD's answer. Only a kernel without the option
+/// (ENOPROTOOPT: before 6.5) falls back to opening `/proc/<pid>`. Any other
+/// failure may mean the peer was already reaped, and its pid may then name
+/// another process: the connection's attestation is refused.
+fn pin_process(pidfd: nix::Result<OwnedFd>, pid: i32, proc_root: &Path) -> Result<ProcessPin, AttestError> {
+    match pidfd {
+        Ok(pidfd) => Ok(ProcessPin::Pidfd(pidfd)),
+        Err(Errno::ENOPROTOOPT) => Ok(ProcessPin::ProcDir(ProcDir::open(proc_root, pid)?)),
+        Err(Errno::ESRCH) => Err(AttestError::ProcessGone { pid }),
+        Err(errno) => Err(AttestError::Proc {
+            pid,
+            what: "peer pidfd",
+            source: errno.into(),
+        }),
+    }
+}
+
 /// A pidfd polls readable once its process has exited (zombies included).
 fn pidfd_alive(pidfd: &OwnedFd) -> bool {
     let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
@@ -211,6 +224,35 @@ mod tests {
             peer.ensure_alive(),
             Err(AttestError::ProcessGone { .. })
         ));
+    }
+
+    /// Only ENOPROTOOPT (no SO_PEERPIDFD in the kernel) falls back to
+    /// `/proc/<pid>`; any other failure refuses, since that pid may already
+    /// be another process's.
+    #[test]
+    fn only_a_kernel_without_peer_pidfds_falls_back_to_proc() {
+        let me = std::process::id() as i32;
+        let proc_root = Path::new("/proc");
+        assert!(matches!(
+            pin_process(Err(Errno::ENOPROTOOPT), me, proc_root),
+            Ok(ProcessPin::ProcDir(_))
+        ));
+        assert!(matches!(
+            pin_process(Err(Errno::ESRCH), me, proc_root),
+            Err(AttestError::ProcessGone { .. })
+        ));
+        for errno in [Errno::EINVAL, Errno::EMFILE, Errno::ENOMEM] {
+            assert!(
+                matches!(
+                    pin_process(Err(errno), me, proc_root),
+                    Err(AttestError::Proc {
+                        what: "peer pidfd",
+                        ..
+                    })
+                ),
+                "{errno}"
+            );
+        }
     }
 
     /// The pre-6.5 fallback: a `/proc/<pid>` directory fd taken while the

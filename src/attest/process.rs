@@ -14,7 +14,8 @@ use nix::fcntl::{OFlag, open, openat, readlinkat};
 use nix::sys::stat::Mode;
 
 use super::AttestError;
-use super::cgroup::{self, CgroupFacts, MAX_CGROUP_FILE};
+use super::cgroup::{self, CgroupFacts, MAX_CGROUP_FILE, OwnershipEvidence};
+use super::exe_fs;
 use super::exe_hash::{Digest256, ExeHasher, FileId};
 
 /// `/proc/<pid>` opened as a directory.
@@ -40,10 +41,18 @@ pub(super) struct Executable {
     /// The path it was started from, unless it has since been deleted or
     /// replaced (then the name no longer denotes this file).
     pub path: Option<PathBuf>,
-    /// Its sha256, or why there is none.
-    pub digest: Digest256,
+    /// The file, or why its identity is no fact (the file system it lives on
+    /// serves whatever its server likes).
+    pub file: Result<ExeFile, String>,
+}
+
+/// The file behind `/proc/<pid>/exe`, on a trusted file system.
+#[derive(Debug)]
+pub(super) struct ExeFile {
     /// Which file it is.
     pub id: FileId,
+    /// Its sha256, or why there is none; `None` when not asked for.
+    pub digest: Option<Digest256>,
 }
 
 impl ProcDir {
@@ -78,26 +87,49 @@ impl ProcDir {
         Ok(parse_status(&text))
     }
 
-    /// Opens the executable through the `exe` magic link (the very file the
-    /// process runs, even in another mount namespace) and hashes it.
-    pub(super) fn executable(&self, hasher: &ExeHasher) -> Result<Executable, AttestError> {
+    /// The executable, through the `exe` magic link (the very file the
+    /// process runs, even in another mount namespace), hashed when `hasher`
+    /// is given. A file on an untrusted file system is neither opened for
+    /// reading nor hashed: its server could stall or lie to the read.
+    pub(super) fn executable(&self, hasher: Option<&ExeHasher>) -> Result<Executable, AttestError> {
         let link = readlinkat(&self.fd, "exe").map_err(|e| proc_error(self.pid, "exe link", e))?;
-        let file = self.open_file("exe", "executable")?;
+        let path = live_exe_path(&link);
+        // O_PATH reaches no file system's open() and needs no read permission.
+        let located = self.open_exe(OFlag::O_PATH)?;
+        if let Err(reason) = exe_fs::check(&located) {
+            return Ok(Executable {
+                path,
+                file: Err(reason),
+            });
+        }
+        let file = match hasher {
+            Some(_) => self.open_exe(OFlag::O_RDONLY)?,
+            None => located,
+        };
+        // The process may have exec'd between the two opens: judge the file
+        // that is actually read.
+        if let Err(reason) = exe_fs::check(&file) {
+            return Ok(Executable {
+                path,
+                file: Err(reason),
+            });
+        }
         let io_error = |source| AttestError::Proc {
             pid: self.pid,
             what: "executable",
             source,
         };
+        let id = FileId::of(&file).map_err(io_error)?;
+        let digest = hasher.map(|h| h.digest(&file)).transpose().map_err(io_error)?;
         Ok(Executable {
-            path: live_exe_path(&link),
-            id: FileId::of(&file).map_err(io_error)?,
-            digest: hasher.digest(&file).map_err(io_error)?,
+            path,
+            file: Ok(ExeFile { id, digest }),
         })
     }
 
-    /// Which file the process runs, without hashing it.
+    /// Which file the process runs, without reading it.
     pub(super) fn executable_id(&self) -> Result<FileId, AttestError> {
-        let file = self.open_file("exe", "executable")?;
+        let file = self.open_exe(OFlag::O_PATH)?;
         FileId::of(&file).map_err(|source| AttestError::Proc {
             pid: self.pid,
             what: "executable",
@@ -105,8 +137,15 @@ impl ProcDir {
         })
     }
 
-    /// The process's cgroups, read with a size bound.
-    pub(super) fn cgroup(&self) -> Result<CgroupFacts, AttestError> {
+    fn open_exe(&self, access: OFlag) -> Result<File, AttestError> {
+        let fd = openat(&self.fd, "exe", access | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| proc_error(self.pid, "executable", e))?;
+        Ok(File::from(fd))
+    }
+
+    /// The process's cgroups, read with a size bound; `evidence` tells who
+    /// owns the cgroup directories (delegated subtrees).
+    pub(super) fn cgroup(&self, evidence: &dyn OwnershipEvidence) -> Result<CgroupFacts, AttestError> {
         let mut text = String::new();
         self.open_file("cgroup", "cgroup")?
             .take(MAX_CGROUP_FILE as u64 + 1)
@@ -116,7 +155,7 @@ impl ProcDir {
                 what: "cgroup",
                 source,
             })?;
-        cgroup::parse(&text).map_err(AttestError::Cgroup)
+        cgroup::parse_with(&text, evidence).map_err(AttestError::Cgroup)
     }
 
     fn open_file(&self, name: &str, what: &'static str) -> Result<File, AttestError> {

@@ -4,7 +4,8 @@
 //! process can have exec'd another binary. Identities bound to an
 //! executable are only sound if the process attested is the only one holding
 //! the socket, so this module finds the peer socket (sock_diag UNIX_DIAG)
-//! and every process with it open (a bounded scan of `/proc/*/fd`).
+//! and every process with it open (a bounded scan of `/proc/*/fd` and of
+//! every thread's `/proc/*/task/*/fd`).
 
 use std::ffi::OsStr;
 use std::io;
@@ -101,12 +102,51 @@ pub fn holders(proc_root: &Path, inode: u64) -> Result<Vec<i32>, HolderError> {
         else {
             continue;
         };
-        if holds(&entry.path().join("fd"), target.as_bytes(), &mut budget)? {
+        if process_holds(&entry.path(), pid, target.as_bytes(), &mut budget)? {
             found.push(pid);
         }
     }
     found.sort_unstable();
     Ok(found)
+}
+
+/// Whether process `pid` (its `/proc` directory `dir`) holds `target`: in
+/// its own fd table, or in any of its threads'. A thread created without
+/// CLONE_FILES (or after unshare(CLONE_FILES)) has a table of its own, and
+/// once the main thread has exited `/proc/<pid>/fd` shows nothing at all;
+/// `/proc/<pid>/task/<tid>/fd` shows each thread's.
+fn process_holds(dir: &Path, pid: i32, target: &[u8], budget: &mut usize) -> Result<bool, HolderError> {
+    if holds(&dir.join("fd"), target, budget)? {
+        return Ok(true);
+    }
+    let tasks = dir.join("task");
+    let threads = match std::fs::read_dir(&tasks) {
+        Ok(threads) => threads,
+        Err(e) if is_gone(&e) || is_forbidden(&e) => return Ok(false),
+        Err(source) => {
+            return Err(HolderError::Scan {
+                path: tasks.display().to_string(),
+                source,
+            });
+        }
+    };
+    for thread in threads {
+        let Ok(thread) = thread else { return Ok(false) };
+        let tid = thread
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok());
+        // The main thread's table was scanned above. Every other thread
+        // costs the shared budget even when it shares that table, so a
+        // process with many threads cannot make the scan unbounded.
+        if tid.is_none_or(|tid| tid == pid) {
+            continue;
+        }
+        if holds(&thread.path().join("fd"), target, budget)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether the fd directory `fd_dir` has a link to `target`. A process that
@@ -186,5 +226,44 @@ mod tests {
         let me = std::process::id() as i32;
         assert_eq!(holders(Path::new("/proc"), client_inode).unwrap(), vec![me]);
         assert_eq!(holders(Path::new("/proc"), 1).unwrap(), Vec::<i32>::new());
+    }
+
+    /// A thread with a file table of its own (unshare(CLONE_FILES)) holds
+    /// a socket that the process's `/proc/<pid>/fd` does not show. Python
+    /// makes the thread, so the test needs no unsafe code.
+    #[test]
+    fn finds_a_socket_held_only_in_a_threads_own_fd_table() {
+        use std::io::{BufRead, BufReader};
+        let script = r#"
+import ctypes, os, socket, sys, threading
+CLONE_FILES = 0x400
+def own_table():
+    assert ctypes.CDLL(None, use_errno=True).unshare(CLONE_FILES) == 0
+    s = socket.socket(socket.AF_UNIX)
+    print(os.fstat(s.fileno()).st_ino, flush=True)
+    sys.stdin.read()
+t = threading.Thread(target=own_table)
+t.start()
+t.join()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let inode: u64 = line.trim().parse().unwrap();
+        let pid = child.id() as i32;
+        let main_table = Path::new("/proc").join(pid.to_string()).join("fd");
+        let mut budget = MAX_FDS_SCANNED;
+        assert!(!holds(&main_table, format!("socket:[{inode}]").as_bytes(), &mut budget).unwrap());
+        let found = holders(Path::new("/proc"), inode).unwrap();
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        assert_eq!(found, vec![pid]);
     }
 }

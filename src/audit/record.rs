@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::DenialSummary;
 use crate::attest::Workload;
 use crate::registry::Entry;
 
@@ -21,6 +22,9 @@ pub enum Outcome {
     Validated,
     /// A presented JWT-SVID failed validation.
     Rejected,
+    /// Denial records beyond the rate limit were left out; `suppressed`
+    /// counts them.
+    Suppressed,
 }
 
 /// One audit record. Every field is always present (null when it does not
@@ -74,6 +78,11 @@ pub struct Record {
     pub jti: Option<String>,
     /// Expiry of what was issued (RFC 3339).
     pub not_after: Option<String>,
+    /// Fields whose caller-controlled values were shortened or cut to bound
+    /// the record, each with what was done (empty for most records).
+    pub truncated: BTreeMap<String, String>,
+    /// For a `suppressed` record: the denials it stands for.
+    pub suppressed: Option<DenialSummary>,
 }
 
 impl Record {
@@ -109,6 +118,8 @@ impl Record {
             audience: Vec::new(),
             jti: None,
             not_after: None,
+            truncated: BTreeMap::new(),
+            suppressed: None,
         }
     }
 

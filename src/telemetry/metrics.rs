@@ -18,6 +18,11 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: SvidKind,
 }
@@ -140,6 +145,9 @@ pub struct Metrics {
     open_streams: Gauge,
     policy_reloads: Family<ReloadLabels, Counter>,
     audit_write_failures: Counter,
+    // Audit flooding: label values come from the fixed set of RPC names.
+    audit_denials_suppressed: Family<RpcLabels, Counter>,
+    audit_records_truncated: Counter,
     limits: LimitMetrics,
 }
 
@@ -168,6 +176,8 @@ impl Metrics {
             open_streams: Gauge::default(),
             policy_reloads: Family::default(),
             audit_write_failures: Counter::default(),
+            audit_denials_suppressed: Family::default(),
+            audit_records_truncated: Counter::default(),
             limits: LimitMetrics::default(),
             registry: Registry::default(),
         };
@@ -201,6 +211,16 @@ impl Metrics {
             "audit_write_failures",
             "Audit records that could not be written",
             metrics.audit_write_failures.clone(),
+        );
+        registry.register(
+            "audit_denials_suppressed",
+            "Denial records of callers without an identity left out by the per-uid rate limit (summarised per window), by RPC",
+            metrics.audit_denials_suppressed.clone(),
+        );
+        registry.register(
+            "audit_records_truncated",
+            "Audit records whose caller-controlled values were shortened to bound their size",
+            metrics.audit_records_truncated.clone(),
         );
         metrics.limits.register(&mut registry);
         // Every label value is exported from the start, at zero.
@@ -270,6 +290,18 @@ impl Metrics {
     pub fn audit_failure(&self, records: usize) {
         self.audit_write_failures.inc_by(records as u64);
     }
+
+    /// Counts a denial record left out by the rate limit.
+    pub fn audit_denial_suppressed(&self, rpc: &'static str) {
+        self.audit_denials_suppressed
+            .get_or_create(&RpcLabels { rpc: rpc.to_owned() })
+            .inc();
+    }
+
+    /// Counts a record whose values were shortened.
+    pub fn audit_record_truncated(&self) {
+        self.audit_records_truncated.inc();
+    }
 }
 
 #[cfg(test)]
@@ -283,6 +315,7 @@ mod tests {
         m.attestation(Duration::from_micros(300));
         m.x509_minted(true);
         m.policy_reload(ReloadOutcome::Failed);
+        m.audit_denial_suppressed("FetchJWTSVID");
         let text = m.encode();
         for name in [
             "attestd_requests_total{rpc=\"FetchX509SVID\",code=\"Ok\"}",
@@ -292,6 +325,8 @@ mod tests {
             "attestd_open_streams",
             "attestd_policy_reloads_total{outcome=\"Failed\"}",
             "attestd_audit_write_failures_total",
+            "attestd_audit_denials_suppressed_total{rpc=\"FetchJWTSVID\"}",
+            "attestd_audit_records_truncated_total",
             "attestd_open_connections",
             "attestd_connections_refused_total{reason=\"Reserve\"}",
             "attestd_connections_timed_out_total",

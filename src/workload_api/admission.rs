@@ -12,7 +12,7 @@ use tonic::Status;
 
 use super::caller::Caller;
 use super::{Context, PeerInfo, status};
-use crate::attest::{AttestError, ExeBinding, Workload};
+use crate::attest::{AttestError, ExeBinding, Hashing, Workload};
 use crate::audit::{Outcome, Record};
 use crate::registry::Policy;
 use crate::telemetry::metrics;
@@ -73,6 +73,10 @@ pub(super) async fn attest(
                 true => ExeBinding::Verify,
                 false => ExeBinding::Trust,
             };
+            let hashing = match policy.names_sha256() {
+                true => Hashing::Hash,
+                false => Hashing::Skip,
+            };
             let permit = ctx
                 .attestations
                 .acquire(peer.uid)
@@ -82,7 +86,7 @@ pub(super) async fn attest(
             let attested = tokio::task::spawn_blocking(move || {
                 // Held until the work ends, even if the request is cancelled.
                 let _permit = permit;
-                attestor.attest(&peer, binding).map_err(Arc::new)
+                attestor.attest(&peer, binding, hashing).map_err(Arc::new)
             })
             .await
             .map_err(|_| Status::internal("attestation task failed"))?;
@@ -127,8 +131,10 @@ pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> 
     })
 }
 
-/// Records a refusal; if even that cannot be recorded, the caller hears
+/// Records the refusal of a caller that holds no identity, within its
+/// uid's allowance of denial records (beyond it, the refusal is counted for
+/// the window's summary); if even that cannot be recorded, the caller hears
 /// that the service is unavailable.
 fn deny(ctx: &Context, record: Record) -> Result<(), Status> {
-    ctx.audit.write(&[record]).map_err(|e| status::audit(&e))
+    ctx.audit.write_denial(record).map_err(|e| status::audit(&e))
 }

@@ -1,6 +1,10 @@
 //! The JWT-SVID answers: fresh tokens per call within each entry's audience
 //! allow-list, and validation of presented tokens. Every token handed out
 //! and every validation is audited before the answer leaves.
+//!
+//! The request fields are capped before any attestation work (cheap
+//! refusals first): no real client comes near the limits, and a local caller
+//! cannot make attestd parse, match or record megabytes per call.
 
 use std::time::SystemTime;
 
@@ -8,7 +12,7 @@ use serde_json::Value;
 use tonic::Status;
 
 use super::caller::{Caller, rpc};
-use super::{Context, status};
+use super::{Context, PeerInfo, status};
 use crate::attest::Workload;
 use crate::audit::{Outcome, Record};
 use crate::authority::{JwtError, ValidatedJwt};
@@ -18,7 +22,26 @@ use crate::spiffe_id::SpiffeId;
 use crate::telemetry::metrics;
 use crate::wall_clock::from_unix_seconds;
 
+/// Audiences one `FetchJWTSVID` may ask for (a token is meant for a few
+/// relying parties, not a directory of them).
+pub const MAX_AUDIENCES: usize = 16;
+/// Bytes per audience, in `FetchJWTSVID` and `ValidateJWTSVID`: the longest
+/// SPIFFE ID, so any relying party's own ID fits, as do ordinary URLs.
+pub const MAX_AUDIENCE_BYTES: usize = 2048;
+/// Bytes of a `FetchJWTSVID` `spiffe_id`: the SPIFFE maximum.
+pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+/// Bytes of a token to validate. Any token attestd mints fits: at the
+/// limits above its claims are under 40 KB, under 54 KB once
+/// base64url-encoded with header and signature.
+pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
+
+/// A request refused for its arguments: the `InvalidArgument` message,
+/// which names the limit.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct BadArguments(pub String);
+
 /// Parsed and checked `FetchJWTSVID` arguments.
+#[derive(Debug)]
 pub(super) struct JwtRequest {
     pub audience: Vec<String>,
     pub spiffe_id: Option<SpiffeId>,
@@ -26,20 +49,79 @@ pub(super) struct JwtRequest {
 
 impl JwtRequest {
     /// Checks the arguments before any attestation work.
-    pub fn parse(audience: Vec<String>, spiffe_id: &str) -> Result<Self, Status> {
+    pub fn parse(audience: &[String], spiffe_id: &str) -> Result<Self, BadArguments> {
         if audience.is_empty() || audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument(
-                "audience is required (and may not be empty)",
-            ));
+            return Err(BadArguments("audience is required (and may not be empty)".into()));
+        }
+        if audience.len() > MAX_AUDIENCES || audience.iter().any(|a| a.len() > MAX_AUDIENCE_BYTES) {
+            return Err(BadArguments(format!(
+                "audience: at most {MAX_AUDIENCES} values of at most {MAX_AUDIENCE_BYTES} bytes each \
+                 (got {} values, the longest {} bytes)",
+                audience.len(),
+                audience.iter().map(String::len).max().unwrap_or(0)
+            )));
+        }
+        if spiffe_id.len() > MAX_SPIFFE_ID_BYTES {
+            return Err(BadArguments(format!(
+                "spiffe_id: at most {MAX_SPIFFE_ID_BYTES} bytes (got {})",
+                spiffe_id.len()
+            )));
         }
         let spiffe_id = match spiffe_id {
             "" => None,
-            id => Some(
-                SpiffeId::new(id)
-                    .map_err(|e| Status::invalid_argument(format!("invalid spiffe_id {id:?}: {e}")))?,
-            ),
+            id => {
+                Some(SpiffeId::new(id).map_err(|e| BadArguments(format!("invalid spiffe_id {id:?}: {e}")))?)
+            }
         };
-        Ok(Self { audience, spiffe_id })
+        Ok(Self {
+            audience: audience.to_vec(),
+            spiffe_id,
+        })
+    }
+}
+
+/// Checks `ValidateJWTSVID` arguments before any attestation work.
+pub(super) fn check_validate_request(audience: &str, token: &str) -> Result<(), BadArguments> {
+    if audience.is_empty() {
+        return Err(BadArguments("audience is required".into()));
+    }
+    if token.is_empty() {
+        return Err(BadArguments("svid is required".into()));
+    }
+    if audience.len() > MAX_AUDIENCE_BYTES {
+        return Err(BadArguments(format!(
+            "audience: at most {MAX_AUDIENCE_BYTES} bytes (got {})",
+            audience.len()
+        )));
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(BadArguments(format!(
+            "svid: at most {MAX_TOKEN_BYTES} bytes (got {})",
+            token.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a request for its arguments, with `InvalidArgument`. The refusal
+/// is audited as a denial: it comes before attestation, so the caller is
+/// known only by its connection's ids, and the record counts against its
+/// uid's allowance of denial records (see `AuditLog::write_denial`).
+pub(super) fn refuse(
+    ctx: &Context,
+    peer: &PeerInfo,
+    rpc: &'static str,
+    BadArguments(message): BadArguments,
+    audience: &[String],
+) -> Status {
+    tracing::debug!(rpc, reason = %message, "request refused for its arguments");
+    let mut record = Record::new(rpc, Outcome::Denied, &message, None).with_audience(audience);
+    if let Ok(peer) = &peer.0 {
+        record = record.with_peer_ids(peer.pid, peer.uid, peer.gid);
+    }
+    match ctx.audit.write_denial(record) {
+        Ok(()) => Status::invalid_argument(message),
+        Err(error) => status::audit(&error),
     }
 }
 
@@ -114,15 +196,21 @@ fn audience_refused<'a>(entry: &Entry, audience: &'a [String]) -> Option<&'a str
 }
 
 /// `ValidateJWTSVID`: the token's subject and claims, or InvalidArgument
-/// with the reason.
+/// with the reason. A valid token is always recorded. A rejected one is
+/// recorded one by one when the caller holds an identity (a relying party
+/// reporting a forged token it was shown); from a caller without one it is
+/// a denial like any other, under its uid's rate limit: anyone may present
+/// any token, and that is the cheapest way to flood the trail.
 pub(super) fn validate(
     ctx: &Context,
     workload: &Workload,
+    caller_holds_identity: bool,
     audience: &str,
     token: &str,
 ) -> Result<ValidateJwtsvidResponse, Status> {
     let audience_list = [audience.to_owned()];
     let result = ctx.authority.jwt().validate(token, audience);
+    let rejected_without_identity = result.is_err() && !caller_holds_identity;
     let record = match &result {
         Ok(valid) => Record::new(
             rpc::VALIDATE_JWT_SVID,
@@ -134,9 +222,12 @@ pub(super) fn validate(
         .with_token(valid.jti(), expiry(&valid.claims)),
         Err(error) => rejected_record(workload, error, token),
     };
-    ctx.audit
-        .write(&[record.with_audience(&audience_list)])
-        .map_err(|e| status::audit(&e))?;
+    let record = record.with_audience(&audience_list);
+    let written = match rejected_without_identity {
+        true => ctx.audit.write_denial(record),
+        false => ctx.audit.write(&[record]),
+    };
+    written.map_err(|e| status::audit(&e))?;
     match result {
         Ok(ValidatedJwt { spiffe_id, claims }) => Ok(ValidateJwtsvidResponse {
             spiffe_id: spiffe_id.to_string(),
@@ -190,4 +281,47 @@ fn to_value(value: Value) -> prost_types::Value {
         Value::Object(map) => Kind::StructValue(to_struct(map)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audiences(n: usize, len: usize) -> Vec<String> {
+        vec!["a".repeat(len); n]
+    }
+
+    #[test]
+    fn fetch_arguments_are_capped_and_the_message_names_the_limit() {
+        let at_limit = JwtRequest::parse(&audiences(MAX_AUDIENCES, MAX_AUDIENCE_BYTES), "").unwrap();
+        assert_eq!(at_limit.audience.len(), MAX_AUDIENCES);
+        let limit = "audience: at most 16 values of at most 2048 bytes each";
+        for (n, len) in [(MAX_AUDIENCES + 1, 1), (1, MAX_AUDIENCE_BYTES + 1)] {
+            let BadArguments(message) = JwtRequest::parse(&audiences(n, len), "").unwrap_err();
+            assert!(message.starts_with(limit), "{message}");
+        }
+        let long_id = format!("spiffe://example.org/{}", "a".repeat(MAX_SPIFFE_ID_BYTES));
+        let BadArguments(message) = JwtRequest::parse(&audiences(1, 1), &long_id).unwrap_err();
+        assert_eq!(
+            message,
+            format!("spiffe_id: at most 2048 bytes (got {})", long_id.len())
+        );
+        assert!(JwtRequest::parse(&[], "").is_err());
+        assert!(JwtRequest::parse(&[String::new()], "").is_err());
+    }
+
+    #[test]
+    fn validate_arguments_are_capped_and_the_message_names_the_limit() {
+        assert!(
+            check_validate_request(&"a".repeat(MAX_AUDIENCE_BYTES), &"t".repeat(MAX_TOKEN_BYTES)).is_ok()
+        );
+        let BadArguments(message) =
+            check_validate_request("a", &"t".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err();
+        assert_eq!(message, "svid: at most 65536 bytes (got 65537)");
+        let BadArguments(message) =
+            check_validate_request(&"a".repeat(MAX_AUDIENCE_BYTES + 1), "t").unwrap_err();
+        assert_eq!(message, "audience: at most 2048 bytes (got 2049)");
+        assert!(check_validate_request("", "t").is_err());
+        assert!(check_validate_request("a", "").is_err());
+    }
 }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::admission::{self, Refusal};
 use super::caller::{Caller, rpc};
-use super::jwt::{self, JwtRequest};
+use super::jwt::{self, BadArguments, JwtRequest};
 use super::{Context, PeerInfo, status, streams};
 use crate::attest::Workload;
 use crate::authority::{JwtBundle, X509Bundle};
@@ -48,6 +48,20 @@ impl WorkloadApi {
             .map_err(Refusal::status)
     }
 
+    /// Refuses a request for its arguments; audited (see [`jwt::refuse`]).
+    fn refuse_arguments<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+        bad: BadArguments,
+        audience: &[String],
+    ) -> Status {
+        match peer_of(request) {
+            Ok(peer) => jwt::refuse(&self.ctx, &peer, rpc, bad, audience),
+            Err(status) => status,
+        }
+    }
+
     async fn x509_svids(&self, request: Request<X509svidRequest>) -> Result<X509SvidStream, Status> {
         check_security_header(&request)?;
         let caller = self.admit(&request, rpc::FETCH_X509_SVID).await?;
@@ -71,7 +85,9 @@ impl WorkloadApi {
 
     async fn jwt_svids(&self, request: Request<JwtsvidRequest>) -> Result<JwtsvidResponse, Status> {
         check_security_header(&request)?;
-        let arguments = JwtRequest::parse(request.get_ref().audience.clone(), &request.get_ref().spiffe_id)?;
+        let JwtsvidRequest { audience, spiffe_id } = request.get_ref();
+        let arguments = JwtRequest::parse(audience, spiffe_id)
+            .map_err(|bad| self.refuse_arguments(&request, rpc::FETCH_JWT_SVID, bad, audience))?;
         let caller = self.admit(&request, rpc::FETCH_JWT_SVID).await?;
         jwt::fetch(&self.ctx, caller, &arguments)
     }
@@ -95,16 +111,21 @@ impl WorkloadApi {
     ) -> Result<ValidateJwtsvidResponse, Status> {
         check_security_header(&request)?;
         let ValidateJwtsvidRequest { audience, svid } = request.get_ref();
-        if audience.is_empty() {
-            return Err(Status::invalid_argument("audience is required"));
-        }
-        if svid.is_empty() {
-            return Err(Status::invalid_argument("svid is required"));
-        }
+        jwt::check_validate_request(audience, svid).map_err(|bad| {
+            let audience = std::slice::from_ref(audience);
+            self.refuse_arguments(&request, rpc::VALIDATE_JWT_SVID, bad, audience)
+        })?;
         // Validation needs no identity of the caller's own (verifiers may
-        // hold none), but is attested for the audit trail.
+        // hold none), but is attested for the audit trail; whether it holds
+        // one decides how a rejection is recorded.
         let workload = self.attest(&request, rpc::VALIDATE_JWT_SVID).await?;
-        jwt::validate(&self.ctx, &workload, audience, svid)
+        let holds_identity = !self
+            .ctx
+            .registry
+            .policy()
+            .matching(&workload.selectors)
+            .is_empty();
+        jwt::validate(&self.ctx, &workload, holds_identity, audience, svid)
     }
 }
 

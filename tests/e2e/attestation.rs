@@ -113,8 +113,17 @@ owner = "platform@example.org"
     );
 }
 
+/// An entry no test process matches that names `unix:sha256`: executables
+/// are hashed only while the policy names it.
+pub const NAMES_SHA256: &str = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/hashed"
+selectors = ["unix:uid:4242", "unix:sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+owner = "platform@example.org"
+"#;
+
 /// Counts the daemon's "hashed executable" log lines for one inode.
-fn hashes_of(daemon: &Daemon, path: &Path) -> usize {
+pub fn hashes_of(daemon: &Daemon, path: &Path) -> usize {
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(path).unwrap().ino();
     daemon
@@ -126,14 +135,14 @@ fn hashes_of(daemon: &Daemon, path: &Path) -> usize {
 
 #[test]
 fn a_large_binary_is_hashed_once_and_again_only_when_modified() {
-    let daemon = Daemon::start(
+    let daemon = Daemon::start(&format!(
         r#"
 [[entry]]
 spiffe_id = "spiffe://example.org/root"
 selectors = ["unix:uid:0"]
 owner = "platform@example.org"
-"#,
-    );
+{NAMES_SHA256}"#
+    ));
     // A private copy of the (debug, over 100 MB) attestd binary as the client.
     let client = daemon.dir.path().join("large-client");
     shell(&format!("cp {} {}", attestd_bin(), client.display()));
@@ -165,7 +174,7 @@ owner = "platform@example.org"
 
 #[test]
 fn executables_over_the_limit_get_no_digest_and_the_audit_says_why() {
-    let daemon = Daemon::start(
+    let daemon = Daemon::start(&format!(
         r#"
 [attestation]
 max_exe_hash_bytes = 1000000
@@ -174,8 +183,8 @@ max_exe_hash_bytes = 1000000
 spiffe_id = "spiffe://example.org/root"
 selectors = ["unix:uid:0"]
 owner = "platform@example.org"
-"#,
-    );
+{NAMES_SHA256}"#
+    ));
     assert!(cli_fetch_as(&daemon, 0).status.success());
     let record = &daemon.audit_records()[0];
     assert!(record["sha256"].is_null(), "{record}");

@@ -18,6 +18,12 @@ selectors = ["unix:uid:0"]
 owner = "secops@example.org"
 description = "audited agent"
 labels = { agent = "auditor", version = "1.0" }
+
+# Names unix:sha256, so that executables are hashed (and audited).
+[[entry]]
+spiffe_id = "spiffe://example.org/hashed"
+selectors = ["unix:uid:4242", "unix:sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+owner = "secops@example.org"
 "#,
     );
     let child = Command::new(attestd_bin())

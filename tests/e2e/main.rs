@@ -6,11 +6,14 @@
 mod attacks;
 mod attestation;
 mod audit;
+mod audit_flood;
 mod bundle_show;
 mod ca;
 mod config_errors;
+mod container;
 mod examples;
 mod exhaustion;
+mod forgery;
 mod go_interop;
 mod harness;
 mod helper;

@@ -1,0 +1,620 @@
+//! Real containers: podman (Debian's package, the `runc` runtime, the
+//! cgroupfs manager, no network) runs go-spiffe's client from an image
+//! imported from a local tarball (tests/container/build-rootfs.sh), with
+//! attestd's socket directory bind-mounted in and `SPIFFE_ENDPOINT_SOCKET`
+//! pointing at it. The clients run as uid 1000 inside and outside.
+//!
+//! podman keeps its storage under target/ (the image is imported again only
+//! when the tarball changed). If podman cannot run a container here, the
+//! tests fail with podman's own error: they never skip.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::harness::{Daemon, run_as};
+
+const UID: u32 = 1000;
+
+/// Where the image, podman's storage and the client binaries live.
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("container")
+}
+
+/// The host's trusted binary (a copy of the client) that entries name by
+/// `unix:path`; the image holds an attacker's program at the same path.
+fn trusted_agent() -> PathBuf {
+    cache_dir().join("trusted/agent")
+}
+
+/// Limits for every container: podman's default nofile limit is above
+/// this machine's hard limit, and runc then fails to start the container.
+const NOFILE: &str = "nofile=1024:1024";
+const NPROC: &str = "nproc=256:256";
+
+/// A containers.conf with the same limits as defaults: `podman create` gets
+/// them explicitly, but a pod's infra container can only take them from here.
+fn containers_conf() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        let path = cache_dir().join("containers.conf");
+        std::fs::create_dir_all(cache_dir()).unwrap();
+        let conf = format!("[containers]\ndefault_ulimits = [\"{NOFILE}\", \"{NPROC}\"]\n");
+        std::fs::write(&path, conf).unwrap();
+        path
+    })
+}
+
+/// podman's run-time state: on tmpfs, as podman expects (it learns of a
+/// reboot from this state vanishing), one directory per image cache.
+fn podman_state_dir() -> PathBuf {
+    let cache = cache_dir();
+    let tag = hex::encode(&Sha256::digest(cache.as_os_str().as_encoded_bytes())[..6]);
+    PathBuf::from("/run/attestd-e2e-podman").join(tag)
+}
+
+/// `podman` with the options every call needs: images under target/, runc,
+/// the cgroupfs manager (no systemd as PID 1 here), events to a file.
+fn podman() -> Command {
+    let state = podman_state_dir();
+    let mut command = Command::new("podman");
+    command
+        .env("CONTAINERS_CONF", containers_conf())
+        .arg("--root")
+        .arg(cache_dir().join("storage"))
+        .arg("--runroot")
+        .arg(state.join("run"))
+        .arg("--tmpdir")
+        .arg(state.join("tmp"))
+        .args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager=cgroupfs",
+            "--events-backend=file",
+        ]);
+    command
+}
+
+/// Runs podman with `args`.
+fn podman_output(args: &[&str]) -> Output {
+    podman().args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run podman (tests/run-all.sh installs it: apt-get install podman): {e}")
+    })
+}
+
+/// Runs podman with `args`; panics with podman's own error if it fails.
+fn podman_ok(args: &[&str]) -> String {
+    let output = podman_output(args);
+    assert!(
+        output.status.success(),
+        "podman {} failed ({}):\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The test image, built and imported once per run (and only when its
+/// content changed since the last run).
+fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let cache = cache_dir();
+        let status = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/container/build-rootfs.sh"
+        ))
+        .arg(&cache)
+        .status()
+        .expect("running tests/container/build-rootfs.sh");
+        assert!(
+            status.success(),
+            "building the container's root file system failed"
+        );
+        let tarball = cache.join("rootfs.tar");
+        let digest = hex::encode(Sha256::digest(std::fs::read(&tarball).unwrap()));
+        let image = format!("localhost/attestd-e2e-client:{}", &digest[..16]);
+        if !podman_output(&["image", "exists", &image]).status.success() {
+            podman_ok(&["import", "--quiet", tarball.to_str().unwrap(), &image]);
+        }
+        image
+    })
+}
+
+/// A directory for a daemon, with its socket directory made in advance:
+/// containers mount it when they are created, before the daemon whose
+/// entries name them starts.
+fn daemon_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    // Other uids (the clients) must reach the socket.
+    for path in [dir.path(), &run] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    dir
+}
+
+/// A container's network namespace.
+#[derive(Clone, Copy)]
+enum Net<'a> {
+    /// Its own, empty one.
+    None,
+    /// The host's.
+    Host,
+    /// Its pod's (podman pod id).
+    Pod(&'a str),
+}
+
+impl Net<'_> {
+    fn arg(self) -> String {
+        match self {
+            Net::None => "--network=none".to_owned(),
+            Net::Host => "--network=host".to_owned(),
+            Net::Pod(id) => format!("--pod={id}"),
+        }
+    }
+}
+
+/// A created (not yet started) container, removed when dropped.
+struct Container {
+    id: String,
+}
+
+impl Container {
+    /// `podman create`: as `user` ("uid:gid"), in network `net`, explicit
+    /// limits, `dir`'s socket directory mounted read-only at /run/spiffe,
+    /// running `command` in x509 mode (go-spiffe's client, which finds the
+    /// socket through SPIFFE_ENDPOINT_SOCKET). `extra` goes before the image.
+    fn create(dir: &Path, net: Net<'_>, user: &str, extra: &[&str], command: &[&str]) -> Self {
+        let volume = format!("{}:/run/spiffe:ro", dir.join("run").display());
+        let network = net.arg();
+        let mut args = vec![
+            "create",
+            &network,
+            "--ulimit",
+            NOFILE,
+            "--ulimit",
+            NPROC,
+            "--user",
+            user,
+            "--volume",
+            &volume,
+            "--env",
+            "SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/api.sock",
+        ];
+        args.extend_from_slice(extra);
+        args.push(image());
+        args.extend_from_slice(command);
+        args.extend_from_slice(&["-mode", "x509", "-timeout", "10s"]);
+        Self { id: podman_ok(&args) }
+    }
+
+    /// `podman start --attach`: runs it to the end.
+    fn run(&self) -> Output {
+        podman_output(&["start", "--attach", &self.id])
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman().args(["rm", "--force", "--time", "0", &self.id]).output();
+    }
+}
+
+/// The SPIFFE IDs that the Go client verified against the bundle
+/// (x509svid.Verify) and printed.
+fn verified_ids(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .inspect(|svid| assert_eq!(svid["verified"], true, "{svid}"))
+        .map(|svid| svid["spiffe_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The audit records with `outcome`.
+fn records(daemon: &Daemon, outcome: &str) -> Vec<Value> {
+    daemon
+        .audit_records()
+        .into_iter()
+        .filter(|r| r["outcome"] == outcome)
+        .collect()
+}
+
+fn has_selector(record: &Value, selector: &str) -> bool {
+    record["selectors"]
+        .as_array()
+        .is_some_and(|all| all.iter().any(|s| s == selector))
+}
+
+/// Done means: a real podman container gets its entry by `container:id`
+/// (the id podman reports), go-spiffe inside it receives and verifies the
+/// SVID, and the audit record carries the selector. attestd sees the host's
+/// view: the client is PID 1 of its container, the record holds its host
+/// pid, and the uid (no user namespace) is the one it runs as.
+#[test]
+fn a_real_podman_container_gets_its_entry_by_container_id() {
+    let dir = daemon_dir();
+    let container = Container::create(dir.path(), Net::None, "1000:1000", &[], &["/client"]);
+    let other = Container::create(dir.path(), Net::None, "1000:1000", &[], &["/client"]);
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/container/agent"
+selectors = ["container:id:{}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+"#,
+            container.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the container's client failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/agent"]);
+
+    let issued = records(&daemon, "issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let record = &issued[0];
+    assert!(
+        has_selector(record, &format!("container:id:{}", container.id)),
+        "{record}"
+    );
+    assert_eq!(record["spiffe_id"], "spiffe://example.org/container/agent");
+    assert_eq!(record["uid"], UID);
+    let pid = record["pid"].as_i64().unwrap();
+    assert!(
+        pid > 1,
+        "attestd saw the container's own pid, not the host's: {record}"
+    );
+
+    // Another container of the same image and uid is not that container.
+    let output = other.run();
+    assert!(!output.status.success(), "{:?}", verified_ids(&output));
+    assert!(
+        stderr(&output).contains("PermissionDenied"),
+        "{}",
+        stderr(&output)
+    );
+    let denied = records(&daemon, "denied");
+    assert!(
+        denied
+            .iter()
+            .any(|r| has_selector(r, &format!("container:id:{}", other.id))),
+        "{denied:?}"
+    );
+}
+
+/// Done means: a container whose in-container executable path is forged
+/// gets nothing. The entry trusts the host binary at `trusted/agent` (for
+/// uid 1000); the image holds an attacker's program at that very path.
+/// attestd must see that the caller does not run the host's file (no
+/// `unix:path`, a note in the audit record). Controls: the host binary run
+/// on the host, and the host binary bind-mounted into a container at the
+/// same path (the same inode), both get the identity.
+///
+/// The containers share the host's network namespace: attestd binds
+/// `unix:path` to the connection only where the kernel's sock_diag answers
+/// for the caller's socket, i.e. in attestd's own network namespace (see
+/// README, Containers). In a container with its own, `unix:path` is
+/// withheld whatever the path, and the attack would fail for that reason,
+/// not for the one under test.
+#[test]
+fn a_forged_in_container_path_gets_nothing() {
+    image();
+    let trusted = trusted_agent();
+    let trusted = trusted.to_str().unwrap();
+    let dir = daemon_dir();
+    let forged = Container::create(dir.path(), Net::Host, "1000:1000", &[], &[trusted]);
+    let mount = format!("{trusted}:{trusted}:ro");
+    let genuine = Container::create(
+        dir.path(),
+        Net::Host,
+        "1000:1000",
+        &["--volume", &mount],
+        &[trusted],
+    );
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/trusted-agent"
+selectors = ["unix:path:{trusted}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+"#
+        ),
+    );
+
+    let output = forged.run();
+    assert!(
+        !output.status.success(),
+        "the attacker's program in the container got {:?}",
+        verified_ids(&output)
+    );
+    assert!(
+        stderr(&output).contains("PermissionDenied"),
+        "{}",
+        stderr(&output)
+    );
+    let denied = records(&daemon, "denied");
+    let record = denied
+        .iter()
+        .find(|r| has_selector(r, &format!("container:id:{}", forged.id)))
+        .unwrap_or_else(|| panic!("no denial of the forged container: {denied:?}"));
+    assert!(!has_selector(record, &format!("unix:path:{trusted}")), "{record}");
+    let notes = record["attestation_notes"].to_string();
+    assert!(
+        notes.contains("unix:path"),
+        "no note on the withheld path: {record}"
+    );
+
+    let mut host = Command::new(trusted);
+    host.args(["-addr", &daemon.endpoint(), "-mode", "x509", "-timeout", "10s"]);
+    let output = run_as(UID, UID, &mut host);
+    assert!(
+        output.status.success(),
+        "the host binary failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/trusted-agent"]);
+
+    let output = genuine.run();
+    assert!(
+        output.status.success(),
+        "the host binary mounted into a container failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/trusted-agent"]);
+    assert_eq!(records(&daemon, "issued").len(), 2);
+}
+
+/// A podman pod (cgroupfs: `/libpod_parent/<pod id>`), removed when dropped.
+struct Pod {
+    id: String,
+}
+
+impl Pod {
+    /// `podman pod create` with no network; its infra container is podman's
+    /// own pause image, which podman builds locally (catatonit).
+    fn create() -> Self {
+        Self {
+            id: podman_ok(&["pod", "create", "--network=none"]),
+        }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = podman()
+            .args(["pod", "rm", "--force", "--time", "0", &self.id])
+            .output();
+        // podman 4.3 leaves the pod's (empty) cgroups behind in the
+        // hierarchies it does not manage (name=systemd, and cgroup v2 on
+        // hybrid hosts): remove them, innermost first.
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for hierarchy in hierarchies.flatten() {
+            remove_cgroup_tree(&hierarchy.path().join("libpod_parent").join(&self.id));
+        }
+    }
+}
+
+/// Removes an empty cgroup and its empty descendants (a cgroup directory
+/// holds no files that rmdir minds).
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(children) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for child in children.flatten() {
+        if child.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&child.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A container of a pod gets its entry by its own id. Its cgroup sits in
+/// the pod's (a bare 64-hex directory, which the pod's conmon shares): an
+/// entry naming the pod's id as a container is no match.
+#[test]
+fn a_container_in_a_podman_pod_is_identified_by_its_own_id() {
+    image();
+    let pod = Pod::create();
+    let dir = daemon_dir();
+    let container = Container::create(dir.path(), Net::Pod(&pod.id), "1000:1000", &[], &["/client"]);
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/pod/container"
+selectors = ["container:id:{}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/pod/as-a-container"
+selectors = ["container:id:{}"]
+owner = "platform@example.org"
+"#,
+            container.id, pod.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the pod's client failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/pod/container"]);
+    let issued = records(&daemon, "issued");
+    let record = &issued[0];
+    let selectors = record["selectors"].to_string();
+    assert!(
+        selectors.contains(&format!("/{}/libpod-{}", pod.id, container.id)),
+        "the container's cgroup is inside its pod's: {selectors}"
+    );
+    assert!(
+        !has_selector(record, &format!("container:id:{}", pod.id)),
+        "{record}"
+    );
+}
+
+/// In a user namespace (`--uidmap`), the container's uid 1000 is another
+/// uid on the host, and SO_PEERCRED reports the host's: an entry written
+/// for the host's uid 1000 does not match it; one for the mapped uid does.
+#[test]
+fn a_user_namespaced_container_is_attested_under_its_host_uid() {
+    const BASE: u32 = 200_000;
+    image();
+    let dir = daemon_dir();
+    let map = format!("0:{BASE}:65536");
+    let container = Container::create(
+        dir.path(),
+        Net::None,
+        "1000:1000",
+        &["--uidmap", &map, "--gidmap", &map],
+        &["/client"],
+    );
+    let host_uid = BASE + UID;
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/userns/as-host-uid-1000"
+selectors = ["container:id:{id}", "unix:uid:{UID}"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/userns/mapped"
+selectors = ["container:id:{id}", "unix:uid:{host_uid}"]
+owner = "platform@example.org"
+"#,
+            id = container.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the container's client failed: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/userns/mapped"]);
+    let issued = records(&daemon, "issued");
+    assert_eq!(issued[0]["uid"], host_uid, "{}", issued[0]);
+}
+
+/// podman's `--systemd=always` mounts the whole cgroup v1 `name=systemd`
+/// hierarchy writable into a root container (no cgroup namespace on v1).
+/// The container moves itself to the path of a host unit there, then asks.
+/// On this hybrid host attestd takes the unit from the cgroup v2 line,
+/// which stays the container's: the unit's entry is not issued, the
+/// container's own is. (The attacker is the container's root, the one user
+/// podman lets write there; on v1-only hosts the attack succeeds, see
+/// README, Containers.)
+#[test]
+fn a_container_that_moves_itself_into_a_host_units_v1_cgroup_is_still_the_container() {
+    image();
+    let unit = format!("attestd-e2e-{}.service", std::process::id());
+    let v1_unit = HostUnitCgroup::new(&unit);
+    let script = format!(
+        "mkdir -p {dir} && echo $$ > {dir}/cgroup.procs && exec /client \"$@\"",
+        dir = Path::new("/sys/fs/cgroup/systemd")
+            .join(&v1_unit.relative)
+            .display()
+    );
+    let dir = daemon_dir();
+    let container = Container::create(
+        dir.path(),
+        Net::None,
+        "0:0",
+        &["--systemd=always", "--volume", "/bin/busybox:/busybox:ro"],
+        &["/busybox", "sh", "-c", &script, "sh"],
+    );
+    let daemon = Daemon::start_in(
+        dir,
+        &format!(
+            r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/host-unit"
+selectors = ["systemd:id:{unit}"]
+owner = "platform@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/container/root"
+selectors = ["container:id:{}"]
+owner = "platform@example.org"
+"#,
+            container.id
+        ),
+    );
+
+    let output = container.run();
+    assert!(
+        output.status.success(),
+        "the container's client failed: {}",
+        stderr(&output)
+    );
+    assert!(
+        v1_unit.host_path().is_dir(),
+        "the container did not reach the host's name=systemd hierarchy: {}",
+        stderr(&output)
+    );
+    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/root"]);
+    let issued = records(&daemon, "issued");
+    assert!(
+        !issued[0]["selectors"].to_string().contains(&unit),
+        "{}",
+        issued[0]
+    );
+}
+
+/// A host unit's cgroup in the v1 `name=systemd` hierarchy, as a test's
+/// container creates it; removed (with `system.slice` if the test made it)
+/// when dropped.
+struct HostUnitCgroup {
+    relative: PathBuf,
+    made_slice: bool,
+}
+
+impl HostUnitCgroup {
+    fn new(unit: &str) -> Self {
+        let made_slice = !Path::new("/sys/fs/cgroup/systemd/system.slice").exists();
+        Self {
+            relative: Path::new("system.slice").join(unit),
+            made_slice,
+        }
+    }
+
+    fn host_path(&self) -> PathBuf {
+        Path::new("/sys/fs/cgroup/systemd").join(&self.relative)
+    }
+}
+
+impl Drop for HostUnitCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.host_path());
+        if self.made_slice {
+            let _ = std::fs::remove_dir("/sys/fs/cgroup/systemd/system.slice");
+        }
+    }
+}
