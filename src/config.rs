@@ -82,8 +82,6 @@ pub struct Config {
     pub trust_domain: TrustDomain,
     /// Where the Workload API listens.
     pub socket_path: PathBuf,
-    /// Open connections one uid may hold at once.
-    pub max_connections_per_uid: usize,
     /// State directory: CA material, default audit trail.
     pub data_dir: PathBuf,
     /// Optional directory of `*.toml` files holding more `[[entry]]` tables.
@@ -98,6 +96,8 @@ pub struct Config {
     pub attestation: AttestationConfig,
     /// The optional loopback health and metrics listener.
     pub health: HealthConfig,
+    /// Bounds on what local callers can make attestd hold.
+    pub limits: LimitsConfig,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -183,6 +183,79 @@ pub struct HealthConfig {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     listen: Option<Spanned<SocketAddr>>,
+}
+
+/// Bounds on connections, streams and concurrent work (`[limits]`), so that
+/// local callers cannot exhaust attestd's descriptors, memory or threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Open Workload API connections one uid may hold.
+    pub max_connections_per_uid: usize,
+    /// Open connections all uids together may hold; unset: as many as the
+    /// descriptor limit allows.
+    pub max_connections: Option<usize>,
+    /// Connection slots kept for uids that hold few connections; unset: an
+    /// eighth of `max_connections`.
+    pub connection_reserve: Option<usize>,
+    /// A connection that has not started a request by then is closed.
+    pub first_request_timeout: Duration,
+    /// Concurrent streams (requests) per connection (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Requests one uid may have being received and handled at once; more
+    /// wait their turn.
+    pub max_requests_per_uid: usize,
+    /// Attestations running at once, host-wide; unset: the number of CPUs.
+    pub max_concurrent_attestations: Option<usize>,
+    /// Open connections of the health and metrics listener.
+    pub health_max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections_per_uid: DEFAULT_MAX_CONNECTIONS_PER_UID,
+            max_connections: None,
+            connection_reserve: None,
+            first_request_timeout: Duration::from_secs(5),
+            max_concurrent_streams: 16,
+            max_requests_per_uid: 64,
+            max_concurrent_attestations: None,
+            health_max_connections: 16,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections_per_uid: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    connection_reserve: Option<Spanned<usize>>,
+    first_request_timeout: Option<Spanned<Timeout>>,
+    max_concurrent_streams: Option<Spanned<u32>>,
+    max_requests_per_uid: Option<Spanned<usize>>,
+    max_concurrent_attestations: Option<Spanned<usize>>,
+    health_max_connections: Option<Spanned<usize>>,
+}
+
+/// A humantime duration of at least 100 ms (a timeout, not a lifetime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timeout(Duration);
+
+impl<'de> Deserialize<'de> for Timeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match humantime::parse_duration(&text) {
+            Ok(duration) if duration >= Duration::from_millis(100) => Ok(Self(duration)),
+            Ok(_) => Err(serde::de::Error::custom(format!(
+                "timeout {text:?} is shorter than the minimum of 100ms"
+            ))),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "invalid duration {text:?}: {e} (e.g. \"5s\")"
+            ))),
+        }
+    }
 }
 
 /// How callers are attested.
@@ -284,6 +357,8 @@ struct RawConfig {
     #[serde(default)]
     health: RawHealth,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
 
@@ -380,23 +455,13 @@ impl Config {
         let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let health = source.health(raw.health)?;
         let ca = source.ca(raw.ca)?;
-        let max_connections_per_uid = match raw.max_connections_per_uid {
-            Some(max) if *max.get_ref() == 0 => {
-                return Err(source.error(
-                    &max.span(),
-                    "max_connections_per_uid".into(),
-                    "must be at least 1",
-                ));
-            }
-            Some(max) => max.into_inner(),
-            None => DEFAULT_MAX_CONNECTIONS_PER_UID,
-        };
+        let limits = source.limits(raw.limits, raw.max_connections_per_uid)?;
         let entries = source.entries(raw.entry, &trust_domain)?;
         let denial_limit = source.denial_limit(&raw.audit)?;
         Ok(Self {
             source: path.to_owned(),
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
-            max_connections_per_uid,
+            limits,
             audit: AuditConfig {
                 path: raw.audit.path.unwrap_or_else(|| data_dir.join("audit.jsonl")),
                 rotation: Rotation {
@@ -423,7 +488,7 @@ impl Config {
         (
             self.trust_domain.clone(),
             self.socket_path.clone(),
-            self.max_connections_per_uid,
+            self.limits,
             self.data_dir.clone(),
             self.entries_dir.clone(),
             self.ca.clone(),
@@ -525,6 +590,78 @@ impl SourceFile<'_> {
             }
         };
         Ok(raw.into_config(upstream))
+    }
+
+    /// `[limits]`. `max_connections_per_uid` may also be written at the top
+    /// level, its older place, but not in both.
+    fn limits(
+        &self,
+        raw: RawLimits,
+        top_level_per_uid: Option<Spanned<usize>>,
+    ) -> Result<LimitsConfig, ConfigError> {
+        let per_uid = match (top_level_per_uid, raw.max_connections_per_uid) {
+            (Some(_), Some(nested)) => {
+                return Err(self.error(
+                    &nested.span(),
+                    "limits.max_connections_per_uid".into(),
+                    "also set at the top level: set it once",
+                ));
+            }
+            (Some(top), None) => Some((top, "max_connections_per_uid")),
+            (None, nested) => nested.map(|n| (n, "limits.max_connections_per_uid")),
+        };
+        let at_least_one = |value: Option<(Spanned<usize>, &str)>| match value {
+            Some((v, key)) if *v.get_ref() == 0 => {
+                Err(self.error(&v.span(), key.into(), "must be at least 1"))
+            }
+            Some((v, _)) => Ok(Some(v.into_inner())),
+            None => Ok(None),
+        };
+        let defaults = LimitsConfig::default();
+        let max_connections = at_least_one(raw.max_connections.map(|v| (v, "limits.max_connections")))?;
+        if let (Some(reserve), Some(max)) = (&raw.connection_reserve, max_connections)
+            && *reserve.get_ref() >= max
+        {
+            return Err(self.error(
+                &reserve.span(),
+                "limits.connection_reserve".into(),
+                "must be less than limits.max_connections",
+            ));
+        }
+        let streams = match raw.max_concurrent_streams {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(self.error(
+                    &v.span(),
+                    "limits.max_concurrent_streams".into(),
+                    "must be at least 1",
+                ));
+            }
+            Some(v) => v.into_inner(),
+            None => defaults.max_concurrent_streams,
+        };
+        Ok(LimitsConfig {
+            max_connections_per_uid: at_least_one(per_uid)?.unwrap_or(defaults.max_connections_per_uid),
+            max_connections,
+            connection_reserve: raw.connection_reserve.map(Spanned::into_inner),
+            first_request_timeout: raw
+                .first_request_timeout
+                .map_or(defaults.first_request_timeout, |t| t.into_inner().0),
+            max_concurrent_streams: streams,
+            max_requests_per_uid: at_least_one(
+                raw.max_requests_per_uid
+                    .map(|v| (v, "limits.max_requests_per_uid")),
+            )?
+            .unwrap_or(defaults.max_requests_per_uid),
+            max_concurrent_attestations: at_least_one(
+                raw.max_concurrent_attestations
+                    .map(|v| (v, "limits.max_concurrent_attestations")),
+            )?,
+            health_max_connections: at_least_one(
+                raw.health_max_connections
+                    .map(|v| (v, "limits.health_max_connections")),
+            )?
+            .unwrap_or(defaults.health_max_connections),
+        })
     }
 
     /// The rate limit on denial records; at least one uid must be tracked.
@@ -759,6 +896,63 @@ owner = "team@example.org"
             (err.line, err.key.as_deref()),
             (Some(3), Some("health.listen")),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_defaults_both_spellings_and_errors() {
+        let defaults = parse("trust_domain = \"example.org\"\n").unwrap();
+        assert_eq!(defaults.limits, LimitsConfig::default());
+        let top = parse("trust_domain = \"example.org\"\nmax_connections_per_uid = 3\n").unwrap();
+        assert_eq!(top.limits.max_connections_per_uid, 3);
+        let nested = parse(
+            "trust_domain = \"example.org\"\n[limits]\nmax_connections_per_uid = 4\nmax_connections = 40\n\
+             connection_reserve = 8\nfirst_request_timeout = \"2s\"\nmax_concurrent_streams = 4\n\
+             max_requests_per_uid = 6\nmax_concurrent_attestations = 3\nhealth_max_connections = 5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            nested.limits,
+            LimitsConfig {
+                max_connections_per_uid: 4,
+                max_connections: Some(40),
+                connection_reserve: Some(8),
+                first_request_timeout: Duration::from_secs(2),
+                max_concurrent_streams: 4,
+                max_requests_per_uid: 6,
+                max_concurrent_attestations: Some(3),
+                health_max_connections: 5,
+            }
+        );
+        let both = parse(
+            "trust_domain = \"example.org\"\nmax_connections_per_uid = 3\n[limits]\nmax_connections_per_uid = 4\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (both.line, both.key.as_deref()),
+            (Some(4), Some("limits.max_connections_per_uid"))
+        );
+        let zero = parse("trust_domain = \"example.org\"\n[limits]\nmax_connections = 0\n").unwrap_err();
+        assert_eq!(
+            (zero.line, zero.key.as_deref()),
+            (Some(3), Some("limits.max_connections"))
+        );
+        let reserve =
+            parse("trust_domain = \"example.org\"\n[limits]\nmax_connections = 8\nconnection_reserve = 8\n")
+                .unwrap_err();
+        assert_eq!(
+            reserve.key.as_deref(),
+            Some("limits.connection_reserve"),
+            "{reserve}"
+        );
+        let unknown = parse("trust_domain = \"example.org\"\n[limits]\nmax_conections = 8\n").unwrap_err();
+        assert_eq!(unknown.line, Some(3), "{unknown}");
+        let short =
+            parse("trust_domain = \"example.org\"\n[limits]\nfirst_request_timeout = \"1ms\"\n").unwrap_err();
+        assert_eq!(
+            short.key.as_deref(),
+            Some("limits.first_request_timeout"),
+            "{short}"
         );
     }
 

@@ -2,6 +2,8 @@
 //! socket, serve until SIGTERM/SIGINT, then end open streams, drain, and
 //! remove the socket.
 
+mod descriptor_limit;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +15,31 @@ use tonic::transport::Server;
 use crate::attest::Attestor;
 use crate::audit::{AuditError, AuditLog};
 use crate::authority::{Authority, AuthorityError, maintain_bundle_file};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::registry::{self, Policy, Registry};
 use crate::svid_cache::SvidCache;
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
-use crate::workload_api::{ConnectionLimits, Context, ListenerError, SocketListener, WorkloadApi};
+use crate::workload_api::{
+    AttestationPermits, ConnectionBudget, ConnectionLimits, Context, ListenerError, MAX_HEADER_LIST_SIZE,
+    RequestPermits, RequestPermitsLayer, SocketListener, WorkloadApi,
+};
 
+/// The largest request message attestd decodes. tonic buffers a message
+/// whole before the handler sees it (and reserves its declared length up
+/// front), so this times the streams in flight bounds what callers can make
+/// attestd hold; the default of 4 MiB let one uid pin 16 GiB (256
+/// connections of 16 streams). Workload API requests are small: the largest
+/// legitimate one is a JWT-SVID to validate.
+const MAX_REQUEST_MESSAGE: usize = 256 * 1024;
+/// HTTP/2 flow-control windows: request data attestd has received but not
+/// yet read, per stream and per connection (hyper's defaults are 1 MiB).
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// A request not answered by then (its message received, its caller
+/// attested, its answer built; for a stream, the first message) fails: a
+/// caller that stalls mid-message gives its request permit back.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// `spiffe_refresh_hint` of the bundle document: how often relying parties
@@ -62,11 +82,28 @@ pub enum DaemonError {
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (signals, hangup) = Signals::install()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let ctx = Arc::new(start_services(&config, shutdown)?);
+    let attestations = concurrent_attestations(&config.limits);
+    let ctx = Arc::new(start_services(&config, shutdown, attestations)?);
+    // After the policy loaded: a bad config fails with its one line alone.
+    let nofile = descriptor_limit::raise_to_hard_limit();
     let readiness = Arc::new(Readiness::default());
-    if let Some(addr) = config.health.listen {
-        tokio::spawn(serve_health(addr, Arc::clone(&readiness)).await?);
-    }
+    let health_connections = match config.health.listen {
+        Some(addr) => {
+            let max = config.limits.health_max_connections;
+            tokio::spawn(serve_health(addr, Arc::clone(&readiness), max).await?);
+            max
+        }
+        None => 0,
+    };
+    let budget = ConnectionBudget::new(&config.limits, nofile, attestations, health_connections);
+    tracing::info!(
+        max_connections = budget.global,
+        connection_reserve = budget.reserve,
+        max_connections_per_uid = budget.per_uid,
+        nofile,
+        max_concurrent_attestations = attestations,
+        "connection limits"
+    );
     tokio::spawn(registry::keep_current(
         config.clone(),
         Arc::clone(&ctx.registry),
@@ -93,9 +130,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let _ = shutdown_tx.send(true);
     };
     let server = Server::builder()
-        .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx))))
+        // Advertised to clients; the authority fix enforces it on decode.
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE as u32)
+        .max_concurrent_streams(config.limits.max_concurrent_streams)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .timeout(REQUEST_TIMEOUT)
+        .layer(RequestPermitsLayer(RequestPermits::new(
+            config.limits.max_requests_per_uid,
+        )))
+        .add_service(
+            SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx)))
+                .max_decoding_message_size(MAX_REQUEST_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
-            listener.incoming(ConnectionLimits::new(config.max_connections_per_uid)),
+            listener.incoming(ConnectionLimits::new(budget), config.limits.first_request_timeout),
             stop,
         );
     let mut shutdown = ctx.shutdown.clone();
@@ -116,7 +165,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 
 /// Loads the policy, the authority and the audit trail, and starts the
 /// authority's background tasks.
-fn start_services(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Context, DaemonError> {
+fn start_services(
+    config: &Config,
+    shutdown: watch::Receiver<bool>,
+    attestations: usize,
+) -> Result<Context, DaemonError> {
     let policy = Policy::load(config)?;
     let authority = Arc::new(Authority::from_config(
         config.trust_domain.clone(),
@@ -141,8 +194,17 @@ fn start_services(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Co
         cache: SvidCache::new(Arc::clone(&authority)),
         authority,
         audit,
+        attestations: AttestationPermits::new(attestations),
         shutdown,
     })
+}
+
+/// Attestations allowed at once: configured, or one per CPU (they hash
+/// and scan `/proc`; more at once would only queue on the CPUs).
+fn concurrent_attestations(limits: &LimitsConfig) -> usize {
+    limits
+        .max_concurrent_attestations
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
 }
 
 /// The stop signals. All signals attestd handles are installed before

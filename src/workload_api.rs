@@ -6,12 +6,14 @@
 //! is attested from the connection's kernel-pinned peer, then matched.
 
 mod admission;
+mod attestation_permits;
 mod authority_fix;
 mod caller;
 mod connection;
 mod jwt;
 mod limits;
 mod listener;
+mod request_permits;
 mod service;
 mod status;
 mod streams;
@@ -20,9 +22,12 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+pub use attestation_permits::{AttestationPermit, AttestationPermits};
+pub use authority_fix::MAX_HEADER_LIST_SIZE;
 pub use connection::{AttestedConnection, PeerInfo};
-pub use limits::{ConnectionLimits, ConnectionSlot};
+pub use limits::{ConnectionBudget, ConnectionLimits, ConnectionSlot, Refused};
 pub use listener::{ListenerError, SocketListener};
+pub use request_permits::{RequestPermits, RequestPermitsLayer, RequestPermitsService};
 pub use service::WorkloadApi;
 
 use crate::attest::Attestor;
@@ -44,6 +49,9 @@ pub struct Context {
     pub authority: Arc<Authority>,
     /// Where decisions are recorded.
     pub audit: Arc<AuditLog>,
+    /// Permits for attestations in flight (hashing, `/proc` fd scans run on
+    /// blocking threads): bounds them host-wide and per uid.
+    pub attestations: Arc<AttestationPermits>,
     /// Flips to `true` when the daemon stops, ending open streams so a
     /// graceful shutdown does not wait on clients that never hang up.
     pub shutdown: watch::Receiver<bool>,

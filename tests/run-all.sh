@@ -43,6 +43,14 @@ if ! command -v bindfs >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs >/dev/null
 fi
 
+# tests/e2e/exhaustion.rs runs a raw HTTP/2 client as other uids: it needs an
+# interpreter every uid can reach (Debian's /usr/bin/python3, not a pyenv
+# under /root), and prlimit (util-linux) to give attestd a small fd budget.
+if [[ ! -x /usr/bin/python3 ]] || ! command -v prlimit >/dev/null; then
+    step "installing python3 and prlimit (util-linux) for the exhaustion tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 util-linux >/dev/null
+fi
+
 # The Go program stands in for spiffe-helper too: the Go module proxy does
 # not serve github.com/spiffe/spiffe-helper, so it cannot be built here.
 step "fetching Go modules for tests/interop/go"

@@ -49,6 +49,92 @@ struct ReloadLabels {
     outcome: ReloadOutcome,
 }
 
+// --- Resource limits (connections, header lists): issue 9, class 2 and 4.
+
+/// Why a Workload API connection was refused at accept.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum ConnectionRefusal {
+    /// The uid holds `max_connections_per_uid` connections.
+    UidCap,
+    /// Only uids with few connections are admitted (the reserve).
+    Reserve,
+    /// Every connection slot is taken.
+    Full,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: ConnectionRefusal,
+}
+
+/// The resource-limit metrics, registered with the others.
+#[derive(Default)]
+struct LimitMetrics {
+    open_connections: Gauge,
+    connections_refused: Family<RefusalLabels, Counter>,
+    connections_timed_out: Counter,
+    header_lists_refused: Counter,
+}
+
+impl LimitMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "open_connections",
+            "Open Workload API connections",
+            self.open_connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Workload API connections closed at accept, by the limit that refused them",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Workload API connections closed for sending no request in time",
+            self.connections_timed_out.clone(),
+        );
+        registry.register(
+            "header_lists_refused",
+            "Connections closed for a header block over the size attestd decodes",
+            self.header_lists_refused.clone(),
+        );
+        for reason in [
+            ConnectionRefusal::UidCap,
+            ConnectionRefusal::Reserve,
+            ConnectionRefusal::Full,
+        ] {
+            let _ = self.connections_refused.get_or_create(&RefusalLabels { reason });
+        }
+    }
+}
+
+impl Metrics {
+    /// A connection opened (`+1`) or closed (`-1`).
+    pub fn connections(&self, delta: i64) {
+        self.limits.open_connections.inc_by(delta);
+    }
+
+    /// Counts a connection refused at accept.
+    pub fn connection_refused(&self, reason: ConnectionRefusal) {
+        self.limits
+            .connections_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
+    /// Counts a connection closed for sending no request in time.
+    pub fn connection_timed_out(&self) {
+        self.limits.connections_timed_out.inc();
+    }
+
+    /// Counts a connection closed for an oversized header block.
+    pub fn header_list_refused(&self) {
+        self.limits.header_lists_refused.inc();
+    }
+}
+
+// --- end of resource limits.
+
 /// Every metric attestd exports.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +148,7 @@ pub struct Metrics {
     // Audit flooding: label values come from the fixed set of RPC names.
     audit_denials_suppressed: Family<RpcLabels, Counter>,
     audit_records_truncated: Counter,
+    limits: LimitMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,6 +178,7 @@ impl Metrics {
             audit_write_failures: Counter::default(),
             audit_denials_suppressed: Family::default(),
             audit_records_truncated: Counter::default(),
+            limits: LimitMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -134,6 +222,7 @@ impl Metrics {
             "Audit records whose caller-controlled values were shortened to bound their size",
             metrics.audit_records_truncated.clone(),
         );
+        metrics.limits.register(&mut registry);
         // Every label value is exported from the start, at zero.
         for kind in [SvidKind::X509, SvidKind::Jwt] {
             let _ = metrics.minted.get_or_create(&KindLabels { kind });
@@ -238,6 +327,10 @@ mod tests {
             "attestd_audit_write_failures_total",
             "attestd_audit_denials_suppressed_total{rpc=\"FetchJWTSVID\"}",
             "attestd_audit_records_truncated_total",
+            "attestd_open_connections",
+            "attestd_connections_refused_total{reason=\"Reserve\"}",
+            "attestd_connections_timed_out_total",
+            "attestd_header_lists_refused_total",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -1,6 +1,10 @@
 //! Admission, shared by every RPC and re-run by open streams on each push:
 //! attest the connection's pinned caller, then find its entries. Every
 //! refusal is audited before it is answered.
+//!
+//! One admission reads one policy snapshot: what attestation collects (the
+//! executable binding) and what the caller is matched against come from the
+//! same policy, even if a reload swaps it in between.
 
 use std::sync::Arc;
 
@@ -10,6 +14,7 @@ use super::caller::Caller;
 use super::{Context, PeerInfo, status};
 use crate::attest::{AttestError, ExeBinding, Hashing, Workload};
 use crate::audit::{Outcome, Record};
+use crate::registry::Policy;
 use crate::telemetry::metrics;
 
 /// Why a caller was not admitted.
@@ -51,22 +56,36 @@ impl From<Status> for Refusal {
     }
 }
 
-/// Attests the caller of a connection.
-pub(super) async fn attest(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> Result<Workload, Refusal> {
+/// Attests the caller of a connection, collecting what `policy` needs.
+/// Attestations run within `ctx.attestations` (host-wide and per uid); the
+/// rest wait their turn.
+pub(super) async fn attest(
+    ctx: &Context,
+    policy: &Policy,
+    peer: &PeerInfo,
+    rpc: &'static str,
+) -> Result<Workload, Refusal> {
     let attested = match &peer.0 {
         Ok(peer) => {
             let attestor = Arc::clone(&ctx.attestor);
             let peer = Arc::clone(peer);
-            let binding = match ctx.registry.policy().names_executables() {
+            let binding = match policy.names_executables() {
                 true => ExeBinding::Verify,
                 false => ExeBinding::Trust,
             };
-            let hashing = match ctx.registry.policy().names_sha256() {
+            let hashing = match policy.names_sha256() {
                 true => Hashing::Hash,
                 false => Hashing::Skip,
             };
+            let permit = ctx
+                .attestations
+                .acquire(peer.uid)
+                .await
+                .map_err(|_| Status::internal("attestation permits closed"))?;
             let started = std::time::Instant::now();
             let attested = tokio::task::spawn_blocking(move || {
+                // Held until the work ends, even if the request is cancelled.
+                let _permit = permit;
                 attestor.attest(&peer, binding, hashing).map_err(Arc::new)
             })
             .await
@@ -90,8 +109,9 @@ pub(super) async fn attest(ctx: &Context, peer: &PeerInfo, rpc: &'static str) ->
 /// Attests the caller and finds its entries; a caller without any is
 /// refused.
 pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> Result<Caller, Refusal> {
-    let workload = attest(ctx, peer, rpc).await?;
-    let entries = ctx.registry.policy().matching(&workload.selectors);
+    let policy = ctx.registry.policy();
+    let workload = attest(ctx, &policy, peer, rpc).await?;
+    let entries = policy.matching(&workload.selectors);
     if entries.is_empty() {
         tracing::info!(
             pid = workload.pid,
@@ -107,6 +127,7 @@ pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> 
         peer: peer.clone(),
         workload,
         entries,
+        policy,
     })
 }
 

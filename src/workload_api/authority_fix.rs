@@ -15,6 +15,17 @@
 //! `localhost`. Every block is re-encoded, not only the broken ones, so the
 //! two HPACK contexts never disagree. The authority carries no meaning over
 //! a Unix socket: attestd never reads it.
+//!
+//! Decoding comes before h2 has any chance to bound a request, so this
+//! adapter bounds it itself. HPACK lets a few bytes stand for a large
+//! header (one 1-byte index names a 4 KB dynamic-table entry), so the
+//! decoded header list is counted while decoding (name + value + 32 per
+//! field, as SETTINGS_MAX_HEADER_LIST_SIZE counts it) and the connection is
+//! refused once it passes [`MAX_HEADER_LIST_SIZE`]; past the bound nothing
+//! more is copied. The work per block is bounded by the block's encoded size
+//! ([`MAX_HEADER_BLOCK`]), and the output waiting for the server by
+//! [`OUTPUT_HIGH_WATER`], so one connection can neither hold a runtime
+//! worker for long nor make attestd buffer much for it.
 
 use std::collections::VecDeque;
 
@@ -32,8 +43,24 @@ const PRIORITY: u8 = 0x20;
 /// The largest frame payload the server accepts (HTTP/2's default
 /// SETTINGS_MAX_FRAME_SIZE, which tonic's server keeps).
 const MAX_FRAME: usize = 16_384;
-/// A request's header block larger than this is refused outright.
-const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// The largest decoded header list a request may have (name + value + 32
+/// per field): attestd's SETTINGS_MAX_HEADER_LIST_SIZE, also advertised to
+/// clients. Workload API requests carry a handful of short headers; gRPC-core
+/// clients refuse to send more than 16 KiB of metadata themselves.
+pub const MAX_HEADER_LIST_SIZE: usize = 16 * 1024;
+/// A request's header block (encoded) larger than this is refused outright.
+/// No block that decodes within [`MAX_HEADER_LIST_SIZE`] is larger: every
+/// field decodes to at least 32 bytes, and Huffman spends at most 30 bits on
+/// a decoded byte (3.75 encoded bytes per decoded byte at worst).
+const MAX_HEADER_BLOCK: usize = 4 * MAX_HEADER_LIST_SIZE;
+/// Frames are taken from the client's bytes only while less than this waits
+/// for the server: re-encoding can turn a few client bytes into more, and
+/// what the server has not read yet must not pile up.
+const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+/// Blocks larger than this are decoded with the runtime told that the
+/// worker thread blocks (its other connections move to another thread):
+/// no real request comes near it, and the worst block takes milliseconds.
+const DECODE_OFF_WORKER: usize = 8 * 1024;
 /// HPACK dynamic table size both sides use (HTTP/2's default, which
 /// neither the clients nor tonic's server change).
 const TABLE_SIZE: usize = 4096;
@@ -47,6 +74,9 @@ pub enum AuthorityFixError {
     /// A header block is larger than attestd accepts.
     #[error("HTTP/2 header block over {MAX_HEADER_BLOCK} bytes")]
     HeaderBlockTooLarge,
+    /// A header block decodes to more than [`MAX_HEADER_LIST_SIZE`].
+    #[error("HTTP/2 header list over {MAX_HEADER_LIST_SIZE} bytes decoded")]
+    HeaderListTooLarge,
     /// A frame is malformed (padding longer than the frame, say).
     #[error("malformed HTTP/2 frame")]
     MalformedFrame,
@@ -54,6 +84,9 @@ pub enum AuthorityFixError {
     #[error("HPACK: {0:?}")]
     Hpack(loona_hpack::decoder::DecoderError),
 }
+
+/// Decoded header fields: (name, value).
+type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A header block split over HEADERS and CONTINUATION frames, being
 /// collected.
@@ -74,6 +107,8 @@ pub struct AuthorityFix {
     /// Not HTTP/2 at all: pass everything through and let the server say so.
     passthrough: bool,
     pending: Option<PendingBlock>,
+    /// Whether the client has started a request (sent HEADERS).
+    request_seen: bool,
     decoder: Decoder<'static>,
     encoder: Encoder<'static>,
 }
@@ -99,6 +134,7 @@ impl Default for AuthorityFix {
             preface_left: PREFACE.len(),
             passthrough: false,
             pending: None,
+            request_seen: false,
             decoder,
             encoder: Encoder::new(),
         }
@@ -106,17 +142,31 @@ impl Default for AuthorityFix {
 }
 
 impl AuthorityFix {
-    /// Takes bytes read from the client.
+    /// Takes bytes read from the client, and rewrites what it can of them
+    /// (see [`Self::pump`]).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), AuthorityFixError> {
         if self.passthrough {
             self.output.extend(bytes);
             return Ok(());
         }
         self.input.extend_from_slice(bytes);
-        if self.preface_left > 0 && !self.take_preface() {
+        self.pump()
+    }
+
+    /// Rewrites whole frames already fed, until the output for the server
+    /// reaches [`OUTPUT_HIGH_WATER`]; the rest waits for the next call
+    /// (after the server read some), so read no more from the client while
+    /// this leaves output or whole frames behind.
+    pub fn pump(&mut self) -> Result<(), AuthorityFixError> {
+        if self.passthrough || (self.preface_left > 0 && !self.take_preface()) {
             return Ok(());
         }
         self.take_frames()
+    }
+
+    /// Whether the client has sent the start of a request (a HEADERS frame).
+    pub fn request_seen(&self) -> bool {
+        self.request_seen
     }
 
     /// Moves bytes ready for the server into `into`; returns how many.
@@ -156,10 +206,8 @@ impl AuthorityFix {
     }
 
     fn take_frames(&mut self) -> Result<(), AuthorityFixError> {
-        while self.input.len() >= FRAME_HEADER {
-            let length = usize::from(self.input[0]) << 16
-                | usize::from(self.input[1]) << 8
-                | usize::from(self.input[2]);
+        while self.input.len() >= FRAME_HEADER && self.output.len() < OUTPUT_HIGH_WATER {
+            let length = frame_length(&self.input);
             if length > MAX_HEADER_BLOCK {
                 return Err(AuthorityFixError::HeaderBlockTooLarge);
             }
@@ -178,6 +226,7 @@ impl AuthorityFix {
         let payload = &frame[FRAME_HEADER..];
         match kind {
             HEADERS => {
+                self.request_seen = true;
                 let fragment = header_fragment(flags, payload)?;
                 self.pending = Some(PendingBlock {
                     stream_id,
@@ -212,12 +261,10 @@ impl AuthorityFix {
     /// Re-encodes a whole header block and writes it as HEADERS (and
     /// CONTINUATION) frames.
     fn emit(&mut self, block: PendingBlock) -> Result<(), AuthorityFixError> {
-        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        self.decoder
-            .decode_with_cb(&block.fragment, |name, value| {
-                headers.push((name.into_owned(), value.into_owned()))
-            })
-            .map_err(AuthorityFixError::Hpack)?;
+        let decoder = &mut self.decoder;
+        let mut headers = off_worker_if(block.fragment.len() > DECODE_OFF_WORKER, || {
+            decode_bounded(decoder, &block.fragment)
+        })?;
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority" && !is_valid_authority(value) {
                 *value = LOCAL_AUTHORITY.to_vec();
@@ -254,6 +301,45 @@ impl AuthorityFix {
             self.output.extend(chunk);
         }
         Ok(())
+    }
+}
+
+/// The payload length in a frame header (`bytes` holds at least one).
+fn frame_length(bytes: &[u8]) -> usize {
+    usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2])
+}
+
+/// Decodes a header block, refusing it once the decoded list passes
+/// [`MAX_HEADER_LIST_SIZE`]. The decoder hands indexed fields out borrowed
+/// from its table, so past the bound nothing is copied; the rest of the
+/// block is still walked (the decoder offers no way to stop early), which
+/// costs time linear in the block's encoded size and no memory.
+fn decode_bounded(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<HeaderList, AuthorityFixError> {
+    let mut headers = HeaderList::new();
+    let mut size = 0usize;
+    decoder
+        .decode_with_cb(block, |name, value| {
+            size = size.saturating_add(name.len() + value.len() + 32);
+            if size <= MAX_HEADER_LIST_SIZE {
+                headers.push((name.into_owned(), value.into_owned()));
+            }
+        })
+        .map_err(AuthorityFixError::Hpack)?;
+    if size > MAX_HEADER_LIST_SIZE {
+        return Err(AuthorityFixError::HeaderListTooLarge);
+    }
+    Ok(headers)
+}
+
+/// Runs `work`; when `large` and on a multi-threaded tokio runtime, as
+/// blocking work, so the connections sharing this worker are not stalled.
+fn off_worker_if<T>(large: bool, work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if large && multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 
@@ -300,8 +386,6 @@ mod tests {
             (b"workload.spiffe.io".to_vec(), b"true".to_vec()),
         ]
     }
-
-    type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
 
     /// What the server side would decode from `bytes` (after the preface):
     /// the header lists and each frame's (type, flags).
@@ -397,6 +481,117 @@ mod tests {
         let (blocks, frames) = server_view(&out[..n]);
         assert_eq!(blocks, [request(b"localhost")]);
         assert_eq!(frames, [(HEADERS, END_HEADERS)]);
+    }
+
+    /// A header block that enters one large field into the dynamic table,
+    /// then names it by a 1-byte index `repeats` times.
+    fn amplifying_block(value_len: usize, repeats: usize) -> Vec<u8> {
+        // Literal with incremental indexing, new name, no Huffman.
+        let mut block = vec![0x40, 3];
+        block.extend(b"x-a");
+        block.extend(loona_hpack::encoder::encode_integer(value_len, 7));
+        block.extend(std::iter::repeat_n(b'a', value_len));
+        // Index 62: the newest dynamic-table entry.
+        block.extend(std::iter::repeat_n(0x80 | 62, repeats));
+        block
+    }
+
+    /// The block as HEADERS then CONTINUATION frames of at most 16 KiB.
+    fn block_frames(block: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let chunks: Vec<&[u8]> = block.chunks(MAX_FRAME).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let kind = if i == 0 { HEADERS } else { CONTINUATION };
+            let flags = if i == chunks.len() - 1 { END_HEADERS } else { 0 };
+            wire.extend(frame(kind, flags, 1, chunk));
+        }
+        wire
+    }
+
+    #[test]
+    fn the_decoded_header_list_is_bounded_while_decoding() {
+        // 4 KB referenced ~65,000 times: 260 MB if decoded in full.
+        let block = amplifying_block(4000, MAX_HEADER_BLOCK - 4010);
+        assert!(block.len() <= MAX_HEADER_BLOCK);
+        let mut wire = PREFACE.to_vec();
+        wire.extend(block_frames(&block));
+        let mut fix = AuthorityFix::default();
+        let started = std::time::Instant::now();
+        let result = fix.feed(&wire);
+        // The worst block attestd accepts to decode; the README quotes this.
+        println!("worst-case header block decoded in {:?}", started.elapsed());
+        assert!(
+            matches!(result, Err(AuthorityFixError::HeaderListTooLarge)),
+            "{result:?}"
+        );
+        assert!(
+            !fix.has_output() || fix.output.len() < 1024,
+            "nothing of the block was passed on"
+        );
+    }
+
+    #[test]
+    fn a_header_list_at_the_bound_passes() {
+        // One field of 4000 + 3 + 32 bytes, referenced again until the
+        // list is exactly at the bound (or just under).
+        let field = 4000 + 3 + 32;
+        let block = amplifying_block(4000, MAX_HEADER_LIST_SIZE / field - 1);
+        let mut wire = PREFACE.to_vec();
+        wire.extend(block_frames(&block));
+        let mut fix = AuthorityFix::default();
+        fix.feed(&wire).unwrap();
+        let mut out = vec![0u8; 64 * 1024];
+        let n = fix.drain_into(&mut out);
+        let (blocks, _) = server_view(&out[..n]);
+        assert_eq!(blocks[0].len(), MAX_HEADER_LIST_SIZE / field);
+
+        let over = amplifying_block(4000, MAX_HEADER_LIST_SIZE / field);
+        let mut wire = PREFACE.to_vec();
+        wire.extend(block_frames(&over));
+        assert!(matches!(
+            AuthorityFix::default().feed(&wire),
+            Err(AuthorityFixError::HeaderListTooLarge)
+        ));
+    }
+
+    #[test]
+    fn output_waiting_for_the_server_stays_bounded() {
+        // Many small frames at once: only about the high-water mark is
+        // rewritten before the server reads; the rest follows as it does.
+        let mut wire = PREFACE.to_vec();
+        let ping = frame(0x6, 0, 0, &[0; 8]);
+        let count = 4 * OUTPUT_HIGH_WATER / ping.len();
+        for _ in 0..count {
+            wire.extend(&ping);
+        }
+        let mut fix = AuthorityFix::default();
+        fix.feed(&wire).unwrap();
+        assert!(fix.output.len() < OUTPUT_HIGH_WATER + ping.len());
+        let mut passed = 0;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = fix.drain_into(&mut buf);
+            passed += n;
+            if n == 0 {
+                fix.pump().unwrap();
+                if !fix.has_output() {
+                    break;
+                }
+            }
+        }
+        assert_eq!(passed, wire.len());
+    }
+
+    #[test]
+    fn notes_the_first_request() {
+        let mut fix = AuthorityFix::default();
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, 0, &[]));
+        fix.feed(&wire).unwrap();
+        assert!(!fix.request_seen(), "SETTINGS is not a request");
+        let block = Encoder::new().encode(request(b"localhost").iter().map(|(n, v)| (&n[..], &v[..])));
+        fix.feed(&frame(HEADERS, END_HEADERS, 1, &block)).unwrap();
+        assert!(fix.request_seen());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::PeerInfo;
 use crate::attest::Workload;
-use crate::registry::Entry;
+use crate::registry::{Entry, Policy};
 
 /// An attested caller and the entries it matched (never empty).
 #[derive(Debug)]
@@ -14,6 +14,8 @@ pub(super) struct Caller {
     pub peer: PeerInfo,
     pub workload: Workload,
     pub entries: Vec<Arc<Entry>>,
+    /// The policy snapshot the caller was admitted under.
+    pub policy: Arc<Policy>,
 }
 
 impl Caller {

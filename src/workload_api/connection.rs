@@ -1,19 +1,25 @@
 //! An accepted Workload API connection, with its peer pinned at accept time.
 //! The pin is taken before the first byte is read, so a caller cannot exit
 //! and have its pid reused between connecting and being attested.
+//!
+//! A connection that starts no request within the first-request timeout is
+//! closed, so idle connections cannot hold their slots (and descriptors).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
+use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
-use super::authority_fix::AuthorityFix;
+use super::authority_fix::{AuthorityFix, AuthorityFixError};
 use super::limits::ConnectionSlot;
 use crate::attest::{AttestError, PeerIdentity};
+use crate::telemetry::metrics;
 
 /// What tonic hands each request of a connection: the pinned peer, or why it
 /// could not be pinned (every request of that connection is then refused).
@@ -27,20 +33,53 @@ pub struct AttestedConnection {
     stream: UnixStream,
     peer: PeerInfo,
     requests: AuthorityFix,
+    /// Until the client starts a request: when the connection is closed.
+    first_request_deadline: Option<Pin<Box<Sleep>>>,
     /// Counts against the peer's uid cap until the connection closes.
-    _slot: ConnectionSlot,
+    slot: ConnectionSlot,
 }
 
 impl AttestedConnection {
-    /// Pins the peer of a freshly accepted stream.
-    pub fn new(stream: UnixStream, slot: ConnectionSlot) -> Self {
+    /// Pins the peer of a freshly accepted stream; the connection is closed
+    /// unless a request starts within `first_request_timeout`.
+    pub fn new(stream: UnixStream, slot: ConnectionSlot, first_request_timeout: Duration) -> Self {
         let peer = PeerInfo(PeerIdentity::from_socket(&stream).map(Arc::new).map_err(Arc::new));
         Self {
             stream,
             peer,
             requests: AuthorityFix::default(),
-            _slot: slot,
+            first_request_deadline: Some(Box::pin(tokio::time::sleep(first_request_timeout))),
+            slot,
         }
+    }
+
+    /// Fails once the first-request deadline passes with no request begun;
+    /// disarms it once one has. Registers the waker while it is armed.
+    fn poll_first_request(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.requests.request_seen() {
+            self.first_request_deadline = None;
+        }
+        let expired = self
+            .first_request_deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if expired {
+            metrics().connection_timed_out();
+            tracing::info!(uid = self.slot.uid(), "connection closed: no request in time");
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no request in time"));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, error: AuthorityFixError) -> io::Error {
+        if matches!(
+            error,
+            AuthorityFixError::HeaderListTooLarge | AuthorityFixError::HeaderBlockTooLarge
+        ) {
+            metrics().header_list_refused();
+        }
+        tracing::info!(uid = self.slot.uid(), %error, "connection closed");
+        io::Error::other(error)
     }
 }
 
@@ -61,6 +100,13 @@ impl AsyncRead for AttestedConnection {
                 buf.advance(n);
                 return Poll::Ready(Ok(()));
             }
+            // Frames left over from an earlier read come before reading
+            // more: what waits for the server stays bounded.
+            this.requests.pump().map_err(|e| this.refuse(e))?;
+            if this.requests.has_output() {
+                continue;
+            }
+            this.poll_first_request(cx)?;
             let mut chunk = [0u8; 8192];
             let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.stream).poll_read(cx, &mut read))?;
@@ -72,7 +118,7 @@ impl AsyncRead for AttestedConnection {
                 }
                 continue;
             }
-            this.requests.feed(read.filled()).map_err(io::Error::other)?;
+            this.requests.feed(read.filled()).map_err(|e| this.refuse(e))?;
         }
     }
 }

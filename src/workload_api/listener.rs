@@ -68,13 +68,14 @@ impl SocketListener {
         &self.path
     }
 
-    /// Accepted connections, each with its peer pinned. A uid at its
-    /// connection cap has the new connection closed at once. Accept errors
-    /// (say, out of file descriptors) are logged and retried after a pause
-    /// rather than spinning or stopping the server.
+    /// Accepted connections, each with its peer pinned. A connection the
+    /// limits refuse is closed at once. Accept errors (say, out of file
+    /// descriptors) are logged and retried after a pause rather than
+    /// spinning or stopping the server.
     pub fn incoming(
         &mut self,
         limits: Arc<ConnectionLimits>,
+        first_request_timeout: Duration,
     ) -> impl Stream<Item = Result<AttestedConnection, io::Error>> + use<> {
         let listener = self.listener.take();
         futures::stream::unfold(listener, move |listener| {
@@ -84,7 +85,8 @@ impl SocketListener {
                 loop {
                     match accepted.accept().await {
                         Ok((stream, _)) => {
-                            if let Some(connection) = admit_connection(stream, &limits) {
+                            if let Some(connection) = admit_connection(stream, &limits, first_request_timeout)
+                            {
                                 return Some((Ok(connection), listener));
                             }
                         }
@@ -99,18 +101,19 @@ impl SocketListener {
     }
 }
 
-/// Pins the peer of an accepted stream within its uid's connection cap;
-/// `None` (the stream closed) when the uid is at the cap.
+/// Pins the peer of an accepted stream if the limits admit it; `None` (the
+/// stream closed) when they do not.
 fn admit_connection(
     stream: tokio::net::UnixStream,
     limits: &Arc<ConnectionLimits>,
+    first_request_timeout: Duration,
 ) -> Option<AttestedConnection> {
     // A peer without credentials shares one bucket (u32::MAX is no uid).
     let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
     match limits.acquire(uid) {
-        Some(slot) => Some(AttestedConnection::new(stream, slot)),
-        None => {
-            tracing::warn!(uid, "connection refused: uid at its connection cap");
+        Ok(slot) => Some(AttestedConnection::new(stream, slot, first_request_timeout)),
+        Err(refused) => {
+            tracing::warn!(uid, "connection refused: {}", refused.reason());
             None
         }
     }

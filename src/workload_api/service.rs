@@ -43,7 +43,7 @@ impl WorkloadApi {
 
     async fn attest<T>(&self, request: &Request<T>, rpc: &'static str) -> Result<Workload, Status> {
         let peer = peer_of(request)?;
-        admission::attest(&self.ctx, &peer, rpc)
+        admission::attest(&self.ctx, &self.ctx.registry.policy(), &peer, rpc)
             .await
             .map_err(Refusal::status)
     }

@@ -83,6 +83,11 @@ pub(super) fn x509_svids(
         first: true,
         done: false,
     };
+    // A policy swapped in after the caller's admission took its snapshot
+    // is one the caller has not been matched against yet.
+    if !Arc::ptr_eq(&watch.policy.borrow(), &watch.caller.policy) {
+        watch.policy.mark_changed();
+    }
     watch.follow_entries()?;
     let first = watch.respond()?;
     let rest = stream::unfold(watch, |mut watch| async move {

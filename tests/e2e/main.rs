@@ -12,6 +12,7 @@ mod ca;
 mod config_errors;
 mod container;
 mod examples;
+mod exhaustion;
 mod forgery;
 mod go_interop;
 mod harness;
