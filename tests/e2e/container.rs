@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Daemon, run_as};
+use crate::harness::{Daemon, run_as, shared_tempdir};
 
 const UID: u32 = 1000;
 
@@ -130,13 +130,11 @@ fn image() -> &'static str {
 /// containers mount it when they are created, before the daemon whose
 /// entries name them starts.
 fn daemon_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    // Other uids (the clients) must reach the socket.
+    let dir = shared_tempdir();
     let run = dir.path().join("run");
     std::fs::create_dir(&run).unwrap();
-    // Other uids (the clients) must reach the socket.
-    for path in [dir.path(), &run] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
 

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, write_config};
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, shared_tempdir, write_config};
 
 /// The legitimate caller: uid 1000 holds an entry.
 const LEGIT_ENTRY: &str = r#"
@@ -156,8 +156,7 @@ fn an_amplifying_header_block_closes_the_connection_with_bounded_memory() {
 /// closed after `first_request_timeout`, which frees the squatters' slots.
 #[test]
 fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = shared_tempdir();
     let config = write_config(
         dir.path(),
         &format!(

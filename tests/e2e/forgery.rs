@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::attestation::{NAMES_SHA256, hashes_of};
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, run_as, shell, wait_for};
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, run_as, shared_tempdir, shell, wait_for};
 
 const USER: u32 = 1000;
 const NOBODY: u32 = 65534;
@@ -176,8 +176,7 @@ owner = "platform@example.org"
 /// `unix:path` and by `unix:sha256`.
 #[test]
 fn a_host_binary_gets_its_entries_by_path_and_by_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = shared_tempdir();
     let agent = dir.path().join("agent");
     copy_client(&agent);
     let daemon = Daemon::start(&format!(
@@ -321,8 +320,7 @@ impl Drop for FuseMount {
 /// its `unix:sha256` must not issue, and the audit record says why.
 #[test]
 fn a_binary_on_fuse_gets_no_identity_by_hash_or_path() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = shared_tempdir();
     let (source, mount) = (dir.path().join("source"), dir.path().join("fuse"));
     std::fs::create_dir(&source).unwrap();
     std::fs::create_dir(&mount).unwrap();

@@ -31,10 +31,8 @@ impl Daemon {
     /// Like [`Self::start`], with extra environment for the daemon (test
     /// hooks).
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         // Other uids must reach the socket through this directory.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self::launch(dir, body, env)
+        Self::launch(shared_tempdir(), body, env)
     }
 
     /// Starts attestd on an existing directory (to restart on the same state).
@@ -140,6 +138,13 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// A fresh temporary directory that other uids may enter (mode 0755).
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// Writes `<dir>/attestd.toml`: the trust domain, socket and data under
