@@ -151,15 +151,6 @@ fn attacker_records(daemon: &Daemon) -> (Lines, Lines) {
         .partition(|(_, r)| r["outcome"] != "suppressed")
 }
 
-fn vm_kb(pid: nix::unistd::Pid, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -218,7 +209,7 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
     });
     let served = attack.expect("attack round failed");
     let attack_took = started.elapsed();
-    let hwm = vm_kb(daemon.pid(), "VmHWM:");
+    let hwm = daemon.vm_kb("VmHWM:");
     assert!(hwm < MAX_DAEMON_HWM_KB, "attestd's VmHWM reached {hwm} kB");
 
     // A real identity's issuances are never suppressed: one record each,

@@ -122,17 +122,6 @@ fn has_selector(record: &Value, selector: &str) -> bool {
         .is_some_and(|all| all.iter().any(|s| s == selector))
 }
 
-/// A field of `/proc/<daemon>/status`, in kB.
-fn status_kb(daemon: &Daemon, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kb| kb.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {status}"))
-}
-
 fn assert_denied(output: &Output) {
     assert!(
         !output.status.success() && printed_ids(output).is_empty(),
@@ -301,7 +290,7 @@ owner = "platform@example.org"
         grown <= (HOSTILE_CALLS as u64 + 1) * 4096,
         "audit grew {grown} bytes"
     );
-    let hwm_kb = status_kb(&daemon, "VmHWM:");
+    let hwm_kb = daemon.vm_kb("VmHWM:");
     assert!(hwm_kb < 128 * 1024, "attestd's VmHWM is {hwm_kb} kB");
 }
 

@@ -122,6 +122,17 @@ impl Daemon {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// A `Vm...:` field of the daemon's `/proc/<pid>/status` (`"VmHWM:"`,
+    /// say), in kB.
+    pub fn vm_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
     /// Every audit record so far.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
@@ -295,3 +306,4 @@ pub fn shell(script: &str) {
     let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
     assert!(status.success(), "`{script}` failed");
 }
+
