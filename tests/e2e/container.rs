@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Daemon, run_as, shared_tempdir};
+use crate::harness::{Daemon, has_selector, run_as, shared_tempdir};
 
 const UID: u32 = 1000;
 
@@ -227,12 +227,6 @@ fn records(daemon: &Daemon, outcome: &str) -> Vec<Value> {
         .into_iter()
         .filter(|r| r["outcome"] == outcome)
         .collect()
-}
-
-fn has_selector(record: &Value, selector: &str) -> bool {
-    record["selectors"]
-        .as_array()
-        .is_some_and(|all| all.iter().any(|s| s == selector))
 }
 
 /// Done means: a real podman container gets its entry by `container:id`

@@ -15,7 +15,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::attestation::{NAMES_SHA256, hashes_of};
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, run_as, shared_tempdir, shell, wait_for};
+use crate::harness::{
+    Daemon, attestd_bin, cli_fetch_as, has_selector, printed_ids, run_as, shared_tempdir, shell, wait_for,
+};
 
 const USER: u32 = 1000;
 const NOBODY: u32 = 65534;
@@ -114,12 +116,6 @@ fn records_of(daemon: &Daemon, uid: u32) -> Vec<Value> {
         .into_iter()
         .filter(|r| r["uid"] == uid)
         .collect()
-}
-
-fn has_selector(record: &Value, selector: &str) -> bool {
-    record["selectors"]
-        .as_array()
-        .is_some_and(|all| all.iter().any(|s| s == selector))
 }
 
 fn assert_denied(output: &Output) {

@@ -307,3 +307,10 @@ pub fn shell(script: &str) {
     assert!(status.success(), "`{script}` failed");
 }
 
+/// Whether an audit record lists `selector`.
+pub fn has_selector(record: &serde_json::Value, selector: &str) -> bool {
+    record["selectors"]
+        .as_array()
+        .is_some_and(|all| all.iter().any(|s| s == selector))
+}
+
