@@ -16,22 +16,12 @@ use sha2::{Digest, Sha256};
 
 use crate::attestation::{NAMES_SHA256, hashes_of};
 use crate::harness::{
-    Daemon, attestd_bin, cli_fetch_as, has_selector, printed_ids, run_as, shared_tempdir, shell, wait_for,
+    Daemon, attestd_bin, cli_fetch_as, has_selector, printed_ids, run_as, shared_tempdir, shell,
+    unified_hierarchy, wait_for,
 };
 
 const USER: u32 = 1000;
 const NOBODY: u32 = 65534;
-
-/// The cgroup v2 hierarchy: the root on unified hosts, `unified/` on hybrid
-/// ones.
-fn unified_hierarchy() -> PathBuf {
-    let root = Path::new("/sys/fs/cgroup");
-    if root.join("cgroup.controllers").exists() {
-        root.to_owned()
-    } else {
-        root.join("unified")
-    }
-}
 
 /// Cgroups a test made, removed leaves first when dropped; directories that
 /// already existed (another test's `system.slice`, say) are left alone.

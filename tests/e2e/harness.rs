@@ -314,3 +314,14 @@ pub fn has_selector(record: &serde_json::Value, selector: &str) -> bool {
         .is_some_and(|all| all.iter().any(|s| s == selector))
 }
 
+/// The cgroup v2 hierarchy: the root on unified hosts, `unified/` on hybrid
+/// ones (where `/proc/<pid>/cgroup` shows it as the `0::` line).
+pub fn unified_hierarchy() -> PathBuf {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        root.to_owned()
+    } else {
+        root.join("unified")
+    }
+}
+
