@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spiffe::WorkloadApiClient;
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, run_as, wait_for};
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, free_loopback_port, http_get, run_as, wait_for};
 
 /// uid 1000 ("cloudsdk"): no entry names it.
 const ATTACKER: u32 = 1000;
@@ -151,19 +151,6 @@ fn attacker_records(daemon: &Daemon) -> (Lines, Lines) {
         .partition(|(_, r)| r["outcome"] != "suppressed")
 }
 
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 /// Sums a Prometheus counter family over its labels.
 fn counter_sum(metrics: &str, family: &str) -> u64 {
     metrics
@@ -171,11 +158,6 @@ fn counter_sum(metrics: &str, family: &str) -> u64 {
         .filter(|line| line.starts_with(&format!("{family}{{")))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn free_loopback_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -309,7 +291,7 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
     );
 
     // The metrics show the suppression.
-    let metrics = http_get(&health, "/metrics");
+    let (_, metrics) = http_get(&health, "/metrics");
     assert_eq!(
         counter_sum(&metrics, "attestd_audit_denials_suppressed_total"),
         suppressed,
