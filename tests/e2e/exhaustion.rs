@@ -235,6 +235,28 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
     );
 }
 
+/// Runs the raw client as uid 2001 with `args` (a `bodies` run: it sends
+/// what attestd lets it of its requests, prints a line, then holds them)
+/// and, while it holds them, checks that a legitimate caller is served and
+/// reads attestd's VmRSS. Returns the client's line, and the VmRSS before
+/// and while held (kB).
+fn held_requests(daemon: &Daemon, args: &[&str]) -> (String, u64, u64) {
+    let rss_before = daemon.vm_kb("VmRSS:");
+    let mut child = raw_client(daemon, 2001, args).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    legit_caller_served_within_a_second(daemon);
+    let rss_kb = daemon.vm_kb("VmRSS:");
+    child.wait().unwrap();
+    println!(
+        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
+        line.trim()
+    );
+    (line, rss_before, rss_kb)
+}
+
 /// Class 4 (memory): uid 2001 starts 32 ValidateJWTSVID requests on two
 /// connections, each declaring a 4,000,000-byte message, and sends all of
 /// it but the last byte. tonic would buffer each whole (128 MB; 16 GiB at
@@ -244,22 +266,8 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
 #[test]
 fn oversized_request_messages_are_refused_before_they_are_buffered() {
     let daemon = Daemon::start(LEGIT_ENTRY);
-    let rss_before = daemon.vm_kb("VmRSS:");
     let audit_before = audit_counts(&daemon);
-    let mut child = raw_client(&daemon, 2001, &["bodies", "2", "16", "4000000", "3"])
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    legit_caller_served_within_a_second(&daemon);
-    let rss_kb = daemon.vm_kb("VmRSS:");
-    child.wait().unwrap();
-    println!(
-        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
-        line.trim()
-    );
+    let (line, rss_before, rss_kb) = held_requests(&daemon, &["bodies", "2", "16", "4000000", "3"]);
     assert!(
         line.trim().ends_with("ended 32"),
         "the oversized requests were not refused: {line}"
@@ -283,21 +291,7 @@ fn oversized_request_messages_are_refused_before_they_are_buffered() {
 #[test]
 fn requests_in_flight_are_bounded_per_uid() {
     let daemon = Daemon::start(&format!("[limits]\nmax_requests_per_uid = 4\n{LEGIT_ENTRY}"));
-    let rss_before = daemon.vm_kb("VmRSS:");
-    let mut child = raw_client(&daemon, 2001, &["bodies", "8", "16", "250000", "3"])
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    legit_caller_served_within_a_second(&daemon);
-    let rss_kb = daemon.vm_kb("VmRSS:");
-    child.wait().unwrap();
-    println!(
-        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
-        line.trim()
-    );
+    let (line, rss_before, rss_kb) = held_requests(&daemon, &["bodies", "8", "16", "250000", "3"]);
     assert!(line.starts_with("sent "), "{line}");
     assert!(rss_kb < rss_before + 12 * 1024, "RSS grew to {rss_kb} kB");
 }
