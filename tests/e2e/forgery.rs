@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::attestation::{NAMES_SHA256, hashes_of};
 use crate::harness::{
-    Daemon, attestd_bin, cli_fetch_as, has_selector, printed_ids, run_as, shared_tempdir, shell,
-    unified_hierarchy, wait_for,
+    Daemon, attestd_bin, cli_fetch_as, client_fetch_as, has_selector, printed_ids, run_as, shared_tempdir,
+    shell, unified_hierarchy, wait_for,
 };
 
 const USER: u32 = 1000;
@@ -169,11 +169,7 @@ owner = "platform@example.org"
         agent.display(),
         sha256_of(&agent)
     ));
-    let output = run_as(
-        USER,
-        USER,
-        Command::new(&agent).args(["api", "fetch", "x509", "--socket", &daemon.endpoint()]),
-    );
+    let output = client_fetch_as(&daemon, &agent, USER);
     assert!(
         output.status.success(),
         "{}",
@@ -329,11 +325,7 @@ owner = "platform@example.org"
 "#,
         agent.display()
     ));
-    let output = run_as(
-        USER,
-        USER,
-        Command::new(&agent).args(["api", "fetch", "x509", "--socket", &daemon.endpoint()]),
-    );
+    let output = client_fetch_as(&daemon, &agent, USER);
     assert_denied(&output);
     let records = records_of(&daemon, USER);
     let record = records.first().expect("an audit record of the denial");

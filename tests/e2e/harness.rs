@@ -178,7 +178,13 @@ pub fn run_as(uid: u32, gid: u32, command: &mut Command) -> Output {
 
 /// `attestd api fetch x509` against `daemon`, as `uid`.
 pub fn cli_fetch_as(daemon: &Daemon, uid: u32) -> Output {
-    let mut command = Command::new(attestd_bin());
+    client_fetch_as(daemon, std::path::Path::new(attestd_bin()), uid)
+}
+
+/// Like [`cli_fetch_as`], with the attestd CLI at `client` (a copy, or a
+/// path a mount puts something else at).
+pub fn client_fetch_as(daemon: &Daemon, client: &std::path::Path, uid: u32) -> Output {
+    let mut command = Command::new(client);
     command
         .args(["api", "fetch", "x509", "--socket"])
         .arg(daemon.endpoint());
