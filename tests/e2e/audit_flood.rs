@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spiffe::WorkloadApiClient;
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, free_loopback_port, http_get, run_as, wait_for};
+use crate::harness::{
+    Daemon, assert_success, attestd_bin, cli_fetch_as, free_loopback_port, http_get, run_as, wait_for,
+};
 
 /// uid 1000 ("cloudsdk"): no entry names it.
 const ATTACKER: u32 = 1000;
@@ -176,11 +178,7 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
             let asked = Instant::now();
             let output = cli_fetch_as(&daemon, LEGIT);
             let took = asked.elapsed();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            assert_success(&output);
             assert!(
                 took < Duration::from_secs(1),
                 "the legitimate caller waited {took:?}"

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::attestation::{NAMES_SHA256, hashes_of};
 use crate::harness::{
-    Daemon, attestd_bin, cli_fetch_as, client_fetch_as, has_selector, printed_ids, run_as, shared_tempdir,
-    shell, unified_hierarchy, wait_for,
+    Daemon, assert_success, attestd_bin, cli_fetch_as, client_fetch_as, has_selector, printed_ids, run_as,
+    shared_tempdir, shell, unified_hierarchy, wait_for,
 };
 
 const USER: u32 = 1000;
@@ -133,11 +133,7 @@ owner = "platform@example.org"
     let _cgroups = Cgroups::create(&format!("system.slice/{unit}"));
     let leaf = unified_hierarchy().join("system.slice").join(&unit);
     let output = fetch_placed_in(&daemon, &leaf, USER);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert_eq!(printed_ids(&output), ["spiffe://example.org/system-unit"]);
     let record = &records_of(&daemon, USER)[0];
     assert!(has_selector(record, &format!("systemd:id:{unit}")), "{record}");
@@ -170,11 +166,7 @@ owner = "platform@example.org"
         sha256_of(&agent)
     ));
     let output = client_fetch_as(&daemon, &agent, USER);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     let mut ids = printed_ids(&output);
     ids.sort();
     assert_eq!(
@@ -372,11 +364,7 @@ owner = "platform@example.org"
     cgroups.adopt(forged.clone());
 
     let output = fetch_placed_in(&daemon, &forged, USER);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert_eq!(printed_ids(&output), ["spiffe://example.org/users-nginx"]);
     let record = &records_of(&daemon, USER)[0];
     for selector in [
@@ -414,11 +402,7 @@ owner = "platform@example.org"
             .args(["api", "fetch", "x509", "--socket", &daemon.endpoint()])
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
         assert_eq!(hashes_of(&daemon, &client), hashes, "{policy}");
         let record = &daemon.audit_records()[0];
         assert_eq!(record["sha256"].is_string(), hashes == 1, "{record}");

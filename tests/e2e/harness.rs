@@ -191,6 +191,15 @@ pub fn client_fetch_as(daemon: &Daemon, client: &std::path::Path, uid: u32) -> O
     run_as(uid, uid, &mut command)
 }
 
+/// Fails, showing the command's stderr, unless it succeeded.
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The SPIFFE IDs printed by `attestd api fetch x509`.
 pub fn printed_ids(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout)
