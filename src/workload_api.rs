@@ -13,6 +13,7 @@ mod connection;
 mod jwt;
 mod limits;
 mod listener;
+mod per_uid_permits;
 mod request_permits;
 mod service;
 mod status;

@@ -399,6 +399,22 @@ mod tests {
         parse(text).unwrap()
     }
 
+    /// Evidence of a cgroup path delegated to uid `.1` from its `.0`-th
+    /// segment on (root-owned above it).
+    struct DelegatedAt(usize, u32);
+
+    impl OwnershipEvidence for DelegatedAt {
+        fn walk(&self, _: Hierarchy<'_>, segments: &[&str]) -> Ownership {
+            match segments.len() >= self.0 {
+                true => Ownership::DelegatedAt {
+                    depth: self.0,
+                    uid: self.1,
+                },
+                false => Ownership::RootOwned,
+            }
+        }
+    }
+
     #[test]
     fn cgroup_v2_systemd_service() {
         let f = facts("0::/system.slice/nginx.service\n");
@@ -471,18 +487,6 @@ mod tests {
     /// `Delegate=` with `User=`) marks the boundary with no telltale name.
     #[test]
     fn a_directory_owned_by_a_user_marks_a_delegation() {
-        struct DelegatedAt(usize, u32);
-        impl OwnershipEvidence for DelegatedAt {
-            fn walk(&self, _: Hierarchy<'_>, segments: &[&str]) -> Ownership {
-                match segments.len() >= self.0 {
-                    true => Ownership::DelegatedAt {
-                        depth: self.0,
-                        uid: self.1,
-                    },
-                    false => Ownership::RootOwned,
-                }
-            }
-        }
         let text =
             format!("0::/system.slice/ci.service/system.slice/nginx.service\n1:name=systemd:/docker/{ID}\n");
         let f = parse_with(&text, &DelegatedAt(2, 1000)).unwrap();
@@ -824,18 +828,6 @@ mod tests {
         // A container whose cgroup was chowned to its mapped root (podman
         // `--systemd=always` with a user namespace): the container is the
         // host's, and what its systemd names is withheld, not delegated.
-        struct DelegatedAt(usize, u32);
-        impl OwnershipEvidence for DelegatedAt {
-            fn walk(&self, _: Hierarchy<'_>, segments: &[&str]) -> Ownership {
-                match segments.len() >= self.0 {
-                    true => Ownership::DelegatedAt {
-                        depth: self.0,
-                        uid: self.1,
-                    },
-                    false => Ownership::RootOwned,
-                }
-            }
-        }
         let text = format!("0::/machine.slice/libpod-{ID}.scope/system.slice/nginx.service\n");
         let f = parse_with(&text, &DelegatedAt(2, 200_000)).unwrap();
         assert_eq!(f.container_id.as_deref(), Some(ID));

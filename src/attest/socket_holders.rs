@@ -119,16 +119,8 @@ fn process_holds(dir: &Path, pid: i32, target: &[u8], budget: &mut usize) -> Res
     if holds(&dir.join("fd"), target, budget)? {
         return Ok(true);
     }
-    let tasks = dir.join("task");
-    let threads = match std::fs::read_dir(&tasks) {
-        Ok(threads) => threads,
-        Err(e) if is_gone(&e) || is_forbidden(&e) => return Ok(false),
-        Err(source) => {
-            return Err(HolderError::Scan {
-                path: tasks.display().to_string(),
-                source,
-            });
-        }
+    let Some(threads) = read_dir_of_process(&dir.join("task"))? else {
+        return Ok(false);
     };
     for thread in threads {
         let Ok(thread) = thread else { return Ok(false) };
@@ -156,15 +148,8 @@ fn process_holds(dir: &Path, pid: i32, target: &[u8], budget: &mut usize) -> Res
 /// could control, and is skipped; any other read error makes the scan
 /// incomplete.
 fn holds(fd_dir: &Path, target: &[u8], budget: &mut usize) -> Result<bool, HolderError> {
-    let entries = match std::fs::read_dir(fd_dir) {
-        Ok(entries) => entries,
-        Err(e) if is_gone(&e) || is_forbidden(&e) => return Ok(false),
-        Err(source) => {
-            return Err(HolderError::Scan {
-                path: fd_dir.display().to_string(),
-                source,
-            });
-        }
+    let Some(entries) = read_dir_of_process(fd_dir)? else {
+        return Ok(false);
     };
     for entry in entries {
         let Ok(entry) = entry else { return Ok(false) };
@@ -184,6 +169,19 @@ fn holds(fd_dir: &Path, target: &[u8], budget: &mut usize) -> Result<bool, Holde
         }
     }
     Ok(false)
+}
+
+/// The entries of `dir`, a directory of one process's `/proc` entry; `None`
+/// if the process is gone or may not be inspected (see [`holds`]).
+fn read_dir_of_process(dir: &Path) -> Result<Option<std::fs::ReadDir>, HolderError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if is_gone(&e) || is_forbidden(&e) => Ok(None),
+        Err(source) => Err(HolderError::Scan {
+            path: dir.display().to_string(),
+            source,
+        }),
+    }
 }
 
 fn is_forbidden(error: &io::Error) -> bool {

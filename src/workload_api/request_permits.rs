@@ -7,83 +7,28 @@
 //! until the handler has answered (for a stream: its first message), so
 //! open streams do not hold one.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::PeerInfo;
+use super::per_uid_permits::{PerUidPermit, PerUidPermits};
 
 /// Per-uid permits for requests in flight.
 #[derive(Debug)]
-pub struct RequestPermits {
-    per_uid: usize,
-    // std Mutex: held to look up or count, never across an await.
-    uids: Mutex<HashMap<u32, UidPermits>>,
-}
-
-#[derive(Debug)]
-struct UidPermits {
-    permits: Arc<Semaphore>,
-    /// Holders and waiters; the entry goes when none is left.
-    users: usize,
-}
-
-/// One holder or waiter of a uid's permits.
-struct UidUser {
-    owner: Arc<RequestPermits>,
-    uid: u32,
-}
+pub struct RequestPermits(PerUidPermits);
 
 impl RequestPermits {
     /// Each uid may have `per_uid` requests in flight (at least 1).
     pub fn new(per_uid: usize) -> Arc<Self> {
-        Arc::new(Self {
-            per_uid: per_uid.max(1),
-            uids: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Self(PerUidPermits::new(per_uid.max(1))))
     }
 
-    /// Waits for `uid`'s turn. The returned guards hold the permit.
-    async fn acquire(self: &Arc<Self>, uid: u32) -> Option<(OwnedSemaphorePermit, UidUser)> {
-        let (user, permits) = self.enter(uid);
+    /// Waits for `uid`'s turn. The returned guard holds the permit.
+    async fn acquire(&self, uid: u32) -> Option<PerUidPermit> {
         // The semaphores are never closed.
-        let permit = permits.acquire_owned().await.ok()?;
-        Some((permit, user))
-    }
-
-    fn enter(self: &Arc<Self>, uid: u32) -> (UidUser, Arc<Semaphore>) {
-        let mut uids = self.lock();
-        let entry = uids.entry(uid).or_insert_with(|| UidPermits {
-            permits: Arc::new(Semaphore::new(self.per_uid)),
-            users: 0,
-        });
-        entry.users += 1;
-        let permits = Arc::clone(&entry.permits);
-        let user = UidUser {
-            owner: Arc::clone(self),
-            uid,
-        };
-        (user, permits)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<u32, UidPermits>> {
-        // Counter updates leave the map consistent.
-        self.uids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Drop for UidUser {
-    fn drop(&mut self) {
-        let mut uids = self.owner.lock();
-        if let Some(entry) = uids.get_mut(&self.uid) {
-            entry.users -= 1;
-            if entry.users == 0 {
-                uids.remove(&self.uid);
-            }
-        }
+        self.0.acquire(uid).await.ok()
     }
 }
 
@@ -158,6 +103,6 @@ mod tests {
         );
         drop(a);
         assert!(permits.acquire(2001).now_or_never().flatten().is_some());
-        assert_eq!(permits.lock()[&2001].users, 1, "only _b is left");
+        assert_eq!(permits.0.users(2001), Some(1), "only _b is left");
     }
 }

@@ -6,18 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, shell};
-
-/// The cgroup v2 hierarchy: the root on unified hosts, `unified/` on hybrid
-/// ones (where `/proc/<pid>/cgroup` shows it as the `0::` line).
-fn unified_hierarchy() -> PathBuf {
-    let root = Path::new("/sys/fs/cgroup");
-    if root.join("cgroup.controllers").exists() {
-        root.to_owned()
-    } else {
-        root.join("unified")
-    }
-}
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, shell, unified_hierarchy};
 
 /// A cgroup made for one test, removed (leaves first) when dropped.
 struct TestCgroup {

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use spiffe::WorkloadApiClient;
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, run_as, wait_for};
+use crate::harness::{
+    Daemon, assert_success, attestd_bin, cli_fetch_as, free_loopback_port, http_get, run_as, wait_for,
+};
 
 /// uid 1000 ("cloudsdk"): no entry names it.
 const ATTACKER: u32 = 1000;
@@ -151,28 +153,6 @@ fn attacker_records(daemon: &Daemon) -> (Lines, Lines) {
         .partition(|(_, r)| r["outcome"] != "suppressed")
 }
 
-fn vm_kb(pid: nix::unistd::Pid, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 /// Sums a Prometheus counter family over its labels.
 fn counter_sum(metrics: &str, family: &str) -> u64 {
     metrics
@@ -180,11 +160,6 @@ fn counter_sum(metrics: &str, family: &str) -> u64 {
         .filter(|line| line.starts_with(&format!("{family}{{")))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn free_loopback_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,11 +178,7 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
             let asked = Instant::now();
             let output = cli_fetch_as(&daemon, LEGIT);
             let took = asked.elapsed();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            assert_success(&output);
             assert!(
                 took < Duration::from_secs(1),
                 "the legitimate caller waited {took:?}"
@@ -218,7 +189,7 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
     });
     let served = attack.expect("attack round failed");
     let attack_took = started.elapsed();
-    let hwm = vm_kb(daemon.pid(), "VmHWM:");
+    let hwm = daemon.vm_kb("VmHWM:");
     assert!(hwm < MAX_DAEMON_HWM_KB, "attestd's VmHWM reached {hwm} kB");
 
     // A real identity's issuances are never suppressed: one record each,
@@ -318,7 +289,7 @@ async fn a_caller_without_identity_cannot_flood_the_audit_trail() {
     );
 
     // The metrics show the suppression.
-    let metrics = http_get(&health, "/metrics");
+    let (_, metrics) = http_get(&health, "/metrics");
     assert_eq!(
         counter_sum(&metrics, "attestd_audit_denials_suppressed_total"),
         suppressed,

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::harness::{Daemon, run_as};
+use crate::harness::{Daemon, has_selector, run_as, shared_tempdir};
 
 const UID: u32 = 1000;
 
@@ -130,13 +130,11 @@ fn image() -> &'static str {
 /// containers mount it when they are created, before the daemon whose
 /// entries name them starts.
 fn daemon_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    // Other uids (the clients) must reach the socket.
+    let dir = shared_tempdir();
     let run = dir.path().join("run");
     std::fs::create_dir(&run).unwrap();
-    // Other uids (the clients) must reach the socket.
-    for path in [dir.path(), &run] {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
 
@@ -222,6 +220,20 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts that `who` (a client's run) succeeded and verified exactly one
+/// SVID, `spiffe_id`'s.
+fn assert_served(output: &Output, who: &str, spiffe_id: &str) {
+    assert!(output.status.success(), "{who} failed: {}", stderr(output));
+    assert_eq!(verified_ids(output), [spiffe_id]);
+}
+
+/// Asserts that `who` (a client's run) got no identity: attestd answered
+/// PermissionDenied.
+fn assert_denied(output: &Output, who: &str) {
+    assert!(!output.status.success(), "{who} got {:?}", verified_ids(output));
+    assert!(stderr(output).contains("PermissionDenied"), "{}", stderr(output));
+}
+
 /// The audit records with `outcome`.
 fn records(daemon: &Daemon, outcome: &str) -> Vec<Value> {
     daemon
@@ -229,12 +241,6 @@ fn records(daemon: &Daemon, outcome: &str) -> Vec<Value> {
         .into_iter()
         .filter(|r| r["outcome"] == outcome)
         .collect()
-}
-
-fn has_selector(record: &Value, selector: &str) -> bool {
-    record["selectors"]
-        .as_array()
-        .is_some_and(|all| all.iter().any(|s| s == selector))
 }
 
 /// Done means: a real podman container gets its entry by `container:id`
@@ -260,13 +266,11 @@ owner = "platform@example.org"
         ),
     );
 
-    let output = container.run();
-    assert!(
-        output.status.success(),
-        "the container's client failed: {}",
-        stderr(&output)
+    assert_served(
+        &container.run(),
+        "the container's client",
+        "spiffe://example.org/container/agent",
     );
-    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/agent"]);
 
     let issued = records(&daemon, "issued");
     assert_eq!(issued.len(), 1, "{issued:?}");
@@ -284,13 +288,7 @@ owner = "platform@example.org"
     );
 
     // Another container of the same image and uid is not that container.
-    let output = other.run();
-    assert!(!output.status.success(), "{:?}", verified_ids(&output));
-    assert!(
-        stderr(&output).contains("PermissionDenied"),
-        "{}",
-        stderr(&output)
-    );
+    assert_denied(&other.run(), "another container of the same image and uid");
     let denied = records(&daemon, "denied");
     assert!(
         denied
@@ -341,17 +339,7 @@ owner = "platform@example.org"
         ),
     );
 
-    let output = forged.run();
-    assert!(
-        !output.status.success(),
-        "the attacker's program in the container got {:?}",
-        verified_ids(&output)
-    );
-    assert!(
-        stderr(&output).contains("PermissionDenied"),
-        "{}",
-        stderr(&output)
-    );
+    assert_denied(&forged.run(), "the attacker's program in the container");
     let denied = records(&daemon, "denied");
     let record = denied
         .iter()
@@ -366,21 +354,16 @@ owner = "platform@example.org"
 
     let mut host = Command::new(trusted);
     host.args(["-addr", &daemon.endpoint(), "-mode", "x509", "-timeout", "10s"]);
-    let output = run_as(UID, UID, &mut host);
-    assert!(
-        output.status.success(),
-        "the host binary failed: {}",
-        stderr(&output)
+    assert_served(
+        &run_as(UID, UID, &mut host),
+        "the host binary",
+        "spiffe://example.org/trusted-agent",
     );
-    assert_eq!(verified_ids(&output), ["spiffe://example.org/trusted-agent"]);
-
-    let output = genuine.run();
-    assert!(
-        output.status.success(),
-        "the host binary mounted into a container failed: {}",
-        stderr(&output)
+    assert_served(
+        &genuine.run(),
+        "the host binary mounted into a container",
+        "spiffe://example.org/trusted-agent",
     );
-    assert_eq!(verified_ids(&output), ["spiffe://example.org/trusted-agent"]);
     assert_eq!(records(&daemon, "issued").len(), 2);
 }
 
@@ -457,13 +440,11 @@ owner = "platform@example.org"
         ),
     );
 
-    let output = container.run();
-    assert!(
-        output.status.success(),
-        "the pod's client failed: {}",
-        stderr(&output)
+    assert_served(
+        &container.run(),
+        "the pod's client",
+        "spiffe://example.org/pod/container",
     );
-    assert_eq!(verified_ids(&output), ["spiffe://example.org/pod/container"]);
     let issued = records(&daemon, "issued");
     let record = &issued[0];
     let selectors = record["selectors"].to_string();
@@ -512,13 +493,11 @@ owner = "platform@example.org"
         ),
     );
 
-    let output = container.run();
-    assert!(
-        output.status.success(),
-        "the container's client failed: {}",
-        stderr(&output)
+    assert_served(
+        &container.run(),
+        "the container's client",
+        "spiffe://example.org/userns/mapped",
     );
-    assert_eq!(verified_ids(&output), ["spiffe://example.org/userns/mapped"]);
     let issued = records(&daemon, "issued");
     assert_eq!(issued[0]["uid"], host_uid, "{}", issued[0]);
 }
@@ -542,13 +521,40 @@ fn a_container_that_moves_itself_into_a_host_units_v1_cgroup_is_still_the_contai
             .join(&v1_unit.relative)
             .display()
     );
+    let (container, daemon) = systemd_container_and_daemon(&script, &unit, "");
+
+    let output = container.run();
+    assert_served(&output, "the container's client", CONTAINER_ROOT);
+    assert!(
+        v1_unit.host_path().is_dir(),
+        "the container did not reach the host's name=systemd hierarchy: {}",
+        stderr(&output)
+    );
+    let issued = records(&daemon, "issued");
+    assert!(
+        !issued[0]["selectors"].to_string().contains(&unit),
+        "{}",
+        issued[0]
+    );
+}
+
+/// The identity a root container with its own systemd gets by its id.
+const CONTAINER_ROOT: &str = "spiffe://example.org/container/root";
+
+/// A root container run with `--systemd=always` (no user namespace) that
+/// runs `script` in busybox's sh, the script ending by exec'ing the client;
+/// and a daemon on its directory whose policy names what the container must
+/// not get: the host's unit `unit` (by `systemd:id`), then
+/// `more_host_entries`; and last the container's own entry,
+/// [`CONTAINER_ROOT`] by its `container:id`.
+fn systemd_container_and_daemon(script: &str, unit: &str, more_host_entries: &str) -> (Container, Daemon) {
     let dir = daemon_dir();
     let container = Container::create(
         dir.path(),
         Net::None,
         "0:0",
         &["--systemd=always", "--volume", "/bin/busybox:/busybox:ro"],
-        &["/busybox", "sh", "-c", &script, "sh"],
+        &["/busybox", "sh", "-c", script, "sh"],
     );
     let daemon = Daemon::start_in(
         dir,
@@ -558,34 +564,16 @@ fn a_container_that_moves_itself_into_a_host_units_v1_cgroup_is_still_the_contai
 spiffe_id = "spiffe://example.org/host-unit"
 selectors = ["systemd:id:{unit}"]
 owner = "platform@example.org"
-
+{more_host_entries}
 [[entry]]
-spiffe_id = "spiffe://example.org/container/root"
+spiffe_id = "{CONTAINER_ROOT}"
 selectors = ["container:id:{}"]
 owner = "platform@example.org"
 "#,
             container.id
         ),
     );
-
-    let output = container.run();
-    assert!(
-        output.status.success(),
-        "the container's client failed: {}",
-        stderr(&output)
-    );
-    assert!(
-        v1_unit.host_path().is_dir(),
-        "the container did not reach the host's name=systemd hierarchy: {}",
-        stderr(&output)
-    );
-    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/root"]);
-    let issued = records(&daemon, "issued");
-    assert!(
-        !issued[0]["selectors"].to_string().contains(&unit),
-        "{}",
-        issued[0]
-    );
+    (container, daemon)
 }
 
 /// A host unit's cgroup in the v1 `name=systemd` hierarchy, as a test's
@@ -636,35 +624,15 @@ fn a_unit_named_inside_a_containers_cgroup_is_not_the_hosts() {
         "i=0; until /busybox grep -q {unit} /proc/self/cgroup; do \
          i=$((i+1)); [ $i -gt 300 ] && exit 3; /busybox sleep 0.1; done; exec /client \"$@\""
     );
-    let dir = daemon_dir();
-    let container = Container::create(
-        dir.path(),
-        Net::None,
-        "0:0",
-        &["--systemd=always", "--volume", "/bin/busybox:/busybox:ro"],
-        &["/busybox", "sh", "-c", &script, "sh"],
-    );
-    let daemon = Daemon::start_in(
-        dir,
-        &format!(
-            r#"
-[[entry]]
-spiffe_id = "spiffe://example.org/host-unit"
-selectors = ["systemd:id:{unit}"]
-owner = "platform@example.org"
-
+    let (container, daemon) = systemd_container_and_daemon(
+        &script,
+        &unit,
+        r#"
 [[entry]]
 spiffe_id = "spiffe://example.org/host-slice"
 selectors = ["systemd:slice:system.slice"]
 owner = "platform@example.org"
-
-[[entry]]
-spiffe_id = "spiffe://example.org/container/root"
-selectors = ["container:id:{}"]
-owner = "platform@example.org"
 "#,
-            container.id
-        ),
     );
 
     let client = podman()
@@ -675,13 +643,11 @@ owner = "platform@example.org"
         .unwrap();
     let pid = running_pid(&container);
     let inside = UnitInsideContainer::create(pid, &unit);
-    let output = client.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the container's client failed: {}",
-        stderr(&output)
+    assert_served(
+        &client.wait_with_output().unwrap(),
+        "the container's client",
+        CONTAINER_ROOT,
     );
-    assert_eq!(verified_ids(&output), ["spiffe://example.org/container/root"]);
     let issued = records(&daemon, "issued");
     assert_eq!(issued.len(), 1, "{issued:?}");
     let record = &issued[0];

@@ -11,7 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, write_config};
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, shared_tempdir, write_config};
 
 /// The legitimate caller: uid 1000 holds an entry.
 const LEGIT_ENTRY: &str = r#"
@@ -59,16 +59,6 @@ fn raw_client_output(daemon: &Daemon, uid: u32, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A `Vm...:` line of the daemon's `/proc/<pid>/status`, in kB.
-fn vm_kb(daemon: &Daemon, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {status}"))
-}
-
 /// Fetches as uid 1000 and checks it is served within a second (a
 /// correctness bound with slack, not a benchmark: the CLI's own start-up is
 /// included).
@@ -105,7 +95,7 @@ fn audit_counts(daemon: &Daemon) -> (usize, usize) {
 fn an_amplifying_header_block_closes_the_connection_with_bounded_memory() {
     let daemon = Daemon::start(LEGIT_ENTRY);
     legit_caller_served_within_a_second(&daemon);
-    let peak_before = vm_kb(&daemon, "VmHWM:");
+    let peak_before = daemon.vm_kb("VmHWM:");
     let audit_before = audit_counts(&daemon);
 
     let attack = {
@@ -132,7 +122,7 @@ fn an_amplifying_header_block_closes_the_connection_with_bounded_memory() {
             "the amplifying connection was not refused: {outcome}"
         );
     }
-    let grown_kb = vm_kb(&daemon, "VmHWM:").saturating_sub(peak_before);
+    let grown_kb = daemon.vm_kb("VmHWM:").saturating_sub(peak_before);
     println!("VmHWM grew by {grown_kb} kB over 20 amplifying connections");
     assert!(
         grown_kb < 32 * 1024,
@@ -156,8 +146,7 @@ fn an_amplifying_header_block_closes_the_connection_with_bounded_memory() {
 /// closed after `first_request_timeout`, which frees the squatters' slots.
 #[test]
 fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = shared_tempdir();
     let config = write_config(
         dir.path(),
         &format!(
@@ -180,7 +169,7 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
         daemon.log()
     );
     let audit_before = audit_counts(&daemon);
-    let rss_before = vm_kb(&daemon, "VmRSS:");
+    let rss_before = daemon.vm_kb("VmRSS:");
 
     let mut squatters: Vec<(Child, BufReader<std::process::ChildStdout>)> = Vec::new();
     let mut held = Vec::new();
@@ -216,7 +205,7 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
         fds >= 2 * (88 - 11 - 1),
         "the squatters' connections were already gone ({fds} fds) when the new uid was served"
     );
-    let rss_kb = vm_kb(&daemon, "VmRSS:");
+    let rss_kb = daemon.vm_kb("VmRSS:");
     println!("VmRSS {rss_before} kB before, {rss_kb} kB with the squatters");
     assert!(rss_kb < rss_before + 32 * 1024, "RSS grew to {rss_kb} kB");
 
@@ -246,6 +235,28 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
     );
 }
 
+/// Runs the raw client as uid 2001 with `args` (a `bodies` run: it sends
+/// what attestd lets it of its requests, prints a line, then holds them)
+/// and, while it holds them, checks that a legitimate caller is served and
+/// reads attestd's VmRSS. Returns the client's line, and the VmRSS before
+/// and while held (kB).
+fn held_requests(daemon: &Daemon, args: &[&str]) -> (String, u64, u64) {
+    let rss_before = daemon.vm_kb("VmRSS:");
+    let mut child = raw_client(daemon, 2001, args).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    legit_caller_served_within_a_second(daemon);
+    let rss_kb = daemon.vm_kb("VmRSS:");
+    child.wait().unwrap();
+    println!(
+        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
+        line.trim()
+    );
+    (line, rss_before, rss_kb)
+}
+
 /// Class 4 (memory): uid 2001 starts 32 ValidateJWTSVID requests on two
 /// connections, each declaring a 4,000,000-byte message, and sends all of
 /// it but the last byte. tonic would buffer each whole (128 MB; 16 GiB at
@@ -255,22 +266,8 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
 #[test]
 fn oversized_request_messages_are_refused_before_they_are_buffered() {
     let daemon = Daemon::start(LEGIT_ENTRY);
-    let rss_before = vm_kb(&daemon, "VmRSS:");
     let audit_before = audit_counts(&daemon);
-    let mut child = raw_client(&daemon, 2001, &["bodies", "2", "16", "4000000", "3"])
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    legit_caller_served_within_a_second(&daemon);
-    let rss_kb = vm_kb(&daemon, "VmRSS:");
-    child.wait().unwrap();
-    println!(
-        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
-        line.trim()
-    );
+    let (line, rss_before, rss_kb) = held_requests(&daemon, &["bodies", "2", "16", "4000000", "3"]);
     assert!(
         line.trim().ends_with("ended 32"),
         "the oversized requests were not refused: {line}"
@@ -294,21 +291,7 @@ fn oversized_request_messages_are_refused_before_they_are_buffered() {
 #[test]
 fn requests_in_flight_are_bounded_per_uid() {
     let daemon = Daemon::start(&format!("[limits]\nmax_requests_per_uid = 4\n{LEGIT_ENTRY}"));
-    let rss_before = vm_kb(&daemon, "VmRSS:");
-    let mut child = raw_client(&daemon, 2001, &["bodies", "8", "16", "250000", "3"])
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    legit_caller_served_within_a_second(&daemon);
-    let rss_kb = vm_kb(&daemon, "VmRSS:");
-    child.wait().unwrap();
-    println!(
-        "client: {}; VmRSS {rss_before} kB before, {rss_kb} kB while held",
-        line.trim()
-    );
+    let (line, rss_before, rss_kb) = held_requests(&daemon, &["bodies", "8", "16", "250000", "3"]);
     assert!(line.starts_with("sent "), "{line}");
     assert!(rss_kb < rss_before + 12 * 1024, "RSS grew to {rss_kb} kB");
 }
@@ -337,14 +320,14 @@ fn a_request_flood_from_one_uid_leaves_attestations_for_others() {
         &[("ATTESTD_TEST_ATTEST_DELAY_MS", "200")],
     );
     let audit_before = audit_counts(&daemon);
-    let rss_before = vm_kb(&daemon, "VmRSS:");
+    let rss_before = daemon.vm_kb("VmRSS:");
     let flood: Vec<Child> = (0..8)
         .map(|_| raw_client(&daemon, 2001, &["streams", "16"]).spawn().unwrap())
         .collect();
     // Let the flood's requests queue up.
     std::thread::sleep(Duration::from_millis(500));
     legit_caller_served_within_a_second(&daemon);
-    let rss_kb = vm_kb(&daemon, "VmRSS:");
+    let rss_kb = daemon.vm_kb("VmRSS:");
     for child in flood {
         let output = child.wait_with_output().unwrap();
         let outcome = String::from_utf8_lossy(&output.stdout);

@@ -15,21 +15,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::attestation::{NAMES_SHA256, hashes_of};
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, run_as, shell, wait_for};
+use crate::harness::{
+    Daemon, assert_success, attestd_bin, cli_fetch_as, client_fetch_as, has_selector, printed_ids, run_as,
+    shared_tempdir, shell, unified_hierarchy, wait_for,
+};
 
 const USER: u32 = 1000;
 const NOBODY: u32 = 65534;
-
-/// The cgroup v2 hierarchy: the root on unified hosts, `unified/` on hybrid
-/// ones.
-fn unified_hierarchy() -> PathBuf {
-    let root = Path::new("/sys/fs/cgroup");
-    if root.join("cgroup.controllers").exists() {
-        root.to_owned()
-    } else {
-        root.join("unified")
-    }
-}
 
 /// Cgroups a test made, removed leaves first when dropped; directories that
 /// already existed (another test's `system.slice`, say) are left alone.
@@ -116,23 +108,6 @@ fn records_of(daemon: &Daemon, uid: u32) -> Vec<Value> {
         .collect()
 }
 
-fn has_selector(record: &Value, selector: &str) -> bool {
-    record["selectors"]
-        .as_array()
-        .is_some_and(|all| all.iter().any(|s| s == selector))
-}
-
-/// A field of `/proc/<daemon>/status`, in kB.
-fn status_kb(daemon: &Daemon, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kb| kb.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {status}"))
-}
-
 fn assert_denied(output: &Output) {
     assert!(
         !output.status.success() && printed_ids(output).is_empty(),
@@ -158,11 +133,7 @@ owner = "platform@example.org"
     let _cgroups = Cgroups::create(&format!("system.slice/{unit}"));
     let leaf = unified_hierarchy().join("system.slice").join(&unit);
     let output = fetch_placed_in(&daemon, &leaf, USER);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert_eq!(printed_ids(&output), ["spiffe://example.org/system-unit"]);
     let record = &records_of(&daemon, USER)[0];
     assert!(has_selector(record, &format!("systemd:id:{unit}")), "{record}");
@@ -176,8 +147,7 @@ owner = "platform@example.org"
 /// `unix:path` and by `unix:sha256`.
 #[test]
 fn a_host_binary_gets_its_entries_by_path_and_by_hash() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = shared_tempdir();
     let agent = dir.path().join("agent");
     copy_client(&agent);
     let daemon = Daemon::start(&format!(
@@ -195,16 +165,8 @@ owner = "platform@example.org"
         agent.display(),
         sha256_of(&agent)
     ));
-    let output = run_as(
-        USER,
-        USER,
-        Command::new(&agent).args(["api", "fetch", "x509", "--socket", &daemon.endpoint()]),
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = client_fetch_as(&daemon, &agent, USER);
+    assert_success(&output);
     let mut ids = printed_ids(&output);
     ids.sort();
     assert_eq!(
@@ -302,7 +264,7 @@ owner = "platform@example.org"
         grown <= (HOSTILE_CALLS as u64 + 1) * 4096,
         "audit grew {grown} bytes"
     );
-    let hwm_kb = status_kb(&daemon, "VmHWM:");
+    let hwm_kb = daemon.vm_kb("VmHWM:");
     assert!(hwm_kb < 128 * 1024, "attestd's VmHWM is {hwm_kb} kB");
 }
 
@@ -321,8 +283,7 @@ impl Drop for FuseMount {
 /// its `unix:sha256` must not issue, and the audit record says why.
 #[test]
 fn a_binary_on_fuse_gets_no_identity_by_hash_or_path() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = shared_tempdir();
     let (source, mount) = (dir.path().join("source"), dir.path().join("fuse"));
     std::fs::create_dir(&source).unwrap();
     std::fs::create_dir(&mount).unwrap();
@@ -356,11 +317,7 @@ owner = "platform@example.org"
 "#,
         agent.display()
     ));
-    let output = run_as(
-        USER,
-        USER,
-        Command::new(&agent).args(["api", "fetch", "x509", "--socket", &daemon.endpoint()]),
-    );
+    let output = client_fetch_as(&daemon, &agent, USER);
     assert_denied(&output);
     let records = records_of(&daemon, USER);
     let record = records.first().expect("an audit record of the denial");
@@ -407,11 +364,7 @@ owner = "platform@example.org"
     cgroups.adopt(forged.clone());
 
     let output = fetch_placed_in(&daemon, &forged, USER);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_success(&output);
     assert_eq!(printed_ids(&output), ["spiffe://example.org/users-nginx"]);
     let record = &records_of(&daemon, USER)[0];
     for selector in [
@@ -449,11 +402,7 @@ owner = "platform@example.org"
             .args(["api", "fetch", "x509", "--socket", &daemon.endpoint()])
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert_success(&output);
         assert_eq!(hashes_of(&daemon, &client), hashes, "{policy}");
         let record = &daemon.audit_records()[0];
         assert_eq!(record["sha256"].is_string(), hashes == 1, "{record}");

@@ -31,10 +31,8 @@ impl Daemon {
     /// Like [`Self::start`], with extra environment for the daemon (test
     /// hooks).
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         // Other uids must reach the socket through this directory.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self::launch(dir, body, env)
+        Self::launch(shared_tempdir(), body, env)
     }
 
     /// Starts attestd on an existing directory (to restart on the same state).
@@ -124,6 +122,17 @@ impl Daemon {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// A `Vm...:` field of the daemon's `/proc/<pid>/status` (`"VmHWM:"`,
+    /// say), in kB.
+    pub fn vm_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
     /// Every audit record so far.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
@@ -140,6 +149,13 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// A fresh temporary directory that other uids may enter (mode 0755).
+pub fn shared_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// Writes `<dir>/attestd.toml`: the trust domain, socket and data under
@@ -162,11 +178,26 @@ pub fn run_as(uid: u32, gid: u32, command: &mut Command) -> Output {
 
 /// `attestd api fetch x509` against `daemon`, as `uid`.
 pub fn cli_fetch_as(daemon: &Daemon, uid: u32) -> Output {
-    let mut command = Command::new(attestd_bin());
+    client_fetch_as(daemon, std::path::Path::new(attestd_bin()), uid)
+}
+
+/// Like [`cli_fetch_as`], with the attestd CLI at `client` (a copy, or a
+/// path a mount puts something else at).
+pub fn client_fetch_as(daemon: &Daemon, client: &std::path::Path, uid: u32) -> Output {
+    let mut command = Command::new(client);
     command
         .args(["api", "fetch", "x509", "--socket"])
         .arg(daemon.endpoint());
     run_as(uid, uid, &mut command)
+}
+
+/// Fails, showing the command's stderr, unless it succeeded.
+pub fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// The SPIFFE IDs printed by `attestd api fetch x509`.
@@ -289,4 +320,48 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Opt
 pub fn shell(script: &str) {
     let status = Command::new("sh").arg("-c").arg(script).status().unwrap();
     assert!(status.success(), "`{script}` failed");
+}
+
+/// Whether an audit record lists `selector`.
+pub fn has_selector(record: &serde_json::Value, selector: &str) -> bool {
+    record["selectors"]
+        .as_array()
+        .is_some_and(|all| all.iter().any(|s| s == selector))
+}
+
+/// The cgroup v2 hierarchy: the root on unified hosts, `unified/` on hybrid
+/// ones (where `/proc/<pid>/cgroup` shows it as the `0::` line).
+pub fn unified_hierarchy() -> PathBuf {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        root.to_owned()
+    } else {
+        root.join("unified")
+    }
+}
+
+/// A loopback address (`127.0.0.1:<port>`) whose port was free just now.
+pub fn free_loopback_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// GETs a path of an HTTP listener (the health listener); returns the
+/// status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use spiffe::{WorkloadApiClient, WorkloadApiError};
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, write_config};
+use crate::harness::{
+    Daemon, attestd_bin, cli_fetch_as, free_loopback_port, http_get, printed_ids, write_config,
+};
 
 const ROOT_ENTRY: &str = r#"
 [[entry]]
@@ -126,30 +128,6 @@ async fn sighup_reloads_the_policy() {
     assert!(
         daemon.log().contains("SIGHUP: reloading policy") || daemon.log().contains("policy files changed")
     );
-}
-
-/// GETs a path of the loopback listener; returns the status and body.
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn free_loopback_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 #[tokio::test]
