@@ -62,9 +62,22 @@ struct Args {
     /// Internal: serve the floor on SOCKET with the response in FILE.
     #[arg(long, num_args = 2, value_names = ["SOCKET", "FILE"], hide = true)]
     floor_server: Vec<PathBuf>,
-    /// Passed by `cargo bench`; ignored.
+    /// Passed by `cargo bench`. Without it the binary was started by
+    /// `cargo test --all-targets`, which only checks that the harness runs
+    /// (one round of a few calls, in a debug build).
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+impl Args {
+    /// (rounds, calls per round) for this run.
+    fn plan(&self) -> (usize, usize) {
+        match (self.bench, self.quick) {
+            (false, _) => (1, 5),
+            (true, true) => (3, 60),
+            (true, false) => (self.rounds, self.calls),
+        }
+    }
 }
 
 fn parse_baseline(text: &str) -> Result<(String, PathBuf), String> {
@@ -77,11 +90,7 @@ fn main() -> anyhow::Result<()> {
     if let [socket, file] = args.floor_server.as_slice() {
         return serve_floor(socket, file);
     }
-    let (rounds, calls) = if args.quick {
-        (3, 60)
-    } else {
-        (args.rounds, args.calls)
-    };
+    let (rounds, calls) = args.plan();
     let dir = tempfile::tempdir()?;
     let mut targets = start_targets(dir.path(), &args.baseline)?;
     pin_to(CLIENT_CPU);
