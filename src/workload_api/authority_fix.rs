@@ -21,15 +21,15 @@
 //! header (one 1-byte index names a 4 KB dynamic-table entry), so the
 //! decoded header list is counted while decoding (name + value + 32 per
 //! field, as SETTINGS_MAX_HEADER_LIST_SIZE counts it) and the connection is
-//! refused once it passes [`MAX_HEADER_LIST_SIZE`]; past the bound nothing
-//! more is copied. The work per block is bounded by the block's encoded size
+//! refused as soon as it passes [`MAX_HEADER_LIST_SIZE`]. The work per block is bounded by the block's encoded size
 //! ([`MAX_HEADER_BLOCK`]), and the output waiting for the server by
 //! [`OUTPUT_HIGH_WATER`], so one connection can neither hold a runtime
 //! worker for long nor make attestd buffer much for it.
 
 use std::collections::VecDeque;
 
-use loona_hpack::{Decoder, Encoder};
+use httlib_hpack::Decoder;
+use loona_hpack::Encoder;
 
 /// The HTTP/2 client connection preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,6 +48,10 @@ const MAX_FRAME: usize = 16_384;
 /// clients. Workload API requests carry a handful of short headers; gRPC-core
 /// clients refuse to send more than 16 KiB of metadata themselves.
 pub const MAX_HEADER_LIST_SIZE: usize = 16 * 1024;
+/// The most representations an acceptable header block can hold: one
+/// field per 32 bytes of [`MAX_HEADER_LIST_SIZE`], plus the two dynamic
+/// table size updates HPACK allows at a block's start.
+const MAX_REPRESENTATIONS: usize = MAX_HEADER_LIST_SIZE / 32 + 2;
 /// A request's header block (encoded) larger than this is refused outright.
 /// No block that decodes within [`MAX_HEADER_LIST_SIZE`] is larger: every
 /// field decodes to at least 32 bytes, and Huffman spends at most 30 bits on
@@ -82,7 +86,7 @@ pub enum AuthorityFixError {
     MalformedFrame,
     /// The client's HPACK encoding does not decode.
     #[error("HPACK: {0:?}")]
-    Hpack(loona_hpack::decoder::DecoderError),
+    Hpack(httlib_hpack::DecoderError),
 }
 
 /// Decoded header fields: (name, value).
@@ -124,10 +128,9 @@ impl std::fmt::Debug for AuthorityFix {
 
 impl Default for AuthorityFix {
     fn default() -> Self {
-        let mut decoder = Decoder::new();
         // Bounds the client's dynamic table: a larger size update is an
         // error, not an allocation.
-        decoder.set_max_allowed_table_size(TABLE_SIZE);
+        let decoder = Decoder::with_dynamic_size(TABLE_SIZE as u32);
         Self {
             input: Vec::new(),
             output: VecDeque::new(),
@@ -309,24 +312,40 @@ fn frame_length(bytes: &[u8]) -> usize {
     usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2])
 }
 
-/// Decodes a header block, refusing it once the decoded list passes
-/// [`MAX_HEADER_LIST_SIZE`]. The decoder hands indexed fields out borrowed
-/// from its table, so past the bound nothing is copied; the rest of the
-/// block is still walked (the decoder offers no way to stop early), which
-/// costs time linear in the block's encoded size and no memory.
+/// Decodes a header block one field at a time, refusing it as soon as the
+/// decoded list passes [`MAX_HEADER_LIST_SIZE`] (the connection is closed
+/// then, so the HPACK state left behind does not matter). Every field
+/// counts at least 32 bytes, so no acceptable block has more than
+/// [`MAX_REPRESENTATIONS`] representations; a block with more is refused
+/// before the decoder walks it further.
+///
+/// The decoder is httlib-hpack's: its Huffman decoding is table-driven.
+/// (loona-hpack, which attestd used before, builds a 257-entry hash table
+/// for every Huffman string it decodes: a 64 KiB block of one-byte Huffman
+/// strings took 0.6 s of CPU; here it is refused after about 500 fields,
+/// in under a millisecond.)
 fn decode_bounded(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<HeaderList, AuthorityFixError> {
+    let mut input = block.to_vec();
     let mut headers = HeaderList::new();
     let mut size = 0usize;
-    decoder
-        .decode_with_cb(block, |name, value| {
+    let mut representations = 0usize;
+    while !input.is_empty() {
+        representations += 1;
+        if representations > MAX_REPRESENTATIONS {
+            return Err(AuthorityFixError::HeaderListTooLarge);
+        }
+        // Capacity 1: the decoder reads one representation per call.
+        let mut field = Vec::with_capacity(1);
+        decoder
+            .decode_exact(&mut input, &mut field)
+            .map_err(AuthorityFixError::Hpack)?;
+        for (name, value, _flags) in field {
             size = size.saturating_add(name.len() + value.len() + 32);
-            if size <= MAX_HEADER_LIST_SIZE {
-                headers.push((name.into_owned(), value.into_owned()));
+            if size > MAX_HEADER_LIST_SIZE {
+                return Err(AuthorityFixError::HeaderListTooLarge);
             }
-        })
-        .map_err(AuthorityFixError::Hpack)?;
-    if size > MAX_HEADER_LIST_SIZE {
-        return Err(AuthorityFixError::HeaderListTooLarge);
+            headers.push((name, value));
+        }
     }
     Ok(headers)
 }
@@ -392,7 +411,7 @@ mod tests {
     fn server_view(bytes: &[u8]) -> (Vec<HeaderList>, Vec<(u8, u8)>) {
         assert!(bytes.starts_with(PREFACE));
         let mut rest = &bytes[PREFACE.len()..];
-        let mut decoder = Decoder::new();
+        let mut decoder = loona_hpack::Decoder::new();
         let (mut blocks, mut frames, mut block) = (Vec::new(), Vec::new(), Vec::new());
         while !rest.is_empty() {
             let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
@@ -528,6 +547,37 @@ mod tests {
             !fix.has_output() || fix.output.len() < 1024,
             "nothing of the block was passed on"
         );
+    }
+
+    /// Blocks whose cost is in the number of representations rather than
+    /// in what they decode to: 13,000 one-byte Huffman names and values
+    /// (each string once cost a hash table build), and 64 Ki dynamic table
+    /// size updates. Both are refused after at most MAX_REPRESENTATIONS.
+    #[test]
+    fn blocks_of_many_tiny_representations_are_refused() {
+        // Literal without indexing, new name; name and value each one
+        // Huffman-coded 'a' (00011, padded with ones).
+        let field = [0x00u8, 0x81, 0x1f, 0x81, 0x1f];
+        let huffman: Vec<u8> = field
+            .iter()
+            .copied()
+            .cycle()
+            .take(MAX_HEADER_BLOCK / 5 * 5)
+            .collect();
+        // Dynamic table size update to 0, over and over.
+        let updates = vec![0x20u8; MAX_HEADER_BLOCK];
+        for block in [huffman, updates] {
+            let mut wire = PREFACE.to_vec();
+            wire.extend(block_frames(&block));
+            let result = AuthorityFix::default().feed(&wire);
+            assert!(
+                matches!(result, Err(AuthorityFixError::HeaderListTooLarge)),
+                "{result:?}"
+            );
+        }
+        let mut decoder = Decoder::with_dynamic_size(TABLE_SIZE as u32);
+        let few: Vec<u8> = field.iter().copied().cycle().take(5 * 10).collect();
+        assert_eq!(decode_bounded(&mut decoder, &few).unwrap().len(), 10);
     }
 
     #[test]

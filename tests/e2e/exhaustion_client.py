@@ -49,12 +49,21 @@ def read_frame(s, deadline):
         payload += chunk
     return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
 
-def amplify(path, value_len, block_len):
-    """One header block: a large field entered into the dynamic table, then
-    named by 1-byte indexes until the block is block_len bytes."""
-    s = connect(path)
+def amplifying_block(value_len, block_len):
+    """A large field entered into the dynamic table, then named by 1-byte
+    indexes until the block is block_len bytes: costly in memory."""
     block = literal(b"x-a", b"a" * value_len, indexed=True)
-    block += bytes([0x80 | 62]) * (block_len - len(block))
+    return block + bytes([0x80 | 62]) * (block_len - len(block))
+
+def huffman_block(block_len):
+    """Fields whose name and value are each one Huffman-coded byte ('a' is
+    00011, padded with ones), 5 bytes a field: costly in decoding work."""
+    field = bytes([0x00, 0x81, 0x1F, 0x81, 0x1F])
+    return field * (block_len // len(field))
+
+def amplify(path, block):
+    """Sends one header block and reports whether the server answered."""
+    s = connect(path)
     wire = PREFACE + frame(SETTINGS, 0, 0, b"")
     chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
     for i, chunk in enumerate(chunks):
@@ -240,7 +249,9 @@ def bodies(path, conns, per_conn, size, hold_seconds):
 
 mode, path = sys.argv[1], sys.argv[2]
 if mode == "amplify":
-    amplify(path, int(sys.argv[3]), int(sys.argv[4]))
+    amplify(path, amplifying_block(int(sys.argv[3]), int(sys.argv[4])))
+elif mode == "amplify-huffman":
+    amplify(path, huffman_block(int(sys.argv[3])))
 elif mode == "hold":
     hold(path, int(sys.argv[3]), float(sys.argv[4]))
 elif mode == "bodies":
