@@ -14,7 +14,8 @@
 //! - `attestd-exe`: the same binary with an entry bound to the caller's
 //!   executable (`unix:sha256`, so connection binding is on too);
 //! - any `--baseline NAME=PATH` binaries (an older build, to show what a
-//!   change costs; `benches/compare.sh REV` builds one from a git revision).
+//!   change costs; `benches/compare.sh REV` builds one from a git revision),
+//!   with both policies (`NAME` and `NAME-exe`).
 //!
 //! Servers are pinned to CPU 0 and the load generator to CPU 1.
 //!
@@ -128,6 +129,7 @@ fn start_targets(dir: &Path, baselines: &[(String, PathBuf)]) -> anyhow::Result<
     targets.push(start_attestd(dir, "attestd-exe", &this, &exe_policy)?);
     for (name, path) in baselines {
         targets.push(start_attestd(dir, name, path, &uid_policy)?);
+        targets.push(start_attestd(dir, &format!("{name}-exe"), path, &exe_policy)?);
     }
     let response = dir.join("floor-response.bin");
     let runtime = tokio::runtime::Builder::new_current_thread()
