@@ -128,10 +128,17 @@ fn process_holds(dir: &Path, pid: i32, target: &[u8], budget: &mut usize) -> Res
             .file_name()
             .to_str()
             .and_then(|name| name.parse::<i32>().ok());
-        // The main thread's table was scanned above. Every other thread
-        // costs the shared budget even when it shares that table, so a
-        // process with many threads cannot make the scan unbounded.
-        if tid.is_none_or(|tid| tid == pid) {
+        let Some(tid) = tid.filter(|tid| *tid != pid) else {
+            continue;
+        };
+        // Every thread costs the shared budget, so a process with many
+        // threads cannot make the scan unbounded.
+        *budget = budget.checked_sub(1).ok_or(HolderError::TooManyFds)?;
+        // The main thread's table was scanned above; a thread that shares
+        // it (the usual case: threads are created with CLONE_FILES) holds
+        // nothing else. When the kernel cannot tell (an exited main thread,
+        // a system call filter), the thread's own table is read.
+        if crate::sys::same_fd_table(pid, tid) == Ok(true) {
             continue;
         }
         if holds(&thread.path().join("fd"), target, budget)? {
