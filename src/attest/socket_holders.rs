@@ -119,7 +119,11 @@ fn process_holds(dir: &Path, pid: i32, target: &[u8], budget: &mut usize) -> Res
     if holds(&dir.join("fd"), target, budget)? {
         return Ok(true);
     }
-    let Some(threads) = read_dir_of_process(&dir.join("task"))? else {
+    let tasks = dir.join("task");
+    if !has_other_threads(&tasks)? {
+        return Ok(false);
+    }
+    let Some(threads) = read_dir_of_process(&tasks)? else {
         return Ok(false);
     };
     for thread in threads {
@@ -146,6 +150,22 @@ fn process_holds(dir: &Path, pid: i32, target: &[u8], budget: &mut usize) -> Res
         }
     }
     Ok(false)
+}
+
+/// Whether the process whose `/proc/<pid>/task` is `tasks` has more than
+/// one thread. procfs counts a task directory's links as 2 plus the number
+/// of threads, so one stat spares listing the directory of the many
+/// single-threaded processes (listing it was most of the scan's cost).
+fn has_other_threads(tasks: &Path) -> Result<bool, HolderError> {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(tasks) {
+        Ok(meta) => Ok(meta.nlink() > 3),
+        Err(e) if is_gone(&e) || is_forbidden(&e) => Ok(false),
+        Err(source) => Err(HolderError::Scan {
+            path: tasks.display().to_string(),
+            source,
+        }),
+    }
 }
 
 /// Whether the fd directory `fd_dir` has a link to `target`. A process that
@@ -268,6 +288,43 @@ t.join()
         assert!(!holds(&main_table, format!("socket:[{inode}]").as_bytes(), &mut budget).unwrap());
         let found = holders(Path::new("/proc"), inode).unwrap();
         drop(child.stdin.take());
+        child.wait().unwrap();
+        assert_eq!(found, vec![pid]);
+    }
+
+    /// Once the main thread has exited, `/proc/<pid>/fd` lists nothing; the
+    /// socket is still found through the thread that lives on.
+    #[test]
+    fn finds_a_socket_held_after_the_main_thread_exited() {
+        use std::io::{BufRead, BufReader};
+        let script = r#"
+import ctypes, os, socket, sys, threading
+s = socket.socket(socket.AF_UNIX)
+threading.Thread(target=lambda: sys.stdin.read()).start()
+print(os.fstat(s.fileno()).st_ino, flush=True)
+ctypes.CDLL(None).pthread_exit(None)
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let inode: u64 = line.trim().parse().unwrap();
+        let pid = child.id() as i32;
+        let status = Path::new("/proc").join(pid.to_string()).join("status");
+        let zombie_leader = || std::fs::read_to_string(&status).unwrap().contains("State:\tZ");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie_leader() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(zombie_leader(), "the main thread did not exit");
+        let found = holders(Path::new("/proc"), inode).unwrap();
+        let _ = child.kill();
         child.wait().unwrap();
         assert_eq!(found, vec![pid]);
     }
