@@ -34,6 +34,16 @@ pub fn same_fd_table(a: i32, b: i32) -> Result<bool, Errno> {
     }
 }
 
+/// Whether `kcmp(2)` answers at all here (a system call filter may refuse
+/// it): asked once, of attestd's own process.
+pub fn fd_tables_comparable() -> bool {
+    static COMPARABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COMPARABLE.get_or_init(|| {
+        let me = nix::unistd::getpid().as_raw();
+        same_fd_table(me, me) == Ok(true)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +52,7 @@ mod tests {
     fn threads_share_a_table_until_one_unshares_it() {
         let me = nix::unistd::getpid().as_raw();
         assert_eq!(same_fd_table(me, me), Ok(true));
+        assert!(fd_tables_comparable());
         let (tx, rx) = std::sync::mpsc::channel();
         let (unshare_tx, unshare_rx) = std::sync::mpsc::channel::<()>();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();

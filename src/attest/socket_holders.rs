@@ -17,6 +17,7 @@ use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest};
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr};
+use nix::errno::Errno;
 
 /// A scan that would visit more file descriptors than this is abandoned:
 /// exclusivity is then unproven, and exe-bound selectors are withheld.
@@ -140,10 +141,16 @@ fn process_holds(dir: &Path, pid: i32, target: &[u8], budget: &mut usize) -> Res
         *budget = budget.checked_sub(1).ok_or(HolderError::TooManyFds)?;
         // The main thread's table was scanned above; a thread that shares
         // it (the usual case: threads are created with CLONE_FILES) holds
-        // nothing else. When the kernel cannot tell (an exited main thread,
-        // a system call filter), the thread's own table is read.
-        if crate::sys::same_fd_table(pid, tid) == Ok(true) {
-            continue;
+        // nothing else. kcmp needs the same ptrace access as reading fd
+        // links, so where it is refused although it works (for attestd's
+        // own threads), the process is one attestd may not inspect, and is
+        // skipped as `holds` skips it. When the kernel cannot tell (an
+        // exited main thread, a system call filter), the thread's own table
+        // is read.
+        match crate::sys::same_fd_table(pid, tid) {
+            Ok(true) => continue,
+            Err(Errno::EPERM | Errno::EACCES) if crate::sys::fd_tables_comparable() => return Ok(false),
+            _ => {}
         }
         if holds(&thread.path().join("fd"), target, budget)? {
             return Ok(true);
@@ -212,7 +219,6 @@ fn read_dir_of_process(dir: &Path) -> Result<Option<std::fs::ReadDir>, HolderErr
 }
 
 fn is_forbidden(error: &io::Error) -> bool {
-    use nix::errno::Errno;
     matches!(
         Errno::from_raw(error.raw_os_error().unwrap_or(0)),
         Errno::EACCES | Errno::EPERM
@@ -220,7 +226,6 @@ fn is_forbidden(error: &io::Error) -> bool {
 }
 
 fn is_gone(error: &io::Error) -> bool {
-    use nix::errno::Errno;
     matches!(
         Errno::from_raw(error.raw_os_error().unwrap_or(0)),
         Errno::ENOENT | Errno::ESRCH
