@@ -258,12 +258,28 @@ mod tests {
         assert_eq!(holders(Path::new("/proc"), 1).unwrap(), Vec::<i32>::new());
     }
 
+    /// Runs a Python `script` that prints the inode of a socket it holds
+    /// and keeps it until its stdin closes; returns the child and the inode.
+    fn python_socket_holder(script: &str) -> (std::process::Child, u64) {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        (child, line.trim().parse().unwrap())
+    }
+
     /// A thread with a file table of its own (unshare(CLONE_FILES)) holds
     /// a socket that the process's `/proc/<pid>/fd` does not show. Python
     /// makes the thread, so the test needs no unsafe code.
     #[test]
     fn finds_a_socket_held_only_in_a_threads_own_fd_table() {
-        use std::io::{BufRead, BufReader};
         let script = r#"
 import ctypes, os, socket, sys, threading
 CLONE_FILES = 0x400
@@ -276,17 +292,7 @@ t = threading.Thread(target=own_table)
 t.start()
 t.join()
 "#;
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let inode: u64 = line.trim().parse().unwrap();
+        let (mut child, inode) = python_socket_holder(script);
         let pid = child.id() as i32;
         let main_table = Path::new("/proc").join(pid.to_string()).join("fd");
         let mut budget = MAX_FDS_SCANNED;
@@ -301,7 +307,6 @@ t.join()
     /// socket is still found through the thread that lives on.
     #[test]
     fn finds_a_socket_held_after_the_main_thread_exited() {
-        use std::io::{BufRead, BufReader};
         let script = r#"
 import ctypes, os, socket, sys, threading
 s = socket.socket(socket.AF_UNIX)
@@ -309,17 +314,7 @@ threading.Thread(target=lambda: sys.stdin.read()).start()
 print(os.fstat(s.fileno()).st_ino, flush=True)
 ctypes.CDLL(None).pthread_exit(None)
 "#;
-        let mut child = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let inode: u64 = line.trim().parse().unwrap();
+        let (mut child, inode) = python_socket_holder(script);
         let pid = child.id() as i32;
         let status = Path::new("/proc").join(pid.to_string()).join("status");
         let zombie_leader = || std::fs::read_to_string(&status).unwrap().contains("State:\tZ");
