@@ -32,7 +32,9 @@ trap 'rm -rf "$rootfs"' EXIT
 install -D -m 0755 "$cache/client" "$rootfs/client"
 install -D -m 0755 "$cache/client" "$rootfs$cache/trusted/agent"
 printf '\nnot the trusted agent\n' >> "$rootfs$cache/trusted/agent"
-mkdir -m 1777 "$rootfs/tmp"
+# -p: when CACHE_DIR is itself under /tmp, the trusted path made it already.
+mkdir -p "$rootfs/tmp"
+chmod 1777 "$rootfs/tmp"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
     -C "$rootfs" -cf "$cache/rootfs.tar.new" .
 mv -f "$cache/rootfs.tar.new" "$cache/rootfs.tar"
