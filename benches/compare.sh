@@ -21,5 +21,8 @@ if [[ ! -x "$cache/attestd" ]]; then
     CARGO_TARGET_DIR="$repo/target/bench-baseline/target" cargo build --release --quiet --bin attestd --manifest-path "$tree/Cargo.toml"
     mkdir -p "$cache"
     cp "$repo/target/bench-baseline/target/release/attestd" "$cache/attestd"
+    # Now, not at exit: exec below would skip the trap.
+    git worktree remove --force "$tree"
+    trap - EXIT
 fi
 exec cargo bench --quiet --bench workload_api -- --baseline "${rev}=$cache/attestd" "$@"
