@@ -95,25 +95,26 @@ impl ProcDir {
         let link = readlinkat(&self.fd, "exe").map_err(|e| proc_error(self.pid, "exe link", e))?;
         let path = live_exe_path(&link);
         // O_PATH reaches no file system's open() and needs no read permission.
+        let untrusted = |path, reason| Executable {
+            path,
+            file: Err(reason),
+        };
         let located = self.open_exe(OFlag::O_PATH)?;
         if let Err(reason) = exe_fs::check(&located) {
-            return Ok(Executable {
-                path,
-                file: Err(reason),
-            });
+            return Ok(untrusted(path, reason));
         }
         let file = match hasher {
-            Some(_) => self.open_exe(OFlag::O_RDONLY)?,
             None => located,
+            Some(_) => {
+                let opened = self.open_exe(OFlag::O_RDONLY)?;
+                // The process may have exec'd between the two opens: judge
+                // the file that is actually read.
+                if let Err(reason) = exe_fs::check(&opened) {
+                    return Ok(untrusted(path, reason));
+                }
+                opened
+            }
         };
-        // The process may have exec'd between the two opens: judge the file
-        // that is actually read.
-        if let Err(reason) = exe_fs::check(&file) {
-            return Ok(Executable {
-                path,
-                file: Err(reason),
-            });
-        }
         let io_error = |source| AttestError::Proc {
             pid: self.pid,
             what: "executable",
