@@ -97,11 +97,7 @@ pub(super) async fn attest(
     };
     attested.or_else(|error| {
         tracing::info!(%error, rpc, "attestation failed");
-        let mut record = Record::new(rpc, Outcome::Denied, error.to_string(), None);
-        if let Ok(peer) = &peer.0 {
-            record = record.with_peer_ids(peer.pid, peer.uid, peer.gid);
-        }
-        deny(ctx, record)?;
+        deny(ctx, peer.denial_record(rpc, error.to_string()))?;
         Err(Refusal::Unattested(error))
     })
 }

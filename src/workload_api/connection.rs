@@ -19,12 +19,25 @@ use tonic::transport::server::Connected;
 use super::authority_fix::{AuthorityFix, AuthorityFixError};
 use super::limits::ConnectionSlot;
 use crate::attest::{AttestError, PeerIdentity};
+use crate::audit::{Outcome, Record};
 use crate::telemetry::metrics;
 
 /// What tonic hands each request of a connection: the pinned peer, or why it
 /// could not be pinned (every request of that connection is then refused).
 #[derive(Debug, Clone)]
 pub struct PeerInfo(pub Result<Arc<PeerIdentity>, Arc<AttestError>>);
+
+impl PeerInfo {
+    /// A denial record for a request refused before attestation said who
+    /// the caller is: only its connect-time ids, when the peer was pinned.
+    pub(super) fn denial_record(&self, rpc: &'static str, reason: impl Into<String>) -> Record {
+        let record = Record::new(rpc, Outcome::Denied, reason, None);
+        match &self.0 {
+            Ok(peer) => record.with_peer_ids(peer.pid, peer.uid, peer.gid),
+            Err(_) => record,
+        }
+    }
+}
 
 /// A Unix stream plus its peer; what the client sends passes through an
 /// [`AuthorityFix`] so that gRPC-core clients are understood.

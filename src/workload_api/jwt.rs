@@ -115,10 +115,7 @@ pub(super) fn refuse(
     audience: &[String],
 ) -> Status {
     tracing::debug!(rpc, reason = %message, "request refused for its arguments");
-    let mut record = Record::new(rpc, Outcome::Denied, &message, None).with_audience(audience);
-    if let Ok(peer) = &peer.0 {
-        record = record.with_peer_ids(peer.pid, peer.uid, peer.gid);
-    }
+    let record = peer.denial_record(rpc, &message).with_audience(audience);
     match ctx.audit.write_denial(record) {
         Ok(()) => Status::invalid_argument(message),
         Err(error) => status::audit(&error),
