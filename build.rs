@@ -1,10 +1,16 @@
-//! Generates the Workload API types and service from `proto/` with protox, a
-//! pure-Rust protobuf compiler, so building attestd needs no system `protoc`.
+//! Generates the Workload API and attestd's agent API types and services
+//! from `proto/` with protox, a pure-Rust protobuf compiler, so building
+//! attestd needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/spiffe/workload.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto"])?;
+    let protos = [
+        "proto/spiffe/workload.proto",
+        "proto/attestd/agent/v1/agent.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

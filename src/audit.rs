@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use bound::{MAX_REASON_BYTES, MAX_RECORD_BYTES, MAX_VALUE_BYTES};
 pub use chain::GENESIS;
 pub use denials::{DenialLimit, DenialSummary};
-pub use record::{Outcome, Record, rfc3339};
+pub use record::{DecisionFacts, Outcome, Record, TaskFacts, rfc3339};
 pub use verify::{Problem, Verification, verify};
 
 use denials::DenialLimiter;

@@ -98,6 +98,11 @@ pub struct Config {
     pub health: HealthConfig,
     /// Bounds on what local callers can make attestd hold.
     pub limits: LimitsConfig,
+    /// Directory of `*.cedar` policies for the policy decision point;
+    /// unset: no policies, so every decision is a deny.
+    pub policy_dir: Option<PathBuf>,
+    /// The AuthZEN-shaped decision front (`[authz]`).
+    pub authz: AuthzConfig,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -170,6 +175,35 @@ impl RawCa {
             upstream,
         }
     }
+}
+
+/// `[authz]`: the AuthZEN-shaped JSON front of the policy decision point.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// Unix socket it listens on (created 0777, like the Workload API
+    /// socket: every caller is attested); off if unset.
+    pub listen: Option<PathBuf>,
+}
+
+/// What an entry allows its workload to do with tasks (`tasks = {...}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TasksConfig {
+    /// The longest lifetime of a task (and so of its token).
+    pub max_ttl: Duration,
+    /// The tools its tasks may declare (never empty).
+    pub tools: Vec<String>,
+}
+
+/// The default `tasks.max_ttl`: task tokens live minutes, since offline
+/// validators accept them until `exp` even after the task ends.
+pub const DEFAULT_TASK_MAX_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTasks {
+    max_ttl: Option<Ttl>,
+    tools: Spanned<Vec<Spanned<String>>>,
 }
 
 /// The optional health and metrics listener.
@@ -333,6 +367,14 @@ pub struct EntryConfig {
     pub dns_names: Vec<String>,
     /// Label that tells several identities of one workload apart.
     pub hint: Option<String>,
+    /// The last day (UTC) the owner answers for the workload; from the
+    /// next day on the identity is refused.
+    pub owner_expires: Option<time::Date>,
+    /// Whether and how the workload may start tasks (absent: it may not).
+    pub tasks: Option<TasksConfig>,
+    /// A gateway or tool server that may ask for decisions about other
+    /// agents' task tokens addressed to it.
+    pub may_ask_for_others: bool,
     /// Where the entry is written, for errors, logs, `entry list` and the
     /// audit trail.
     pub location: Location,
@@ -358,6 +400,9 @@ struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     limits: RawLimits,
+    policy_dir: Option<PathBuf>,
+    #[serde(default)]
+    authz: AuthzConfig,
     #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
@@ -431,6 +476,10 @@ struct RawEntry {
     #[serde(default)]
     dns_names: Vec<Spanned<String>>,
     hint: Option<String>,
+    owner_expires: Option<Spanned<toml::value::Datetime>>,
+    tasks: Option<RawTasks>,
+    #[serde(default)]
+    may_ask_for_others: bool,
 }
 
 impl Config {
@@ -479,6 +528,8 @@ impl Config {
             health,
             trust_domain,
             entries,
+            policy_dir: raw.policy_dir,
+            authz: raw.authz,
         })
     }
 
@@ -495,6 +546,7 @@ impl Config {
             self.audit.clone(),
             self.attestation,
             self.health,
+            self.authz.clone(),
         )
     }
 
@@ -767,6 +819,11 @@ impl SourceFile<'_> {
                 ));
             }
         }
+        let owner_expires = raw
+            .owner_expires
+            .map(|date| self.owner_expires(&date, key("owner_expires")))
+            .transpose()?;
+        let tasks = raw.tasks.map(|tasks| self.tasks(tasks, index)).transpose()?;
         Ok(EntryConfig {
             spiffe_id: raw.spiffe_id.into_inner(),
             selectors: raw.selectors.into_inner(),
@@ -778,9 +835,79 @@ impl SourceFile<'_> {
             jwt_audiences: raw.jwt_audiences.into_iter().map(Spanned::into_inner).collect(),
             dns_names: raw.dns_names.into_iter().map(Spanned::into_inner).collect(),
             hint: raw.hint.filter(|h| !h.is_empty()),
+            owner_expires,
+            tasks,
+            may_ask_for_others: raw.may_ask_for_others,
             location,
         })
     }
+
+    /// `owner_expires` is a bare TOML date (`2027-06-30`), a UTC day.
+    fn owner_expires(
+        &self,
+        date: &Spanned<toml::value::Datetime>,
+        key: String,
+    ) -> Result<time::Date, ConfigError> {
+        let value = date.get_ref();
+        let day = match (value.date, value.time, value.offset) {
+            (Some(day), None, None) => day,
+            _ => {
+                return Err(self.error(
+                    &date.span(),
+                    key,
+                    format!("{value} is not a bare date (write owner_expires = 2027-06-30, a UTC day)"),
+                ));
+            }
+        };
+        time::Month::try_from(day.month)
+            .ok()
+            .and_then(|month| time::Date::from_calendar_date(i32::from(day.year), month, day.day).ok())
+            .ok_or_else(|| self.error(&date.span(), key, format!("{value} is not a calendar date")))
+    }
+
+    /// `tasks = { max_ttl, tools }`: at least one tool, each a plain name.
+    fn tasks(&self, raw: RawTasks, index: usize) -> Result<TasksConfig, ConfigError> {
+        if raw.tools.get_ref().is_empty() {
+            return Err(self.error(
+                &raw.tools.span(),
+                format!("entry[{index}].tasks.tools"),
+                "needs at least one tool (leave `tasks` out to allow no tasks)",
+            ));
+        }
+        let mut tools = Vec::new();
+        for (i, tool) in raw.tools.into_inner().into_iter().enumerate() {
+            if !is_tool_name(tool.get_ref()) {
+                return Err(self.error(
+                    &tool.span(),
+                    format!("entry[{index}].tasks.tools[{i}]"),
+                    format!(
+                        "{:?} is not a tool name (letters, digits and . _ - : /, at most {MAX_TOOL_NAME_BYTES} bytes)",
+                        tool.get_ref()
+                    ),
+                ));
+            }
+            tools.push(tool.into_inner());
+        }
+        tools.sort();
+        tools.dedup();
+        Ok(TasksConfig {
+            max_ttl: raw.max_ttl.map_or(DEFAULT_TASK_MAX_TTL, |ttl| ttl.0),
+            tools,
+        })
+    }
+}
+
+/// The longest tool name.
+pub const MAX_TOOL_NAME_BYTES: usize = 128;
+
+/// Tool names become Cedar action ids, token claims and audit fields: plain
+/// names only, so none needs quoting anywhere.
+pub fn is_tool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOOL_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/'))
 }
 
 /// The key path as an operator writes it (`entry[0].selectors[1]`), without

@@ -29,6 +29,7 @@ pub mod selector;
 pub mod spiffe_id;
 pub mod svid_cache;
 mod sys;
+pub mod tasks;
 pub mod telemetry;
 pub mod wall_clock;
 pub mod workload_api;

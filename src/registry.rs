@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, Location};
+use crate::config::{Config, ConfigError, Location, TasksConfig};
 use crate::selector::SelectorSet;
 use crate::spiffe_id::SpiffeId;
 
@@ -47,8 +47,30 @@ pub struct Entry {
     pub dns_names: Vec<String>,
     /// Hint for workloads with several identities.
     pub hint: Option<String>,
+    /// The last day (UTC) the owner answers for the workload.
+    pub owner_expires: Option<time::Date>,
+    /// Whether and how the workload may start tasks.
+    pub tasks: Option<TasksConfig>,
+    /// May ask for decisions about other agents' task tokens.
+    pub may_ask_for_others: bool,
     /// Where the entry is written (`file:line`).
     pub location: Location,
+}
+
+impl Entry {
+    /// The first moment the entry's owner no longer answers for it: the
+    /// start (UTC) of the day after `owner_expires`.
+    pub fn owner_expiry(&self) -> Option<std::time::SystemTime> {
+        let next_day = self.owner_expires?.next_day()?;
+        let seconds = next_day.midnight().assume_utc().unix_timestamp();
+        Some(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+    }
+
+    /// Whether the owner's term has ended at `now`: the entry then grants
+    /// nothing.
+    pub fn owner_expired(&self, now: std::time::SystemTime) -> bool {
+        self.owner_expiry().is_some_and(|expiry| now >= expiry)
+    }
 }
 
 /// An immutable, indexed set of entries.

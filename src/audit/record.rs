@@ -25,6 +25,53 @@ pub enum Outcome {
     /// Denial records beyond the rate limit were left out; `suppressed`
     /// counts them.
     Suppressed,
+    /// A task was started and its token minted (`task` says which).
+    Started,
+    /// A task was ended (`task` says which).
+    Ended,
+    /// A policy decision allowed the action (`decision` says which).
+    Allowed,
+}
+
+/// The task a record is about: its place in the task tree and the intent
+/// it declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TaskFacts {
+    /// The task's id.
+    pub id: String,
+    /// Its parent task, for a sub-task.
+    pub parent: Option<String>,
+    /// The declared purpose.
+    pub purpose: String,
+    /// The declared tools.
+    pub tools: Vec<String>,
+    /// The declared resources (empty: any the policy allows).
+    pub resources: Vec<String>,
+    /// The agents that delegated it, outermost first (the token's `act`
+    /// chain): empty for a top-level task.
+    pub delegated_by: Vec<String>,
+    /// sha256 over the sorted selectors of the caller the task was started
+    /// for (the token's `attestation` claim).
+    pub attestation: Option<String>,
+}
+
+/// A policy decision: what was asked and what was decided, by which
+/// policies.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct DecisionFacts {
+    /// Names the decision (returned to the asker).
+    pub id: String,
+    /// The tool.
+    pub action: String,
+    /// The resource, `type:id`.
+    pub resource: String,
+    /// The ids of the policies that determined it.
+    pub policies: Vec<String>,
+    /// Policy evaluation errors.
+    pub errors: Vec<String>,
+    /// The gateway that asked on the agent's behalf (its SPIFFE ID), when
+    /// the agent did not ask itself.
+    pub asked_by: Option<String>,
 }
 
 /// One audit record. Every field is always present (null when it does not
@@ -83,6 +130,10 @@ pub struct Record {
     pub truncated: BTreeMap<String, String>,
     /// For a `suppressed` record: the denials it stands for.
     pub suppressed: Option<DenialSummary>,
+    /// The task a task or decision record is about.
+    pub task: Option<TaskFacts>,
+    /// What a decision record decided.
+    pub decision: Option<DecisionFacts>,
 }
 
 impl Record {
@@ -120,6 +171,8 @@ impl Record {
             not_after: None,
             truncated: BTreeMap::new(),
             suppressed: None,
+            task: None,
+            decision: None,
         }
     }
 
@@ -158,6 +211,18 @@ impl Record {
     /// Adds the subject of a validated token.
     pub fn with_subject(mut self, spiffe_id: &str) -> Self {
         self.spiffe_id = Some(spiffe_id.to_owned());
+        self
+    }
+
+    /// Adds the task the record is about.
+    pub fn with_task(mut self, task: TaskFacts) -> Self {
+        self.task = Some(task);
+        self
+    }
+
+    /// Adds a policy decision.
+    pub fn with_decision(mut self, decision: DecisionFacts) -> Self {
+        self.decision = Some(decision);
         self
     }
 

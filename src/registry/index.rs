@@ -67,6 +67,9 @@ mod tests {
             jwt_audiences: vec![],
             dns_names: vec![],
             hint: None,
+            owner_expires: None,
+            tasks: None,
+            may_ask_for_others: false,
             location: crate::config::Location {
                 file: "t".into(),
                 line: 1,

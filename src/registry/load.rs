@@ -63,6 +63,9 @@ fn resolve(config: &Config, raw: EntryConfig) -> Entry {
         jwt_audiences: raw.jwt_audiences,
         dns_names: raw.dns_names,
         hint: raw.hint,
+        owner_expires: raw.owner_expires,
+        tasks: raw.tasks,
+        may_ask_for_others: raw.may_ask_for_others,
         location: raw.location,
     }
 }
