@@ -77,6 +77,9 @@ pub struct Workload {
     pub selectors: SelectorSet,
     /// Facts withheld from the selectors, and why (for logs and the audit).
     pub notes: Vec<String>,
+    /// The audit login uid: `Some` when the caller descends from a login
+    /// session (an interactive user), `None` for services.
+    pub login_uid: Option<u32>,
 }
 
 /// Whether `unix:path`/`unix:sha256` must be proven bound to the connection.
@@ -160,6 +163,7 @@ impl Attestor {
             sha256: None,
             selectors: SelectorSet::new(),
             notes: Vec::new(),
+            login_uid: proc_dir.login_uid(),
         };
         unix_id_selectors(&mut workload, peer, &proc_dir.status()?);
         let hasher = (hashing == Hashing::Hash).then_some(&self.hasher);

@@ -15,6 +15,7 @@
 //! - `act` (RFC 8693), for a sub-task: the agent that delegated it, with
 //!   its own `act` for the agent before it.
 
+use crate::attest::Workload;
 use crate::spiffe_id::SpiffeId;
 
 /// A task token that verified: signed by our keys, unexpired, a task
@@ -48,4 +49,42 @@ pub struct VerifiedTask {
     pub jti: String,
     /// The token's `exp`.
     pub expires_at: std::time::SystemTime,
+    /// The facts attestation established about the agent when it started
+    /// the task (kept by attestd with the task, not carried in the token).
+    pub agent: AgentFacts,
+}
+
+/// The attested facts of an agent that policies may refer to (the Cedar
+/// principal's attributes besides its entry's owner and labels).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentFacts {
+    /// Lowercase hex sha256 of its executable, when it was hashed.
+    pub exe_sha256: Option<String>,
+    /// Its systemd unit (`systemd:id`), when it runs in one.
+    pub systemd_unit: Option<String>,
+    /// Its container (`container:id`), when it runs in one.
+    pub container_id: Option<String>,
+    /// Whether it descends from a login session (its audit loginuid is set).
+    pub interactive: bool,
+}
+
+impl AgentFacts {
+    /// The facts attestation established about `workload`.
+    pub fn of(workload: &Workload) -> Self {
+        // Only facts attestation vouched for, i.e. emitted as selectors (a
+        // hash of an executable whose binding was not proven is not one).
+        let selector = |kind: &str| {
+            workload
+                .selectors
+                .iter()
+                .find(|s| s.kind() == kind)
+                .map(|s| s.value().to_owned())
+        };
+        Self {
+            exe_sha256: selector("unix:sha256"),
+            systemd_unit: selector("systemd:id"),
+            container_id: selector("container:id"),
+            interactive: workload.login_uid.is_some(),
+        }
+    }
 }

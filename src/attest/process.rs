@@ -82,6 +82,16 @@ impl ProcDir {
         }
     }
 
+    /// The audit login uid (`loginuid`): set when the process descends
+    /// from a login session (pam_loginuid), unset (None) for services and
+    /// anything the kernel started. Only privileged processes can change it,
+    /// and only once, so a caller cannot shed or forge it. A kernel built
+    /// without audit support has no such file: unset.
+    pub(super) fn login_uid(&self) -> Option<u32> {
+        let text = self.read("loginuid", "loginuid").ok()?;
+        parse_login_uid(&text)
+    }
+
     pub(super) fn status(&self) -> Result<Status, AttestError> {
         let text = self.read("status", "status")?;
         Ok(parse_status(&text))
@@ -176,6 +186,11 @@ impl ProcDir {
             })?;
         Ok(text)
     }
+}
+
+/// `4294967295` ((uid_t)-1) means unset; anything unparsable is unset too.
+fn parse_login_uid(text: &str) -> Option<u32> {
+    text.trim().parse::<u32>().ok().filter(|&uid| uid != u32::MAX)
 }
 
 /// ENOENT/ESRCH on a pid directory means the process is gone, which callers
