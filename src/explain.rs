@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::attest::{AttestError, Attestor, ExeBinding, Hashing, PeerIdentity, Workload};
 use crate::config::{Config, ConfigError};
-use crate::registry::{Entry, Policy};
+use crate::registry::{Entry, Matches, Policy, owner_clock};
 use crate::selector::Selector;
 
 /// Why a process could not be explained.
@@ -39,6 +39,8 @@ pub struct Explanation {
     pub workload: Workload,
     /// Entries it matches, in policy order.
     pub matches: Vec<Arc<Entry>>,
+    /// Entries it matches whose owner's term has ended: they grant nothing.
+    pub expired: Vec<Arc<Entry>>,
     /// Entries it shares at least one selector with but does not match.
     pub near_misses: Vec<NearMiss>,
     /// How many entries share no selector with it.
@@ -53,10 +55,14 @@ pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
     let peer = PeerIdentity::for_process(attestor.proc_root(), pid)?;
     // Always hashed: an operator writing a unix:sha256 entry needs the hash.
     let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash)?;
-    let matches = policy.matching(&workload.selectors);
+    let Matches { entries: matches, expired } = policy.matches(&workload.selectors, owner_clock::now());
     let mut near_misses = Vec::new();
     let mut unrelated = 0;
-    for entry in policy.entries().iter().filter(|e| !matches.contains(e)) {
+    for entry in policy
+        .entries()
+        .iter()
+        .filter(|e| !matches.contains(e) && !expired.contains(e))
+    {
         let missing: Vec<Selector> = entry
             .selectors
             .iter()
@@ -75,6 +81,7 @@ pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
     Ok(Explanation {
         workload,
         matches,
+        expired,
         near_misses,
         unrelated,
     })
@@ -106,6 +113,13 @@ impl fmt::Display for Explanation {
                 "  {}  [{}] owner {}",
                 entry.spiffe_id, entry.location, entry.owner
             )?;
+        }
+        if !self.expired.is_empty() {
+            writeln!(f, "\nMatched, but the owner's term has ended ({}):", self.expired.len())?;
+            for entry in &self.expired {
+                let expired = entry.owner_expired_reason().unwrap_or_default();
+                writeln!(f, "  {}  [{}] {expired}", entry.spiffe_id, entry.location)?;
+            }
         }
         writeln!(f, "\nNear misses ({}):", self.near_misses.len())?;
         for miss in &self.near_misses {
