@@ -1159,7 +1159,8 @@ owner = "team@example.org"
                 "{value}: {err}"
             );
             assert!(
-                err.message.contains("is not a bare date (write owner_expires = 2027-06-30, a UTC day)"),
+                err.message
+                    .contains("is not a bare date (write owner_expires = 2027-06-30, a UTC day)"),
                 "{value}: {err}"
             );
         }
@@ -1187,12 +1188,21 @@ owner = "team@example.org"
     #[test]
     fn tasks_default_max_ttl_and_tools_as_a_set() {
         assert_eq!(entry_with("").unwrap().entries[0].tasks, None, "absent: no tasks");
-        let config = entry_with(r#"tasks = { tools = ["jira.comment", "github.create_pr", "jira.comment"] }"#).unwrap();
+        let config =
+            entry_with(r#"tasks = { tools = ["jira.comment", "github.create_pr", "jira.comment"] }"#)
+                .unwrap();
         let tasks = config.entries[0].tasks.clone().unwrap();
         assert_eq!(tasks.max_ttl, DEFAULT_TASK_MAX_TTL);
-        assert_eq!(tasks.tools, ["github.create_pr", "jira.comment"], "sorted, duplicates dropped");
+        assert_eq!(
+            tasks.tools,
+            ["github.create_pr", "jira.comment"],
+            "sorted, duplicates dropped"
+        );
         let config = entry_with(r#"tasks = { max_ttl = "5m", tools = ["mcp:fs/read"] }"#).unwrap();
-        assert_eq!(config.entries[0].tasks.clone().unwrap().max_ttl, Duration::from_secs(300));
+        assert_eq!(
+            config.entries[0].tasks.clone().unwrap().max_ttl,
+            Duration::from_secs(300)
+        );
         assert!(!config.entries[0].may_ask_for_others, "false unless said");
         assert!(entry_with("may_ask_for_others = true").unwrap().entries[0].may_ask_for_others);
     }
@@ -1226,4 +1236,3 @@ owner = "team@example.org"
         assert_eq!(err.key.as_deref(), Some("entry[0].tasks.max_ttl"), "{err}");
     }
 }
-

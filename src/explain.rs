@@ -55,7 +55,10 @@ pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
     let peer = PeerIdentity::for_process(attestor.proc_root(), pid)?;
     // Always hashed: an operator writing a unix:sha256 entry needs the hash.
     let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash)?;
-    let Matches { entries: matches, expired } = policy.matches(&workload.selectors, owner_clock::now());
+    let Matches {
+        entries: matches,
+        expired,
+    } = policy.matches(&workload.selectors, owner_clock::now());
     let mut near_misses = Vec::new();
     let mut unrelated = 0;
     for entry in policy
@@ -115,7 +118,11 @@ impl fmt::Display for Explanation {
             )?;
         }
         if !self.expired.is_empty() {
-            writeln!(f, "\nMatched, but the owner's term has ended ({}):", self.expired.len())?;
+            writeln!(
+                f,
+                "\nMatched, but the owner's term has ended ({}):",
+                self.expired.len()
+            )?;
             for entry in &self.expired {
                 let expired = entry.owner_expired_reason().unwrap_or_default();
                 writeln!(f, "  {}  [{}] {expired}", entry.spiffe_id, entry.location)?;

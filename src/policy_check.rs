@@ -89,7 +89,11 @@ impl fmt::Display for Expiring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let window = humantime::format_duration(self.window);
         if self.due.is_empty() {
-            return writeln!(f, "no entry's owner expires within {window} ({} entries)", self.total);
+            return writeln!(
+                f,
+                "no entry's owner expires within {window} ({} entries)",
+                self.total
+            );
         }
         let expired = self.due.iter().filter(|due| due.expired).count();
         writeln!(
@@ -98,7 +102,12 @@ impl fmt::Display for Expiring {
             self.due.len(),
             self.total
         )?;
-        let id_width = self.due.iter().map(|d| d.entry.spiffe_id.as_str().len()).max().unwrap_or(0);
+        let id_width = self
+            .due
+            .iter()
+            .map(|d| d.entry.spiffe_id.as_str().len())
+            .max()
+            .unwrap_or(0);
         let owner_width = self.due.iter().map(|d| d.entry.owner.len()).max().unwrap_or(0);
         for Due { entry, expired } in &self.due {
             let status = if *expired { "EXPIRED" } else { "expires" };
@@ -234,7 +243,10 @@ mod tests {
         );
         // The last moment of the owner's last day is still within the term.
         let warnings = check_at(&config, at("2030-05-31T23:59:59Z")).unwrap();
-        assert!(warnings[0].contains("ends on 2030-05-31 (in 1 day)"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("ends on 2030-05-31 (in 1 day)"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -242,11 +254,24 @@ mod tests {
         let config = Config::parse(Path::new("p.toml"), TERMS).unwrap();
         let now = at("2030-06-01T12:00:00Z");
         let month = expiring_at(&config, Duration::from_secs(30 * 24 * 3600), now).unwrap();
-        let ids: Vec<(&str, bool)> = month.due.iter().map(|d| (d.entry.spiffe_id.as_str(), d.expired)).collect();
-        assert_eq!(ids, [("spiffe://example.org/lapsed", true), ("spiffe://example.org/due", false)]);
+        let ids: Vec<(&str, bool)> = month
+            .due
+            .iter()
+            .map(|d| (d.entry.spiffe_id.as_str(), d.expired))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("spiffe://example.org/lapsed", true),
+                ("spiffe://example.org/due", false)
+            ]
+        );
         let text = month.to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "2 of 4 entries expire within 30days (1 expired already):");
+        assert_eq!(
+            lines[0],
+            "2 of 4 entries expire within 30days (1 expired already):"
+        );
         assert_eq!(
             lines[1],
             "EXPIRED  2030-05-31  spiffe://example.org/lapsed  a@example.org  p.toml:2"
@@ -258,14 +283,26 @@ mod tests {
 
         let season = expiring_at(&config, Duration::from_secs(100 * 24 * 3600), now).unwrap();
         assert_eq!(season.due.len(), 3, "never an entry without a term");
-        let before = expiring_at(&config, Duration::from_secs(24 * 3600), at("2030-01-01T00:00:00Z")).unwrap();
+        let before = expiring_at(
+            &config,
+            Duration::from_secs(24 * 3600),
+            at("2030-01-01T00:00:00Z"),
+        )
+        .unwrap();
         assert!(before.due.is_empty());
-        assert_eq!(before.to_string(), "no entry's owner expires within 1day (4 entries)\n");
+        assert_eq!(
+            before.to_string(),
+            "no entry's owner expires within 1day (4 entries)\n"
+        );
     }
 
     #[test]
     fn list_shows_the_owners_last_day() {
         let config = Config::parse(Path::new("p.toml"), TERMS).unwrap();
-        assert!(list(&config).unwrap().contains("  expires    2030-05-31 (the owner's last day, UTC)\n"));
+        assert!(
+            list(&config)
+                .unwrap()
+                .contains("  expires    2030-05-31 (the owner's last day, UTC)\n")
+        );
     }
 }

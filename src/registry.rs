@@ -113,7 +113,12 @@ impl Matches {
             .take(MAX_EXPIRED_NAMED)
             .filter_map(|entry| entry.owner_expired_reason())
             .collect();
-        if let Some(more) = self.expired.len().checked_sub(MAX_EXPIRED_NAMED).filter(|&n| n > 0) {
+        if let Some(more) = self
+            .expired
+            .len()
+            .checked_sub(MAX_EXPIRED_NAMED)
+            .filter(|&n| n > 0)
+        {
             reasons.push(format!("and {more} more expired entries"));
         }
         Some(reasons.join("; "))
@@ -254,7 +259,9 @@ mod tests {
     }
 
     fn entry(name: &str, expires: Option<&str>) -> String {
-        let expires = expires.map(|d| format!("owner_expires = {d}\n")).unwrap_or_default();
+        let expires = expires
+            .map(|d| format!("owner_expires = {d}\n"))
+            .unwrap_or_default();
         format!(
             "[[entry]]\nspiffe_id = \"spiffe://example.org/{name}\"\nselectors = [\"unix:uid:1\"]\nowner = \"o\"\n{expires}"
         )
@@ -270,12 +277,14 @@ mod tests {
 
     #[test]
     fn an_entry_stops_granting_at_the_end_of_its_owners_last_day() {
-        let policy = policy(&[
-            entry("a", Some("2030-06-30")),
-            entry("b", None),
-            entry("c", Some("2030-07-31")),
-        ]
-        .concat());
+        let policy = policy(
+            &[
+                entry("a", Some("2030-06-30")),
+                entry("b", None),
+                entry("c", Some("2030-07-31")),
+            ]
+            .concat(),
+        );
         assert_eq!(
             policy.first_owner_expiry,
             Some(at("2030-07-01T00:00:00Z")),
@@ -284,11 +293,21 @@ mod tests {
         let caller: SelectorSet = [Selector::parse("unix:uid:1").unwrap()].into_iter().collect();
 
         let last_moment = policy.matches(&caller, at("2030-06-30T23:59:59.999Z"));
-        assert_eq!(ids(&last_moment.entries), ["spiffe://example.org/a", "spiffe://example.org/b", "spiffe://example.org/c"]);
+        assert_eq!(
+            ids(&last_moment.entries),
+            [
+                "spiffe://example.org/a",
+                "spiffe://example.org/b",
+                "spiffe://example.org/c"
+            ]
+        );
         assert!(last_moment.expired.is_empty());
 
         let next_day = policy.matches(&caller, at("2030-07-01T00:00:00Z"));
-        assert_eq!(ids(&next_day.entries), ["spiffe://example.org/b", "spiffe://example.org/c"]);
+        assert_eq!(
+            ids(&next_day.entries),
+            ["spiffe://example.org/b", "spiffe://example.org/c"]
+        );
         assert_eq!(ids(&next_day.expired), ["spiffe://example.org/a"]);
         assert_eq!(next_day.expired_refusal(), None, "the caller still holds entries");
     }
@@ -306,15 +325,29 @@ mod tests {
                  owner of spiffe://example.org/b expired on 2021-02-28"
             )
         );
-        assert!(lapsed.matching(&caller).is_empty(), "matching judges by the owners' clock");
+        assert!(
+            lapsed.matching(&caller).is_empty(),
+            "matching judges by the owners' clock"
+        );
 
-        let many: String = (0..5).map(|i| entry(&format!("e{i}"), Some("2020-01-01"))).collect();
+        let many: String = (0..5)
+            .map(|i| entry(&format!("e{i}"), Some("2020-01-01")))
+            .collect();
         let matches = policy(&many).matches(&caller, SystemTime::now());
         let refusal = matches.expired_refusal().unwrap();
         assert!(refusal.ends_with("; and 2 more expired entries"), "{refusal}");
-        assert_eq!(refusal.matches("owner of").count(), MAX_EXPIRED_NAMED, "{refusal}");
+        assert_eq!(
+            refusal.matches("owner of").count(),
+            MAX_EXPIRED_NAMED,
+            "{refusal}"
+        );
 
         let unmatched: SelectorSet = [Selector::parse("unix:uid:2").unwrap()].into_iter().collect();
-        assert_eq!(policy(&many).matches(&unmatched, SystemTime::now()).expired_refusal(), None);
+        assert_eq!(
+            policy(&many)
+                .matches(&unmatched, SystemTime::now())
+                .expired_refusal(),
+            None
+        );
     }
 }

@@ -133,7 +133,10 @@ impl SvidCache {
         let Some(slot) = slots.get(template).filter(|slot| slot.generation == generation) else {
             return Duty::Obsolete;
         };
-        if template.valid_until.is_some_and(|until| SystemTime::now() >= until) {
+        if template
+            .valid_until
+            .is_some_and(|until| SystemTime::now() >= until)
+        {
             slots.remove(template);
             return Duty::TermEnded;
         }
@@ -298,7 +301,11 @@ mod tests {
         let receiver = cache.subscribe(&template).unwrap();
         let svid = Arc::clone(&receiver.borrow());
         assert_eq!(svid.not_after, until, "cut at the term's end");
-        assert_eq!(next_duty(&template, &svid, SystemTime::now()), until, "no renewal before it");
+        assert_eq!(
+            next_duty(&template, &svid, SystemTime::now()),
+            until,
+            "no renewal before it"
+        );
         // Longer than the term: renewed at half-life as usual.
         let uncut = SvidTemplate {
             valid_until: Some(until + Duration::from_secs(7200)),
@@ -318,7 +325,13 @@ mod tests {
             },
         );
         assert_eq!(cache.duty(&template, generation, 2), Duty::TermEnded);
-        assert!(!cache.lock().contains_key(&template), "later callers get nothing from it");
-        assert!(cache.subscribe(&template).is_err(), "nothing is minted after the term");
+        assert!(
+            !cache.lock().contains_key(&template),
+            "later callers get nothing from it"
+        );
+        assert!(
+            cache.subscribe(&template).is_err(),
+            "nothing is minted after the term"
+        );
     }
 }

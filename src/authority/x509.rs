@@ -193,10 +193,17 @@ mod tests {
         let svid = authority.mint_x509(&template).unwrap();
         let (_, leaf) = X509Certificate::from_der(&svid.cert_chain[0]).unwrap();
         let until_secs = until.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
-        assert_eq!(leaf.validity().not_after.timestamp(), until_secs, "cut at the term's end");
+        assert_eq!(
+            leaf.validity().not_after.timestamp(),
+            until_secs,
+            "cut at the term's end"
+        );
         assert_eq!(svid.not_after, until);
 
         template.valid_until = Some(SystemTime::now() - Duration::from_secs(1));
-        assert!(matches!(authority.mint_x509(&template), Err(AuthorityError::TermEnded)));
+        assert!(matches!(
+            authority.mint_x509(&template),
+            Err(AuthorityError::TermEnded)
+        ));
     }
 }
