@@ -154,7 +154,9 @@ impl X509Watch {
         if result { wake } else { Wake::SourceClosed }
     }
 
-    /// Admits the caller again; returns whether its entries changed.
+    /// Admits the caller again; returns whether its entries, or the SVIDs
+    /// they call for (a renewed owner's term, new DNS names or lifetime),
+    /// changed.
     async fn recheck(&mut self) -> Result<bool, Status> {
         self.policy.borrow_and_update();
         let peer = self.caller.peer.clone();
@@ -165,13 +167,14 @@ impl X509Watch {
         let after: Vec<&str> = caller.entries.iter().map(|e| e.id.as_str()).collect();
         let changed = before != after;
         self.caller = caller;
-        self.follow_entries()?;
-        Ok(changed)
+        let resubscribed = self.follow_entries()?;
+        Ok(changed || resubscribed)
     }
 
     /// Subscribes to the SVID of each of the caller's entries, keeping the
-    /// subscriptions it already has.
-    fn follow_entries(&mut self) -> Result<(), Status> {
+    /// subscriptions it already has; returns whether it made a new one.
+    fn follow_entries(&mut self) -> Result<bool, Status> {
+        let mut subscribed = false;
         self.caller.entries = self.caller.entries_with_unique_hints();
         let mut previous = std::mem::take(&mut self.svids);
         for entry in &self.caller.entries {
@@ -184,15 +187,17 @@ impl X509Watch {
             };
             let receiver = match previous.iter().position(|(t, _)| *t == template) {
                 Some(i) => previous.swap_remove(i).1,
-                None => self
-                    .ctx
-                    .cache
-                    .subscribe(&template)
-                    .map_err(|e| status::minting(&e))?,
+                None => {
+                    subscribed = true;
+                    self.ctx
+                        .cache
+                        .subscribe(&template)
+                        .map_err(|e| status::minting(&e))?
+                }
             };
             self.svids.push((template, receiver));
         }
-        Ok(())
+        Ok(subscribed)
     }
 
     /// The full state now; audited before it is handed out.

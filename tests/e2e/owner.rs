@@ -324,6 +324,56 @@ mod term_end {
         assert_eq!(printed_ids(&fresh), ["spiffe://example.org/steady"]);
     }
 
+    /// Renewing the owner's term in the policy while a stream is open pushes
+    /// SVIDs that outlast the old end (the old ones were cut at it).
+    #[tokio::test]
+    async fn renewing_the_owners_term_pushes_svids_that_outlast_the_old_end() {
+        // The term ends in half an hour on the owners' clock; x509_ttl is 1h.
+        let now = SystemTime::now();
+        let today = utc_day(0);
+        let term_end = today.next_day().unwrap().midnight().assume_utc().unix_timestamp();
+        let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let offset = term_end - now_secs - 1800;
+        let entry = |expires: time::Date| {
+            format!(
+                "[[entry]]\nspiffe_id = \"spiffe://example.org/renewed\"\nselectors = [\"unix:uid:0\"]\n\
+                 owner = \"team@example.org\"\nowner_expires = {expires}\n"
+            )
+        };
+        let daemon = Daemon::start_with_env(
+            &entry(today),
+            &[("ATTESTD_TEST_OWNER_CLOCK_OFFSET_SECS", &offset.to_string())],
+        );
+        let mut client = attestd::client::connect(&daemon.socket()).await.unwrap();
+        let mut stream = client
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        let cut = not_after_of(&first.svids[0].x509_svid);
+        assert!(
+            cut <= now + Duration::from_secs(1801),
+            "cut at the term's end: {cut:?}"
+        );
+
+        let config = std::fs::read_to_string(daemon.config_path()).unwrap();
+        let renewed = config.replace(&entry(today), &entry(utc_day(365)));
+        assert_ne!(config, renewed);
+        std::fs::write(daemon.config_path(), renewed).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("a message once the policy renews the term")
+            .expect("the stream stays open")
+            .expect("a message, not an error");
+        assert_eq!(ids(&next), ["spiffe://example.org/renewed"]);
+        let outlasting = not_after_of(&next.svids[0].x509_svid);
+        assert!(
+            outlasting > cut + Duration::from_secs(1200),
+            "the new SVID has its full lifetime: {outlasting:?} vs {cut:?}"
+        );
+    }
+
     fn ids(response: &X509svidResponse) -> Vec<&str> {
         response.svids.iter().map(|s| s.spiffe_id.as_str()).collect()
     }
