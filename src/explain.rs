@@ -144,3 +144,43 @@ impl fmt::Display for Explanation {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_whose_owner_expired_are_shown_apart_not_as_near_misses() {
+        let uid = nix::unistd::geteuid().as_raw();
+        let text = format!(
+            "trust_domain = \"example.org\"\n\
+             [[entry]]\nspiffe_id = \"spiffe://example.org/current\"\nselectors = [\"unix:uid:{uid}\"]\nowner = \"o\"\n\
+             [[entry]]\nspiffe_id = \"spiffe://example.org/lapsed\"\nselectors = [\"unix:uid:{uid}\"]\nowner = \"o\"\nowner_expires = 2020-01-31\n\
+             [[entry]]\nspiffe_id = \"spiffe://example.org/near\"\nselectors = [\"unix:uid:{uid}\", \"unix:gid:4242424\"]\nowner = \"o\"\n"
+        );
+        let config = Config::parse(std::path::Path::new("p.toml"), &text).unwrap();
+        let explanation = explain(&config, std::process::id() as i32).unwrap();
+        let ids = |entries: &[Arc<Entry>]| {
+            entries
+                .iter()
+                .map(|e| e.spiffe_id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&explanation.matches), ["spiffe://example.org/current"]);
+        assert_eq!(ids(&explanation.expired), ["spiffe://example.org/lapsed"]);
+        let near: Vec<String> = explanation
+            .near_misses
+            .iter()
+            .map(|m| m.entry.spiffe_id.to_string())
+            .collect();
+        assert_eq!(near, ["spiffe://example.org/near"]);
+        let shown = explanation.to_string();
+        assert!(
+            shown.contains(
+                "Matched, but the owner's term has ended (1):\n  spiffe://example.org/lapsed  [p.toml:6] owner of \
+                 spiffe://example.org/lapsed expired on 2020-01-31\n"
+            ),
+            "{shown}"
+        );
+    }
+}
