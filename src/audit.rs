@@ -19,6 +19,7 @@ mod bound;
 mod chain;
 mod denials;
 mod record;
+pub mod trace;
 mod verify;
 
 use std::fs::File;

@@ -83,6 +83,10 @@ pub enum AuthorityError {
     /// The CA has expired: nothing it signs would verify.
     #[error("the signing CA expired; no SVID can be minted")]
     CaExpired,
+    /// The identity's term (its owner's) has ended: an SVID minted now
+    /// would be expired already.
+    #[error("the identity's owner term has ended; no SVID is minted for it")]
+    TermEnded,
 }
 
 /// Where X.509-SVIDs are signed.

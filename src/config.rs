@@ -1127,4 +1127,112 @@ owner = "team@example.org"
         assert!(!is_dns_name("bad..local"));
         assert!(!is_dns_name("sp ace"));
     }
+
+    /// The config with one entry whose last lines are `extra`.
+    fn entry_with(extra: &str) -> Result<Config, ConfigError> {
+        parse(&format!("trust_domain = \"example.org\"\n{ENTRY}{extra}\n"))
+    }
+
+    #[test]
+    fn owner_expires_is_a_bare_utc_date() {
+        let config = entry_with("owner_expires = 2027-06-30").unwrap();
+        let expected = time::Date::from_calendar_date(2027, time::Month::June, 30).unwrap();
+        assert_eq!(config.entries[0].owner_expires, Some(expected));
+        assert_eq!(entry_with("").unwrap().entries[0].owner_expires, None, "optional");
+
+        // Leap day only in a leap year.
+        assert!(entry_with("owner_expires = 2028-02-29").is_ok());
+    }
+
+    #[test]
+    fn owner_expires_refuses_datetimes_with_the_reason() {
+        for value in [
+            "2027-06-30T12:00:00Z",
+            "2027-06-30T12:00:00+02:00",
+            "2027-06-30T12:00:00",
+            "12:00:00",
+        ] {
+            let err = entry_with(&format!("owner_expires = {value}")).unwrap_err();
+            assert_eq!(
+                (err.line, err.key.as_deref()),
+                (Some(7), Some("entry[0].owner_expires")),
+                "{value}: {err}"
+            );
+            assert!(
+                err.message
+                    .contains("is not a bare date (write owner_expires = 2027-06-30, a UTC day)"),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn owner_expires_refuses_what_is_not_a_date() {
+        // Days the month lacks: the TOML parser refuses them, with the line.
+        for value in ["2027-02-29", "2027-04-31", "2027-13-01"] {
+            let err = entry_with(&format!("owner_expires = {value}")).unwrap_err();
+            assert_eq!(err.line, Some(7), "{value}: {err}");
+            assert!(err.message.contains("invalid date"), "{value}: {err}");
+        }
+        // A string or a number is not a TOML date: refused with its key.
+        for value in ["\"2027-06-30\"", "20270630"] {
+            let err = entry_with(&format!("owner_expires = {value}")).unwrap_err();
+            assert_eq!(
+                (err.line, err.key.as_deref()),
+                (Some(7), Some("entry[0].owner_expires")),
+                "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn tasks_default_max_ttl_and_tools_as_a_set() {
+        assert_eq!(entry_with("").unwrap().entries[0].tasks, None, "absent: no tasks");
+        let config =
+            entry_with(r#"tasks = { tools = ["jira.comment", "github.create_pr", "jira.comment"] }"#)
+                .unwrap();
+        let tasks = config.entries[0].tasks.clone().unwrap();
+        assert_eq!(tasks.max_ttl, DEFAULT_TASK_MAX_TTL);
+        assert_eq!(
+            tasks.tools,
+            ["github.create_pr", "jira.comment"],
+            "sorted, duplicates dropped"
+        );
+        let config = entry_with(r#"tasks = { max_ttl = "5m", tools = ["mcp:fs/read"] }"#).unwrap();
+        assert_eq!(
+            config.entries[0].tasks.clone().unwrap().max_ttl,
+            Duration::from_secs(300)
+        );
+        assert!(!config.entries[0].may_ask_for_others, "false unless said");
+        assert!(entry_with("may_ask_for_others = true").unwrap().entries[0].may_ask_for_others);
+    }
+
+    #[test]
+    fn tasks_refuse_no_tools_bad_names_and_unknown_keys_with_line_and_key() {
+        let err = entry_with("tasks = { tools = [] }").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(7), Some("entry[0].tasks.tools")),
+            "{err}"
+        );
+        assert!(err.message.contains("needs at least one tool"), "{err}");
+
+        for bad in ["bad tool", "", "rm;-rf", "ünïcode"] {
+            let err = entry_with(&format!("tasks = {{ tools = [\"ok\", {bad:?}] }}")).unwrap_err();
+            assert_eq!(
+                (err.line, err.key.as_deref()),
+                (Some(7), Some("entry[0].tasks.tools[1]")),
+                "{bad:?}: {err}"
+            );
+            assert!(err.message.contains("is not a tool name"), "{bad:?}: {err}");
+        }
+        let long = "t".repeat(MAX_TOOL_NAME_BYTES + 1);
+        let err = entry_with(&format!("tasks = {{ tools = [{long:?}] }}")).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("entry[0].tasks.tools[0]"), "{err}");
+
+        let err = entry_with("\n[entry.tasks]\ntools = [\"a\"]\nbogus = 1").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = entry_with(r#"tasks = { tools = ["a"], max_ttl = "soon" }"#).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("entry[0].tasks.max_ttl"), "{err}");
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::attest::{AttestError, Attestor, ExeBinding, Hashing, PeerIdentity, Workload};
 use crate::config::{Config, ConfigError};
-use crate::registry::{Entry, Policy};
+use crate::registry::{Entry, Matches, Policy, owner_clock};
 use crate::selector::Selector;
 
 /// Why a process could not be explained.
@@ -39,6 +39,8 @@ pub struct Explanation {
     pub workload: Workload,
     /// Entries it matches, in policy order.
     pub matches: Vec<Arc<Entry>>,
+    /// Entries it matches whose owner's term has ended: they grant nothing.
+    pub expired: Vec<Arc<Entry>>,
     /// Entries it shares at least one selector with but does not match.
     pub near_misses: Vec<NearMiss>,
     /// How many entries share no selector with it.
@@ -53,10 +55,17 @@ pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
     let peer = PeerIdentity::for_process(attestor.proc_root(), pid)?;
     // Always hashed: an operator writing a unix:sha256 entry needs the hash.
     let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash)?;
-    let matches = policy.matching(&workload.selectors);
+    let Matches {
+        entries: matches,
+        expired,
+    } = policy.matches(&workload.selectors, owner_clock::now());
     let mut near_misses = Vec::new();
     let mut unrelated = 0;
-    for entry in policy.entries().iter().filter(|e| !matches.contains(e)) {
+    for entry in policy
+        .entries()
+        .iter()
+        .filter(|e| !matches.contains(e) && !expired.contains(e))
+    {
         let missing: Vec<Selector> = entry
             .selectors
             .iter()
@@ -75,6 +84,7 @@ pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
     Ok(Explanation {
         workload,
         matches,
+        expired,
         near_misses,
         unrelated,
     })
@@ -107,6 +117,17 @@ impl fmt::Display for Explanation {
                 entry.spiffe_id, entry.location, entry.owner
             )?;
         }
+        if !self.expired.is_empty() {
+            writeln!(
+                f,
+                "\nMatched, but the owner's term has ended ({}):",
+                self.expired.len()
+            )?;
+            for entry in &self.expired {
+                let expired = entry.owner_expired_reason().unwrap_or_default();
+                writeln!(f, "  {}  [{}] {expired}", entry.spiffe_id, entry.location)?;
+            }
+        }
         writeln!(f, "\nNear misses ({}):", self.near_misses.len())?;
         for miss in &self.near_misses {
             writeln!(f, "  {}  [{}]", miss.entry.spiffe_id, miss.entry.location)?;
@@ -121,5 +142,45 @@ impl fmt::Display for Explanation {
              executable it connected with and is the only process holding the connection, and \
              executables are hashed only while some entry names unix:sha256."
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_whose_owner_expired_are_shown_apart_not_as_near_misses() {
+        let uid = nix::unistd::geteuid().as_raw();
+        let text = format!(
+            "trust_domain = \"example.org\"\n\
+             [[entry]]\nspiffe_id = \"spiffe://example.org/current\"\nselectors = [\"unix:uid:{uid}\"]\nowner = \"o\"\n\
+             [[entry]]\nspiffe_id = \"spiffe://example.org/lapsed\"\nselectors = [\"unix:uid:{uid}\"]\nowner = \"o\"\nowner_expires = 2020-01-31\n\
+             [[entry]]\nspiffe_id = \"spiffe://example.org/near\"\nselectors = [\"unix:uid:{uid}\", \"unix:gid:4242424\"]\nowner = \"o\"\n"
+        );
+        let config = Config::parse(std::path::Path::new("p.toml"), &text).unwrap();
+        let explanation = explain(&config, std::process::id() as i32).unwrap();
+        let ids = |entries: &[Arc<Entry>]| {
+            entries
+                .iter()
+                .map(|e| e.spiffe_id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&explanation.matches), ["spiffe://example.org/current"]);
+        assert_eq!(ids(&explanation.expired), ["spiffe://example.org/lapsed"]);
+        let near: Vec<String> = explanation
+            .near_misses
+            .iter()
+            .map(|m| m.entry.spiffe_id.to_string())
+            .collect();
+        assert_eq!(near, ["spiffe://example.org/near"]);
+        let shown = explanation.to_string();
+        assert!(
+            shown.contains(
+                "Matched, but the owner's term has ended (1):\n  spiffe://example.org/lapsed  [p.toml:6] owner of \
+                 spiffe://example.org/lapsed expired on 2020-01-31\n"
+            ),
+            "{shown}"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use attestd::audit::trace::{self, Select, TraceQuery};
 use attestd::authority::BundleDocument;
 use attestd::{audit, client, config::Config, daemon, explain, helper, policy_check, telemetry};
 
@@ -145,6 +146,10 @@ enum EntryCommand {
         /// attestd's configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Instead, list the entries whose owner expires within this window
+        /// (e.g. 30d) or has expired; exits 1 if there are any.
+        #[arg(long, value_name = "WINDOW", value_parser = humantime::parse_duration)]
+        expiring: Option<std::time::Duration>,
     },
     /// Validate the policy (exit 1 on an error) and warn about weak entries.
     Check {
@@ -159,6 +164,27 @@ enum AuditCommand {
     /// Check the hash chain of audit files (oldest first, e.g. audit.jsonl.2
     /// audit.jsonl.1 audit.jsonl); exits 1 and names each broken record.
     Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Rebuild agents' tasks from audit files (oldest first) as a tree:
+    /// process, entry and owner, intent, tokens, every decision, sub-tasks.
+    /// Exits 1 if no task matches.
+    #[command(group(clap::ArgGroup::new("select").required(true).args(["task", "spiffe_id"])))]
+    Trace {
+        /// This task and everything under it (the tasks above it summarised).
+        #[arg(long, value_name = "ID")]
+        task: Option<String>,
+        /// Every task tree of this identity.
+        #[arg(long, value_name = "ID")]
+        spiffe_id: Option<String>,
+        /// Only tasks active since TIME (RFC 3339, or a duration ago: 2h, 1d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Print one JSON document (stable field names, for a SIEM).
+        #[arg(long)]
+        json: bool,
+        /// Audit files, oldest first (audit.jsonl.2 audit.jsonl.1 audit.jsonl).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -230,8 +256,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("healthy: {}", path.display());
         }
         Command::Entry {
-            command: EntryCommand::List { config },
+            command:
+                EntryCommand::List {
+                    config,
+                    expiring: None,
+                },
         } => print!("{}", policy_check::list(&Config::load(&config)?)?),
+        Command::Entry {
+            command:
+                EntryCommand::List {
+                    config,
+                    expiring: Some(window),
+                },
+        } => {
+            let expiring = policy_check::expiring(&Config::load(&config)?, window)?;
+            print!("{expiring}");
+            if !expiring.due.is_empty() {
+                anyhow::bail!(
+                    "{} entries need their owner renewed or retired",
+                    expiring.due.len()
+                );
+            }
+        }
         Command::Entry {
             command: EntryCommand::Check { config },
         } => {
@@ -247,6 +293,35 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             print!("{report}");
             if !report.problems.is_empty() {
                 anyhow::bail!("the audit trail's hash chain is broken");
+            }
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Trace {
+                    task,
+                    spiffe_id,
+                    since,
+                    json,
+                    files,
+                },
+        } => {
+            let select = task
+                .map(Select::Task)
+                .or(spiffe_id.map(Select::SpiffeId))
+                .context("--task or --spiffe-id is required")?;
+            let since = since
+                .map(|since| trace::parse_since(&since, std::time::SystemTime::now()))
+                .transpose()?;
+            let trace = trace::trace(&files, &TraceQuery { select, since });
+            for problem in &trace.problems {
+                eprintln!("warning: {problem}");
+            }
+            match json {
+                true => println!("{}", serde_json::to_string(&trace)?),
+                false => print!("{trace}"),
+            }
+            if trace.trees.is_empty() {
+                anyhow::bail!("no task matched");
             }
         }
         Command::Explain { pid, config } => {

@@ -3,16 +3,21 @@
 //!
 //! A [`Policy`] is an immutable snapshot; the [`Registry`] swaps whole
 //! snapshots atomically, so a request always sees one consistent policy.
+//!
+//! An entry whose owner's term has ended (`owner_expires` passed) grants
+//! nothing: matching leaves it out, judged by the [`owner_clock`] at each
+//! admission, so no reload is needed when the day passes.
 
 mod index;
 mod load;
+pub mod owner_clock;
 mod reload;
 
 pub use reload::{keep_current, reload};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
@@ -71,6 +76,53 @@ impl Entry {
     pub fn owner_expired(&self, now: std::time::SystemTime) -> bool {
         self.owner_expiry().is_some_and(|expiry| now >= expiry)
     }
+
+    /// Why the entry grants nothing once its owner's term has ended
+    /// (`None` for an entry without a term).
+    pub fn owner_expired_reason(&self) -> Option<String> {
+        let day = self.owner_expires?;
+        Some(format!("owner of {} expired on {day}", self.spiffe_id))
+    }
+}
+
+/// The most expired entries a refusal names one by one; the rest are
+/// counted.
+const MAX_EXPIRED_NAMED: usize = 3;
+
+/// The entries a caller's selectors match, split by whether their owner's
+/// term has ended.
+#[derive(Debug, Default)]
+pub struct Matches {
+    /// In effect, in policy order (the first is the caller's default
+    /// identity).
+    pub entries: Vec<Arc<Entry>>,
+    /// Matched, but their owner's term has ended: they grant nothing.
+    pub expired: Vec<Arc<Entry>>,
+}
+
+impl Matches {
+    /// Why a caller that matched only entries whose owner's term has ended
+    /// gets nothing; `None` if it holds an entry or matched none.
+    pub fn expired_refusal(&self) -> Option<String> {
+        if !self.entries.is_empty() || self.expired.is_empty() {
+            return None;
+        }
+        let mut reasons: Vec<String> = self
+            .expired
+            .iter()
+            .take(MAX_EXPIRED_NAMED)
+            .filter_map(|entry| entry.owner_expired_reason())
+            .collect();
+        if let Some(more) = self
+            .expired
+            .len()
+            .checked_sub(MAX_EXPIRED_NAMED)
+            .filter(|&n| n > 0)
+        {
+            reasons.push(format!("and {more} more expired entries"));
+        }
+        Some(reasons.join("; "))
+    }
 }
 
 /// An immutable, indexed set of entries.
@@ -80,6 +132,11 @@ pub struct Policy {
     index: SelectorIndex,
     names_executables: bool,
     names_sha256: bool,
+    /// When each entry's owner's term ends, by entry index.
+    owner_expiries: Vec<Option<SystemTime>>,
+    /// The earliest of them: before it no entry can have expired, and
+    /// matching skips the per-entry check.
+    first_owner_expiry: Option<SystemTime>,
 }
 
 impl Policy {
@@ -101,11 +158,15 @@ impl Policy {
             .iter()
             .flat_map(|entry| entry.selectors.iter())
             .any(|selector| selector.kind() == "unix:sha256");
+        let owner_expiries: Vec<Option<SystemTime>> = entries.iter().map(|e| e.owner_expiry()).collect();
+        let first_owner_expiry = owner_expiries.iter().flatten().min().copied();
         Self {
             entries,
             index,
             names_executables,
             names_sha256,
+            owner_expiries,
+            first_owner_expiry,
         }
     }
 
@@ -126,14 +187,32 @@ impl Policy {
         &self.entries
     }
 
-    /// The entries whose selectors are all in `selectors`, in policy order
-    /// (so the first is the caller's default identity).
+    /// The entries in effect whose selectors are all in `selectors`, in
+    /// policy order (so the first is the caller's default identity): those
+    /// whose owner's term has ended by the [`owner_clock`] are left out.
     pub fn matching(&self, selectors: &SelectorSet) -> Vec<Arc<Entry>> {
-        self.index
-            .matching(selectors)
-            .into_iter()
-            .map(|i| Arc::clone(&self.entries[i]))
-            .collect()
+        self.matches(selectors, owner_clock::now()).entries
+    }
+
+    /// The entries whose selectors are all in `selectors`, split at `now`
+    /// (on the [`owner_clock`]) into those in effect and those whose
+    /// owner's term has ended.
+    pub fn matches(&self, selectors: &SelectorSet, now: SystemTime) -> Matches {
+        let found = self.index.matching(selectors);
+        let mut matches = Matches {
+            entries: Vec::with_capacity(found.len()),
+            expired: Vec::new(),
+        };
+        // The common case (no term has ended yet) costs one comparison.
+        let some_expired = self.first_owner_expiry.is_some_and(|first| now >= first);
+        for i in found {
+            let entry = Arc::clone(&self.entries[i]);
+            match some_expired && self.owner_expiries[i].is_some_and(|end| now >= end) {
+                true => matches.expired.push(entry),
+                false => matches.entries.push(entry),
+            }
+        }
+        matches
     }
 }
 
@@ -165,5 +244,110 @@ impl Registry {
     /// A receiver that sees every policy swap.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Policy>> {
         self.current.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::Selector;
+
+    fn policy(entries: &str) -> Policy {
+        let text = format!("trust_domain = \"example.org\"\n{entries}");
+        let config = Config::parse(std::path::Path::new("p.toml"), &text).unwrap();
+        Policy::load(&config).unwrap()
+    }
+
+    fn entry(name: &str, expires: Option<&str>) -> String {
+        let expires = expires
+            .map(|d| format!("owner_expires = {d}\n"))
+            .unwrap_or_default();
+        format!(
+            "[[entry]]\nspiffe_id = \"spiffe://example.org/{name}\"\nselectors = [\"unix:uid:1\"]\nowner = \"o\"\n{expires}"
+        )
+    }
+
+    fn at(rfc3339: &str) -> SystemTime {
+        humantime::parse_rfc3339(rfc3339).unwrap()
+    }
+
+    fn ids(entries: &[Arc<Entry>]) -> Vec<&str> {
+        entries.iter().map(|e| e.spiffe_id.as_str()).collect()
+    }
+
+    #[test]
+    fn an_entry_stops_granting_at_the_end_of_its_owners_last_day() {
+        let policy = policy(
+            &[
+                entry("a", Some("2030-06-30")),
+                entry("b", None),
+                entry("c", Some("2030-07-31")),
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            policy.first_owner_expiry,
+            Some(at("2030-07-01T00:00:00Z")),
+            "computed once per policy"
+        );
+        let caller: SelectorSet = [Selector::parse("unix:uid:1").unwrap()].into_iter().collect();
+
+        let last_moment = policy.matches(&caller, at("2030-06-30T23:59:59.999Z"));
+        assert_eq!(
+            ids(&last_moment.entries),
+            [
+                "spiffe://example.org/a",
+                "spiffe://example.org/b",
+                "spiffe://example.org/c"
+            ]
+        );
+        assert!(last_moment.expired.is_empty());
+
+        let next_day = policy.matches(&caller, at("2030-07-01T00:00:00Z"));
+        assert_eq!(
+            ids(&next_day.entries),
+            ["spiffe://example.org/b", "spiffe://example.org/c"]
+        );
+        assert_eq!(ids(&next_day.expired), ["spiffe://example.org/a"]);
+        assert_eq!(next_day.expired_refusal(), None, "the caller still holds entries");
+    }
+
+    #[test]
+    fn a_caller_left_with_only_expired_entries_hears_why() {
+        let lapsed = policy(&[entry("a", Some("2020-01-31")), entry("b", Some("2021-02-28"))].concat());
+        let caller: SelectorSet = [Selector::parse("unix:uid:1").unwrap()].into_iter().collect();
+        let matches = lapsed.matches(&caller, SystemTime::now());
+        assert!(matches.entries.is_empty());
+        assert_eq!(
+            matches.expired_refusal().as_deref(),
+            Some(
+                "owner of spiffe://example.org/a expired on 2020-01-31; \
+                 owner of spiffe://example.org/b expired on 2021-02-28"
+            )
+        );
+        assert!(
+            lapsed.matching(&caller).is_empty(),
+            "matching judges by the owners' clock"
+        );
+
+        let many: String = (0..5)
+            .map(|i| entry(&format!("e{i}"), Some("2020-01-01")))
+            .collect();
+        let matches = policy(&many).matches(&caller, SystemTime::now());
+        let refusal = matches.expired_refusal().unwrap();
+        assert!(refusal.ends_with("; and 2 more expired entries"), "{refusal}");
+        assert_eq!(
+            refusal.matches("owner of").count(),
+            MAX_EXPIRED_NAMED,
+            "{refusal}"
+        );
+
+        let unmatched: SelectorSet = [Selector::parse("unix:uid:2").unwrap()].into_iter().collect();
+        assert_eq!(
+            policy(&many)
+                .matches(&unmatched, SystemTime::now())
+                .expired_refusal(),
+            None
+        );
     }
 }

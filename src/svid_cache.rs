@@ -7,7 +7,8 @@
 //! together do not renew together), retries a failed mint with backoff while
 //! the current SVID stays in service, and retires itself once nobody holds a
 //! receiver and the entry has not been used for a whole lifetime (a later
-//! caller gets a fresh mint).
+//! caller gets a fresh mint). An SVID whose template ends with its owner's
+//! term (`valid_until`) is not renewed past it: the task stops there.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +50,8 @@ enum Duty {
     Retire,
     /// Its slot was replaced by a fresh mint: the task is obsolete.
     Obsolete,
+    /// The owner's term ended: the slot is gone, nothing more is minted.
+    TermEnded,
 }
 
 /// The shared SVIDs, keyed by what they certify.
@@ -130,6 +133,13 @@ impl SvidCache {
         let Some(slot) = slots.get(template).filter(|slot| slot.generation == generation) else {
             return Duty::Obsolete;
         };
+        if template
+            .valid_until
+            .is_some_and(|until| SystemTime::now() >= until)
+        {
+            slots.remove(template);
+            return Duty::TermEnded;
+        }
         // The slot's own receiver is always there; more means a live stream.
         if listeners <= 1 && slot.last_used.elapsed() >= template.ttl {
             slots.remove(template);
@@ -151,8 +161,7 @@ async fn rotate(
 ) {
     loop {
         let current = sender.borrow().clone();
-        let now = SystemTime::now();
-        wall_clock::sleep_until(now + renewal_delay(&current, now)).await;
+        wall_clock::sleep_until(next_duty(&template, &current, SystemTime::now())).await;
         let Some(cache) = cache.upgrade() else { return };
         match cache.duty(&template, generation, sender.receiver_count()) {
             Duty::Renew => {}
@@ -161,6 +170,15 @@ async fn rotate(
                 return;
             }
             Duty::Obsolete => return,
+            Duty::TermEnded => {
+                tracing::info!(spiffe_id = %template.spiffe_id, "owner's term ended; SVID no longer renewed");
+                // Open streams drop their receivers as they wake at the
+                // same moment: dropping the sender under them first would
+                // end them as if the SVID had been re-issued.
+                drop(cache);
+                sender.closed().await;
+                return;
+            }
         }
         let renewed = renew(&cache.authority, &template, &current).await;
         tracing::info!(spiffe_id = %renewed.spiffe_id, serial = %renewed.serial, previous = %current.serial, "rotated X.509-SVID");
@@ -190,6 +208,16 @@ async fn renew(authority: &Authority, template: &SvidTemplate, current: &X509Svi
     }
 }
 
+/// When the rotation task next has something to do: renew at about half
+/// the remaining lifetime, except for an SVID already cut at the end of its
+/// owner's term (a renewal could not outlast it): it stops at that end.
+fn next_duty(template: &SvidTemplate, current: &X509Svid, now: SystemTime) -> SystemTime {
+    match template.valid_until {
+        Some(until) if current.not_after >= until => until,
+        _ => now + renewal_delay(current, now),
+    }
+}
+
 /// Half the remaining lifetime, less up to 10% of it as jitter.
 fn renewal_delay(svid: &X509Svid, now: SystemTime) -> Duration {
     let remaining = svid.not_after.duration_since(now).unwrap_or_default();
@@ -209,6 +237,7 @@ mod tests {
             spiffe_id: SpiffeId::new("spiffe://example.org/w").unwrap(),
             dns_names: vec![],
             ttl,
+            valid_until: None,
         };
         (dir, SvidCache::new(Arc::new(authority)), template)
     }
@@ -262,5 +291,47 @@ mod tests {
         assert_eq!(cache.duty(&template, generation, 1), Duty::Retire);
         assert!(cache.is_empty());
         drop(receiver);
+    }
+
+    #[tokio::test]
+    async fn an_svid_cut_at_its_owners_term_is_not_renewed_and_its_slot_ends_there() {
+        let (_dir, cache, mut template) = fixture(Duration::from_secs(3600));
+        let until = SystemTime::now() + Duration::from_secs(60);
+        template.valid_until = Some(until);
+        let receiver = cache.subscribe(&template).unwrap();
+        let svid = Arc::clone(&receiver.borrow());
+        assert_eq!(svid.not_after, until, "cut at the term's end");
+        assert_eq!(
+            next_duty(&template, &svid, SystemTime::now()),
+            until,
+            "no renewal before it"
+        );
+        // Longer than the term: renewed at half-life as usual.
+        let uncut = SvidTemplate {
+            valid_until: Some(until + Duration::from_secs(7200)),
+            ..template.clone()
+        };
+        assert!(next_duty(&uncut, &svid, SystemTime::now()) < until);
+
+        let generation = cache.lock()[&template].generation;
+        assert_eq!(cache.duty(&template, generation, 2), Duty::Renew);
+        template.valid_until = Some(SystemTime::now() - Duration::from_secs(1));
+        cache.lock().insert(
+            template.clone(),
+            Slot {
+                receiver: receiver.clone(),
+                last_used: Instant::now(),
+                generation,
+            },
+        );
+        assert_eq!(cache.duty(&template, generation, 2), Duty::TermEnded);
+        assert!(
+            !cache.lock().contains_key(&template),
+            "later callers get nothing from it"
+        );
+        assert!(
+            cache.subscribe(&template).is_err(),
+            "nothing is minted after the term"
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct SvidTemplate {
     pub dns_names: Vec<String>,
     /// Requested lifetime (shortened to fit in the CA's).
     pub ttl: Duration,
+    /// The latest an SVID may be valid until (the end of the entry owner's
+    /// term): lifetimes are cut there, and nothing is minted after it.
+    pub valid_until: Option<SystemTime>,
 }
 
 /// A minted X.509-SVID.
@@ -79,7 +82,13 @@ pub(super) fn mint(ca: &SigningCa, template: &SvidTemplate) -> Result<X509Svid, 
         return Err(AuthorityError::CaExpired);
     }
     let not_before = (now - BACKDATE).max(ca.not_before());
-    let not_after = (now + template.ttl).min(ca.not_after());
+    let mut not_after = (now + template.ttl).min(ca.not_after());
+    if let Some(until) = template.valid_until {
+        if until <= now {
+            return Err(AuthorityError::TermEnded);
+        }
+        not_after = not_after.min(until);
+    }
 
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let serial = random_serial();
@@ -136,6 +145,7 @@ mod tests {
             spiffe_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
             dns_names: vec!["agent.local".into()],
             ttl: Duration::from_secs(7200),
+            valid_until: None,
         };
         let svid = authority.mint_x509(&template).unwrap();
         let (_, leaf) = X509Certificate::from_der(&svid.cert_chain[0]).unwrap();
@@ -168,5 +178,32 @@ mod tests {
             leaf.public_key().subject_public_key.data.as_ref(),
             key.public_key_raw()
         );
+    }
+
+    #[test]
+    fn an_svid_ends_with_its_owners_term_and_none_is_minted_after_it() {
+        let (_dir, authority) = crate::authority::test_authority();
+        let until = SystemTime::now() + Duration::from_secs(120);
+        let mut template = SvidTemplate {
+            spiffe_id: SpiffeId::new("spiffe://example.org/agent").unwrap(),
+            dns_names: vec![],
+            ttl: Duration::from_secs(3600),
+            valid_until: Some(until),
+        };
+        let svid = authority.mint_x509(&template).unwrap();
+        let (_, leaf) = X509Certificate::from_der(&svid.cert_chain[0]).unwrap();
+        let until_secs = until.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert_eq!(
+            leaf.validity().not_after.timestamp(),
+            until_secs,
+            "cut at the term's end"
+        );
+        assert_eq!(svid.not_after, until);
+
+        template.valid_until = Some(SystemTime::now() - Duration::from_secs(1));
+        assert!(matches!(
+            authority.mint_x509(&template),
+            Err(AuthorityError::TermEnded)
+        ));
     }
 }

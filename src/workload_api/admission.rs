@@ -14,7 +14,7 @@ use super::caller::Caller;
 use super::{Context, PeerInfo, status};
 use crate::attest::{AttestError, ExeBinding, Hashing, Workload};
 use crate::audit::{Outcome, Record};
-use crate::registry::Policy;
+use crate::registry::{Matches, Policy, owner_clock};
 use crate::telemetry::metrics;
 
 /// Why a caller was not admitted.
@@ -23,6 +23,9 @@ pub(super) enum Refusal {
     Unattested(Arc<AttestError>),
     /// Attested, but no entry matches.
     NoIdentity,
+    /// Attested, but every entry it matches has an owner whose term has
+    /// ended (the reason says whose and when).
+    OwnerExpired(String),
     /// Anything else, already a status (including an unwritable audit).
     Status(Status),
 }
@@ -33,6 +36,7 @@ impl Refusal {
         match self {
             Self::Unattested(error) => status::attestation(&error),
             Self::NoIdentity => status::no_identity(),
+            Self::OwnerExpired(reason) => status::owner_expired(&reason),
             Self::Status(status) => status,
         }
     }
@@ -102,12 +106,25 @@ pub(super) async fn attest(
     })
 }
 
-/// Attests the caller and finds its entries; a caller without any is
-/// refused.
+/// Attests the caller and finds its entries in effect; a caller without any
+/// is refused (with the reason when its only entries' owners expired).
 pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> Result<Caller, Refusal> {
     let policy = ctx.registry.policy();
     let workload = attest(ctx, &policy, peer, rpc).await?;
-    let entries = policy.matching(&workload.selectors);
+    let matches = policy.matches(&workload.selectors, owner_clock::now());
+    if let (Some(reason), Some(first)) = (matches.expired_refusal(), matches.expired.first()) {
+        tracing::info!(
+            pid = workload.pid,
+            uid = workload.uid,
+            rpc,
+            reason,
+            "caller's entries expired with their owners"
+        );
+        let record = Record::new(rpc, Outcome::Denied, &reason, Some(&workload)).with_entry(first);
+        deny(ctx, record)?;
+        return Err(Refusal::OwnerExpired(reason));
+    }
+    let Matches { entries, .. } = matches;
     if entries.is_empty() {
         tracing::info!(
             pid = workload.pid,

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::PeerInfo;
 use crate::attest::Workload;
@@ -35,6 +36,12 @@ impl Caller {
             })
             .cloned()
             .collect()
+    }
+
+    /// When the first of the caller's entries stops granting: the earliest
+    /// end of their owners' terms (on the owners' clock).
+    pub fn owner_expiry(&self) -> Option<SystemTime> {
+        self.entries.iter().filter_map(|entry| entry.owner_expiry()).min()
     }
 }
 

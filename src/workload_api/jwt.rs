@@ -6,7 +6,7 @@
 //! refusals first): no real client comes near the limits, and a local caller
 //! cannot make attestd parse, match or record megabytes per call.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tonic::Status;
@@ -17,7 +17,7 @@ use crate::attest::Workload;
 use crate::audit::{Outcome, Record};
 use crate::authority::{JwtError, ValidatedJwt};
 use crate::proto::{Jwtsvid, JwtsvidResponse, ValidateJwtsvidResponse};
-use crate::registry::Entry;
+use crate::registry::{Entry, owner_clock};
 use crate::spiffe_id::SpiffeId;
 use crate::telemetry::metrics;
 use crate::wall_clock::from_unix_seconds;
@@ -160,7 +160,7 @@ pub(super) fn fetch(ctx: &Context, caller: Caller, request: &JwtRequest) -> Resu
         let svid = ctx
             .authority
             .jwt()
-            .mint(&entry.spiffe_id, &request.audience, entry.jwt_ttl)
+            .mint(&entry.spiffe_id, &request.audience, jwt_ttl(&entry))
             .map_err(|e| status::minting(&e))?;
         metrics().jwt_minted();
         records.push(
@@ -179,6 +179,19 @@ pub(super) fn fetch(ctx: &Context, caller: Caller, request: &JwtRequest) -> Resu
         ));
     }
     Ok(JwtsvidResponse { svids })
+}
+
+/// The entry's JWT-SVID lifetime, cut at the end of its owner's term: a
+/// token never outlives the owner answering for it (offline validators
+/// accept it until `exp`).
+fn jwt_ttl(entry: &Entry) -> Duration {
+    match entry.owner_expiry() {
+        Some(end) => end
+            .duration_since(owner_clock::now())
+            .unwrap_or_default()
+            .min(entry.jwt_ttl),
+        None => entry.jwt_ttl,
+    }
 }
 
 /// The first requested audience outside the entry's allow-list, if it has one.

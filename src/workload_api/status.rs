@@ -1,7 +1,7 @@
 //! The one place errors become gRPC statuses. The codes matter to real
 //! clients: they never retry `InvalidArgument` and stop watching on it, they
 //! retry `Unavailable`, and the Rust client recognises `PermissionDenied`
-//! with the exact text "no identity issued".
+//! whose text contains "no identity issued".
 
 use tonic::Status;
 
@@ -12,6 +12,12 @@ use crate::authority::AuthorityError;
 /// The caller matched no entry (or lost the ones it had).
 pub(super) fn no_identity() -> Status {
     Status::permission_denied("no identity issued")
+}
+
+/// The caller's only entries have owners whose term has ended: still "no
+/// identity issued" to clients, with the reason after it.
+pub(super) fn owner_expired(reason: &str) -> Status {
+    Status::permission_denied(format!("no identity issued: {reason}"))
 }
 
 /// The request lacks `workload.spiffe.io: true`.

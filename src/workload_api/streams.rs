@@ -1,8 +1,11 @@
 //! The streaming answers. Each message carries the caller's full state
 //! (an identity left out is taken as revoked); the first goes out at once,
 //! the next on every rotation of one of the caller's SVIDs, change of the
-//! bundle, or policy change that alters the caller's entries. Every
-//! X.509-SVID sent is audited before it is sent.
+//! bundle, or policy change that alters the caller's entries, and when the
+//! term of one of its entries' owners ends (the caller is admitted again:
+//! that identity is left out of the next message, or the stream ends if it
+//! was the last, as when the policy removes an entry). Every X.509-SVID
+//! sent is audited before it is sent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use super::{Context, status};
 use crate::audit::{Outcome, Record};
 use crate::authority::{SvidTemplate, X509Bundle};
 use crate::proto::{X509svid, X509svidResponse};
-use crate::registry::Policy;
+use crate::registry::{Policy, owner_clock};
 use crate::svid_cache::SvidReceiver;
 use crate::telemetry::metrics;
 
@@ -27,6 +30,8 @@ enum Wake {
     Credentials,
     /// The policy was swapped.
     Policy,
+    /// The term of one of the caller's entries' owners ended.
+    OwnerTerm,
     /// A source the stream watched is gone (its SVID was re-minted into a
     /// new slot): the client must reconnect to get the current one.
     SourceClosed,
@@ -67,7 +72,8 @@ struct X509Watch {
 /// status rather than a broken stream. Before every later message the caller
 /// is admitted again (still alive, still the same executable, still
 /// entitled), so a process that exits, exec's or setuid's, or whose entries
-/// are removed, loses its identities: the stream ends with PermissionDenied.
+/// are removed or their owners' terms end, loses its identities: the stream
+/// ends with PermissionDenied.
 pub(super) fn x509_svids(
     ctx: Arc<Context>,
     caller: Caller,
@@ -110,7 +116,7 @@ impl X509Watch {
                     self.recheck().await?;
                     return self.respond();
                 }
-                Wake::Policy => {
+                Wake::Policy | Wake::OwnerTerm => {
                     if self.recheck().await? {
                         return self.respond();
                     }
@@ -121,8 +127,16 @@ impl X509Watch {
         }
     }
 
-    /// Waits until an SVID, the bundle or the policy changes, or shutdown.
+    /// Waits until an SVID, the bundle or the policy changes, an owner's
+    /// term ends, or shutdown.
     async fn next_change(&mut self) -> Wake {
+        let owner_expiry = self.caller.owner_expiry();
+        let term_ends = async {
+            match owner_expiry {
+                Some(end) => owner_clock::sleep_until(end).await,
+                None => futures::future::pending().await,
+            }
+        };
         let any_svid = async {
             if self.svids.is_empty() {
                 return futures::future::pending().await;
@@ -134,12 +148,15 @@ impl X509Watch {
             result = any_svid => (Wake::Credentials, result.is_ok()),
             result = self.bundle.changed() => (Wake::Credentials, result.is_ok()),
             result = self.policy.changed() => (Wake::Policy, result.is_ok()),
+            () = term_ends => (Wake::OwnerTerm, true),
             _ = self.shutdown.wait_for(|stopping| *stopping) => (Wake::Shutdown, true),
         };
         if result { wake } else { Wake::SourceClosed }
     }
 
-    /// Admits the caller again; returns whether its entries changed.
+    /// Admits the caller again; returns whether its entries, or the SVIDs
+    /// they call for (a renewed owner's term, new DNS names or lifetime),
+    /// changed.
     async fn recheck(&mut self) -> Result<bool, Status> {
         self.policy.borrow_and_update();
         let peer = self.caller.peer.clone();
@@ -150,13 +167,14 @@ impl X509Watch {
         let after: Vec<&str> = caller.entries.iter().map(|e| e.id.as_str()).collect();
         let changed = before != after;
         self.caller = caller;
-        self.follow_entries()?;
-        Ok(changed)
+        let resubscribed = self.follow_entries()?;
+        Ok(changed || resubscribed)
     }
 
     /// Subscribes to the SVID of each of the caller's entries, keeping the
-    /// subscriptions it already has.
-    fn follow_entries(&mut self) -> Result<(), Status> {
+    /// subscriptions it already has; returns whether it made a new one.
+    fn follow_entries(&mut self) -> Result<bool, Status> {
+        let mut subscribed = false;
         self.caller.entries = self.caller.entries_with_unique_hints();
         let mut previous = std::mem::take(&mut self.svids);
         for entry in &self.caller.entries {
@@ -164,18 +182,22 @@ impl X509Watch {
                 spiffe_id: entry.spiffe_id.clone(),
                 dns_names: entry.dns_names.clone(),
                 ttl: entry.x509_ttl,
+                // An SVID never outlives its owner's term.
+                valid_until: entry.owner_expiry().map(owner_clock::to_wall),
             };
             let receiver = match previous.iter().position(|(t, _)| *t == template) {
                 Some(i) => previous.swap_remove(i).1,
-                None => self
-                    .ctx
-                    .cache
-                    .subscribe(&template)
-                    .map_err(|e| status::minting(&e))?,
+                None => {
+                    subscribed = true;
+                    self.ctx
+                        .cache
+                        .subscribe(&template)
+                        .map_err(|e| status::minting(&e))?
+                }
             };
             self.svids.push((template, receiver));
         }
-        Ok(())
+        Ok(subscribed)
     }
 
     /// The full state now; audited before it is handed out.

@@ -365,3 +365,29 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// `attestd audit trace --json ARGS` over the daemon's whole trail (rotated
+/// files first): the trace, and whether any task matched (exit status 0).
+pub fn audit_trace(daemon: &Daemon, args: &[&str]) -> (attestd::audit::trace::Trace, bool) {
+    let current = daemon.audit_path();
+    let mut files: Vec<PathBuf> = (1..)
+        .map(|n| PathBuf::from(format!("{}.{n}", current.display())))
+        .take_while(|file| file.exists())
+        .collect();
+    files.reverse();
+    files.push(current);
+    let output = Command::new(attestd_bin())
+        .args(["audit", "trace", "--json"])
+        .args(args)
+        .args(&files)
+        .output()
+        .unwrap();
+    let trace = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit trace --json printed no trace ({e}): {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (trace, output.status.success())
+}

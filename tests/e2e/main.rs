@@ -20,6 +20,7 @@ mod helper;
 mod isolation;
 mod jwt;
 mod operations;
+mod owner;
 mod py_interop;
 mod restart;
 mod robustness;
