@@ -86,6 +86,21 @@ pub struct VerifiedTask {
     pub agent: AgentFacts,
 }
 
+impl VerifiedTask {
+    /// The task's facts for an audit record.
+    pub fn facts(&self) -> TaskFacts {
+        TaskFacts {
+            id: self.task_id.clone(),
+            parent: self.parents.last().cloned(),
+            purpose: self.purpose.clone(),
+            tools: self.tools.clone(),
+            resources: self.resources.clone(),
+            delegated_by: self.delegated_by.iter().map(ToString::to_string).collect(),
+            attestation: Some(self.attestation.clone()),
+        }
+    }
+}
+
 /// The attested facts of an agent that policies may refer to (the Cedar
 /// principal's attributes besides its entry's owner and labels).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
