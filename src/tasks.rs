@@ -460,7 +460,8 @@ impl TaskRegistry {
             .transpose()
             .map_err(StartRefusal::Parent)?;
         let grant = start::choose_entry(starter.entries, request.spiffe_id.as_ref(), parent.as_ref(), now)?;
-        let lifetime = start::check_entry(request, &grant)?;
+        let audience = start::audience(request, &grant);
+        let lifetime = start::check_entry(request, &audience, &grant)?;
         let (expires_at, parents, delegated_by) = match &parent {
             Some(parent) => (
                 start::check_parent(request, lifetime, parent, now)?,
@@ -483,7 +484,7 @@ impl TaskRegistry {
         };
         let svid = self
             .jwt
-            .mint_with(&entry.spiffe_id, &intent.audience, expires_at, &claims.to_map())
+            .mint_with(&entry.spiffe_id, &audience, expires_at, &claims.to_map())
             .map_err(StartRefusal::Mint)?;
         if svid.token.len() > MAX_TOKEN_BYTES {
             return Err(StartRefusal::TooLarge {
@@ -501,7 +502,7 @@ impl TaskRegistry {
             purpose: claims.purpose,
             tools: claims.tools,
             resources: claims.resources,
-            audience: intent.audience.clone(),
+            audience,
             jti: svid.jti,
             started_at: unix_seconds(now),
             expires_at: unix_seconds(svid.expires_at),

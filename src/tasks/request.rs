@@ -44,7 +44,8 @@ pub struct Intent {
     /// The resources (`type:id`) it will act on; empty: any the policy
     /// allows.
     pub resources: Vec<String>,
-    /// The audiences of its token.
+    /// The audiences of its token; none: its holder's own SPIFFE ID (the
+    /// token is for the agent itself, to present in its own decisions).
     pub audience: Vec<String>,
 }
 
@@ -175,8 +176,8 @@ pub fn is_resource(resource: &str) -> bool {
 }
 
 fn check_audience(audience: &[String]) -> Result<(), BadRequest> {
-    if audience.is_empty() || audience.iter().any(String::is_empty) {
-        return Err(BadRequest("audience is required (and may not be empty)".into()));
+    if audience.iter().any(String::is_empty) {
+        return Err(BadRequest("an audience may not be empty".into()));
     }
     if audience.len() > MAX_AUDIENCES || audience.iter().any(|a| a.len() > MAX_AUDIENCE_BYTES) {
         return Err(BadRequest(format!(
@@ -276,7 +277,10 @@ mod tests {
         }
         let long = format!("r:{}", "a".repeat(MAX_RESOURCE_BYTES));
         assert!(refused(&|i| i.resources = vec![long.clone()]).contains("is not a resource"));
-        assert!(refused(&|i| i.audience.clear()).starts_with("audience is required"));
+        assert_eq!(
+            refused(&|i| i.audience.push(String::new())),
+            "an audience may not be empty"
+        );
         assert!(
             refused(&|i| i.audience = vec!["a".into(); MAX_AUDIENCES + 1])
                 .starts_with("audience: at most 16 values")

@@ -73,10 +73,22 @@ fn not_delegated(parent: Option<&VerifiedTask>) -> StartRefusal {
     }
 }
 
-/// Checks the request against the entry: its tools, its JWT audiences and
-/// its `max_ttl`; returns the task's lifetime.
-pub(super) fn check_entry(request: &StartRequest, grant: &Grant) -> Result<Duration, StartRefusal> {
-    let Intent { tools, audience, .. } = &request.intent;
+/// The token's audiences: those asked for, else the holder's own ID.
+pub(super) fn audience(request: &StartRequest, grant: &Grant) -> Vec<String> {
+    match request.intent.audience.is_empty() {
+        true => vec![grant.entry.spiffe_id.to_string()],
+        false => request.intent.audience.clone(),
+    }
+}
+
+/// Checks the request against the entry: its tools, its JWT audiences (of
+/// `audience`, the token's) and its `max_ttl`; returns the task's lifetime.
+pub(super) fn check_entry(
+    request: &StartRequest,
+    audience: &[String],
+    grant: &Grant,
+) -> Result<Duration, StartRefusal> {
+    let tools = &request.intent.tools;
     if let Some(tool) = tools.iter().find(|tool| !grant.tasks.tools.contains(tool)) {
         return Err(StartRefusal::ToolNotAllowed {
             tool: tool.clone(),
@@ -264,19 +276,19 @@ mod tests {
             tasks: entry("agent", Some(&["a", "b"])).tasks.clone().unwrap(),
         };
         assert_eq!(
-            check_entry(&request(&["a"], &[], None), &grant).unwrap(),
+            check_entry(&request(&["a"], &[], None), &["aud".into()], &grant).unwrap(),
             Duration::from_secs(600)
         );
         assert_eq!(
-            check_entry(&request(&["a"], &[], Some(60)), &grant).unwrap(),
+            check_entry(&request(&["a"], &[], Some(60)), &["aud".into()], &grant).unwrap(),
             Duration::from_secs(60)
         );
-        let refusal = check_entry(&request(&["a", "c"], &[], None), &grant).unwrap_err();
+        let refusal = check_entry(&request(&["a", "c"], &[], None), &["aud".into()], &grant).unwrap_err();
         assert_eq!(
             refusal.to_string(),
             "tool c is not among the tools spiffe://example.org/agent may declare for tasks"
         );
-        let refusal = check_entry(&request(&["a"], &[], Some(601)), &grant).unwrap_err();
+        let refusal = check_entry(&request(&["a"], &[], Some(601)), &["aud".into()], &grant).unwrap_err();
         assert_eq!(
             refusal.to_string(),
             "a lifetime of 601s exceeds the entry's tasks.max_ttl of 600s"
@@ -288,7 +300,7 @@ mod tests {
             tasks: grant.tasks.clone(),
         };
         assert!(matches!(
-            check_entry(&request(&["a"], &[], None), &limited),
+            check_entry(&request(&["a"], &[], None), &["aud".into()], &limited),
             Err(StartRefusal::AudienceNotAllowed(_))
         ));
     }
