@@ -923,7 +923,7 @@ tasks = { tools = ["a"] }
             .unwrap();
         let sibling = f.start(1000, &request(&["a"], &["gw"], None)).unwrap();
         let verified = f.tasks.verify(&child.token, None).unwrap();
-        assert_eq!(verified.parents, [root.task.id.clone()]);
+        assert_eq!(verified.parents, std::slice::from_ref(&root.task.id));
         assert_eq!(verified.delegated_by, [id("lead")]);
         let claims: serde_json::Value =
             jsonwebtoken::dangerous::insecure_decode_claims(&child.token).unwrap();

@@ -401,7 +401,7 @@ fn sub_tasks_narrow_but_never_widen_and_carry_the_act_chain() {
             validate(
                 &daemon,
                 token(started),
-                &part(token(started), 1)["aud"][0].as_str().unwrap().to_owned()
+                part(token(started), 1)["aud"][0].as_str().unwrap()
             )
             .is_ok()
         );
