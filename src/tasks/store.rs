@@ -234,7 +234,8 @@ impl Store {
     }
 
     /// Ends task `id` and every live task below it at `now`; returns the
-    /// tasks ended, `id` first (none if it had already ended).
+    /// tasks ended, `id` first and the others level by level (none if it
+    /// had already ended).
     pub fn end(&mut self, id: &str, now: u64) -> Vec<Task> {
         let live = |kept: &&mut Kept| kept.task.is_live();
         let Some(task) = self.tasks.get_mut(id).filter(live) else {
@@ -248,6 +249,9 @@ impl Store {
                 ended.push(kept.task.clone());
             }
         }
+        ended.sort_by(|a, b| {
+            (a.parents.len(), a.started_at, &a.id).cmp(&(b.parents.len(), b.started_at, &b.id))
+        });
         ended
     }
 }
@@ -282,16 +286,23 @@ pub(super) mod tests {
     fn ending_a_task_ends_its_live_descendants_only() {
         let mut store = Store::default();
         store.insert(task("root", &[], "a", 1000));
-        store.insert(task("child", &["root"], "b", 1000));
-        store.insert(task("grandchild", &["root", "child"], "c", 1000));
+        store.insert(task("zchild", &["root"], "b", 1000));
+        store.insert(task("grandchild", &["root", "zchild"], "c", 1000));
         store.insert(task("other", &[], "a", 1000));
-        let ended: Vec<_> = store.end("child", 500).into_iter().map(|t| t.id).collect();
-        assert_eq!(ended, ["child", "grandchild"]);
+        let ended: Vec<_> = store.end("zchild", 500).into_iter().map(|t| t.id).collect();
+        assert_eq!(ended, ["zchild", "grandchild"]);
         let ended: Vec<_> = store.end("root", 600).into_iter().map(|t| t.id).collect();
         assert_eq!(ended, ["root"], "descendants already ended keep their time");
         assert_eq!(store.get("grandchild").unwrap().ended_at, Some(500));
         assert!(store.get("other").unwrap().is_live());
         assert!(store.end("root", 700).is_empty());
+        // Level by level, whatever the ids.
+        let mut tree = Store::default();
+        tree.insert(task("root", &[], "a", 1000));
+        tree.insert(task("zchild", &["root"], "b", 1000));
+        tree.insert(task("grandchild", &["root", "zchild"], "c", 1000));
+        let ended: Vec<_> = tree.end("root", 500).into_iter().map(|t| t.id).collect();
+        assert_eq!(ended, ["root", "zchild", "grandchild"]);
         assert!(store.end("unknown", 700).is_empty());
     }
 
