@@ -453,6 +453,38 @@ mod tests {
     }
 
     #[test]
+    fn extra_claims_are_signed_but_never_replace_the_registered_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt = authority(dir.path());
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let expires_at = SystemTime::now() + Duration::from_secs(60);
+        let mut extra = serde_json::Map::new();
+        extra.insert("task_id".into(), Value::from("t1"));
+        let svid = jwt.mint_with(&id, &["a".to_owned()], expires_at, &extra).unwrap();
+        assert_eq!(unix_seconds(svid.expires_at), unix_seconds(expires_at));
+        let valid = jwt.validate(&svid.token, "a").unwrap();
+        assert_eq!(valid.claims["task_id"], "t1");
+        assert_eq!(valid.claims["sub"], "spiffe://example.org/w");
+        // Any audience when the caller checks it itself; still every other check.
+        assert_eq!(jwt.validate_any_audience(&svid.token).unwrap().spiffe_id, id);
+        // A different character inside the signature (6 bits each there).
+        let at = svid.token.len() - 10;
+        let other = if &svid.token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{other}{}", &svid.token[..at], &svid.token[at + 1..]);
+        assert!(jwt.validate_any_audience(&forged).is_err());
+
+        extra.insert("sub".into(), Value::from("spiffe://example.org/other"));
+        assert!(matches!(
+            jwt.mint_with(&id, &["a".to_owned()], expires_at, &extra),
+            Err(AuthorityError::BadTokenRequest(reason)) if reason.contains("\"sub\"")
+        ));
+        assert!(matches!(
+            jwt.mint_with(&id, &["a".to_owned()], SystemTime::now(), &serde_json::Map::new()),
+            Err(AuthorityError::BadTokenRequest(_))
+        ));
+    }
+
+    #[test]
     fn token_expiry_never_outlives_its_key() {
         let dir = tempfile::tempdir().unwrap();
         let jwt = authority(dir.path());
