@@ -107,10 +107,15 @@ struct Kept {
 
 impl Kept {
     fn new(task: Task) -> Self {
-        // A struct of strings and numbers always serializes.
-        let bytes = serde_json::to_vec(&task).map_or(0, |json| json.len());
+        let bytes = weight(&task);
         Self { task, bytes }
     }
+}
+
+/// The bytes `task` takes in the file.
+fn weight(task: &Task) -> usize {
+    // A struct of strings and numbers always serializes.
+    serde_json::to_vec(task).map_or(0, |json| json.len())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -180,7 +185,7 @@ impl Store {
 
     /// Why `task` may not be added, if the limits say so.
     pub fn refuse(&self, task: &Task, limits: &TaskLimits) -> Option<String> {
-        let adding = Kept::new(task.clone()).bytes;
+        let adding = weight(task);
         let (mut live, mut live_of_id, mut bytes, mut bytes_of_id) = (0, 0, adding, adding);
         for kept in self.tasks.values() {
             let same_id = kept.task.spiffe_id == task.spiffe_id;
