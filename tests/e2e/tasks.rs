@@ -720,3 +720,39 @@ async fn task_tokens_validate_with_pyjwt_and_go_spiffe() {
     assert_eq!(parsed["claims"]["task_id"], task_id);
     assert_eq!(parsed["claims"]["purpose"], "check interop");
 }
+
+#[tokio::test]
+async fn every_tasks_rpc_requires_the_security_header() {
+    use attestd::proto::agent::tasks_client::TasksClient;
+    use attestd::proto::agent::{EndTaskRequest, ListTasksRequest, StartTaskRequest};
+
+    let daemon = Daemon::start(AGENTS);
+    let mut raw = TasksClient::new(attestd::client::channel(&daemon.socket()).await.unwrap());
+    let start = StartTaskRequest {
+        purpose: "p".into(),
+        tools: vec!["jira.comment".into()],
+        ..StartTaskRequest::default()
+    };
+    let statuses = [
+        raw.start_task(start).await.unwrap_err(),
+        raw.end_task(EndTaskRequest {
+            task_id: "0".repeat(32),
+        })
+        .await
+        .unwrap_err(),
+        raw.list_tasks(ListTasksRequest {}).await.unwrap_err(),
+    ];
+    for status in statuses {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert_eq!(status.message(), "security header missing from request");
+    }
+    // With the header, the same client is served.
+    let mut client = attestd::client::tasks::connect(&daemon.socket()).await.unwrap();
+    assert!(
+        attestd::client::tasks::list(&mut client)
+            .await
+            .unwrap()
+            .tasks
+            .is_empty()
+    );
+}
