@@ -77,6 +77,10 @@ pub enum AuthorityError {
     /// Key generation or signing failed.
     #[error("signing failed: {0}")]
     Signing(#[from] rcgen::Error),
+    /// A token was asked for with claims or an expiry attestd does not
+    /// sign.
+    #[error("cannot mint this token: {0}")]
+    BadTokenRequest(String),
     /// No JWT key can sign right now.
     #[error("no JWT signing key is available")]
     NoSigningKey,

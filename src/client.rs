@@ -1,5 +1,8 @@
 //! The CLI's Workload API client (`attestd api ...`): the same calls any
-//! SPIFFE client makes, printed for humans and optionally written as PEM.
+//! SPIFFE client makes, printed for humans and optionally written as PEM;
+//! and its client of attestd's agent API ([`tasks`]).
+
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -44,6 +47,9 @@ pub enum ClientError {
     /// status is not a `source`, so it is printed once).
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Status),
+    /// A command-line argument the server would misread.
+    #[error("{0}")]
+    BadArgument(String),
     /// The stream ended without any message.
     #[error("the Workload API closed the stream without an answer")]
     NoResponse,

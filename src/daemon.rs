@@ -16,13 +16,15 @@ use crate::attest::Attestor;
 use crate::audit::{AuditError, AuditLog};
 use crate::authority::{Authority, AuthorityError, maintain_bundle_file};
 use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::proto::agent::tasks_server::TasksServer;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::registry::{self, Policy, Registry};
 use crate::svid_cache::SvidCache;
+use crate::tasks::{TaskError, TaskRegistry};
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
 use crate::workload_api::{
     AttestationPermits, ConnectionBudget, ConnectionLimits, Context, ListenerError, MAX_HEADER_LIST_SIZE,
-    RequestPermits, RequestPermitsLayer, SocketListener, WorkloadApi,
+    RequestPermits, RequestPermitsLayer, SocketListener, TasksApi, WorkloadApi,
 };
 
 /// The largest request message attestd decodes. tonic buffers a message
@@ -64,6 +66,9 @@ pub enum DaemonError {
     /// The audit trail could not be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The task store could not be loaded.
+    #[error(transparent)]
+    Tasks(#[from] TaskError),
     /// The socket could not be set up.
     #[error(transparent)]
     Listener(#[from] ListenerError),
@@ -143,6 +148,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(MAX_REQUEST_MESSAGE),
         )
+        // attestd's agent API: tasks.
+        .add_service(
+            TasksServer::new(TasksApi::new(Arc::clone(&ctx))).max_decoding_message_size(MAX_REQUEST_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
             listener.incoming(ConnectionLimits::new(budget), config.limits.first_request_timeout),
             stop,
@@ -188,12 +197,19 @@ fn start_services(
         bundle_file(&config.data_dir),
         BUNDLE_REFRESH_HINT,
     ));
+    let registry = Arc::new(Registry::new(policy));
+    let tasks = Arc::new(TaskRegistry::open(
+        &config.data_dir,
+        Arc::clone(authority.jwt()),
+        Arc::clone(&registry),
+    )?);
     Ok(Context {
         attestor: Arc::new(Attestor::new("/proc", config.attestation.max_exe_hash_bytes)),
-        registry: Arc::new(Registry::new(policy)),
+        registry,
         cache: SvidCache::new(Arc::clone(&authority)),
         authority,
         audit,
+        tasks,
         attestations: AttestationPermits::new(attestations),
         shutdown,
     })

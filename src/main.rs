@@ -34,6 +34,12 @@ enum Command {
         #[command(subcommand)]
         command: ApiCommand,
     },
+    /// Start, end and list tasks (task-bound credentials) as the calling
+    /// process; agents usually do this through a client library.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
     /// Exit 0 if the Workload API answers, 1 if not (for scripts and probes).
     Healthcheck {
         #[command(flatten)]
@@ -91,6 +97,56 @@ enum ApiCommand {
     Validate {
         #[command(subcommand)]
         kind: ValidateKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Start a task for the caller's identity; prints its id and token.
+    Start {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// What the task is for, in words.
+        #[arg(long)]
+        purpose: String,
+        /// Tools the task will use (repeated, or several after one --tool).
+        #[arg(long = "tool", value_name = "NAME", required = true, num_args = 1.., value_delimiter = ',')]
+        tools: Vec<String>,
+        /// A resource (type:id) the task will act on (repeatable; none: any
+        /// the policy allows).
+        #[arg(long = "resource", value_name = "R")]
+        resources: Vec<String>,
+        /// An audience of the token (repeatable; none: the caller's own
+        /// SPIFFE ID).
+        #[arg(long = "audience", value_name = "A")]
+        audience: Vec<String>,
+        /// Lifetime (default: the entry's tasks.max_ttl).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        /// The parent task's token: start a sub-task of it.
+        #[arg(long, value_name = "TOKEN")]
+        parent_token: Option<String>,
+        /// Which of the caller's identities starts the task.
+        #[arg(long)]
+        spiffe_id: Option<String>,
+        /// Print {"task_id", "token", "expires_at"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a task and every task below it.
+    End {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The task's id.
+        id: String,
+    },
+    /// List the caller's tasks and those it delegated (root: all).
+    List {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -250,6 +306,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             daemon::run(config).await?;
         }
         Command::Api { command } => api(command).await?,
+        Command::Task { command } => task(command).await?,
         Command::Healthcheck { socket, timeout } => {
             let path = client::socket_path(socket.socket.as_deref())?;
             client::healthcheck(&path, timeout).await?;
@@ -381,6 +438,53 @@ async fn api(command: ApiCommand) -> anyhow::Result<()> {
         } => {
             let response = client::validate_jwt(&mut connect(&socket).await?, audience, svid).await?;
             print!("{}", client::describe_validation(&response));
+        }
+    }
+    Ok(())
+}
+
+async fn connect_tasks(socket: &SocketArg) -> anyhow::Result<client::tasks::Client> {
+    Ok(client::tasks::connect(&client::socket_path(socket.socket.as_deref())?).await?)
+}
+
+async fn task(command: TaskCommand) -> anyhow::Result<()> {
+    match command {
+        TaskCommand::Start {
+            socket,
+            purpose,
+            tools,
+            resources,
+            audience,
+            ttl,
+            parent_token,
+            spiffe_id,
+            json,
+        } => {
+            let args = client::tasks::StartArgs {
+                purpose,
+                tools,
+                resources,
+                audience,
+                ttl,
+                parent_token,
+                spiffe_id,
+            };
+            let started = client::tasks::start(&mut connect_tasks(&socket).await?, args).await?;
+            match json {
+                true => println!("{}", client::tasks::started_json(&started)),
+                false => print!("{}", client::tasks::describe_started(&started)),
+            }
+        }
+        TaskCommand::End { socket, id } => {
+            let ended = client::tasks::end(&mut connect_tasks(&socket).await?, id).await?;
+            print!("{}", client::tasks::describe_ended(&ended));
+        }
+        TaskCommand::List { socket, json } => {
+            let list = client::tasks::list(&mut connect_tasks(&socket).await?).await?;
+            match json {
+                true => println!("{}", client::tasks::list_json(&list)),
+                false => print!("{}", client::tasks::describe_list(&list)),
+            }
         }
     }
     Ok(())

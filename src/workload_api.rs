@@ -18,6 +18,7 @@ mod request_permits;
 mod service;
 mod status;
 mod streams;
+mod tasks;
 
 use std::sync::Arc;
 
@@ -30,12 +31,14 @@ pub use limits::{ConnectionBudget, ConnectionLimits, ConnectionSlot, Refused};
 pub use listener::{ListenerError, SocketListener};
 pub use request_permits::{RequestPermits, RequestPermitsLayer, RequestPermitsService};
 pub use service::WorkloadApi;
+pub use tasks::{MAX_LISTED, TasksApi};
 
 use crate::attest::Attestor;
 use crate::audit::AuditLog;
 use crate::authority::Authority;
 use crate::registry::Registry;
 use crate::svid_cache::SvidCache;
+use crate::tasks::TaskRegistry;
 
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
@@ -50,6 +53,8 @@ pub struct Context {
     pub authority: Arc<Authority>,
     /// Where decisions are recorded.
     pub audit: Arc<AuditLog>,
+    /// Live and ended tasks: started, ended and verified here.
+    pub tasks: Arc<TaskRegistry>,
     /// Permits for attestations in flight (hashing, `/proc` fd scans run on
     /// blocking threads): bounds them host-wide and per uid.
     pub attestations: Arc<AttestationPermits>,

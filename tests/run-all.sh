@@ -59,6 +59,10 @@ step "fetching Go modules for tests/interop/go"
 step "python venv with py-spiffe for tests/interop/python (target/interop-venv)"
 python3 -m venv target/interop-venv
 target/interop-venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt
+# The agent client (clients/python) and what its tests need: grpcio,
+# grpcio-tools (the stubs' freshness check) and PyJWT (an independent JWT
+# validator). The e2e tests put clients/python on PYTHONPATH.
+target/interop-venv/bin/pip install --quiet --disable-pip-version-check -r clients/python/requirements-dev.txt
 
 step "cargo fmt --check"
 cargo fmt --check

@@ -17,13 +17,15 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::Record;
+use super::{Record, TaskFacts};
 
 /// At most this many bytes (JSON-escaped) per caller-controlled value:
-/// `exe_path`, `spiffe_id`, `jti`, each selector and each audience.
+/// `exe_path`, `spiffe_id`, `jti`, each selector and each audience, and a
+/// task's each tool, resource and delegator.
 pub const MAX_VALUE_BYTES: usize = 256;
 /// At most this many bytes for `reason` (it quotes caller-supplied text,
-/// such as a refused audience or a token's `kid`).
+/// such as a refused audience or a token's `kid`), and for a task's
+/// purpose.
 pub const MAX_REASON_BYTES: usize = 1024;
 /// At most this many bytes per attestation note (human-readable, longer).
 const MAX_NOTE_BYTES: usize = 512;
@@ -31,6 +33,8 @@ const MAX_NOTE_BYTES: usize = 512;
 const MAX_SELECTORS_BYTES: usize = 4096;
 const MAX_NOTES_BYTES: usize = 2048;
 const MAX_AUDIENCE_BYTES: usize = 4096;
+/// Budget of each list of a task's facts (tools, resources, delegators).
+const MAX_TASK_LIST_BYTES: usize = 2048;
 /// The longest marker a shortened value ends in: `…(sha256:` + 64 hex +
 /// `, ` + up to 20 digits + ` bytes)`, rounded up.
 const MARKER_BYTES: usize = 128;
@@ -39,8 +43,9 @@ const MARKER_BYTES: usize = 128;
 /// operator-written `owner`, `description` and `labels` (and apart from
 /// `entry`/`entry_location`, which attestd derives from the policy files).
 /// The unit test below fills every caller-controlled field with worst-case
-/// content and checks it.
-pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+/// content and checks it. (16 KiB until records carried a task's declared
+/// intent, which adds up to about 7 KiB.)
+pub const MAX_RECORD_BYTES: usize = 32 * 1024;
 
 /// Shortens `record`'s caller-controlled values to their limits, naming
 /// each field changed in `record.truncated`; returns whether any was.
@@ -74,7 +79,35 @@ pub(super) fn bound(record: &mut Record) -> bool {
         MAX_VALUE_BYTES,
         MAX_AUDIENCE_BYTES,
     );
+    if let Some(task) = &mut record.task {
+        bound_task(&mut changed, task);
+    }
     !record.truncated.is_empty()
+}
+
+/// A task's declared intent is the caller's: its purpose, tools and
+/// resources (and the delegators' SPIFFE IDs, which entries name, bounded
+/// all the same). The ids and the digest are attestd's own.
+fn bound_task(changed: &mut Changes<'_>, task: &mut TaskFacts) {
+    changed.scalar("task.purpose", &mut task.purpose, MAX_REASON_BYTES);
+    changed.list(
+        "task.tools",
+        &mut task.tools,
+        MAX_VALUE_BYTES,
+        MAX_TASK_LIST_BYTES,
+    );
+    changed.list(
+        "task.resources",
+        &mut task.resources,
+        MAX_VALUE_BYTES,
+        MAX_TASK_LIST_BYTES,
+    );
+    changed.list(
+        "task.delegated_by",
+        &mut task.delegated_by,
+        MAX_VALUE_BYTES,
+        MAX_TASK_LIST_BYTES,
+    );
 }
 
 /// `value` itself if it fits in `max` bytes as written, else a prefix and
@@ -192,6 +225,15 @@ mod tests {
         record.serial = Some("f".repeat(40));
         record.seq = u64::MAX;
         record.prev = chain::GENESIS.to_owned();
+        record.task = Some(TaskFacts {
+            id: "f".repeat(32),
+            parent: Some("f".repeat(32)),
+            purpose: nasty(1 << 20),
+            tools: vec![nasty(5000); 1000],
+            resources: vec![nasty(5000); 1000],
+            delegated_by: vec![nasty(5000); 1000],
+            attestation: Some("f".repeat(64)),
+        });
         record
     }
 
@@ -209,6 +251,10 @@ mod tests {
             "selectors",
             "attestation_notes",
             "audience",
+            "task.purpose",
+            "task.tools",
+            "task.resources",
+            "task.delegated_by",
         ] {
             assert!(
                 record.truncated.contains_key(field),
@@ -224,6 +270,15 @@ mod tests {
         record.audience = vec!["https://tools.example.org".into(); 16];
         record.selectors = (0..100).map(|g| format!("unix:supplementary_gid:{g}")).collect();
         record.exe_path = Some("/usr/local/bin/agent".into());
+        record.task = Some(TaskFacts {
+            id: "a".repeat(32),
+            parent: None,
+            purpose: "review PR 42 of acme/web".into(),
+            tools: (0..32).map(|i| format!("github.tool_{i}")).collect(),
+            resources: vec!["repo:acme/web".into()],
+            delegated_by: vec!["spiffe://example.org/agent/lead".into()],
+            attestation: Some("b".repeat(64)),
+        });
         let before = serde_json::to_string(&record).unwrap();
         assert!(!bound(&mut record));
         assert_eq!(serde_json::to_string(&record).unwrap(), before);

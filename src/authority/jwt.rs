@@ -127,7 +127,14 @@ struct Claims<'a> {
     exp: u64,
     iat: u64,
     jti: &'a str,
+    /// Claims a caller of [`JwtAuthority::mint_with`] adds (task tokens).
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, Value>,
 }
+
+/// Claims attestd sets itself (or validators give meaning to): extra
+/// claims may not name them, so a token never carries two of one.
+const REGISTERED_CLAIMS: [&str; 7] = ["sub", "aud", "exp", "iat", "jti", "nbf", "iss"];
 
 /// Signs and validates JWT-SVIDs, and rotates the keys that do.
 #[derive(Debug)]
@@ -178,7 +185,35 @@ impl JwtAuthority {
         audiences: &[String],
         ttl: Duration,
     ) -> Result<JwtSvid, AuthorityError> {
+        self.mint_with(
+            spiffe_id,
+            audiences,
+            SystemTime::now() + ttl,
+            &serde_json::Map::new(),
+        )
+    }
+
+    /// Mints a fresh token like [`Self::mint`] that expires at `expires_at`
+    /// (or earlier, with its signing key) and carries `extra` claims
+    /// besides the JWT-SVID's own, which `extra` may not name.
+    pub fn mint_with(
+        &self,
+        spiffe_id: &SpiffeId,
+        audiences: &[String],
+        expires_at: SystemTime,
+        extra: &serde_json::Map<String, Value>,
+    ) -> Result<JwtSvid, AuthorityError> {
+        if let Some(name) = REGISTERED_CLAIMS.iter().find(|name| extra.contains_key(**name)) {
+            return Err(AuthorityError::BadTokenRequest(format!(
+                "claim {name:?} is set by attestd"
+            )));
+        }
         let now = SystemTime::now();
+        if expires_at <= now {
+            return Err(AuthorityError::BadTokenRequest(
+                "the expiry is not in the future".into(),
+            ));
+        }
         let mut keys = self.lock();
         if keys.signing(now).is_none() {
             // The rotation task is late (a suspended host): catch up here,
@@ -186,7 +221,7 @@ impl JwtAuthority {
             self.refresh_locked(&mut keys, now)?;
         }
         let key = keys.signing(now).ok_or(AuthorityError::NoSigningKey)?;
-        let expires_at = (now + ttl).min(key.lifetime.not_after);
+        let expires_at = expires_at.min(key.lifetime.not_after);
         let mut jti = [0u8; 16];
         rand::rng().fill_bytes(&mut jti);
         let jti = hex::encode(jti);
@@ -196,6 +231,7 @@ impl JwtAuthority {
             exp: unix_seconds(expires_at),
             iat: unix_seconds(now),
             jti: &jti,
+            extra,
         };
         let header = Header {
             typ: Some("JWT".into()),
@@ -215,6 +251,17 @@ impl JwtAuthority {
     /// Validates `token` for `audience`: header, key, signature, expiry,
     /// audience, subject.
     pub fn validate(&self, token: &str, audience: &str) -> Result<ValidatedJwt, JwtError> {
+        self.validate_for(token, Some(audience))
+    }
+
+    /// Validates `token` like [`Self::validate`] but accepts any audience:
+    /// for a caller that then decides itself whom the token must be
+    /// addressed to (a task token presented by its own holder).
+    pub fn validate_any_audience(&self, token: &str) -> Result<ValidatedJwt, JwtError> {
+        self.validate_for(token, None)
+    }
+
+    fn validate_for(&self, token: &str, audience: Option<&str>) -> Result<ValidatedJwt, JwtError> {
         let kid = check_header(token)?;
         let jwk = self
             .bundle()
@@ -225,10 +272,13 @@ impl JwtAuthority {
         let mut validation = Validation::new(Algorithm::ES256);
         validation.leeway = Self::VALIDATION_LEEWAY.as_secs();
         validation.validate_nbf = true;
-        validation.set_audience(&[audience]);
+        match audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
-            .map_err(|e| decode_error(e, audience))?;
+            .map_err(|e| decode_error(e, audience.unwrap_or_default()))?;
         let sub = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
         let spiffe_id = SpiffeId::new(sub).map_err(|e| JwtError::BadSubject(format!("{sub:?}: {e}")))?;
         if spiffe_id.trust_domain() != &self.trust_domain {
@@ -399,6 +449,38 @@ mod tests {
         assert!(matches!(
             authority(other_dir.path()).validate(&svid.token, "a"),
             Err(JwtError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn extra_claims_are_signed_but_never_replace_the_registered_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwt = authority(dir.path());
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let expires_at = SystemTime::now() + Duration::from_secs(60);
+        let mut extra = serde_json::Map::new();
+        extra.insert("task_id".into(), Value::from("t1"));
+        let svid = jwt.mint_with(&id, &["a".to_owned()], expires_at, &extra).unwrap();
+        assert_eq!(unix_seconds(svid.expires_at), unix_seconds(expires_at));
+        let valid = jwt.validate(&svid.token, "a").unwrap();
+        assert_eq!(valid.claims["task_id"], "t1");
+        assert_eq!(valid.claims["sub"], "spiffe://example.org/w");
+        // Any audience when the caller checks it itself; still every other check.
+        assert_eq!(jwt.validate_any_audience(&svid.token).unwrap().spiffe_id, id);
+        // A different character inside the signature (6 bits each there).
+        let at = svid.token.len() - 10;
+        let other = if &svid.token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{other}{}", &svid.token[..at], &svid.token[at + 1..]);
+        assert!(jwt.validate_any_audience(&forged).is_err());
+
+        extra.insert("sub".into(), Value::from("spiffe://example.org/other"));
+        assert!(matches!(
+            jwt.mint_with(&id, &["a".to_owned()], expires_at, &extra),
+            Err(AuthorityError::BadTokenRequest(reason)) if reason.contains("\"sub\"")
+        ));
+        assert!(matches!(
+            jwt.mint_with(&id, &["a".to_owned()], SystemTime::now(), &serde_json::Map::new()),
+            Err(AuthorityError::BadTokenRequest(_))
         ));
     }
 

@@ -54,4 +54,7 @@ pub(super) mod rpc {
     pub const VALIDATE_JWT_SVID: &str = "ValidateJWTSVID";
     pub const FETCH_WIT_SVID: &str = "FetchWITSVID";
     pub const FETCH_WIT_BUNDLES: &str = "FetchWITBundles";
+    pub const START_TASK: &str = "StartTask";
+    pub const END_TASK: &str = "EndTask";
+    pub const LIST_TASKS: &str = "ListTasks";
 }

@@ -19,6 +19,7 @@ use crate::authority::{JwtError, ValidatedJwt};
 use crate::proto::{Jwtsvid, JwtsvidResponse, ValidateJwtsvidResponse};
 use crate::registry::{Entry, owner_clock};
 use crate::spiffe_id::SpiffeId;
+use crate::tasks::TaskRefusal;
 use crate::telemetry::metrics;
 use crate::wall_clock::from_unix_seconds;
 
@@ -206,7 +207,9 @@ fn audience_refused<'a>(entry: &Entry, audience: &'a [String]) -> Option<&'a str
 }
 
 /// `ValidateJWTSVID`: the token's subject and claims, or InvalidArgument
-/// with the reason. A valid token is always recorded. A rejected one is
+/// with the reason. A task token is valid only while its task and every
+/// ancestor are live (see [`crate::tasks::TaskRegistry::check`]). A valid
+/// token is always recorded. A rejected one is
 /// recorded one by one when the caller holds an identity (a relying party
 /// reporting a forged token it was shown); from a caller without one it is
 /// a denial like any other, under its uid's rate limit: anyone may present
@@ -219,17 +222,31 @@ pub(super) fn validate(
     token: &str,
 ) -> Result<ValidateJwtsvidResponse, Status> {
     let audience_list = [audience.to_owned()];
-    let result = ctx.authority.jwt().validate(token, audience);
+    let result = ctx
+        .authority
+        .jwt()
+        .validate(token, audience)
+        .map_err(Rejection::Jwt)
+        .and_then(|valid| match ctx.tasks.check(&valid) {
+            Ok(task) => Ok((valid, task)),
+            Err(refusal) => Err(Rejection::Task(refusal)),
+        });
     let rejected_without_identity = result.is_err() && !caller_holds_identity;
     let record = match &result {
-        Ok(valid) => Record::new(
-            rpc::VALIDATE_JWT_SVID,
-            Outcome::Validated,
-            "valid",
-            Some(workload),
-        )
-        .with_subject(valid.spiffe_id.as_str())
-        .with_token(valid.jti(), expiry(&valid.claims)),
+        Ok((valid, task)) => {
+            let record = Record::new(
+                rpc::VALIDATE_JWT_SVID,
+                Outcome::Validated,
+                "valid",
+                Some(workload),
+            )
+            .with_subject(valid.spiffe_id.as_str())
+            .with_token(valid.jti(), expiry(&valid.claims));
+            match task {
+                Some(task) => record.with_task(task.facts()),
+                None => record,
+            }
+        }
         Err(error) => rejected_record(workload, error, token),
     };
     let record = record.with_audience(&audience_list);
@@ -239,7 +256,7 @@ pub(super) fn validate(
     };
     written.map_err(|e| status::audit(&e))?;
     match result {
-        Ok(ValidatedJwt { spiffe_id, claims }) => Ok(ValidateJwtsvidResponse {
+        Ok((ValidatedJwt { spiffe_id, claims }, _)) => Ok(ValidateJwtsvidResponse {
             spiffe_id: spiffe_id.to_string(),
             claims: Some(to_struct(claims)),
         }),
@@ -247,9 +264,20 @@ pub(super) fn validate(
     }
 }
 
+/// Why `ValidateJWTSVID` rejected a token.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    /// Not a valid JWT-SVID.
+    #[error(transparent)]
+    Jwt(JwtError),
+    /// A valid JWT-SVID whose task is not live.
+    #[error(transparent)]
+    Task(TaskRefusal),
+}
+
 /// A rejection names the token's claimed `sub` and `jti` too, read without
 /// verification (and marked so), so responders can follow a forged token.
-fn rejected_record(workload: &Workload, error: &JwtError, token: &str) -> Record {
+fn rejected_record(workload: &Workload, error: &Rejection, token: &str) -> Record {
     let unverified: Option<serde_json::Map<String, Value>> =
         jsonwebtoken::dangerous::insecure_decode_claims(token).ok();
     let claim = |name: &str| unverified.as_ref()?.get(name)?.as_str().map(str::to_owned);

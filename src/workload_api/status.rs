@@ -8,6 +8,7 @@ use tonic::Status;
 use crate::attest::AttestError;
 use crate::audit::AuditError;
 use crate::authority::AuthorityError;
+use crate::tasks::{EndRefusal, StartRefusal, TaskError};
 
 /// The caller matched no entry (or lost the ones it had).
 pub(super) fn no_identity() -> Status {
@@ -64,4 +65,34 @@ pub(super) fn shutting_down() -> Status {
 
 pub(super) fn not_offered(what: &'static str) -> Status {
     Status::unimplemented(format!("{what} is not offered by this attestd"))
+}
+
+/// A refused `StartTask`: beyond a limit, `ResourceExhausted`; a token too
+/// large, `InvalidArgument`; attestd's own failures, `Unavailable`;
+/// anything the caller's entry or parent task does not allow,
+/// `PermissionDenied`, with the reason.
+pub(super) fn start_refused(refusal: &StartRefusal) -> Status {
+    match refusal {
+        StartRefusal::Limit(message) => Status::resource_exhausted(message.clone()),
+        StartRefusal::TooLarge { .. } => Status::invalid_argument(refusal.to_string()),
+        StartRefusal::Mint(error) => minting(error),
+        StartRefusal::Store(error) => task_store(error),
+        _ => Status::permission_denied(refusal.to_string()),
+    }
+}
+
+/// A refused `EndTask`.
+pub(super) fn end_refused(refusal: &EndRefusal) -> Status {
+    match refusal {
+        EndRefusal::BadId(_) => Status::invalid_argument(refusal.to_string()),
+        EndRefusal::Unknown(_) => Status::not_found(refusal.to_string()),
+        EndRefusal::NotAllowed(_) => Status::permission_denied(refusal.to_string()),
+        EndRefusal::AlreadyEnded(_) => Status::failed_precondition(refusal.to_string()),
+        EndRefusal::Store(error) => task_store(error),
+    }
+}
+
+fn task_store(error: &TaskError) -> Status {
+    tracing::error!(%error, "task store unwritable");
+    Status::unavailable("task store unavailable")
 }

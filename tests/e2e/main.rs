@@ -3,6 +3,7 @@
 //! Rust `spiffe` crate in-process, go-spiffe, and attestd's own CLI run as
 //! other uids). They run as root, as CI does, to switch uids.
 
+mod agent_python;
 mod attacks;
 mod attestation;
 mod audit;
@@ -27,4 +28,5 @@ mod robustness;
 mod rotation;
 mod security_header;
 mod systemd_unit;
+mod tasks;
 mod x509_rust_client;

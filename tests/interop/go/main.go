@@ -9,6 +9,11 @@
 // Workload API, then offline against the JWT bundles fetched from it with
 // jwtsvid.ParseAndValidate, and prints one JSON line.
 //
+// -mode jwt-validate: validates the given -token offline with
+// jwtsvid.ParseAndValidate against the JWT bundles fetched from the Workload
+// API, for the first -audience, and prints one JSON line with its subject
+// and every claim (attestd's task tokens carry extra claims).
+//
 // -mode handoff / child / watch-setuid: the attacks of attestd's attestation
 // tests (see handoff.go).
 // -mode files: spiffe-helper's job, done with go-spiffe's X509Source (the
@@ -53,7 +58,8 @@ type jwtResult struct {
 func main() {
 	addr := flag.String("addr", "", "Workload API address (unix:///path); default $SPIFFE_ENDPOINT_SOCKET")
 	mode := flag.String("mode", "x509", "x509 or jwt")
-	audience := flag.String("audience", "", "comma-separated audiences (jwt mode)")
+	audience := flag.String("audience", "", "comma-separated audiences (jwt and jwt-validate modes)")
+	token := flag.String("token", "", "the JWT-SVID to validate (jwt-validate mode)")
 	timeout := flag.Duration("timeout", 10*time.Second, "overall deadline")
 	var handoffOpts handoffOptions
 	flag.StringVar(&handoffOpts.childBinary, "child-binary", "", "handoff: program that receives the connection")
@@ -79,6 +85,8 @@ func main() {
 		err = fetchX509(ctx, opts)
 	case "jwt":
 		err = fetchJWT(ctx, opts, strings.Split(*audience, ","))
+	case "jwt-validate":
+		err = validateJWT(ctx, opts, *token, strings.Split(*audience, ","))
 	case "handoff":
 		err = handoff(handoffOpts)
 	case "child":
@@ -150,6 +158,28 @@ func fetchJWT(ctx context.Context, opts []workloadapi.ClientOption, audience []s
 		Token:          token,
 		OnlineSubject:  online.ID.String(),
 		OfflineSubject: offline.ID.String(),
+	})
+}
+
+type validatedResult struct {
+	SpiffeID string         `json:"spiffe_id"`
+	Audience []string       `json:"audience"`
+	Claims   map[string]any `json:"claims"`
+}
+
+func validateJWT(ctx context.Context, opts []workloadapi.ClientOption, token string, audience []string) error {
+	bundles, err := workloadapi.FetchJWTBundles(ctx, opts...)
+	if err != nil {
+		return fmt.Errorf("fetch bundles: %w", err)
+	}
+	svid, err := jwtsvid.ParseAndValidate(token, bundles, audience[:1])
+	if err != nil {
+		return fmt.Errorf("validate offline: %w", err)
+	}
+	return json.NewEncoder(os.Stdout).Encode(validatedResult{
+		SpiffeID: svid.ID.String(),
+		Audience: svid.Audience,
+		Claims:   svid.Claims,
 	})
 }
 
