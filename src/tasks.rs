@@ -44,7 +44,7 @@ use crate::atomic_file;
 use crate::attest::Workload;
 use crate::audit::TaskFacts;
 use crate::authority::{AuthorityError, JwtAuthority, JwtError, ValidatedJwt};
-use crate::registry::{Entry, Registry};
+use crate::registry::{Entry, Registry, owner_clock};
 use crate::spiffe_id::SpiffeId;
 use crate::wall_clock::{from_unix_seconds, unix_seconds};
 use claims::{Actor, TaskClaims};
@@ -459,7 +459,12 @@ impl TaskRegistry {
             .map(|token| self.verify(token, None))
             .transpose()
             .map_err(StartRefusal::Parent)?;
-        let grant = start::choose_entry(starter.entries, request.spiffe_id.as_ref(), parent.as_ref(), now)?;
+        let grant = start::choose_entry(
+            starter.entries,
+            request.spiffe_id.as_ref(),
+            parent.as_ref(),
+            owner_clock::now(),
+        )?;
         let audience = start::audience(request, &grant);
         let lifetime = start::check_entry(request, &audience, &grant)?;
         let (expires_at, parents, delegated_by) = match &parent {
@@ -471,6 +476,10 @@ impl TaskRegistry {
             None => (now + lifetime, Vec::new(), Vec::new()),
         };
         let entry = grant.entry;
+        // Like every SVID of the entry, the token ends with its owner's term.
+        let expires_at = entry
+            .owner_expiry()
+            .map_or(expires_at, |term| expires_at.min(owner_clock::to_wall(term)));
         let intent = &request.intent;
         let claims = TaskClaims {
             task_id: new_task_id(),
@@ -641,7 +650,7 @@ impl TaskRegistry {
             live_ancestors(&state.store, &task.parents)?;
             task.clone()
         };
-        self.still_granted(&task.spiffe_id, SystemTime::now())?;
+        self.still_granted(&task.spiffe_id, owner_clock::now())?;
         Ok(Some(VerifiedTask {
             spiffe_id: task.spiffe_id,
             audience: task.audience,
