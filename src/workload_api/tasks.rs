@@ -19,7 +19,7 @@ use super::jwt::{self, BadArguments};
 use super::service::{check_security_header, observe, peer_of};
 use super::{Context, PeerInfo, status};
 use crate::attest::Workload;
-use crate::audit::{Outcome, Record};
+use crate::audit::{Outcome, Record, TaskFacts};
 use crate::proto::agent::tasks_server::Tasks;
 use crate::proto::agent::{
     EndTaskRequest, EndTaskResponse, ListTasksRequest, ListTasksResponse, StartTaskRequest,
@@ -27,7 +27,7 @@ use crate::proto::agent::{
 };
 use crate::registry::Entry;
 use crate::spiffe_id::SpiffeId;
-use crate::tasks::{Intent, StartRequest, Starter, Task, TaskActor, is_task_id};
+use crate::tasks::{Intent, StartRefusal, StartRequest, Starter, Task, TaskActor, is_task_id};
 use crate::telemetry::metrics;
 use crate::wall_clock::from_unix_seconds;
 
@@ -155,6 +155,7 @@ fn start(
                 refusal.to_string(),
                 Some(workload),
             )
+            .with_task(refused_intent(request, &refusal))
             .with_audience(&request.intent.audience);
             ctx.audit.write(&[denied]).map_err(|e| status::audit(&e))?;
             return Err(status::start_refused(&refusal));
@@ -183,6 +184,26 @@ fn start(
     })
 }
 
+/// What a refused StartTask declared, with no task id (none was made).
+/// A refused sub-task is filed under its parent, so the parent's trace
+/// shows the attempt; only once the parent token verified is its task id
+/// known (a refusal of the token itself names no parent).
+fn refused_intent(request: &StartRequest, refusal: &StartRefusal) -> TaskFacts {
+    let parent = match (refusal, request.parent_token.as_deref()) {
+        (StartRefusal::Parent(_), _) | (_, None) => None,
+        (_, Some(token)) => jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token)
+            .ok()
+            .and_then(|claims| claims.get("task_id")?.as_str().map(str::to_owned)),
+    };
+    TaskFacts {
+        parent,
+        purpose: request.intent.purpose.clone(),
+        tools: request.intent.tools.clone(),
+        resources: request.intent.resources.clone(),
+        ..TaskFacts::default()
+    }
+}
+
 /// Ends the task and those below it, one record each; a refusal is
 /// recorded too.
 fn end(
@@ -196,12 +217,17 @@ fn end(
         Ok(ended) => ended,
         Err(refusal) => {
             tracing::info!(pid = workload.pid, uid = workload.uid, task = task_id, reason = %refusal, "task end refused");
+            // Filed under the task asked for, so its trace shows the attempt.
             let denied = Record::new(
                 rpc::END_TASK,
                 Outcome::Denied,
                 refusal.to_string(),
                 Some(workload),
-            );
+            )
+            .with_task(TaskFacts {
+                id: task_id.to_owned(),
+                ..TaskFacts::default()
+            });
             ctx.audit.write(&[denied]).map_err(|e| status::audit(&e))?;
             return Err(status::end_refused(&refusal));
         }
