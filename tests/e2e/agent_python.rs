@@ -29,7 +29,7 @@ fn site_packages() -> PathBuf {
 }
 
 /// Copies /usr/bin/python3 to `dir/name`, appending `extra` bytes.
-fn interpreter(dir: &Path, name: &str, extra: &str) -> (PathBuf, String) {
+pub fn interpreter(dir: &Path, name: &str, extra: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     shell(&format!(
         "cp /usr/bin/python3 {0} && printf '{extra}' >> {0}",
@@ -40,7 +40,7 @@ fn interpreter(dir: &Path, name: &str, extra: &str) -> (PathBuf, String) {
 }
 
 /// Runs the test agent with `python`, as root.
-fn agent(python: &Path, daemon: &Daemon, args: &[&str]) -> Output {
+pub fn agent(python: &Path, daemon: &Daemon, args: &[&str]) -> Output {
     Command::new(python)
         .arg(AGENT)
         .arg(daemon.endpoint())
@@ -53,7 +53,7 @@ fn agent(python: &Path, daemon: &Daemon, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn json_of(output: &Output) -> Value {
+pub fn json_of(output: &Output) -> Value {
     assert_success(output);
     serde_json::from_slice(&output.stdout).unwrap()
 }

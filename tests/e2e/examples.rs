@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::harness::{Daemon, attestd_bin, run_as};
 
 /// `target/<profile>/examples/<name>`, next to the attestd binary.
-fn example(name: &str) -> PathBuf {
+pub fn example(name: &str) -> PathBuf {
     let path = PathBuf::from(attestd_bin())
         .parent()
         .expect("attestd sits in the target directory")

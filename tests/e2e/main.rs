@@ -15,6 +15,7 @@ mod container;
 mod examples;
 mod exhaustion;
 mod forgery;
+mod gateway;
 mod go_interop;
 mod harness;
 mod helper;
