@@ -1,0 +1,229 @@
+//! One Cedar evaluation: the entities of a decision built from attested
+//! facts, the entry and the verified task, and the request over them.
+//!
+//! Entities are built without schema checks (attestd builds them, typed by
+//! construction, and a unit test holds them to the schema): the schema of a
+//! kept policy set may lag an entries reload by a moment, and a label key
+//! new to it must not turn every decision into an error. The request itself
+//! is checked against the schema.
+
+use std::collections::HashMap;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
+    RestrictedExpression,
+};
+use serde_json::Value;
+
+use super::PolicyBook;
+use super::request::DecisionRequest;
+use super::schema::NAMESPACE;
+use crate::registry::Entry;
+use crate::spiffe_id::SpiffeId;
+use crate::tasks::{AgentFacts, VerifiedTask};
+
+/// At most this many evaluation errors are reported (and recorded) per
+/// decision, each cut to [`MAX_ERROR_BYTES`]: their text may quote values
+/// the caller chose.
+const MAX_ERRORS: usize = 16;
+const MAX_ERROR_BYTES: usize = 512;
+
+/// Who the decision is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Principal<'a> {
+    /// Its SPIFFE ID (the entity's id).
+    pub spiffe_id: &'a SpiffeId,
+    /// Its entry in the current policy (owner and labels).
+    pub entry: &'a Entry,
+    /// What attestation established about it.
+    pub facts: &'a AgentFacts,
+}
+
+/// What Cedar decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Allowed: some policy permits and none forbids.
+    pub allowed: bool,
+    /// The ids of the policies that determined the decision, sorted.
+    pub reasons: Vec<String>,
+    /// Evaluation errors (a policy that errors does not apply), sorted.
+    pub errors: Vec<String>,
+}
+
+impl Evaluation {
+    fn failed(error: String) -> Self {
+        Self {
+            allowed: false,
+            reasons: Vec::new(),
+            errors: vec![bounded(error)],
+        }
+    }
+}
+
+/// Evaluates `request` for `principal` within `task` under `book`. A
+/// request that cannot be built is a deny, with the reason as its error.
+pub fn evaluate(
+    book: &PolicyBook,
+    principal: Principal<'_>,
+    task: &VerifiedTask,
+    request: &DecisionRequest,
+    decision_id: &str,
+) -> Evaluation {
+    match build(book, principal, task, request, decision_id) {
+        Ok((request, entities)) => {
+            let response = Authorizer::new().is_authorized(&request, book.policies(), &entities);
+            let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+            reasons.sort();
+            let mut errors: Vec<String> = response
+                .diagnostics()
+                .errors()
+                .take(MAX_ERRORS)
+                .map(|error| bounded(error.to_string()))
+                .collect();
+            errors.sort();
+            Evaluation {
+                allowed: response.decision() == Decision::Allow,
+                reasons,
+                errors,
+            }
+        }
+        Err(error) => Evaluation::failed(error),
+    }
+}
+
+/// The Cedar request and entities of a decision.
+pub(super) fn build(
+    book: &PolicyBook,
+    principal: Principal<'_>,
+    task: &VerifiedTask,
+    request: &DecisionRequest,
+    decision_id: &str,
+) -> Result<(Request, Entities), String> {
+    let agent = agent(principal)?;
+    let task_entity = task_entity(task)?;
+    let resource = resource(request)?;
+    let args = args(&request.args, decision_id)?;
+    let context = Context::from_pairs([
+        (
+            "task".to_owned(),
+            RestrictedExpression::new_entity_uid(task_entity.uid()),
+        ),
+        ("args".to_owned(), RestrictedExpression::new_entity_uid(args.uid())),
+    ])
+    .map_err(|e| format!("context: {e}"))?;
+    let cedar_request = Request::new(
+        agent.uid(),
+        uid("Action", &request.action)?,
+        resource.uid(),
+        context,
+        Some(book.schema()),
+    )
+    .map_err(|e| format!("request does not fit the schema: {e}"))?;
+    let entities = Entities::from_entities([agent, task_entity, resource, args], None)
+        .map_err(|e| format!("entities: {e}"))?;
+    Ok((cedar_request, entities))
+}
+
+/// `Attestd::<kind>::"<id>"`.
+fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
+    let name: EntityTypeName = format!("{NAMESPACE}::{kind}")
+        .parse()
+        .map_err(|e| format!("entity type {kind}: {e}"))?;
+    Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
+}
+
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_owned())
+}
+
+fn strings<'a>(values: impl IntoIterator<Item = &'a str>) -> RestrictedExpression {
+    RestrictedExpression::new_set(values.into_iter().map(string))
+}
+
+fn agent(principal: Principal<'_>) -> Result<Entity, String> {
+    let labels = RestrictedExpression::new_record(
+        principal
+            .entry
+            .labels
+            .iter()
+            .map(|(key, value)| (key.clone(), string(value))),
+    )
+    .map_err(|e| format!("labels: {e}"))?;
+    let facts = principal.facts;
+    let mut attrs = HashMap::from([
+        ("owner".to_owned(), string(&principal.entry.owner)),
+        ("labels".to_owned(), labels),
+        (
+            "interactive".to_owned(),
+            RestrictedExpression::new_bool(facts.interactive),
+        ),
+    ]);
+    for (name, value) in [
+        ("exe_sha256", &facts.exe_sha256),
+        ("systemd_unit", &facts.systemd_unit),
+        ("container_id", &facts.container_id),
+    ] {
+        if let Some(value) = value {
+            attrs.insert(name.to_owned(), string(value));
+        }
+    }
+    Entity::new(uid("Agent", principal.spiffe_id.as_str())?, attrs, Default::default())
+        .map_err(|e| format!("agent: {e}"))
+}
+
+fn task_entity(task: &VerifiedTask) -> Result<Entity, String> {
+    let depth = i64::try_from(task.delegated_by.len()).unwrap_or(i64::MAX);
+    let attrs = HashMap::from([
+        ("purpose".to_owned(), string(&task.purpose)),
+        ("tools".to_owned(), strings(task.tools.iter().map(String::as_str))),
+        (
+            "resources".to_owned(),
+            strings(task.resources.iter().map(String::as_str)),
+        ),
+        (
+            "delegated_by".to_owned(),
+            strings(task.delegated_by.iter().map(SpiffeId::as_str)),
+        ),
+        (
+            "delegation_depth".to_owned(),
+            RestrictedExpression::new_long(depth),
+        ),
+    ]);
+    Entity::new(uid("Task", &task.task_id)?, attrs, Default::default()).map_err(|e| format!("task: {e}"))
+}
+
+fn resource(request: &DecisionRequest) -> Result<Entity, String> {
+    let resource = &request.resource;
+    let attrs = HashMap::from([
+        ("type".to_owned(), string(resource.kind())),
+        ("id".to_owned(), string(resource.id())),
+    ]);
+    Entity::new(uid("Resource", resource.as_str())?, attrs, Default::default())
+        .map_err(|e| format!("resource: {e}"))
+}
+
+/// The caller's arguments as the tags of an `Args` entity named after the
+/// decision: a string as it is, anything else as compact JSON.
+fn args(args: &serde_json::Map<String, Value>, decision_id: &str) -> Result<Entity, String> {
+    let tags = args.iter().map(|(key, value)| {
+        let text = match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        (key.clone(), RestrictedExpression::new_string(text))
+    });
+    Entity::new_with_tags(uid("Args", decision_id)?, [], [], tags).map_err(|e| format!("args: {e}"))
+}
+
+/// `text` cut to [`MAX_ERROR_BYTES`] (on a character boundary).
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
