@@ -304,3 +304,276 @@ fn task_facts(task: &VerifiedTask) -> TaskFacts {
 fn decision_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::authz::schema::tests::entry;
+    use crate::selector::{Selector, SelectorSet};
+
+    /// Task tokens for tests: each known token verifies to its task; any
+    /// other is refused as a plain JWT-SVID. Counts verifications.
+    #[derive(Debug, Default)]
+    pub struct FakeTokens {
+        pub tasks: HashMap<String, VerifiedTask>,
+        pub verified: Mutex<usize>,
+    }
+
+    impl TaskTokens for FakeTokens {
+        fn verify(&self, token: &str) -> Result<VerifiedTask, String> {
+            *self.verified.lock().unwrap() += 1;
+            self.tasks
+                .get(token)
+                .cloned()
+                .ok_or_else(|| "not a task token (a plain JWT-SVID?)".to_owned())
+        }
+    }
+
+    pub fn task(holder: &str, tools: &[&str], resources: &[&str], audience: &[&str]) -> VerifiedTask {
+        let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        VerifiedTask {
+            spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{holder}")).unwrap(),
+            audience: audience.iter().map(|a| format!("spiffe://example.org/{a}")).collect(),
+            task_id: format!("task-of-{holder}"),
+            parents: Vec::new(),
+            purpose: "review PR 7".into(),
+            tools: strings(tools),
+            resources: strings(resources),
+            delegated_by: Vec::new(),
+            owner: format!("{holder}-owner@example.org"),
+            attestation: "00".repeat(32),
+            jti: format!("jti-of-{holder}"),
+            expires_at: SystemTime::now() + Duration::from_secs(600),
+            agent: AgentFacts {
+                exe_sha256: Some(format!("{holder}-exe")),
+                ..AgentFacts::default()
+            },
+        }
+    }
+
+    pub fn workload(exe: &str) -> Workload {
+        let selectors: SelectorSet = [
+            Selector::new("unix", "uid", 1000),
+            Selector::new("unix", "sha256", exe),
+        ]
+        .into_iter()
+        .collect();
+        Workload {
+            pid: 4242,
+            uid: 1000,
+            gid: 1000,
+            exe_path: None,
+            sha256: Some(exe.to_owned()),
+            selectors,
+            notes: Vec::new(),
+            login_uid: Some(1000),
+        }
+    }
+
+    fn gateway() -> Arc<Entry> {
+        let mut gateway = (*entry("gateway", &[], &[])).clone();
+        gateway.may_ask_for_others = true;
+        Arc::new(gateway)
+    }
+
+    struct World {
+        entries: Vec<Arc<Entry>>,
+        book: PolicyBook,
+        tokens: FakeTokens,
+        _dir: tempfile::TempDir,
+    }
+
+    impl World {
+        fn new(policies: &str) -> Self {
+            let entries = vec![
+                entry("reviewer", &[("agent", "reviewer")], &["github.create_pr", "jira.comment"]),
+                entry("other", &[], &[]),
+                gateway(),
+            ];
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("p.cedar"), policies).unwrap();
+            let book = PolicyBook::load(Some(dir.path()), &entries).unwrap();
+            let mut tokens = FakeTokens::default();
+            for (token, task) in [
+                ("reviewer-token", task("reviewer", &["github.create_pr"], &[], &["gateway"])),
+                ("scoped-token", task("reviewer", &["github.create_pr", "rm"], &["repo:a"], &[])),
+            ] {
+                tokens.tasks.insert(token.into(), task);
+            }
+            Self {
+                entries,
+                book,
+                tokens,
+                _dir: dir,
+            }
+        }
+
+        fn entry(&self, name: &str) -> &Arc<Entry> {
+            self.entries
+                .iter()
+                .find(|e| e.spiffe_id.as_str().ends_with(&format!("/{name}")))
+                .unwrap()
+        }
+
+        fn ask(&self, holds: &[&str], workload: &Workload, subject: Subject<'_>, action: &str, resource: &str) -> Verdict {
+            let entries: Vec<Arc<Entry>> = holds.iter().map(|name| Arc::clone(self.entry(name))).collect();
+            let asker = Asker {
+                workload,
+                entries: &entries,
+                all_entries: &self.entries,
+            };
+            let request = DecisionRequest::parse(action, resource, serde_json::Map::new()).unwrap();
+            decide(&self.book, &self.tokens, asker, subject, &request)
+        }
+    }
+
+    const PERMIT_ALL: &str = "@id(\"all\")\npermit(principal, action, resource);\n";
+
+    fn refusal(verdict: &Verdict) -> &str {
+        assert!(!verdict.allowed);
+        verdict.refusal.as_deref().unwrap_or_else(|| panic!("not refused: {verdict:?}"))
+    }
+
+    #[test]
+    fn refusals_come_in_order_before_any_policy() {
+        let world = World::new(PERMIT_ALL);
+        let me = workload("reviewer-exe");
+        let ask = |subject, action, resource| world.ask(&["reviewer"], &me, subject, action, resource);
+        let pr = "github.create_pr";
+        assert_eq!(
+            refusal(&ask(Subject::Token(""), pr, "repo:a")),
+            "no task token: every decision is bound to a live task"
+        );
+        assert_eq!(
+            refusal(&ask(Subject::Token("plain.jwt.svid"), pr, "repo:a")),
+            "task token refused: not a task token (a plain JWT-SVID?)"
+        );
+        // Policy permits everything, yet the task did not declare the tool.
+        assert!(refusal(&ask(Subject::Token("reviewer-token"), "jira.comment", "repo:a"))
+            .starts_with("tool jira.comment is not among the task's declared tools [github.create_pr]"));
+        assert!(refusal(&ask(Subject::Token("scoped-token"), pr, "repo:b"))
+            .starts_with("resource repo:b is not among the task's declared resources [repo:a]"));
+        // Declared by the task, but no entry allows it (any more).
+        assert!(refusal(&ask(Subject::Token("scoped-token"), "rm", "repo:a")).starts_with("no entry allows the tool rm"));
+
+        let allowed = ask(Subject::Token("scoped-token"), pr, "repo:a");
+        assert!(allowed.allowed && allowed.refusal.is_none(), "{allowed:?}");
+        assert_eq!(allowed.reasons, ["all"]);
+        assert_eq!(allowed.spiffe_id().unwrap().as_str(), "spiffe://example.org/reviewer");
+    }
+
+    #[test]
+    fn no_policy_permits_means_deny_and_a_forbid_wins() {
+        let world = World::new("");
+        let me = workload("reviewer-exe");
+        let verdict = world.ask(&["reviewer"], &me, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        assert!(!verdict.allowed && verdict.refusal.is_none() && verdict.reasons.is_empty());
+        assert_eq!(verdict.record("Authorize", &me).reason, "no policy permits it");
+
+        let world = World::new(&format!(
+            "{PERMIT_ALL}@id(\"not interactive\")\nforbid(principal, action, resource) when {{ principal.interactive }};\n"
+        ));
+        let verdict = world.ask(&["reviewer"], &me, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        assert!(!verdict.allowed);
+        assert_eq!(verdict.reasons, ["not interactive"]);
+        assert_eq!(verdict.record("Authorize", &me).reason, "forbidden by policy");
+    }
+
+    #[test]
+    fn two_agents_of_one_entry_are_told_apart_by_their_executable() {
+        let world = World::new(
+            "permit(principal, action, resource) when { principal has exe_sha256 && principal.exe_sha256 == \"good\" };\n",
+        );
+        let ask = |exe: &str| {
+            world
+                .ask(&["reviewer"], &workload(exe), Subject::Token("reviewer-token"), "github.create_pr", "repo:a")
+                .allowed
+        };
+        assert!(ask("good"));
+        assert!(!ask("evil"));
+    }
+
+    #[test]
+    fn a_gateway_asks_for_the_agent_holding_the_token() {
+        let world = World::new(
+            "@id(\"agent exe\")\npermit(principal, action, resource) when { principal has exe_sha256 && principal.exe_sha256 == \"reviewer-exe\" && principal.labels has agent && principal.labels.agent == \"reviewer\" };\n",
+        );
+        let gw = workload("gateway-exe");
+        // The token's holder is not the caller, and the caller may not ask
+        // for others.
+        let verdict = world.ask(&["other"], &gw, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        assert_eq!(
+            refusal(&verdict),
+            "the task token is held by spiffe://example.org/reviewer, and the caller (spiffe://example.org/other) may not ask for others: none of its entries sets may_ask_for_others"
+        );
+        // A gateway: the principal is the agent, with the facts of its task.
+        let verdict = world.ask(&["gateway"], &gw, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        assert!(verdict.allowed, "{verdict:?}");
+        assert_eq!(verdict.reasons, ["agent exe"]);
+        let record = verdict.record("Authorize", &gw);
+        let decision = record.decision.as_ref().unwrap();
+        assert_eq!(decision.asked_by.as_deref(), Some("spiffe://example.org/gateway"));
+        assert_eq!(record.spiffe_id.as_deref(), Some("spiffe://example.org/reviewer"));
+        assert_eq!(record.owner.as_deref(), Some("reviewer-owner@example.org"));
+        assert_eq!(record.sha256.as_deref(), Some("gateway-exe"), "the caller's own facts");
+        assert_eq!(record.jti.as_deref(), Some("jti-of-reviewer"));
+        assert_eq!(record.task.as_ref().unwrap().id, "task-of-reviewer");
+
+        // Addressed to someone else: refused.
+        let verdict = world.ask(&["gateway"], &gw, Subject::Token("scoped-token"), "github.create_pr", "repo:a");
+        assert!(refusal(&verdict).starts_with("the task token is not addressed to the caller"), "{verdict:?}");
+    }
+
+    #[test]
+    fn authzen_subjects_are_checked_against_the_caller() {
+        let world = World::new(PERMIT_ALL);
+        let me = workload("reviewer-exe");
+        let reviewer = "spiffe://example.org/reviewer";
+        let caller = |spiffe_id, token| Subject::Caller { spiffe_id, token };
+        let ask = |holds: &[&str], subject| world.ask(holds, &me, subject, "github.create_pr", "repo:a");
+        assert!(refusal(&ask(&["other"], caller(reviewer, Some("reviewer-token"))))
+            .starts_with("the subject spiffe://example.org/reviewer is not the caller"));
+        assert!(refusal(&ask(&["reviewer"], caller(reviewer, None))).starts_with("no task token"));
+        assert!(ask(&["reviewer"], caller(reviewer, Some("reviewer-token"))).allowed);
+        let both = ["other", "reviewer"];
+        assert_eq!(
+            refusal(&ask(&both, caller("spiffe://example.org/other", Some("reviewer-token")))),
+            "the task token is held by spiffe://example.org/reviewer, not by the subject spiffe://example.org/other"
+        );
+
+        // A task_token subject: the caller must be a gateway, checked before
+        // the token is even verified.
+        let before = *world.tokens.verified.lock().unwrap();
+        let verdict = ask(&["other"], Subject::Agent("reviewer-token"));
+        assert!(refusal(&verdict).starts_with("the caller (spiffe://example.org/other) may not ask for others"));
+        assert_eq!(*world.tokens.verified.lock().unwrap(), before);
+        assert!(ask(&["gateway"], Subject::Agent("reviewer-token")).allowed);
+    }
+
+    #[test]
+    fn every_verdict_has_a_record_naming_the_decision() {
+        let world = World::new(PERMIT_ALL);
+        let me = workload("reviewer-exe");
+        let refused = world.ask(&["reviewer"], &me, Subject::Token(""), "github.create_pr", "repo:a");
+        let record = refused.record("Authorize", &me);
+        assert_eq!(record.outcome, Outcome::Denied);
+        assert_eq!(record.reason, refused.refusal.clone().unwrap());
+        assert_eq!(record.spiffe_id.as_deref(), Some("spiffe://example.org/reviewer"), "the caller's entry");
+        assert!(record.task.is_none() && record.jti.is_none());
+        let decision = record.decision.unwrap();
+        assert_eq!((decision.action.as_str(), decision.resource.as_str()), ("github.create_pr", "repo:a"));
+        assert_eq!(decision.id, refused.id);
+        assert_eq!(decision.id.len(), 32);
+
+        let allowed = world.ask(&["reviewer"], &me, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        let record = allowed.record("Authorize", &me);
+        assert_eq!(record.outcome, Outcome::Allowed);
+        assert_eq!(record.decision.as_ref().unwrap().policies, ["all"]);
+        assert_eq!(record.task.as_ref().unwrap().purpose, "review PR 7");
+        assert_ne!(allowed.id, refused.id);
+    }
+}

@@ -92,17 +92,14 @@ pub fn evaluate(
 }
 
 /// The Cedar request and entities of a decision.
-pub(super) fn build(
+fn build(
     book: &PolicyBook,
     principal: Principal<'_>,
     task: &VerifiedTask,
     request: &DecisionRequest,
     decision_id: &str,
 ) -> Result<(Request, Entities), String> {
-    let agent = agent(principal)?;
-    let task_entity = task_entity(task)?;
-    let resource = resource(request)?;
-    let args = args(&request.args, decision_id)?;
+    let [agent, task_entity, resource, args] = entities(principal, task, request, decision_id)?;
     let context = Context::from_pairs([
         (
             "task".to_owned(),
@@ -122,6 +119,21 @@ pub(super) fn build(
     let entities = Entities::from_entities([agent, task_entity, resource, args], None)
         .map_err(|e| format!("entities: {e}"))?;
     Ok((cedar_request, entities))
+}
+
+/// The principal, the task, the resource and the arguments.
+fn entities(
+    principal: Principal<'_>,
+    task: &VerifiedTask,
+    request: &DecisionRequest,
+    decision_id: &str,
+) -> Result<[Entity; 4], String> {
+    Ok([
+        agent(principal)?,
+        task_entity(task)?,
+        resource(request)?,
+        args(&request.args, decision_id)?,
+    ])
 }
 
 /// `Attestd::<kind>::"<id>"`.
@@ -226,4 +238,119 @@ fn bounded(mut text: String) -> String {
         text.push('…');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::authz::decide::tests::task;
+    use crate::authz::schema::tests::entry;
+
+    fn book(policies: &str) -> (PolicyBook, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.cedar"), policies).unwrap();
+        let entries = [entry("reviewer", &[("agent", "reviewer"), ("team", "ml")], &["github.create_pr"])];
+        (PolicyBook::load(Some(dir.path()), &entries).unwrap(), dir)
+    }
+
+    fn request(args: serde_json::Value) -> DecisionRequest {
+        DecisionRequest::parse("github.create_pr", "repo:attestd", args.as_object().unwrap().clone()).unwrap()
+    }
+
+    fn facts() -> AgentFacts {
+        AgentFacts {
+            exe_sha256: Some("ab".repeat(32)),
+            systemd_unit: Some("agent.service".into()),
+            container_id: None,
+            interactive: true,
+        }
+    }
+
+    #[test]
+    fn the_entities_attestd_builds_fit_the_schema() {
+        let (book, _dir) = book("");
+        let entry = entry("reviewer", &[("agent", "reviewer")], &["github.create_pr"]);
+        let facts = facts();
+        let mut task = task("reviewer", &["github.create_pr"], &["repo:attestd"], &[]);
+        task.delegated_by = vec![SpiffeId::new("spiffe://example.org/lead").unwrap()];
+        let principal = Principal {
+            spiffe_id: &entry.spiffe_id,
+            entry: &entry,
+            facts: &facts,
+        };
+        let request = request(json!({"branch": "main", "n": 3, "nested": {"a": [1, null]}}));
+        let entities = entities(principal, &task, &request, "d1").unwrap();
+        Entities::from_entities(entities, Some(book.schema())).unwrap();
+        build(&book, principal, &task, &request, "d1").unwrap();
+    }
+
+    #[test]
+    fn policies_see_the_facts_the_task_and_the_arguments() {
+        let (book, _dir) = book(
+            r#"@id("facts")
+permit(principal, action == Attestd::Action::"github.create_pr", resource is Attestd::Resource)
+when {
+  principal.owner == "reviewer-owner@example.org" &&
+  principal.labels has agent && principal.labels.agent == "reviewer" &&
+  principal has systemd_unit && principal.systemd_unit == "agent.service" &&
+  !(principal has container_id) && principal.interactive &&
+  resource.type == "repo" && resource.id == "attestd" &&
+  context.task.purpose == "review PR 7" && context.task.tools.contains("github.create_pr") &&
+  context.task.delegation_depth == 0 &&
+  context.args.hasTag("branch") && context.args.getTag("branch") == "main" &&
+  context.args.hasTag("n") && context.args.getTag("n") == "3" &&
+  context.args.hasTag("nested") && context.args.getTag("nested") == "{\"a\":[1,null]}"
+};
+"#,
+        );
+        let entry = entry("reviewer", &[("agent", "reviewer")], &["github.create_pr"]);
+        let facts = facts();
+        let principal = Principal {
+            spiffe_id: &entry.spiffe_id,
+            entry: &entry,
+            facts: &facts,
+        };
+        let task = task("reviewer", &["github.create_pr"], &[], &[]);
+        let args = json!({"branch": "main", "n": 3, "nested": {"a": [1, null]}});
+        let evaluation = evaluate(&book, principal, &task, &request(args), "d1");
+        assert_eq!(
+            evaluation,
+            Evaluation {
+                allowed: true,
+                reasons: vec!["facts".into()],
+                errors: Vec::new()
+            }
+        );
+        let evaluation = evaluate(&book, principal, &task, &request(json!({"branch": "dev"})), "d2");
+        assert!(!evaluation.allowed && evaluation.reasons.is_empty());
+    }
+
+    #[test]
+    fn a_policy_that_errors_does_not_apply_and_the_error_is_reported() {
+        let (book, _dir) = book(
+            "@id(\"overflows\")\npermit(principal, action, resource) when { context.task.delegation_depth + 9223372036854775807 + 1 > 0 };\n",
+        );
+        let entry = entry("reviewer", &[], &["github.create_pr"]);
+        let facts = AgentFacts::default();
+        let principal = Principal {
+            spiffe_id: &entry.spiffe_id,
+            entry: &entry,
+            facts: &facts,
+        };
+        let task = task("reviewer", &["github.create_pr"], &[], &[]);
+        let evaluation = evaluate(&book, principal, &task, &request(json!({})), "d1");
+        assert!(!evaluation.allowed);
+        assert_eq!(evaluation.errors.len(), 1, "{evaluation:?}");
+        assert!(evaluation.errors[0].contains("overflows"), "{evaluation:?}");
+    }
+
+    #[test]
+    fn long_errors_are_cut() {
+        let cut = bounded("é".repeat(MAX_ERROR_BYTES));
+        assert!(cut.len() <= MAX_ERROR_BYTES + '…'.len_utf8());
+        assert!(cut.ends_with('…'));
+        assert_eq!(bounded("short".into()), "short");
+    }
 }

@@ -96,3 +96,45 @@ fn watch_dir(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<i
     watcher.watch(&watched, RecursiveMode::NonRecursive)?;
     Ok(watcher)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authz::decide::tests::FakeTokens;
+    use crate::config::Config;
+    use crate::registry::Policy;
+
+    const CONFIG: &str = "trust_domain = \"example.org\"\n[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\nowner = \"o\"\n";
+    const TOOLS: &str = "tasks = { tools = [\"jira.comment\"] }\n";
+    const POLICY: &str = "permit(principal, action == Attestd::Action::\"jira.comment\", resource);\n";
+
+    #[test]
+    fn a_broken_file_or_an_entries_change_that_breaks_a_policy_keeps_the_set_in_effect() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("attestd.toml");
+        std::fs::write(&config_path, format!("{CONFIG}{TOOLS}")).unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(policies.join("a.cedar"), POLICY).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let registry = Registry::new(Policy::load(&config).unwrap());
+        let book = PolicyBook::load(Some(&policies), registry.policy().entries()).unwrap();
+        let authz = Authz::new(book, Arc::new(FakeTokens::default()));
+
+        std::fs::write(policies.join("b.cedar"), POLICY).unwrap();
+        assert_eq!(reload(Some(&policies), &authz, &registry), ReloadOutcome::Applied);
+        assert_eq!(authz.book().len(), 2);
+
+        std::fs::write(policies.join("c.cedar"), "permit(principal,").unwrap();
+        assert_eq!(reload(Some(&policies), &authz, &registry), ReloadOutcome::Failed);
+        assert_eq!(authz.book().len(), 2, "the previous set stays");
+        std::fs::remove_file(policies.join("c.cedar")).unwrap();
+
+        // The entries stop allowing the tool the policies name: the
+        // policies no longer validate, and the set in effect stays.
+        std::fs::write(&config_path, CONFIG).unwrap();
+        crate::registry::reload(&config, &registry);
+        assert_eq!(reload(Some(&policies), &authz, &registry), ReloadOutcome::Failed);
+        assert!(authz.book().has_action("jira.comment"));
+    }
+}
