@@ -76,6 +76,17 @@ pub trait TaskTokens: Send + Sync + std::fmt::Debug {
     fn verify(&self, token: &str) -> Result<VerifiedTask, String>;
 }
 
+/// The verifier until the task store is wired in: no token verifies, so
+/// every decision is refused (fail closed).
+#[derive(Debug, Default)]
+pub struct NoTaskStore;
+
+impl TaskTokens for NoTaskStore {
+    fn verify(&self, _token: &str) -> Result<VerifiedTask, String> {
+        Err("not a task token: this attestd has no task store".into())
+    }
+}
+
 /// The policy decision point's state: the policy set in effect (swapped
 /// whole on reload) and the task token verifier.
 #[derive(Debug)]

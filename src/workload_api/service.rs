@@ -134,7 +134,7 @@ type X509BundlesStream = BoxStream<'static, Result<X509BundlesResponse, Status>>
 type JwtBundlesStream = BoxStream<'static, Result<JwtBundlesResponse, Status>>;
 
 /// Counts the outcome of an RPC by its gRPC code and wraps the answer.
-fn observe<T>(rpc: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
+pub(super) fn observe<T>(rpc: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
     let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
     metrics().request(rpc, code);
     result.map(Response::new)
@@ -148,7 +148,7 @@ fn wit_not_offered<T, R>(request: &Request<T>) -> Result<R, Status> {
 }
 
 /// The pinned peer tonic attached to the request's connection.
-fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
+pub(super) fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
     request
         .extensions()
         .get::<PeerInfo>()
@@ -156,7 +156,7 @@ fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
         .ok_or_else(status::no_peer_info)
 }
 
-fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
+pub(super) fn check_security_header<T>(request: &Request<T>) -> Result<(), Status> {
     match request.metadata().get(SECURITY_HEADER) {
         Some(value) if value.as_bytes() == SECURITY_HEADER_VALUE.as_bytes() => Ok(()),
         _ => Err(status::missing_security_header()),
