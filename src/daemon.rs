@@ -248,7 +248,11 @@ impl Signals {
             terminate: install(SignalKind::terminate())?,
             interrupt: install(SignalKind::interrupt())?,
         };
-        Ok((stop, install(SignalKind::hangup())?, install(SignalKind::hangup())?))
+        Ok((
+            stop,
+            install(SignalKind::hangup())?,
+            install(SignalKind::hangup())?,
+        ))
     }
 
     /// Resolves on SIGTERM or SIGINT.

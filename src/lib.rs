@@ -17,8 +17,8 @@
 pub mod atomic_file;
 pub mod attest;
 pub mod audit;
-pub mod authz;
 pub mod authority;
+pub mod authz;
 pub mod client;
 pub mod config;
 pub mod daemon;

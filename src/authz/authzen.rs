@@ -57,8 +57,8 @@ enum SubjectClaim {
 impl Evaluation {
     /// Parses and checks a request body.
     pub fn parse(body: &[u8]) -> Result<Self, AuthzError> {
-        let raw: RawEvaluation =
-            serde_json::from_slice(body).map_err(|e| AuthzError::BadRequest(format!("invalid request: {e}")))?;
+        let raw: RawEvaluation = serde_json::from_slice(body)
+            .map_err(|e| AuthzError::BadRequest(format!("invalid request: {e}")))?;
         let mut args = raw.context.unwrap_or_default();
         let subject = match raw.subject.kind.as_str() {
             "task_token" => {
@@ -181,7 +181,10 @@ mod tests {
         assert!(matches!(evaluation.subject(), Subject::Agent("t.o.k")));
         assert_eq!(evaluation.request.action, "github.create_pr");
         assert_eq!(evaluation.request.resource.as_str(), "repo:a:b");
-        assert_eq!(Value::Object(evaluation.request.args), json!({"branch": "main", "n": 3}));
+        assert_eq!(
+            Value::Object(evaluation.request.args),
+            json!({"branch": "main", "n": 3})
+        );
     }
 
     #[test]
@@ -198,7 +201,10 @@ mod tests {
         let without = r#"{"subject": {"type": "spiffe_id", "id": "spiffe://example.org/a"},
             "action": {"name": "t"}, "resource": {"type": "r", "id": "x"}}"#;
         let evaluation = Evaluation::parse(without.as_bytes()).unwrap();
-        assert!(matches!(evaluation.subject(), Subject::Caller { token: None, .. }));
+        assert!(matches!(
+            evaluation.subject(),
+            Subject::Caller { token: None, .. }
+        ));
     }
 
     #[test]
@@ -210,11 +216,16 @@ mod tests {
         };
         let token = r#"{"type": "task_token", "id": "t"}"#;
         let resource = r#"{"type": "r", "id": "x"}"#;
-        assert!(bad(&with(r#"{"type": "user", "id": "alice"}"#, resource, "")).starts_with("subject.type \"user\""));
+        assert!(
+            bad(&with(r#"{"type": "user", "id": "alice"}"#, resource, ""))
+                .starts_with("subject.type \"user\"")
+        );
         assert!(bad(&with(token, r#"{"type": "r:s", "id": "x"}"#, "")).contains("may not contain ':'"));
         assert!(bad(&with(token, resource, r#", "extra": 1"#)).contains("unknown field `extra`"));
         let spiffe = r#"{"type": "spiffe_id", "id": "spiffe://example.org/a"}"#;
-        assert!(bad(&with(spiffe, resource, r#", "context": {"task_token": 5}"#)).contains("must be a string"));
+        assert!(
+            bad(&with(spiffe, resource, r#", "context": {"task_token": 5}"#)).contains("must be a string")
+        );
         assert!(bad(&with(token, r#"{"type": "r", "id": ""}"#, "")).contains("the id must be non-empty"));
     }
 }

@@ -259,7 +259,10 @@ fn principal_entry(entries: &[Arc<Entry>], task: &VerifiedTask) -> Option<Arc<En
         .iter()
         .filter(|entry| entry.spiffe_id == task.spiffe_id && !entry.owner_expired(now));
     let first = granting.clone().next();
-    granting.find(|entry| entry.owner == task.owner).or(first).cloned()
+    granting
+        .find(|entry| entry.owner == task.owner)
+        .or(first)
+        .cloned()
 }
 
 /// The task's declared intent bounds what policies may allow; and the tool
@@ -337,7 +340,10 @@ pub(super) mod tests {
         let strings = |items: &[&str]| items.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         VerifiedTask {
             spiffe_id: SpiffeId::new(&format!("spiffe://example.org/{holder}")).unwrap(),
-            audience: audience.iter().map(|a| format!("spiffe://example.org/{a}")).collect(),
+            audience: audience
+                .iter()
+                .map(|a| format!("spiffe://example.org/{a}"))
+                .collect(),
             task_id: format!("task-of-{holder}"),
             parents: Vec::new(),
             purpose: "review PR 7".into(),
@@ -390,7 +396,11 @@ pub(super) mod tests {
     impl World {
         fn new(policies: &str) -> Self {
             let entries = vec![
-                entry("reviewer", &[("agent", "reviewer")], &["github.create_pr", "jira.comment"]),
+                entry(
+                    "reviewer",
+                    &[("agent", "reviewer")],
+                    &["github.create_pr", "jira.comment"],
+                ),
                 entry("other", &[], &[]),
                 gateway(),
             ];
@@ -399,8 +409,14 @@ pub(super) mod tests {
             let book = PolicyBook::load(Some(dir.path()), &entries).unwrap();
             let mut tokens = FakeTokens::default();
             for (token, task) in [
-                ("reviewer-token", task("reviewer", &["github.create_pr"], &[], &["gateway"])),
-                ("scoped-token", task("reviewer", &["github.create_pr", "rm"], &["repo:a"], &[])),
+                (
+                    "reviewer-token",
+                    task("reviewer", &["github.create_pr"], &[], &["gateway"]),
+                ),
+                (
+                    "scoped-token",
+                    task("reviewer", &["github.create_pr", "rm"], &["repo:a"], &[]),
+                ),
             ] {
                 tokens.tasks.insert(token.into(), task);
             }
@@ -419,7 +435,14 @@ pub(super) mod tests {
                 .unwrap()
         }
 
-        fn ask(&self, holds: &[&str], workload: &Workload, subject: Subject<'_>, action: &str, resource: &str) -> Verdict {
+        fn ask(
+            &self,
+            holds: &[&str],
+            workload: &Workload,
+            subject: Subject<'_>,
+            action: &str,
+            resource: &str,
+        ) -> Verdict {
             let entries: Vec<Arc<Entry>> = holds.iter().map(|name| Arc::clone(self.entry(name))).collect();
             let asker = Asker {
                 workload,
@@ -435,7 +458,10 @@ pub(super) mod tests {
 
     fn refusal(verdict: &Verdict) -> &str {
         assert!(!verdict.allowed);
-        verdict.refusal.as_deref().unwrap_or_else(|| panic!("not refused: {verdict:?}"))
+        verdict
+            .refusal
+            .as_deref()
+            .unwrap_or_else(|| panic!("not refused: {verdict:?}"))
     }
 
     #[test]
@@ -453,31 +479,53 @@ pub(super) mod tests {
             "task token refused: not a task token (a plain JWT-SVID?)"
         );
         // Policy permits everything, yet the task did not declare the tool.
-        assert!(refusal(&ask(Subject::Token("reviewer-token"), "jira.comment", "repo:a"))
-            .starts_with("tool jira.comment is not among the task's declared tools [github.create_pr]"));
-        assert!(refusal(&ask(Subject::Token("scoped-token"), pr, "repo:b"))
-            .starts_with("resource repo:b is not among the task's declared resources [repo:a]"));
+        assert!(
+            refusal(&ask(Subject::Token("reviewer-token"), "jira.comment", "repo:a"))
+                .starts_with("tool jira.comment is not among the task's declared tools [github.create_pr]")
+        );
+        assert!(
+            refusal(&ask(Subject::Token("scoped-token"), pr, "repo:b"))
+                .starts_with("resource repo:b is not among the task's declared resources [repo:a]")
+        );
         // Declared by the task, but no entry allows it (any more).
-        assert!(refusal(&ask(Subject::Token("scoped-token"), "rm", "repo:a")).starts_with("no entry allows the tool rm"));
+        assert!(
+            refusal(&ask(Subject::Token("scoped-token"), "rm", "repo:a"))
+                .starts_with("no entry allows the tool rm")
+        );
 
         let allowed = ask(Subject::Token("scoped-token"), pr, "repo:a");
         assert!(allowed.allowed && allowed.refusal.is_none(), "{allowed:?}");
         assert_eq!(allowed.reasons, ["all"]);
-        assert_eq!(allowed.spiffe_id().unwrap().as_str(), "spiffe://example.org/reviewer");
+        assert_eq!(
+            allowed.spiffe_id().unwrap().as_str(),
+            "spiffe://example.org/reviewer"
+        );
     }
 
     #[test]
     fn no_policy_permits_means_deny_and_a_forbid_wins() {
         let world = World::new("");
         let me = workload("reviewer-exe");
-        let verdict = world.ask(&["reviewer"], &me, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        let verdict = world.ask(
+            &["reviewer"],
+            &me,
+            Subject::Token("reviewer-token"),
+            "github.create_pr",
+            "repo:a",
+        );
         assert!(!verdict.allowed && verdict.refusal.is_none() && verdict.reasons.is_empty());
         assert_eq!(verdict.record("Authorize", &me).reason, "no policy permits it");
 
         let world = World::new(&format!(
             "{PERMIT_ALL}@id(\"not interactive\")\nforbid(principal, action, resource) when {{ principal.interactive }};\n"
         ));
-        let verdict = world.ask(&["reviewer"], &me, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        let verdict = world.ask(
+            &["reviewer"],
+            &me,
+            Subject::Token("reviewer-token"),
+            "github.create_pr",
+            "repo:a",
+        );
         assert!(!verdict.allowed);
         assert_eq!(verdict.reasons, ["not interactive"]);
         assert_eq!(verdict.record("Authorize", &me).reason, "forbidden by policy");
@@ -490,7 +538,13 @@ pub(super) mod tests {
         );
         let ask = |exe: &str| {
             world
-                .ask(&["reviewer"], &workload(exe), Subject::Token("reviewer-token"), "github.create_pr", "repo:a")
+                .ask(
+                    &["reviewer"],
+                    &workload(exe),
+                    Subject::Token("reviewer-token"),
+                    "github.create_pr",
+                    "repo:a",
+                )
                 .allowed
         };
         assert!(ask("good"));
@@ -505,13 +559,25 @@ pub(super) mod tests {
         let gw = workload("gateway-exe");
         // The token's holder is not the caller, and the caller may not ask
         // for others.
-        let verdict = world.ask(&["other"], &gw, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        let verdict = world.ask(
+            &["other"],
+            &gw,
+            Subject::Token("reviewer-token"),
+            "github.create_pr",
+            "repo:a",
+        );
         assert_eq!(
             refusal(&verdict),
             "the task token is held by spiffe://example.org/reviewer, and the caller (spiffe://example.org/other) may not ask for others: none of its entries sets may_ask_for_others"
         );
         // A gateway: the principal is the agent, with the facts of its task.
-        let verdict = world.ask(&["gateway"], &gw, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        let verdict = world.ask(
+            &["gateway"],
+            &gw,
+            Subject::Token("reviewer-token"),
+            "github.create_pr",
+            "repo:a",
+        );
         assert!(verdict.allowed, "{verdict:?}");
         assert_eq!(verdict.reasons, ["agent exe"]);
         let record = verdict.record("Authorize", &gw);
@@ -519,13 +585,26 @@ pub(super) mod tests {
         assert_eq!(decision.asked_by.as_deref(), Some("spiffe://example.org/gateway"));
         assert_eq!(record.spiffe_id.as_deref(), Some("spiffe://example.org/reviewer"));
         assert_eq!(record.owner.as_deref(), Some("reviewer-owner@example.org"));
-        assert_eq!(record.sha256.as_deref(), Some("gateway-exe"), "the caller's own facts");
+        assert_eq!(
+            record.sha256.as_deref(),
+            Some("gateway-exe"),
+            "the caller's own facts"
+        );
         assert_eq!(record.jti.as_deref(), Some("jti-of-reviewer"));
         assert_eq!(record.task.as_ref().unwrap().id, "task-of-reviewer");
 
         // Addressed to someone else: refused.
-        let verdict = world.ask(&["gateway"], &gw, Subject::Token("scoped-token"), "github.create_pr", "repo:a");
-        assert!(refusal(&verdict).starts_with("the task token is not addressed to the caller"), "{verdict:?}");
+        let verdict = world.ask(
+            &["gateway"],
+            &gw,
+            Subject::Token("scoped-token"),
+            "github.create_pr",
+            "repo:a",
+        );
+        assert!(
+            refusal(&verdict).starts_with("the task token is not addressed to the caller"),
+            "{verdict:?}"
+        );
     }
 
     #[test]
@@ -535,13 +614,18 @@ pub(super) mod tests {
         let reviewer = "spiffe://example.org/reviewer";
         let caller = |spiffe_id, token| Subject::Caller { spiffe_id, token };
         let ask = |holds: &[&str], subject| world.ask(holds, &me, subject, "github.create_pr", "repo:a");
-        assert!(refusal(&ask(&["other"], caller(reviewer, Some("reviewer-token"))))
-            .starts_with("the subject spiffe://example.org/reviewer is not the caller"));
+        assert!(
+            refusal(&ask(&["other"], caller(reviewer, Some("reviewer-token"))))
+                .starts_with("the subject spiffe://example.org/reviewer is not the caller")
+        );
         assert!(refusal(&ask(&["reviewer"], caller(reviewer, None))).starts_with("no task token"));
         assert!(ask(&["reviewer"], caller(reviewer, Some("reviewer-token"))).allowed);
         let both = ["other", "reviewer"];
         assert_eq!(
-            refusal(&ask(&both, caller("spiffe://example.org/other", Some("reviewer-token")))),
+            refusal(&ask(
+                &both,
+                caller("spiffe://example.org/other", Some("reviewer-token"))
+            )),
             "the task token is held by spiffe://example.org/reviewer, not by the subject spiffe://example.org/other"
         );
 
@@ -549,7 +633,9 @@ pub(super) mod tests {
         // the token is even verified.
         let before = *world.tokens.verified.lock().unwrap();
         let verdict = ask(&["other"], Subject::Agent("reviewer-token"));
-        assert!(refusal(&verdict).starts_with("the caller (spiffe://example.org/other) may not ask for others"));
+        assert!(
+            refusal(&verdict).starts_with("the caller (spiffe://example.org/other) may not ask for others")
+        );
         assert_eq!(*world.tokens.verified.lock().unwrap(), before);
         assert!(ask(&["gateway"], Subject::Agent("reviewer-token")).allowed);
     }
@@ -558,18 +644,37 @@ pub(super) mod tests {
     fn every_verdict_has_a_record_naming_the_decision() {
         let world = World::new(PERMIT_ALL);
         let me = workload("reviewer-exe");
-        let refused = world.ask(&["reviewer"], &me, Subject::Token(""), "github.create_pr", "repo:a");
+        let refused = world.ask(
+            &["reviewer"],
+            &me,
+            Subject::Token(""),
+            "github.create_pr",
+            "repo:a",
+        );
         let record = refused.record("Authorize", &me);
         assert_eq!(record.outcome, Outcome::Denied);
         assert_eq!(record.reason, refused.refusal.clone().unwrap());
-        assert_eq!(record.spiffe_id.as_deref(), Some("spiffe://example.org/reviewer"), "the caller's entry");
+        assert_eq!(
+            record.spiffe_id.as_deref(),
+            Some("spiffe://example.org/reviewer"),
+            "the caller's entry"
+        );
         assert!(record.task.is_none() && record.jti.is_none());
         let decision = record.decision.unwrap();
-        assert_eq!((decision.action.as_str(), decision.resource.as_str()), ("github.create_pr", "repo:a"));
+        assert_eq!(
+            (decision.action.as_str(), decision.resource.as_str()),
+            ("github.create_pr", "repo:a")
+        );
         assert_eq!(decision.id, refused.id);
         assert_eq!(decision.id.len(), 32);
 
-        let allowed = world.ask(&["reviewer"], &me, Subject::Token("reviewer-token"), "github.create_pr", "repo:a");
+        let allowed = world.ask(
+            &["reviewer"],
+            &me,
+            Subject::Token("reviewer-token"),
+            "github.create_pr",
+            "repo:a",
+        );
         let record = allowed.record("Authorize", &me);
         assert_eq!(record.outcome, Outcome::Allowed);
         assert_eq!(record.decision.as_ref().unwrap().policies, ["all"]);

@@ -105,7 +105,10 @@ fn build(
             "task".to_owned(),
             RestrictedExpression::new_entity_uid(task_entity.uid()),
         ),
-        ("args".to_owned(), RestrictedExpression::new_entity_uid(args.uid())),
+        (
+            "args".to_owned(),
+            RestrictedExpression::new_entity_uid(args.uid()),
+        ),
     ])
     .map_err(|e| format!("context: {e}"))?;
     let cedar_request = Request::new(
@@ -179,8 +182,12 @@ fn agent(principal: Principal<'_>) -> Result<Entity, String> {
             attrs.insert(name.to_owned(), string(value));
         }
     }
-    Entity::new(uid("Agent", principal.spiffe_id.as_str())?, attrs, Default::default())
-        .map_err(|e| format!("agent: {e}"))
+    Entity::new(
+        uid("Agent", principal.spiffe_id.as_str())?,
+        attrs,
+        Default::default(),
+    )
+    .map_err(|e| format!("agent: {e}"))
 }
 
 fn task_entity(task: &VerifiedTask) -> Result<Entity, String> {
@@ -251,12 +258,21 @@ mod tests {
     fn book(policies: &str) -> (PolicyBook, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.cedar"), policies).unwrap();
-        let entries = [entry("reviewer", &[("agent", "reviewer"), ("team", "ml")], &["github.create_pr"])];
+        let entries = [entry(
+            "reviewer",
+            &[("agent", "reviewer"), ("team", "ml")],
+            &["github.create_pr"],
+        )];
         (PolicyBook::load(Some(dir.path()), &entries).unwrap(), dir)
     }
 
     fn request(args: serde_json::Value) -> DecisionRequest {
-        DecisionRequest::parse("github.create_pr", "repo:attestd", args.as_object().unwrap().clone()).unwrap()
+        DecisionRequest::parse(
+            "github.create_pr",
+            "repo:attestd",
+            args.as_object().unwrap().clone(),
+        )
+        .unwrap()
     }
 
     fn facts() -> AgentFacts {

@@ -264,8 +264,10 @@ fn describe(diagnostic: &dyn Diagnostic) -> String {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned())
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |name| name.to_string_lossy().into_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -275,7 +277,11 @@ mod tests {
 
     fn entries() -> Vec<Arc<Entry>> {
         vec![
-            entry("reviewer", &[("agent", "reviewer")], &["github.create_pr", "jira.comment"]),
+            entry(
+                "reviewer",
+                &[("agent", "reviewer")],
+                &["github.create_pr", "jira.comment"],
+            ),
             entry("gateway", &[], &[]),
         ]
     }
@@ -304,8 +310,16 @@ mod tests {
     #[test]
     fn every_policy_file_in_order_with_ids_from_annotations_or_file_and_line() {
         let dir = dir(&[
-            ("b.cedar", "\n// second file\n@id(\"reviewers may comment\")\npermit(principal, action == Attestd::Action::\"jira.comment\", resource)\nwhen { principal.labels has agent && principal.labels.agent == \"reviewer\" };\n"),
-            ("a.cedar", &format!("{PERMIT}\nforbid(principal, action, resource)\nwhen {{ context.args.hasTag(\"branch\") && context.args.getTag(\"branch\") == \"main\" && resource.type == \"repo\" && context.task.delegation_depth > 0 }};\n")),
+            (
+                "b.cedar",
+                "\n// second file\n@id(\"reviewers may comment\")\npermit(principal, action == Attestd::Action::\"jira.comment\", resource)\nwhen { principal.labels has agent && principal.labels.agent == \"reviewer\" };\n",
+            ),
+            (
+                "a.cedar",
+                &format!(
+                    "{PERMIT}\nforbid(principal, action, resource)\nwhen {{ context.args.hasTag(\"branch\") && context.args.getTag(\"branch\") == \"main\" && resource.type == \"repo\" && context.task.delegation_depth > 0 }};\n"
+                ),
+            ),
             ("notes.txt", "not a policy"),
         ]);
         let book = PolicyBook::load(Some(dir.path()), &entries()).unwrap();
@@ -325,7 +339,13 @@ mod tests {
 
     #[test]
     fn a_parse_error_names_its_file_and_line() {
-        let found = problems(&[("ok.cedar", PERMIT), ("bad.cedar", &format!("{PERMIT}\npermit(principal, action, resource)\nwhen {{ principal.owner == }};\n"))]);
+        let found = problems(&[
+            ("ok.cedar", PERMIT),
+            (
+                "bad.cedar",
+                &format!("{PERMIT}\npermit(principal, action, resource)\nwhen {{ principal.owner == }};\n"),
+            ),
+        ]);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].starts_with("bad.cedar:4: "), "{found:?}");
     }
@@ -352,7 +372,10 @@ mod tests {
         let one = "@id(\"same\")\npermit(principal, action, resource);\n";
         let found = problems(&[("a.cedar", one), ("b.cedar", &format!("\n\n{one}"))]);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("b.cedar:3: duplicate policy id \"same\": the policy at "), "{found:?}");
+        assert!(
+            found[0].starts_with("b.cedar:3: duplicate policy id \"same\": the policy at "),
+            "{found:?}"
+        );
         assert!(found[0].ends_with("a.cedar:1 has it already"), "{found:?}");
     }
 
@@ -367,6 +390,10 @@ mod tests {
     fn a_policy_naming_the_exe_hash_makes_callers_hashed() {
         let text = "permit(principal, action, resource) when { principal has exe_sha256 && principal.exe_sha256 == \"ab\" };\n";
         let dir = dir(&[("h.cedar", text)]);
-        assert!(PolicyBook::load(Some(dir.path()), &entries()).unwrap().needs_exe_hash());
+        assert!(
+            PolicyBook::load(Some(dir.path()), &entries())
+                .unwrap()
+                .needs_exe_hash()
+        );
     }
 }

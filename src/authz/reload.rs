@@ -23,9 +23,16 @@ const SETTLE: Duration = Duration::from_millis(150);
 
 /// Reloads the policies of `authz` from `dir` on `sighup`, on file changes
 /// and on every new entries policy of `registry`, until the process ends.
-pub async fn keep_current(dir: Option<PathBuf>, authz: Arc<Authz>, registry: Arc<Registry>, mut sighup: Signal) {
+/// The watches are in place when this returns (a change made right after
+/// start-up is not missed); the future does the reloading.
+pub fn keep_current(
+    dir: Option<PathBuf>,
+    authz: Arc<Authz>,
+    registry: Arc<Registry>,
+    mut sighup: Signal,
+) -> impl Future<Output = ()> {
     let (changed_tx, mut changed) = mpsc::unbounded_channel();
-    let _watcher = match dir.as_deref().map(|dir| watch_dir(dir, changed_tx)) {
+    let watcher = match dir.as_deref().map(|dir| watch_dir(dir, changed_tx)) {
         Some(Ok(watcher)) => Some(watcher),
         Some(Err(error)) => {
             tracing::warn!(%error, "cannot watch policy_dir; reload policies with SIGHUP");
@@ -34,18 +41,22 @@ pub async fn keep_current(dir: Option<PathBuf>, authz: Arc<Authz>, registry: Arc
         None => None,
     };
     let mut entries = registry.subscribe();
-    loop {
-        tokio::select! {
-            Some(()) = changed.recv() => {
-                tokio::time::sleep(SETTLE).await;
-                while changed.try_recv().is_ok() {}
-                tracing::info!("policy files changed: reloading policies");
+    async move {
+        // Watching for as long as the loop runs.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                Some(()) = changed.recv() => {
+                    tokio::time::sleep(SETTLE).await;
+                    while changed.try_recv().is_ok() {}
+                    tracing::info!("policy files changed: reloading policies");
+                }
+                Some(()) = sighup.recv() => tracing::info!("SIGHUP: reloading policies"),
+                Ok(()) = entries.changed() => tracing::info!("entries changed: revalidating policies"),
+                else => return,
             }
-            Some(()) = sighup.recv() => tracing::info!("SIGHUP: reloading policies"),
-            Ok(()) = entries.changed() => tracing::info!("entries changed: revalidating policies"),
-            else => return,
+            reload(dir.as_deref(), &authz, &registry);
         }
-        reload(dir.as_deref(), &authz, &registry);
     }
 }
 
@@ -79,11 +90,13 @@ pub fn reload(dir: Option<&Path>, authz: &Authz, registry: &Registry) -> ReloadO
 }
 
 /// Watches `dir` itself (editors replace files by renaming them).
-fn watch_dir(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<impl Watcher> {
+fn watch_dir(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<impl Watcher + use<>> {
     let watched = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let relevant = {
         let watched = watched.clone();
-        move |path: &Path| path.parent() == Some(&watched) && path.extension().is_some_and(|ext| ext == "cedar")
+        move |path: &Path| {
+            path.parent() == Some(&watched) && path.extension().is_some_and(|ext| ext == "cedar")
+        }
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event

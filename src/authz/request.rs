@@ -33,7 +33,10 @@ impl ResourceName {
     pub fn parse(name: &str) -> Result<Self, AuthzError> {
         let bad = |why: String| AuthzError::BadRequest(format!("resource {:?}: {why}", shorten(name)));
         if name.len() > MAX_RESOURCE_BYTES {
-            return Err(bad(format!("at most {MAX_RESOURCE_BYTES} bytes (got {})", name.len())));
+            return Err(bad(format!(
+                "at most {MAX_RESOURCE_BYTES} bytes (got {})",
+                name.len()
+            )));
         }
         let Some((kind, id)) = name.split_once(':') else {
             return Err(bad("expected type:id".into()));
@@ -177,7 +180,14 @@ mod tests {
     fn resources_are_type_colon_id() {
         let resource = ResourceName::parse("repo:attestd/attestd:main").unwrap();
         assert_eq!((resource.kind(), resource.id()), ("repo", "attestd/attestd:main"));
-        for bad in ["repo", ":x", "repo:", "re po:x", "repo:a\nb", &format!("{}:x", "t".repeat(65))] {
+        for bad in [
+            "repo",
+            ":x",
+            "repo:",
+            "re po:x",
+            "repo:a\nb",
+            &format!("{}:x", "t".repeat(65)),
+        ] {
             assert!(ResourceName::parse(bad).is_err(), "{bad:?}");
         }
         let long = format!("repo:{}", "x".repeat(MAX_RESOURCE_BYTES));
@@ -188,7 +198,10 @@ mod tests {
     fn actions_are_tool_names() {
         assert!(DecisionRequest::parse("github.create_pr", "repo:x", Map::new()).is_ok());
         for bad in ["", "two words", "a\"b", &"t".repeat(MAX_TOOL_NAME_BYTES + 1)] {
-            assert!(DecisionRequest::parse(bad, "repo:x", Map::new()).is_err(), "{bad:?}");
+            assert!(
+                DecisionRequest::parse(bad, "repo:x", Map::new()).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -203,7 +216,10 @@ mod tests {
 
         let big = args(json!({"x": "y".repeat(MAX_ARGS_BYTES)}));
         let error = message(DecisionRequest::parse("t", "r:x", big).unwrap_err());
-        assert!(error.starts_with("context: at most 16384 bytes as JSON"), "{error}");
+        assert!(
+            error.starts_with("context: at most 16384 bytes as JSON"),
+            "{error}"
+        );
         assert!(check_token(&"t".repeat(MAX_TOKEN_BYTES)).is_ok());
         assert!(check_token(&"t".repeat(MAX_TOKEN_BYTES + 1)).is_err());
     }

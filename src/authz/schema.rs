@@ -43,7 +43,8 @@ pub fn text(entries: &[Arc<Entry>]) -> Result<String, AuthzError> {
 }
 
 fn shipped() -> Result<SchemaFragment, AuthzError> {
-    let (fragment, _warnings) = SchemaFragment::from_cedarschema_str(SHIPPED).map_err(|e| schema_error(&e))?;
+    let (fragment, _warnings) =
+        SchemaFragment::from_cedarschema_str(SHIPPED).map_err(|e| schema_error(&e))?;
     Ok(fragment)
 }
 
@@ -136,7 +137,11 @@ pub(super) mod tests {
     #[test]
     fn actions_and_label_keys_come_from_the_entries() {
         let entries = [
-            entry("a", &[("agent", "reviewer"), ("odd key \"q\"", "x")], &["github.create_pr"]),
+            entry(
+                "a",
+                &[("agent", "reviewer"), ("odd key \"q\"", "x")],
+                &["github.create_pr"],
+            ),
             entry("b", &[("team", "ml")], &["jira.comment", "github.create_pr"]),
             entry("c", &[], &[]),
         ];

@@ -91,7 +91,10 @@ mod tests {
         assert!(pieces[0].text.starts_with("// a comment"));
         assert!(pieces[0].text.ends_with("\"a;b\\\";c\" };"));
         assert_eq!(line_of(file, pieces[0].start), 2);
-        assert_eq!(&file[pieces[1].offset..pieces[1].offset + pieces[1].text.len()], pieces[1].text);
+        assert_eq!(
+            &file[pieces[1].offset..pieces[1].offset + pieces[1].text.len()],
+            pieces[1].text
+        );
         assert_eq!(line_of(file, pieces[1].start), 5);
         assert!(pieces[1].text.trim_start().starts_with("@id(\"second\")"));
     }

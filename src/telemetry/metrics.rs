@@ -172,7 +172,11 @@ impl AuthzMetrics {
             "Reloads of the Cedar policy set by outcome (Failed: a broken file, the previous set kept)",
             self.policy_set_reloads.clone(),
         );
-        for decision in [DecisionOutcome::Allow, DecisionOutcome::Deny, DecisionOutcome::Refused] {
+        for decision in [
+            DecisionOutcome::Allow,
+            DecisionOutcome::Deny,
+            DecisionOutcome::Refused,
+        ] {
             let _ = self.decisions.get_or_create(&DecisionLabels { decision });
         }
         for outcome in [ReloadOutcome::Applied, ReloadOutcome::Failed] {
@@ -184,7 +188,10 @@ impl AuthzMetrics {
 impl Metrics {
     /// Counts a policy decision.
     pub fn decision(&self, decision: DecisionOutcome) {
-        self.authz.decisions.get_or_create(&DecisionLabels { decision }).inc();
+        self.authz
+            .decisions
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
     }
 
     /// Counts a reload of the Cedar policy set.

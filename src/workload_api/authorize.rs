@@ -67,7 +67,10 @@ impl AuthorizationApi {
 
 #[tonic::async_trait]
 impl Authorization for AuthorizationApi {
-    async fn authorize(&self, request: Request<AuthorizeRequest>) -> Result<Response<AuthorizeResponse>, Status> {
+    async fn authorize(
+        &self,
+        request: Request<AuthorizeRequest>,
+    ) -> Result<Response<AuthorizeResponse>, Status> {
         observe(RPC, AuthorizationApi::authorize(self, request).await)
     }
 }

@@ -195,7 +195,11 @@ impl PinnedStream {
 }
 
 impl AsyncRead for PinnedStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.expired(cx)?;
         Pin::new(&mut this.stream).poll_read(cx, buf)
