@@ -396,4 +396,27 @@ mod tests {
                 .needs_exe_hash()
         );
     }
+
+    /// The example policies of the README's "Policy decisions" section
+    /// validate against the schema for entries with the labels and tools
+    /// they name.
+    #[test]
+    fn the_readme_examples_validate() {
+        let readme = include_str!("../../README.md");
+        let examples = readme
+            .split_once("For example:\n\n```cedar\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(examples, _)| examples)
+            .expect("the README's example policies");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("readme.cedar"), examples).unwrap();
+        let entries = [entry(
+            "reviewer",
+            &[("agent", "reviewer")],
+            &["github.create_pr", "jira.comment"],
+        )];
+        let book = PolicyBook::load(Some(dir.path()), &entries).unwrap();
+        assert_eq!(book.len(), 3);
+        assert!(book.needs_exe_hash());
+    }
 }
