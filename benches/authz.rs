@@ -9,9 +9,11 @@
 //! measures those), and the task token's signature check (the verifier is
 //! a stand-in here). The policies are generated: each names one of 50
 //! tools, a label and a resource pattern, so most do not apply and one
-//! permits the call; the sizes alternate within each round so a busy
-//! machine slows them alike. Also printed: the time to load and validate
-//! each set (what a reload costs).
+//! permits the call. attestd evaluates only the policies whose action
+//! scope admits the tool asked for (and those with none), so the last set,
+//! 10,000 policies with no action scope, shows the worst case. The sets
+//! alternate within each round so a busy machine slows them alike. Also
+//! printed: the time to load and validate each set (what a reload costs).
 //!
 //! ```text
 //! cargo bench --bench authz              # full: 9 rounds of 400 calls per size
@@ -54,42 +56,78 @@ struct Args {
 }
 
 impl Args {
-    /// (policy set sizes, rounds, calls per round) for this run.
-    fn plan(&self) -> (&'static [usize], usize, usize) {
+    /// (policy sets, rounds, calls per round) for this run.
+    fn plan(&self) -> (&'static [Set], usize, usize) {
+        const SMALL: &[Set] = &[Set::scoped(1), Set::scoped(100)];
+        const ALL: &[Set] = &[
+            Set::scoped(1),
+            Set::scoped(100),
+            Set::scoped(10_000),
+            Set {
+                size: 10_000,
+                scoped: false,
+            },
+        ];
         match (self.bench, self.quick) {
-            (false, _) => (&[1, 100], 1, 5),
-            (true, true) => (&[1, 100, 10_000], 3, 40),
-            (true, false) => (&[1, 100, 10_000], self.rounds, self.calls),
+            (false, _) => (SMALL, 1, 5),
+            (true, true) => (ALL, 3, 40),
+            (true, false) => (ALL, self.rounds, self.calls),
+        }
+    }
+}
+
+/// A generated policy set.
+#[derive(Debug, Clone, Copy)]
+struct Set {
+    size: usize,
+    /// Whether its policies name their action (all but the last).
+    scoped: bool,
+}
+
+impl Set {
+    const fn scoped(size: usize) -> Self {
+        Self { size, scoped: true }
+    }
+
+    fn name(self) -> String {
+        match self.scoped {
+            true => format!("{:>6} policies", self.size),
+            false => format!("{:>6} unscoped", self.size),
         }
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (sizes, rounds, calls) = args.plan();
+    let (sets, rounds, calls) = args.plan();
     let dir = tempfile::tempdir()?;
     let entries = entries(dir.path())?;
     let mut books = Vec::new();
-    for &size in sizes {
-        let policies = dir.path().join(format!("policies-{size}"));
+    for (i, &set) in sets.iter().enumerate() {
+        let policies = dir.path().join(format!("policies-{i}"));
         std::fs::create_dir(&policies)?;
-        std::fs::write(policies.join("bench.cedar"), policy_text(size))?;
+        std::fs::write(policies.join("bench.cedar"), policy_text(set))?;
         let started = Instant::now();
         let book = PolicyBook::load(Some(&policies), &entries)?;
         let loaded = started.elapsed();
-        anyhow::ensure!(book.len() == size, "loaded {} policies, not {size}", book.len());
-        books.push((size, book, loaded));
+        anyhow::ensure!(
+            book.len() == set.size,
+            "loaded {} policies, not {}",
+            book.len(),
+            set.size
+        );
+        books.push((set, book, loaded));
     }
     let world = World::new(&entries)?;
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); books.len()];
     for _ in 0..rounds {
-        for ((size, book, _), samples) in books.iter().zip(&mut latencies) {
+        for ((set, book, _), samples) in books.iter().zip(&mut latencies) {
             for _ in 0..calls / 10 + 1 {
-                world.decide(book, *size)?;
+                world.decide(book, *set)?;
             }
             for _ in 0..calls {
                 let started = Instant::now();
-                world.decide(book, *size)?;
+                world.decide(book, *set)?;
                 samples.push(started.elapsed().as_secs_f64() * 1e6);
             }
         }
@@ -97,10 +135,11 @@ fn main() -> anyhow::Result<()> {
     println!(
         "Authorize decision in-process (principal, intent checks, entities, Cedar), {rounds} rounds of {calls} calls"
     );
-    for ((size, _, loaded), samples) in books.iter().zip(&mut latencies) {
+    for ((set, _, loaded), samples) in books.iter().zip(&mut latencies) {
         samples.sort_by(f64::total_cmp);
         println!(
-            "  {size:>6} policies   p50 {:>9.1} us   p99 {:>9.1} us   (load + validate {})",
+            "  {}   p50 {:>9.1} us   p99 {:>9.1} us   (load + validate {})",
+            set.name(),
             percentile(samples, 0.50),
             percentile(samples, 0.99),
             humantime::format_duration(Duration::from_millis(loaded.as_millis() as u64)),
@@ -130,14 +169,17 @@ tasks = {{ tools = [{}] }}
     Ok(Policy::load(&Config::load(&config)?)?.entries().to_vec())
 }
 
-/// `size` policies; the last permits what the benchmark asks.
-fn policy_text(size: usize) -> String {
+/// The policies of `set`; the last permits what the benchmark asks.
+fn policy_text(set: Set) -> String {
     let mut text = String::new();
-    for i in 0..size - 1 {
+    for i in 0..set.size - 1 {
+        let action = match set.scoped {
+            true => format!("action == Attestd::Action::\"tool{}\"", i % TOOLS),
+            false => "action".to_owned(),
+        };
         text.push_str(&format!(
-            "@id(\"p{i}\")\npermit(principal, action == Attestd::Action::\"tool{tool}\", resource)\n\
-             when {{ principal.labels has team && principal.labels.team == \"team{i}\" && resource.id like \"repo-{i}-*\" }};\n",
-            tool = i % TOOLS
+            "@id(\"p{i}\")\npermit(principal, {action}, resource)\n\
+             when {{ principal.labels has team && principal.labels.team == \"team{i}\" && resource.id like \"repo-{i}-*\" }};\n"
         ));
     }
     text.push_str(
@@ -153,6 +195,7 @@ struct World {
     entries: Vec<Arc<Entry>>,
     workload: Workload,
     tokens: FixedTask,
+    subject: Subject,
     request: DecisionRequest,
 }
 
@@ -193,21 +236,23 @@ impl World {
             entries: entries.to_vec(),
             workload,
             tokens,
+            subject: Subject::Token("token".into()),
             request,
         })
     }
 
     /// One decision; it must be the allow the last policy gives.
-    fn decide(&self, book: &PolicyBook, size: usize) -> anyhow::Result<()> {
+    fn decide(&self, book: &PolicyBook, set: Set) -> anyhow::Result<()> {
         let asker = Asker {
             workload: &self.workload,
             entries: &self.entries,
             all_entries: &self.entries,
         };
-        let verdict = decide(book, &self.tokens, asker, Subject::Token("token"), &self.request);
+        let verdict = decide(book, &self.tokens, asker, &self.subject, &self.request);
         anyhow::ensure!(
             verdict.allowed && verdict.errors.is_empty(),
-            "{size} policies: not allowed: {verdict:?}"
+            "{}: not allowed: {verdict:?}",
+            set.name()
         );
         Ok(())
     }

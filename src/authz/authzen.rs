@@ -43,15 +43,10 @@ const MAX_SPIFFE_ID_BYTES: usize = 2048;
 /// An AuthZEN evaluation request, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
-    subject: SubjectClaim,
+    /// Whom it is about.
+    pub subject: Subject,
     /// What is asked.
     pub request: DecisionRequest,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum SubjectClaim {
-    TaskToken(String),
-    SpiffeId { id: String, token: Option<String> },
 }
 
 impl Evaluation {
@@ -63,7 +58,7 @@ impl Evaluation {
         let subject = match raw.subject.kind.as_str() {
             "task_token" => {
                 check_token(&raw.subject.id)?;
-                SubjectClaim::TaskToken(raw.subject.id)
+                Subject::Agent(raw.subject.id)
             }
             "spiffe_id" => {
                 if raw.subject.id.len() > MAX_SPIFFE_ID_BYTES {
@@ -83,8 +78,8 @@ impl Evaluation {
                         )));
                     }
                 };
-                SubjectClaim::SpiffeId {
-                    id: raw.subject.id,
+                Subject::Caller {
+                    spiffe_id: raw.subject.id,
                     token,
                 }
             }
@@ -101,17 +96,6 @@ impl Evaluation {
         let resource = format!("{}:{}", raw.resource.kind, raw.resource.id);
         let request = DecisionRequest::parse(&raw.action.name, &resource, args)?;
         Ok(Self { subject, request })
-    }
-
-    /// Whom the request is about.
-    pub fn subject(&self) -> Subject<'_> {
-        match &self.subject {
-            SubjectClaim::TaskToken(token) => Subject::Agent(token),
-            SubjectClaim::SpiffeId { id, token } => Subject::Caller {
-                spiffe_id: id,
-                token: token.as_deref(),
-            },
-        }
     }
 }
 
@@ -178,7 +162,7 @@ mod tests {
             "action": {"name": "github.create_pr"}, "resource": {"type": "repo", "id": "a:b"},
             "context": {"branch": "main", "n": 3}}"#;
         let evaluation = Evaluation::parse(body.as_bytes()).unwrap();
-        assert!(matches!(evaluation.subject(), Subject::Agent("t.o.k")));
+        assert_eq!(evaluation.subject, Subject::Agent("t.o.k".into()));
         assert_eq!(evaluation.request.action, "github.create_pr");
         assert_eq!(evaluation.request.resource.as_str(), "repo:a:b");
         assert_eq!(
@@ -193,18 +177,18 @@ mod tests {
             "action": {"name": "t"}, "resource": {"type": "r", "id": "x"},
             "context": {"task_token": "t.o.k", "k": "v"}}"#;
         let evaluation = Evaluation::parse(body.as_bytes()).unwrap();
-        let Subject::Caller { spiffe_id, token } = evaluation.subject() else {
-            panic!("{:?}", evaluation.subject());
-        };
-        assert_eq!((spiffe_id, token), ("spiffe://example.org/a", Some("t.o.k")));
+        assert_eq!(
+            evaluation.subject,
+            Subject::Caller {
+                spiffe_id: "spiffe://example.org/a".into(),
+                token: Some("t.o.k".into())
+            }
+        );
         assert_eq!(Value::Object(evaluation.request.args.clone()), json!({"k": "v"}));
         let without = r#"{"subject": {"type": "spiffe_id", "id": "spiffe://example.org/a"},
             "action": {"name": "t"}, "resource": {"type": "r", "id": "x"}}"#;
         let evaluation = Evaluation::parse(without.as_bytes()).unwrap();
-        assert!(matches!(
-            evaluation.subject(),
-            Subject::Caller { token: None, .. }
-        ));
+        assert!(matches!(evaluation.subject, Subject::Caller { token: None, .. }));
     }
 
     #[test]

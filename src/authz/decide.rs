@@ -47,23 +47,23 @@ impl<'a> Asker<'a> {
 }
 
 /// Whom a request is about and which token binds it to a task.
-#[derive(Debug, Clone, Copy)]
-pub enum Subject<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
     /// The token decides (gRPC): the caller itself when it holds the
     /// token's subject, else the token's agent, asked about by a gateway.
     /// Empty: no token.
-    Token(&'a str),
+    Token(String),
     /// The caller itself, under this SPIFFE ID, with its own task token
     /// (AuthZEN `{"type": "spiffe_id"}`).
     Caller {
         /// The SPIFFE ID the request names; must be the caller's.
-        spiffe_id: &'a str,
+        spiffe_id: String,
         /// The task token (AuthZEN `context.task_token`).
-        token: Option<&'a str>,
+        token: Option<String>,
     },
     /// The agent whose task token a gateway presents (AuthZEN
     /// `{"type": "task_token"}`).
-    Agent(&'a str),
+    Agent(String),
 }
 
 /// A decision: allowed or not, by which policies, or refused before any.
@@ -128,7 +128,7 @@ pub fn decide(
     book: &PolicyBook,
     tokens: &dyn TaskTokens,
     asker: Asker<'_>,
-    subject: Subject<'_>,
+    subject: &Subject,
     request: &DecisionRequest,
 ) -> Verdict {
     let mut verdict = Verdict {
@@ -154,12 +154,12 @@ fn judge(
     book: &PolicyBook,
     tokens: &dyn TaskTokens,
     asker: Asker<'_>,
-    subject: Subject<'_>,
+    subject: &Subject,
     request: &DecisionRequest,
     verdict: &mut Verdict,
 ) -> Result<(), String> {
     let (token, on_behalf) = match subject {
-        Subject::Token(token) => (token, false),
+        Subject::Token(token) => (token.as_str(), false),
         Subject::Caller { spiffe_id, token } => {
             if asker.entry_for(spiffe_id).is_none() {
                 return Err(format!(
@@ -167,13 +167,13 @@ fn judge(
                     asker.ids()
                 ));
             }
-            (token.unwrap_or_default(), false)
+            (token.as_deref().unwrap_or_default(), false)
         }
         Subject::Agent(token) => {
             if asker.gateway_entries().next().is_none() {
                 return Err(may_not_ask(asker));
             }
-            (token, true)
+            (token.as_str(), true)
         }
     };
     if token.is_empty() {
@@ -184,7 +184,7 @@ fn judge(
         .map_err(|reason| format!("task token refused: {reason}"))?;
     let task = &*verdict.task.insert(task);
     if let Subject::Caller { spiffe_id, .. } = subject
-        && task.spiffe_id.as_str() != spiffe_id
+        && task.spiffe_id.as_str() != spiffe_id.as_str()
     {
         return Err(format!(
             "the task token is held by {}, not by the subject {spiffe_id}",
@@ -439,7 +439,7 @@ pub(super) mod tests {
             &self,
             holds: &[&str],
             workload: &Workload,
-            subject: Subject<'_>,
+            subject: Subject,
             action: &str,
             resource: &str,
         ) -> Verdict {
@@ -450,7 +450,7 @@ pub(super) mod tests {
                 all_entries: &self.entries,
             };
             let request = DecisionRequest::parse(action, resource, serde_json::Map::new()).unwrap();
-            decide(&self.book, &self.tokens, asker, subject, &request)
+            decide(&self.book, &self.tokens, asker, &subject, &request)
         }
     }
 
@@ -471,29 +471,33 @@ pub(super) mod tests {
         let ask = |subject, action, resource| world.ask(&["reviewer"], &me, subject, action, resource);
         let pr = "github.create_pr";
         assert_eq!(
-            refusal(&ask(Subject::Token(""), pr, "repo:a")),
+            refusal(&ask(Subject::Token("".into()), pr, "repo:a")),
             "no task token: every decision is bound to a live task"
         );
         assert_eq!(
-            refusal(&ask(Subject::Token("plain.jwt.svid"), pr, "repo:a")),
+            refusal(&ask(Subject::Token("plain.jwt.svid".into()), pr, "repo:a")),
             "task token refused: not a task token (a plain JWT-SVID?)"
         );
         // Policy permits everything, yet the task did not declare the tool.
         assert!(
-            refusal(&ask(Subject::Token("reviewer-token"), "jira.comment", "repo:a"))
-                .starts_with("tool jira.comment is not among the task's declared tools [github.create_pr]")
+            refusal(&ask(
+                Subject::Token("reviewer-token".into()),
+                "jira.comment",
+                "repo:a"
+            ))
+            .starts_with("tool jira.comment is not among the task's declared tools [github.create_pr]")
         );
         assert!(
-            refusal(&ask(Subject::Token("scoped-token"), pr, "repo:b"))
+            refusal(&ask(Subject::Token("scoped-token".into()), pr, "repo:b"))
                 .starts_with("resource repo:b is not among the task's declared resources [repo:a]")
         );
         // Declared by the task, but no entry allows it (any more).
         assert!(
-            refusal(&ask(Subject::Token("scoped-token"), "rm", "repo:a"))
+            refusal(&ask(Subject::Token("scoped-token".into()), "rm", "repo:a"))
                 .starts_with("no entry allows the tool rm")
         );
 
-        let allowed = ask(Subject::Token("scoped-token"), pr, "repo:a");
+        let allowed = ask(Subject::Token("scoped-token".into()), pr, "repo:a");
         assert!(allowed.allowed && allowed.refusal.is_none(), "{allowed:?}");
         assert_eq!(allowed.reasons, ["all"]);
         assert_eq!(
@@ -509,7 +513,7 @@ pub(super) mod tests {
         let verdict = world.ask(
             &["reviewer"],
             &me,
-            Subject::Token("reviewer-token"),
+            Subject::Token("reviewer-token".into()),
             "github.create_pr",
             "repo:a",
         );
@@ -522,7 +526,7 @@ pub(super) mod tests {
         let verdict = world.ask(
             &["reviewer"],
             &me,
-            Subject::Token("reviewer-token"),
+            Subject::Token("reviewer-token".into()),
             "github.create_pr",
             "repo:a",
         );
@@ -541,7 +545,7 @@ pub(super) mod tests {
                 .ask(
                     &["reviewer"],
                     &workload(exe),
-                    Subject::Token("reviewer-token"),
+                    Subject::Token("reviewer-token".into()),
                     "github.create_pr",
                     "repo:a",
                 )
@@ -562,7 +566,7 @@ pub(super) mod tests {
         let verdict = world.ask(
             &["other"],
             &gw,
-            Subject::Token("reviewer-token"),
+            Subject::Token("reviewer-token".into()),
             "github.create_pr",
             "repo:a",
         );
@@ -574,7 +578,7 @@ pub(super) mod tests {
         let verdict = world.ask(
             &["gateway"],
             &gw,
-            Subject::Token("reviewer-token"),
+            Subject::Token("reviewer-token".into()),
             "github.create_pr",
             "repo:a",
         );
@@ -597,7 +601,7 @@ pub(super) mod tests {
         let verdict = world.ask(
             &["gateway"],
             &gw,
-            Subject::Token("scoped-token"),
+            Subject::Token("scoped-token".into()),
             "github.create_pr",
             "repo:a",
         );
@@ -612,7 +616,10 @@ pub(super) mod tests {
         let world = World::new(PERMIT_ALL);
         let me = workload("reviewer-exe");
         let reviewer = "spiffe://example.org/reviewer";
-        let caller = |spiffe_id, token| Subject::Caller { spiffe_id, token };
+        let caller = |spiffe_id: &str, token: Option<&str>| Subject::Caller {
+            spiffe_id: spiffe_id.into(),
+            token: token.map(Into::into),
+        };
         let ask = |holds: &[&str], subject| world.ask(holds, &me, subject, "github.create_pr", "repo:a");
         assert!(
             refusal(&ask(&["other"], caller(reviewer, Some("reviewer-token"))))
@@ -632,12 +639,12 @@ pub(super) mod tests {
         // A task_token subject: the caller must be a gateway, checked before
         // the token is even verified.
         let before = *world.tokens.verified.lock().unwrap();
-        let verdict = ask(&["other"], Subject::Agent("reviewer-token"));
+        let verdict = ask(&["other"], Subject::Agent("reviewer-token".into()));
         assert!(
             refusal(&verdict).starts_with("the caller (spiffe://example.org/other) may not ask for others")
         );
         assert_eq!(*world.tokens.verified.lock().unwrap(), before);
-        assert!(ask(&["gateway"], Subject::Agent("reviewer-token")).allowed);
+        assert!(ask(&["gateway"], Subject::Agent("reviewer-token".into())).allowed);
     }
 
     #[test]
@@ -647,7 +654,7 @@ pub(super) mod tests {
         let refused = world.ask(
             &["reviewer"],
             &me,
-            Subject::Token(""),
+            Subject::Token("".into()),
             "github.create_pr",
             "repo:a",
         );
@@ -671,7 +678,7 @@ pub(super) mod tests {
         let allowed = world.ask(
             &["reviewer"],
             &me,
-            Subject::Token("reviewer-token"),
+            Subject::Token("reviewer-token".into()),
             "github.create_pr",
             "repo:a",
         );

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request,
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, Response,
     RestrictedExpression,
 };
 use serde_json::Value;
@@ -70,24 +70,57 @@ pub fn evaluate(
     decision_id: &str,
 ) -> Evaluation {
     match build(book, principal, task, request, decision_id) {
-        Ok((request, entities)) => {
-            let response = Authorizer::new().is_authorized(&request, book.policies(), &entities);
-            let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
-            reasons.sort();
-            let mut errors: Vec<String> = response
-                .diagnostics()
-                .errors()
-                .take(MAX_ERRORS)
-                .map(|error| bounded(error.to_string()))
+        Ok((cedar_request, entities)) => {
+            let authorizer = Authorizer::new();
+            let responses: Vec<Response> = book
+                .slices(&request.action)
+                .into_iter()
+                .filter(|slice| slice.num_of_policies() > 0)
+                .map(|slice| authorizer.is_authorized(&cedar_request, slice, &entities))
                 .collect();
-            errors.sort();
-            Evaluation {
-                allowed: response.decision() == Decision::Allow,
-                reasons,
-                errors,
-            }
+            combine(&responses)
         }
         Err(error) => Evaluation::failed(error),
+    }
+}
+
+/// The decision of a policy set from the decisions of its disjoint slices,
+/// as Cedar would have made it over the whole: a deny naming policies is a
+/// forbid that applies, and any forbid wins (the reasons are every forbid
+/// that applies); else the set allows if a permit applies (the reasons are
+/// every permit that applies); else it denies, naming none.
+fn combine(responses: &[Response]) -> Evaluation {
+    let forbidding: Vec<&Response> = responses
+        .iter()
+        .filter(|r| r.decision() == Decision::Deny && r.diagnostics().reason().next().is_some())
+        .collect();
+    let (allowed, deciding) = match forbidding.is_empty() {
+        false => (false, forbidding),
+        true => {
+            let allowing: Vec<&Response> = responses
+                .iter()
+                .filter(|r| r.decision() == Decision::Allow)
+                .collect();
+            (!allowing.is_empty(), allowing)
+        }
+    };
+    let mut reasons: Vec<String> = deciding
+        .iter()
+        .flat_map(|r| r.diagnostics().reason())
+        .map(ToString::to_string)
+        .collect();
+    reasons.sort();
+    let mut errors: Vec<String> = responses
+        .iter()
+        .flat_map(|r| r.diagnostics().errors())
+        .take(MAX_ERRORS)
+        .map(|error| bounded(error.to_string()))
+        .collect();
+    errors.sort();
+    Evaluation {
+        allowed,
+        reasons,
+        errors,
     }
 }
 
@@ -261,7 +294,7 @@ mod tests {
         let entries = [entry(
             "reviewer",
             &[("agent", "reviewer"), ("team", "ml")],
-            &["github.create_pr"],
+            &["github.create_pr", "jira.comment"],
         )];
         (PolicyBook::load(Some(dir.path()), &entries).unwrap(), dir)
     }
@@ -360,6 +393,61 @@ when {
         assert!(!evaluation.allowed);
         assert_eq!(evaluation.errors.len(), 1, "{evaluation:?}");
         assert!(evaluation.errors[0].contains("overflows"), "{evaluation:?}");
+    }
+
+    /// Deciding over the slices of the action is deciding over the whole
+    /// set: same decision, same reasons, same errors.
+    #[test]
+    fn slices_decide_as_the_whole_set_does() {
+        let (book, _dir) = book(
+            r#"@id("any permit") permit(principal, action, resource) when { context.args.hasTag("open") };
+@id("pr permit") permit(principal, action == Attestd::Action::"github.create_pr", resource) when { context.args.hasTag("pr") };
+@id("list permit") permit(principal, action in [Attestd::Action::"github.create_pr", Attestd::Action::"jira.comment"], resource) when { context.args.hasTag("list") };
+@id("comment forbid") forbid(principal, action == Attestd::Action::"jira.comment", resource) when { context.args.hasTag("no") };
+@id("any forbid") forbid(principal, action, resource) when { context.args.hasTag("never") };
+@id("errs") permit(principal, action == Attestd::Action::"github.create_pr", resource) when { context.task.delegation_depth + 9223372036854775807 + 1 > 0 };
+"#,
+        );
+        let entry = entry("reviewer", &[], &["github.create_pr", "jira.comment"]);
+        let facts = AgentFacts::default();
+        let principal = Principal {
+            spiffe_id: &entry.spiffe_id,
+            entry: &entry,
+            facts: &facts,
+        };
+        let task = task("reviewer", &["github.create_pr", "jira.comment"], &[], &[]);
+        for action in ["github.create_pr", "jira.comment"] {
+            for tags in [
+                &[][..],
+                &["open"],
+                &["pr"],
+                &["list"],
+                &["no", "list"],
+                &["never", "pr"],
+                &["no", "open"],
+            ] {
+                let args: serde_json::Map<String, Value> =
+                    tags.iter().map(|t| ((*t).to_owned(), json!(""))).collect();
+                let request = DecisionRequest::parse(action, "repo:x", args).unwrap();
+                let (cedar_request, entities) = build(&book, principal, &task, &request, "d").unwrap();
+                let whole = Authorizer::new().is_authorized(&cedar_request, book.policies(), &entities);
+                let sliced = evaluate(&book, principal, &task, &request, "d");
+                let mut reasons: Vec<String> =
+                    whole.diagnostics().reason().map(ToString::to_string).collect();
+                reasons.sort();
+                let mut errors: Vec<String> = whole.diagnostics().errors().map(ToString::to_string).collect();
+                errors.sort();
+                let expected = Evaluation {
+                    allowed: whole.decision() == Decision::Allow,
+                    reasons,
+                    errors,
+                };
+                assert_eq!(sliced, expected, "{action} {tags:?}");
+            }
+        }
+        assert_eq!(book.slices("jira.comment")[0].num_of_policies(), 2);
+        assert_eq!(book.slices("github.create_pr")[0].num_of_policies(), 3);
+        assert_eq!(book.slices("github.create_pr")[1].num_of_policies(), 2);
     }
 
     #[test]

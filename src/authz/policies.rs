@@ -13,10 +13,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cedar_policy::{Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{
+    ActionConstraint, EntityUid, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+};
 use miette::Diagnostic;
 
-use super::source::{self, line_of};
+use super::source::{self, Lines};
 use super::{AuthzError, schema};
 use crate::registry::Entry;
 
@@ -45,6 +47,7 @@ impl fmt::Display for PolicyProblem {
 pub struct PolicyBook {
     schema: Schema,
     policies: PolicySet,
+    slices: Slices,
     /// The tools the schema declares actions for.
     tools: BTreeSet<String>,
     /// Whether some policy mentions `exe_sha256`.
@@ -79,6 +82,7 @@ impl PolicyBook {
             .policies()
             .any(|policy| policy.to_string().contains("exe_sha256"));
         Ok(Self {
+            slices: Slices::cut(&policies, &tools)?,
             schema,
             policies,
             tools,
@@ -94,6 +98,16 @@ impl PolicyBook {
     /// The policies.
     pub fn policies(&self) -> &PolicySet {
         &self.policies
+    }
+
+    /// The policies that can apply to `tool`: those whose action scope
+    /// names it, and those with no action scope. Together they decide
+    /// exactly as the whole set does (see [`Slices`]).
+    pub fn slices(&self, tool: &str) -> [&PolicySet; 2] {
+        [
+            self.slices.by_tool.get(tool).unwrap_or(&self.slices.none),
+            &self.slices.any,
+        ]
     }
 
     /// How many policies are in effect.
@@ -119,6 +133,57 @@ impl PolicyBook {
     pub fn needs_exe_hash(&self) -> bool {
         self.needs_exe_hash
     }
+}
+
+/// The policy set cut by action scope. Cedar evaluates every policy of the
+/// set it is given, yet a policy whose action scope excludes the request's
+/// action can never apply, nor error (the scope is checked before the
+/// conditions): each decision evaluates only the slice of its action and
+/// the policies with no action scope, which at 10,000 policies over 50
+/// tools is fifty times fewer. Exact, since actions have no groups in
+/// attestd's schema (`action in [..]` is membership in the list).
+#[derive(Debug, Default)]
+struct Slices {
+    /// Policies scoped to actions, under each action they name.
+    by_tool: HashMap<String, PolicySet>,
+    /// Policies with no action scope.
+    any: PolicySet,
+    /// For a tool no policy names.
+    none: PolicySet,
+}
+
+impl Slices {
+    fn cut(policies: &PolicySet, tools: &BTreeSet<String>) -> Result<Self, AuthzError> {
+        let mut slices = Self::default();
+        let add = |set: &mut PolicySet, policy: &Policy| {
+            // Ids are unique in the whole set, so in every slice.
+            set.add(policy.clone())
+                .map_err(|e| AuthzError::Schema(format!("slicing the policy set: {e}")))
+        };
+        for policy in policies.policies() {
+            let named = match policy.action_constraint() {
+                ActionConstraint::Any => {
+                    add(&mut slices.any, policy)?;
+                    continue;
+                }
+                ActionConstraint::Eq(action) => vec![action],
+                ActionConstraint::In(actions) => actions,
+            };
+            let mut named: Vec<&str> = named.iter().filter_map(|uid| tool_of(uid, tools)).collect();
+            named.sort_unstable();
+            named.dedup();
+            for tool in named {
+                add(slices.by_tool.entry(tool.to_owned()).or_default(), policy)?;
+            }
+        }
+        Ok(slices)
+    }
+}
+
+/// The tool an action names, if it is one of `tools` (validation has
+/// refused any other).
+fn tool_of<'a>(action: &EntityUid, tools: &'a BTreeSet<String>) -> Option<&'a str> {
+    tools.get(action.id().unescaped()).map(String::as_str)
 }
 
 /// The `*.cedar` files of `dir`, sorted, with their text.
@@ -171,10 +236,11 @@ impl Parsed {
     fn add_file(&mut self, path: &Path, text: &str) {
         let file = self.paths.len();
         self.paths.push(path.to_owned());
+        let lines = Lines::new(text);
         for piece in source::pieces(text) {
             let problem = |offset: usize, message: String| PolicyProblem {
                 file: path.to_owned(),
-                line: line_of(text, offset),
+                line: lines.line_of(offset),
                 message,
             };
             let policy = match Policy::parse(None, piece.text) {
@@ -187,7 +253,7 @@ impl Parsed {
                     continue;
                 }
             };
-            let line = line_of(text, piece.start);
+            let line = lines.line_of(piece.start);
             let id = match policy.annotation("id") {
                 Some(id) => PolicyId::new(id),
                 None => PolicyId::new(format!("{}:{line}", file_name(path))),
@@ -224,11 +290,14 @@ fn validate(
     files: &[(PathBuf, String)],
 ) -> Vec<PolicyProblem> {
     let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    if result.validation_passed_without_warnings() {
+        return Vec::new();
+    }
+    let lines: Vec<Lines> = files.iter().map(|(_, text)| Lines::new(text)).collect();
     let place = |id: &PolicyId, label: Option<usize>| {
         origins.get(id).map(|origin| {
-            let (path, text) = &files[origin.file];
             let at = label.map_or(origin.start, |offset| origin.offset + offset);
-            (path.clone(), line_of(text, at))
+            (files[origin.file].0.clone(), lines[origin.file].line_of(at))
         })
     };
     for warning in result.validation_warnings() {

@@ -55,7 +55,10 @@ pub fn keep_current(
                 Ok(()) = entries.changed() => tracing::info!("entries changed: revalidating policies"),
                 else => return,
             }
-            reload(dir.as_deref(), &authz, &registry);
+            // Parsing and validating thousands of policies takes seconds:
+            // off the async runtime.
+            let (dir, authz, registry) = (dir.clone(), Arc::clone(&authz), Arc::clone(&registry));
+            let _ = tokio::task::spawn_blocking(move || reload(dir.as_deref(), &authz, &registry)).await;
         }
     }
 }

@@ -73,10 +73,21 @@ enum State {
     Comment,
 }
 
-/// The 1-based line of byte `offset` in `file`.
-pub fn line_of(file: &str, offset: usize) -> usize {
-    let offset = offset.min(file.len());
-    file.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+/// Where the lines of a file start, to find the line of an offset without
+/// rescanning the file (a file may hold thousands of policies).
+#[derive(Debug, Clone)]
+pub struct Lines(Vec<usize>);
+
+impl Lines {
+    /// The line breaks of `file`.
+    pub fn new(file: &str) -> Self {
+        Self(file.match_indices('\n').map(|(at, _)| at).collect())
+    }
+
+    /// The 1-based line of byte `offset`.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.0.partition_point(|&newline| newline < offset) + 1
+    }
 }
 
 #[cfg(test)]
@@ -90,13 +101,21 @@ mod tests {
         assert_eq!(pieces.len(), 2, "{pieces:?}");
         assert!(pieces[0].text.starts_with("// a comment"));
         assert!(pieces[0].text.ends_with("\"a;b\\\";c\" };"));
-        assert_eq!(line_of(file, pieces[0].start), 2);
+        let lines = Lines::new(file);
+        assert_eq!(lines.line_of(pieces[0].start), 2);
         assert_eq!(
             &file[pieces[1].offset..pieces[1].offset + pieces[1].text.len()],
             pieces[1].text
         );
-        assert_eq!(line_of(file, pieces[1].start), 5);
+        assert_eq!(lines.line_of(pieces[1].start), 5);
         assert!(pieces[1].text.trim_start().starts_with("@id(\"second\")"));
+    }
+
+    #[test]
+    fn lines_of_offsets() {
+        let lines = Lines::new("a\nbc\n\nd");
+        let found: Vec<usize> = (0..8).map(|at| lines.line_of(at)).collect();
+        assert_eq!(found, [1, 1, 2, 2, 2, 3, 4, 4]);
     }
 
     #[test]
@@ -106,6 +125,6 @@ mod tests {
         let pieces = pieces(file);
         assert_eq!(pieces.len(), 2);
         assert_eq!(pieces[1].text, "\n\npermit(principal");
-        assert_eq!(line_of(file, pieces[1].start), 3);
+        assert_eq!(Lines::new(file).line_of(pieces[1].start), 3);
     }
 }

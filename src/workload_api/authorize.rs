@@ -50,7 +50,7 @@ impl AuthorizationApi {
         let checked = authz::check_token(&token)
             .and_then(|()| DecisionRequest::parse(&action, &resource, args(context.unwrap_or_default())))
             .map_err(|error| refuse(&self.ctx, &peer, &error))?;
-        let verdict = decide(&self.ctx, &peer, Subject::Token(&token), &checked).await?;
+        let verdict = decide(&self.ctx, &peer, Subject::Token(token), checked).await?;
         Ok(AuthorizeResponse {
             decision: match verdict.allowed {
                 true => Decision::Allow,
@@ -77,21 +77,39 @@ impl Authorization for AuthorizationApi {
 
 /// Admits the caller, decides, and records the decision (every decision,
 /// allowed, denied or refused, on its own: never rate-limited).
+///
+/// Cedar evaluates every policy that may apply, which at thousands of
+/// policies takes milliseconds: the decision runs on a blocking thread,
+/// within the attestation permits (host-wide and per uid), like the other
+/// CPU work a caller can ask for.
 pub(super) async fn decide(
     ctx: &Context,
     peer: &PeerInfo,
-    subject: Subject<'_>,
-    request: &DecisionRequest,
+    subject: Subject,
+    request: DecisionRequest,
 ) -> Result<Verdict, Status> {
     let caller = admission::admit_for_decision(ctx, peer, RPC)
         .await
         .map_err(Refusal::status)?;
-    let asker = Asker {
-        workload: &caller.workload,
-        entries: &caller.entries,
-        all_entries: caller.policy.entries(),
-    };
-    let verdict = authz::decide(&ctx.authz.book(), ctx.authz.tokens(), asker, subject, request);
+    let permit = ctx
+        .attestations
+        .acquire(caller.workload.uid)
+        .await
+        .map_err(|_| Status::internal("attestation permits closed"))?;
+    let authz = Arc::clone(&ctx.authz);
+    let (caller, request, verdict) = tokio::task::spawn_blocking(move || {
+        // Held until the work ends, even if the request is cancelled.
+        let _permit = permit;
+        let asker = Asker {
+            workload: &caller.workload,
+            entries: &caller.entries,
+            all_entries: caller.policy.entries(),
+        };
+        let verdict = authz::decide(&authz.book(), authz.tokens(), asker, &subject, &request);
+        (caller, request, verdict)
+    })
+    .await
+    .map_err(|_| Status::internal("decision task failed"))?;
     ctx.audit
         .write(&[verdict.record(RPC, &caller.workload)])
         .map_err(|e| status::audit(&e))?;

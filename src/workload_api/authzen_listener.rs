@@ -90,7 +90,7 @@ async fn evaluate(
             return json(http_status(&status), &authzen::error_body(status.message()));
         }
     };
-    match decide(&ctx, &peer, evaluation.subject(), &evaluation.request).await {
+    match decide(&ctx, &peer, evaluation.subject, evaluation.request).await {
         Ok(verdict) => json(StatusCode::OK, &authzen::response(&verdict)),
         Err(status) => json(http_status(&status), &authzen::error_body(status.message())),
     }
