@@ -723,3 +723,33 @@ fn a_gateway_asks_for_an_agent_with_a_token_addressed_to_it() {
             .starts_with("task token refused: ")
     );
 }
+
+#[tokio::test]
+async fn authorize_needs_the_security_header_and_an_identity() {
+    use attestd::proto::agent::AuthorizeRequest;
+    use attestd::proto::agent::authorization_client::AuthorizationClient;
+
+    let pdp = Pdp::start(&entries(false), &[]);
+    let request = || AuthorizeRequest {
+        action: PR.into(),
+        resource: "repo:x".into(),
+        context: None,
+        token: String::new(),
+    };
+    let channel = attestd::client::channel(&pdp.daemon.socket()).await.unwrap();
+    let status = AuthorizationClient::new(channel)
+        .authorize(request())
+        .await
+        .expect_err("no security header");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "security header missing from request");
+
+    // This process (root) holds no identity here: nothing to decide about.
+    let channel = attestd::client::channel(&pdp.daemon.socket()).await.unwrap();
+    let status = AuthorizationClient::with_interceptor(channel, attestd::client::SecurityHeader)
+        .authorize(request())
+        .await
+        .expect_err("no identity");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(status.message(), "no identity issued");
+}
