@@ -85,7 +85,8 @@ pub struct Verdict {
     /// is not known.
     entry: Option<Arc<Entry>>,
     task: Option<VerifiedTask>,
-    /// The gateway that asked on the agent's behalf.
+    /// The gateway that asked on the agent's behalf (while the principal
+    /// is not known: the caller's first identity that may ask for others).
     asked_by: Option<SpiffeId>,
 }
 
@@ -158,6 +159,14 @@ fn judge(
     request: &DecisionRequest,
     verdict: &mut Verdict,
 ) -> Result<(), String> {
+    // Until the principal is known to be the caller itself, a caller that
+    // may ask for others is taken to ask as a gateway: its refusals name it.
+    if !matches!(subject, Subject::Caller { .. }) {
+        verdict.asked_by = asker
+            .gateway_entries()
+            .next()
+            .map(|entry| entry.spiffe_id.clone());
+    }
     let (token, on_behalf) = match subject {
         Subject::Token(token) => (token.as_str(), false),
         Subject::Caller { spiffe_id, token } => {
@@ -197,7 +206,10 @@ fn judge(
         true => None,
     };
     let (entry, facts) = match own_entry {
-        Some(entry) => (Arc::clone(entry), AgentFacts::of(asker.workload)),
+        Some(entry) => {
+            verdict.asked_by = None;
+            (Arc::clone(entry), AgentFacts::of(asker.workload))
+        }
         None => {
             let gateway = gateway_for(asker, task)?;
             verdict.asked_by = Some(gateway.spiffe_id.clone());
@@ -609,6 +621,33 @@ pub(super) mod tests {
             refusal(&verdict).starts_with("the task token is not addressed to the caller"),
             "{verdict:?}"
         );
+        // Refusals before the principal is known name the gateway that asked.
+        for token in ["scoped-token", "", "plain.jwt.svid"] {
+            let verdict = world.ask(
+                &["gateway"],
+                &gw,
+                Subject::Token(token.into()),
+                "github.create_pr",
+                "repo:a",
+            );
+            let record = verdict.record("Authorize", &gw);
+            assert_eq!(
+                record.decision.unwrap().asked_by.as_deref(),
+                Some("spiffe://example.org/gateway"),
+                "{token:?}"
+            );
+        }
+        // An agent asking with its own token asks for nobody else.
+        let both = ["reviewer", "gateway"];
+        let verdict = world.ask(
+            &both,
+            &gw,
+            Subject::Token("reviewer-token".into()),
+            "github.create_pr",
+            "repo:a",
+        );
+        assert!(verdict.refusal.is_none(), "{verdict:?}");
+        assert_eq!(verdict.record("Authorize", &gw).decision.unwrap().asked_by, None);
     }
 
     #[test]
