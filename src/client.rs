@@ -4,6 +4,10 @@
 
 pub mod tasks;
 
+mod authz;
+
+pub use authz::{allowed, authorize, decision_json, describe_decision};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -56,6 +60,9 @@ pub enum ClientError {
     /// The server did not answer as a live Workload API does.
     #[error("unhealthy: {0}")]
     Unhealthy(String),
+    /// An argument given on the command line is invalid.
+    #[error("{0}")]
+    BadInput(String),
     /// Writing output files failed.
     #[error("writing {path}: {source}")]
     Write {

@@ -547,6 +547,7 @@ impl Config {
             self.attestation,
             self.health,
             self.authz.clone(),
+            self.policy_dir.clone(),
         )
     }
 

@@ -15,7 +15,9 @@ use tonic::transport::Server;
 use crate::attest::Attestor;
 use crate::audit::{AuditError, AuditLog};
 use crate::authority::{Authority, AuthorityError, maintain_bundle_file};
+use crate::authz::{self, Authz, AuthzError, PolicyBook};
 use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::proto::agent::authorization_server::AuthorizationServer;
 use crate::proto::agent::tasks_server::TasksServer;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::registry::{self, Policy, Registry};
@@ -23,8 +25,9 @@ use crate::svid_cache::SvidCache;
 use crate::tasks::{TaskError, TaskRegistry};
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
 use crate::workload_api::{
-    AttestationPermits, ConnectionBudget, ConnectionLimits, Context, ListenerError, MAX_HEADER_LIST_SIZE,
-    RequestPermits, RequestPermitsLayer, SocketListener, TasksApi, WorkloadApi,
+    AttestationPermits, AuthorizationApi, ConnectionBudget, ConnectionLimits, Context, ListenerError,
+    MAX_HEADER_LIST_SIZE, RequestPermits, RequestPermitsLayer, SocketListener, TasksApi, WorkloadApi,
+    serve_authzen,
 };
 
 /// The largest request message attestd decodes. tonic buffers a message
@@ -69,6 +72,9 @@ pub enum DaemonError {
     /// The task store could not be loaded.
     #[error(transparent)]
     Tasks(#[from] TaskError),
+    /// The Cedar policies are invalid.
+    #[error("policies: {0}")]
+    Authz(#[from] AuthzError),
     /// The socket could not be set up.
     #[error(transparent)]
     Listener(#[from] ListenerError),
@@ -83,9 +89,10 @@ pub enum DaemonError {
     Server(#[from] tonic::transport::Error),
 }
 
-/// Runs attestd until SIGTERM or SIGINT; SIGHUP reloads the policy.
+/// Runs attestd until SIGTERM or SIGINT; SIGHUP reloads the policy (the
+/// entries and the Cedar policies).
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let (signals, hangup) = Signals::install()?;
+    let (signals, hangup, authz_hangup) = Signals::install()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let attestations = concurrent_attestations(&config.limits);
     let ctx = Arc::new(start_services(&config, shutdown, attestations)?);
@@ -114,7 +121,17 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Arc::clone(&ctx.registry),
         hangup,
     ));
+    tokio::spawn(authz::keep_current(
+        config.policy_dir.clone(),
+        Arc::clone(&ctx.authz),
+        Arc::clone(&ctx.registry),
+        authz_hangup,
+    ));
 
+    let limits = ConnectionLimits::new(budget);
+    if let Some(path) = &config.authz.listen {
+        tokio::spawn(serve_authzen(Arc::clone(&ctx), path, Arc::clone(&limits))?);
+    }
     let mut listener = SocketListener::bind(&config.socket_path)?;
     readiness.set(true);
     notify_ready(&format!("serving {}", listener.path().display()));
@@ -148,12 +165,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             SpiffeWorkloadApiServer::new(WorkloadApi::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(MAX_REQUEST_MESSAGE),
         )
-        // attestd's agent API: tasks.
+        // attestd's agent API: tasks and decisions.
         .add_service(
             TasksServer::new(TasksApi::new(Arc::clone(&ctx))).max_decoding_message_size(MAX_REQUEST_MESSAGE),
         )
+        .add_service(
+            AuthorizationServer::new(AuthorizationApi::new(Arc::clone(&ctx)))
+                .max_decoding_message_size(MAX_REQUEST_MESSAGE),
+        )
         .serve_with_incoming_shutdown(
-            listener.incoming(ConnectionLimits::new(budget), config.limits.first_request_timeout),
+            listener.incoming(limits, config.limits.first_request_timeout),
             stop,
         );
     let mut shutdown = ctx.shutdown.clone();
@@ -180,6 +201,8 @@ fn start_services(
     attestations: usize,
 ) -> Result<Context, DaemonError> {
     let policy = Policy::load(config)?;
+    let policies = PolicyBook::load(config.policy_dir.as_deref(), policy.entries())?;
+    tracing::info!(policies = policies.len(), "Cedar policies loaded");
     let authority = Arc::new(Authority::from_config(
         config.trust_domain.clone(),
         &config.data_dir,
@@ -209,6 +232,10 @@ fn start_services(
         cache: SvidCache::new(Arc::clone(&authority)),
         authority,
         audit,
+        authz: Arc::new(Authz::new(
+            policies,
+            Arc::clone(&tasks) as Arc<dyn authz::TaskTokens>,
+        )),
         tasks,
         attestations: AttestationPermits::new(attestations),
         shutdown,
@@ -232,14 +259,19 @@ struct Signals {
 }
 
 impl Signals {
-    /// The stop signals, and SIGHUP (policy reload).
-    fn install() -> Result<(Self, Signal), DaemonError> {
+    /// The stop signals, and SIGHUP twice (each receiver sees every
+    /// signal): the entries' reload and the Cedar policies'.
+    fn install() -> Result<(Self, Signal, Signal), DaemonError> {
         let install = |kind| signal(kind).map_err(DaemonError::Signals);
         let stop = Self {
             terminate: install(SignalKind::terminate())?,
             interrupt: install(SignalKind::interrupt())?,
         };
-        Ok((stop, install(SignalKind::hangup())?))
+        Ok((
+            stop,
+            install(SignalKind::hangup())?,
+            install(SignalKind::hangup())?,
+        ))
     }
 
     /// Resolves on SIGTERM or SIGINT.

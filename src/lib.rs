@@ -5,7 +5,8 @@
 //! kernel's facts about it into [`selector`]s, the [`registry`] matches them
 //! to registration entries, the [`svid_cache`] hands out the entry's current
 //! SVID minted by the [`authority`], and [`audit`] records the decision.
-//! [`daemon`] wires these together; [`client`] is the CLI's Workload API
+//! Agents' tasks ([`tasks`]) bind a decision of the policy decision point
+//! ([`authz`]) to a declared intent. [`daemon`] wires these together; [`client`] is the CLI's Workload API
 //! client, and [`helper`] the sidecar that writes rotated SVIDs to files.
 
 // Only `sys` may use `unsafe` (system calls nix lacks), each with a SAFETY
@@ -17,6 +18,7 @@ pub mod atomic_file;
 pub mod attest;
 pub mod audit;
 pub mod authority;
+pub mod authz;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use attestd::audit::trace::{self, Select, TraceQuery};
 use attestd::authority::BundleDocument;
-use attestd::{audit, client, config::Config, daemon, explain, helper, policy_check, telemetry};
+use attestd::registry::Policy;
+use attestd::{audit, authz, client, config::Config, daemon, explain, helper, policy_check, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +72,12 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         command: BundleCommand,
+    },
+    /// Ask the policy decision point (Cedar), or show what policies are
+    /// validated against.
+    Authz {
+        #[command(subcommand)]
+        command: AuthzCommand,
     },
     /// Sidecar (spiffe-helper compatible): write rotated SVIDs to files,
     /// start a program and signal it on every rotation.
@@ -247,6 +254,38 @@ enum AuditCommand {
 }
 
 #[derive(Subcommand)]
+enum AuthzCommand {
+    /// Ask, as the current process, whether a tool may act on a resource
+    /// within a task; exits 0 on allow, 1 on deny.
+    Check {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The tool (a Cedar action).
+        #[arg(long)]
+        action: String,
+        /// The resource.
+        #[arg(long, value_name = "TYPE:ID")]
+        resource: String,
+        /// The tool call's arguments, a JSON object (Cedar's context.args).
+        #[arg(long, value_name = "JSON")]
+        context: Option<String>,
+        /// The task token the decision is bound to.
+        #[arg(long, env = "ATTESTD_TASK_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print {"decision": "allow"|"deny", "decision_id", "reasons", ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the Cedar schema the policies are validated against: the
+    /// shipped part and what the entries generate.
+    Schema {
+        /// attestd's configuration file (the entries).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum BundleCommand {
     /// Print the trust bundle.
     Show {
@@ -276,7 +315,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("attestd: {}", describe(&e));
             ExitCode::FAILURE
@@ -296,7 +335,7 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
             let config = match config {
@@ -395,8 +434,38 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Helper { config } => helper::run(helper::HelperConfig::load(&config)?).await?,
+        Command::Authz { command } => return authz_command(command).await,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn authz_command(command: AuthzCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuthzCommand::Check {
+            socket,
+            action,
+            resource,
+            context,
+            token,
+            json,
+        } => {
+            let path = client::socket_path(socket.socket.as_deref())?;
+            let response = client::authorize(&path, action, resource, context.as_deref(), token).await?;
+            match json {
+                true => println!("{}", client::decision_json(&response)),
+                false => print!("{}", client::describe_decision(&response)),
+            }
+            Ok(match client::allowed(&response) {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
+            })
+        }
+        AuthzCommand::Schema { config } => {
+            let entries = Policy::load(&Config::load(&config)?)?;
+            print!("{}", authz::schema::text(entries.entries())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 async fn connect(socket: &SocketArg) -> anyhow::Result<client::Client> {

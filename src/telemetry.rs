@@ -11,7 +11,7 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub use health::{HealthError, Readiness, serve as serve_health};
-pub use metrics::{ConnectionRefusal, Metrics, ReloadOutcome, metrics};
+pub use metrics::{ConnectionRefusal, DecisionOutcome, Metrics, ReloadOutcome, metrics};
 pub use systemd::{notify_ready, notify_stopping, run_watchdog};
 
 /// Installs the global subscriber: level from `RUST_LOG`, `info` by default.

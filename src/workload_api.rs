@@ -8,6 +8,8 @@
 mod admission;
 mod attestation_permits;
 mod authority_fix;
+mod authorize;
+mod authzen_listener;
 mod caller;
 mod connection;
 mod jwt;
@@ -26,6 +28,8 @@ use tokio::sync::watch;
 
 pub use attestation_permits::{AttestationPermit, AttestationPermits};
 pub use authority_fix::MAX_HEADER_LIST_SIZE;
+pub use authorize::AuthorizationApi;
+pub use authzen_listener::serve_authzen;
 pub use connection::{AttestedConnection, PeerInfo};
 pub use limits::{ConnectionBudget, ConnectionLimits, ConnectionSlot, Refused};
 pub use listener::{ListenerError, SocketListener};
@@ -36,6 +40,7 @@ pub use tasks::{MAX_LISTED, TasksApi};
 use crate::attest::Attestor;
 use crate::audit::AuditLog;
 use crate::authority::Authority;
+use crate::authz::Authz;
 use crate::registry::Registry;
 use crate::svid_cache::SvidCache;
 use crate::tasks::TaskRegistry;
@@ -55,6 +60,8 @@ pub struct Context {
     pub audit: Arc<AuditLog>,
     /// Live and ended tasks: started, ended and verified here.
     pub tasks: Arc<TaskRegistry>,
+    /// The policy decision point (Cedar policies, task tokens).
+    pub authz: Arc<Authz>,
     /// Permits for attestations in flight (hashing, `/proc` fd scans run on
     /// blocking threads): bounds them host-wide and per uid.
     pub attestations: Arc<AttestationPermits>,

@@ -92,6 +92,8 @@ cargo check --quiet --manifest-path fuzz/Cargo.toml
 # against an older revision) is run by hand: see the README's Performance.
 step "benchmark harness, short mode (cargo bench --bench workload_api -- --quick)"
 cargo bench --quiet --bench workload_api -- --quick
+step "policy decision benchmark, short mode (cargo bench --bench authz -- --quick)"
+cargo bench --quiet --bench authz -- --quick
 
 step "quickstart (the README's first command)"
 bash examples/quickstart.sh

@@ -135,6 +135,76 @@ impl Metrics {
 
 // --- end of resource limits.
 
+// --- Policy decisions (issue 10).
+
+/// How a decision ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DecisionOutcome {
+    /// Policies allowed it.
+    Allow,
+    /// Policies did not allow it.
+    Deny,
+    /// Refused before any policy (no live task, undeclared tool, ...).
+    Refused,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: DecisionOutcome,
+}
+
+/// The policy decision metrics, registered with the others.
+#[derive(Default)]
+struct AuthzMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    policy_set_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl AuthzMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "authz_decisions",
+            "Policy decisions (Authorize and the AuthZEN front), by outcome",
+            self.decisions.clone(),
+        );
+        registry.register(
+            "authz_policy_reloads",
+            "Reloads of the Cedar policy set by outcome (Failed: a broken file, the previous set kept)",
+            self.policy_set_reloads.clone(),
+        );
+        for decision in [
+            DecisionOutcome::Allow,
+            DecisionOutcome::Deny,
+            DecisionOutcome::Refused,
+        ] {
+            let _ = self.decisions.get_or_create(&DecisionLabels { decision });
+        }
+        for outcome in [ReloadOutcome::Applied, ReloadOutcome::Failed] {
+            let _ = self.policy_set_reloads.get_or_create(&ReloadLabels { outcome });
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a policy decision.
+    pub fn decision(&self, decision: DecisionOutcome) {
+        self.authz
+            .decisions
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
+    }
+
+    /// Counts a reload of the Cedar policy set.
+    pub fn policy_set_reload(&self, outcome: ReloadOutcome) {
+        self.authz
+            .policy_set_reloads
+            .get_or_create(&ReloadLabels { outcome })
+            .inc();
+    }
+}
+
+// --- end of policy decisions.
+
 /// Every metric attestd exports.
 pub struct Metrics {
     registry: Registry,
@@ -149,6 +219,7 @@ pub struct Metrics {
     audit_denials_suppressed: Family<RpcLabels, Counter>,
     audit_records_truncated: Counter,
     limits: LimitMetrics,
+    authz: AuthzMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,6 +250,7 @@ impl Metrics {
             audit_denials_suppressed: Family::default(),
             audit_records_truncated: Counter::default(),
             limits: LimitMetrics::default(),
+            authz: AuthzMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -223,6 +295,7 @@ impl Metrics {
             metrics.audit_records_truncated.clone(),
         );
         metrics.limits.register(&mut registry);
+        metrics.authz.register(&mut registry);
         // Every label value is exported from the start, at zero.
         for kind in [SvidKind::X509, SvidKind::Jwt] {
             let _ = metrics.minted.get_or_create(&KindLabels { kind });
@@ -331,6 +404,8 @@ mod tests {
             "attestd_connections_refused_total{reason=\"Reserve\"}",
             "attestd_connections_timed_out_total",
             "attestd_header_lists_refused_total",
+            "attestd_authz_decisions_total{decision=\"Refused\"}",
+            "attestd_authz_policy_reloads_total{outcome=\"Failed\"}",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -69,15 +69,28 @@ pub(super) async fn attest(
     peer: &PeerInfo,
     rpc: &'static str,
 ) -> Result<Workload, Refusal> {
+    attest_hashing(ctx, policy, peer, rpc, false).await
+}
+
+/// Like [`attest`]; with `hash_executable`, the executable is hashed (and
+/// proven bound to the connection) even when no entry names one: policy
+/// decisions may refer to its hash.
+async fn attest_hashing(
+    ctx: &Context,
+    policy: &Policy,
+    peer: &PeerInfo,
+    rpc: &'static str,
+    hash_executable: bool,
+) -> Result<Workload, Refusal> {
     let attested = match &peer.0 {
         Ok(peer) => {
             let attestor = Arc::clone(&ctx.attestor);
             let peer = Arc::clone(peer);
-            let binding = match policy.names_executables() {
+            let binding = match policy.names_executables() || hash_executable {
                 true => ExeBinding::Verify,
                 false => ExeBinding::Trust,
             };
-            let hashing = match policy.names_sha256() {
+            let hashing = match policy.names_sha256() || hash_executable {
                 true => Hashing::Hash,
                 false => Hashing::Skip,
             };
@@ -109,8 +122,27 @@ pub(super) async fn attest(
 /// Attests the caller and finds its entries in effect; a caller without any
 /// is refused (with the reason when its only entries' owners expired).
 pub(super) async fn admit(ctx: &Context, peer: &PeerInfo, rpc: &'static str) -> Result<Caller, Refusal> {
+    admit_hashing(ctx, peer, rpc, false).await
+}
+
+/// [`admit`] for a policy decision about the caller: its executable is
+/// hashed whenever a Cedar policy refers to `exe_sha256`.
+pub(super) async fn admit_for_decision(
+    ctx: &Context,
+    peer: &PeerInfo,
+    rpc: &'static str,
+) -> Result<Caller, Refusal> {
+    admit_hashing(ctx, peer, rpc, ctx.authz.book().needs_exe_hash()).await
+}
+
+async fn admit_hashing(
+    ctx: &Context,
+    peer: &PeerInfo,
+    rpc: &'static str,
+    hash_executable: bool,
+) -> Result<Caller, Refusal> {
     let policy = ctx.registry.policy();
-    let workload = attest(ctx, &policy, peer, rpc).await?;
+    let workload = attest_hashing(ctx, &policy, peer, rpc, hash_executable).await?;
     let matches = policy.matches(&workload.selectors, owner_clock::now());
     if let (Some(reason), Some(first)) = (matches.expired_refusal(), matches.expired.first()) {
         tracing::info!(

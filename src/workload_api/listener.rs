@@ -68,6 +68,12 @@ impl SocketListener {
         &self.path
     }
 
+    /// The bound listener, for a server that accepts by itself (the
+    /// AuthZEN front); the socket file is still removed when `self` drops.
+    pub(super) fn take_listener(&mut self) -> Option<UnixListener> {
+        self.listener.take()
+    }
+
     /// Accepted connections, each with its peer pinned. A connection the
     /// limits refuse is closed at once. Accept errors (say, out of file
     /// descriptors) are logged and retried after a pause rather than

@@ -67,7 +67,9 @@ impl TasksApi {
         };
         let parsed = StartRequest::parse(intent, ttl_seconds, parent_token, &spiffe_id)
             .map_err(|bad| jwt::refuse(&self.ctx, &peer, rpc::START_TASK, BadArguments(bad.0), &[]))?;
-        let caller = admission::admit(&self.ctx, &peer, rpc::START_TASK)
+        // The facts kept with the task feed decisions about it: hash the
+        // executable whenever a policy refers to it.
+        let caller = admission::admit_for_decision(&self.ctx, &peer, rpc::START_TASK)
             .await
             .map_err(Refusal::status)?;
         let ctx = Arc::clone(&self.ctx);

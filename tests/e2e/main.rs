@@ -8,6 +8,7 @@ mod attacks;
 mod attestation;
 mod audit;
 mod audit_flood;
+mod authz;
 mod bundle_show;
 mod ca;
 mod config_errors;
