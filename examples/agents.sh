@@ -40,7 +40,9 @@ for _ in $(seq 100); do [[ -S "$dir/run/api.sock" ]] && break; sleep 0.1; done
 
 echo "==> starting the tool gateway as uid 65534"
 install -d -o 65534 -g 65534 "$dir/notes"
-as 65534 "$gateway_bin" --listen 127.0.0.1:0 --socket "$socket" --data-dir "$dir/notes" > "$dir/gateway.out" &
+# setpriv execs the gateway, so $! is the gateway itself (for the cleanup).
+setpriv --reuid 65534 --regid 65534 --clear-groups \
+    "$gateway_bin" --listen 127.0.0.1:0 --socket "$socket" --data-dir "$dir/notes" > "$dir/gateway.out" &
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$dir/gateway.out" 2>/dev/null && break; sleep 0.1; done
 gateway=$(sed -n 's/^tool gateway listening on //p' "$dir/gateway.out")

@@ -98,5 +98,8 @@ cargo bench --quiet --bench authz -- --quick
 step "quickstart (the README's first command)"
 bash examples/quickstart.sh
 
+step "agents walkthrough (examples/agents.sh: tasks, a gateway, decisions, the trace)"
+bash examples/agents.sh
+
 echo
 echo "all checks passed"
