@@ -171,8 +171,7 @@ impl ToolCall {
     /// context's `args` (untrusted: policies may read them, never trust
     /// them for who the caller is).
     fn args_struct(&self) -> Option<prost_types::Struct> {
-        let json = Value::Object(self.args.clone());
-        Some(to_struct(&json))
+        Some(attestd::proto::json::to_struct(self.args.clone()))
     }
 }
 
@@ -233,27 +232,4 @@ fn reply(status: StatusCode, body: Value) -> Response {
         body.to_string(),
     )
         .into_response()
-}
-
-fn to_struct(value: &Value) -> prost_types::Struct {
-    let fields = match value {
-        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
-        _ => Default::default(),
-    };
-    prost_types::Struct { fields }
-}
-
-fn to_value(value: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(to_value).collect(),
-        }),
-        Value::Object(_) => Kind::StructValue(to_struct(value)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }

@@ -6,6 +6,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/_.rs"));
 
+pub mod json;
+
 /// attestd's agent API (`attestd.agent.v1`): the `Tasks` and
 /// `Authorization` services, served on the Workload API socket.
 pub mod agent {

@@ -73,31 +73,10 @@ pub fn decision_json(response: &AuthorizeResponse) -> Value {
 /// `--context`: a JSON object, as a protobuf Struct.
 fn to_struct(text: &str) -> Result<prost_types::Struct, ClientError> {
     match serde_json::from_str(text) {
-        Ok(Value::Object(map)) => Ok(struct_of(map)),
+        Ok(Value::Object(map)) => Ok(crate::proto::json::to_struct(map)),
         Ok(_) => Err(ClientError::BadInput("--context must be a JSON object".into())),
         Err(error) => Err(ClientError::BadInput(format!("--context is not JSON: {error}"))),
     }
-}
-
-fn struct_of(map: serde_json::Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map.into_iter().map(|(k, v)| (k, value_of(v))).collect(),
-    }
-}
-
-fn value_of(value: Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(value_of).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(struct_of(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 #[cfg(test)]

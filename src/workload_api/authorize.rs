@@ -12,7 +12,6 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Number, Value};
 use tonic::{Request, Response, Status};
 
 use super::admission::{self, Refusal};
@@ -21,6 +20,7 @@ use super::{Context, PeerInfo, status};
 use crate::authz::{self, Asker, AuthzError, DecisionRequest, Subject, Verdict};
 use crate::proto::agent::authorization_server::Authorization;
 use crate::proto::agent::{AuthorizeRequest, AuthorizeResponse, Decision};
+use crate::proto::json;
 use crate::telemetry::{DecisionOutcome, metrics};
 
 /// The RPC name in the audit trail (the AuthZEN front's decisions too).
@@ -48,7 +48,9 @@ impl AuthorizationApi {
             token,
         } = request.into_inner();
         let checked = authz::check_token(&token)
-            .and_then(|()| DecisionRequest::parse(&action, &resource, args(context.unwrap_or_default())))
+            .and_then(|()| {
+                DecisionRequest::parse(&action, &resource, json::from_struct(context.unwrap_or_default()))
+            })
             .map_err(|error| refuse(&self.ctx, &peer, &error))?;
         let verdict = decide(&self.ctx, &peer, Subject::Token(token), checked).await?;
         Ok(AuthorizeResponse {
@@ -141,61 +143,5 @@ pub(super) fn refuse(ctx: &Context, peer: &PeerInfo, error: &AuthzError) -> Stat
     match ctx.audit.write_denial(peer.denial_record(RPC, &message)) {
         Ok(()) => Status::invalid_argument(message),
         Err(error) => status::audit(&error),
-    }
-}
-
-/// The request's `context` as JSON: the caller's arguments. protobuf
-/// decoding bounds its nesting (100 levels), so recursion here is bounded
-/// too; depth and size are checked afterwards.
-fn args(context: prost_types::Struct) -> Map<String, Value> {
-    context
-        .fields
-        .into_iter()
-        .map(|(key, value)| (key, json(value)))
-        .collect()
-}
-
-fn json(value: prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(b),
-        // Struct numbers are doubles: whole ones read back as integers.
-        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9e15 => Value::from(n as i64),
-        Some(Kind::NumberValue(n)) => Number::from_f64(n).map_or(Value::Null, Value::Number),
-        Some(Kind::StringValue(s)) => Value::String(s),
-        Some(Kind::ListValue(list)) => Value::Array(list.values.into_iter().map(json).collect()),
-        Some(Kind::StructValue(s)) => Value::Object(args(s)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use prost_types::value::Kind;
-
-    use super::*;
-
-    #[test]
-    fn context_structs_become_json_arguments() {
-        let value = |kind| prost_types::Value { kind: Some(kind) };
-        let context = prost_types::Struct {
-            fields: [
-                ("n".to_owned(), value(Kind::NumberValue(3.0))),
-                ("f".to_owned(), value(Kind::NumberValue(0.5))),
-                ("nan".to_owned(), value(Kind::NumberValue(f64::NAN))),
-                (
-                    "list".to_owned(),
-                    value(Kind::ListValue(prost_types::ListValue {
-                        values: vec![value(Kind::BoolValue(true)), value(Kind::StringValue("s".into()))],
-                    })),
-                ),
-            ]
-            .into_iter()
-            .collect(),
-        };
-        assert_eq!(
-            Value::Object(args(context)),
-            serde_json::json!({"n": 3, "f": 0.5, "nan": null, "list": [true, "s"]})
-        );
     }
 }

@@ -16,7 +16,7 @@ use super::{Context, PeerInfo, status};
 use crate::attest::Workload;
 use crate::audit::{Outcome, Record};
 use crate::authority::{JwtError, ValidatedJwt};
-use crate::proto::{Jwtsvid, JwtsvidResponse, ValidateJwtsvidResponse};
+use crate::proto::{Jwtsvid, JwtsvidResponse, ValidateJwtsvidResponse, json};
 use crate::registry::{Entry, owner_clock};
 use crate::spiffe_id::SpiffeId;
 use crate::tasks::TaskRefusal;
@@ -258,7 +258,7 @@ pub(super) fn validate(
     match result {
         Ok((ValidatedJwt { spiffe_id, claims }, _)) => Ok(ValidateJwtsvidResponse {
             spiffe_id: spiffe_id.to_string(),
-            claims: Some(to_struct(claims)),
+            claims: Some(json::to_struct(claims)),
         }),
         Err(error) => Err(Status::invalid_argument(format!("invalid JWT-SVID: {error}"))),
     }
@@ -296,29 +296,6 @@ fn rejected_record(workload: &Workload, error: &Rejection, token: &str) -> Recor
 
 fn expiry(claims: &serde_json::Map<String, Value>) -> Option<SystemTime> {
     claims.get("exp").and_then(Value::as_u64).map(from_unix_seconds)
-}
-
-/// JSON claims as a protobuf Struct (numbers become doubles, as Struct has
-/// no integers; clients read `exp` back as a whole number).
-fn to_struct(map: serde_json::Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: map.into_iter().map(|(k, v)| (k, to_value(v))).collect(),
-    }
-}
-
-fn to_value(value: Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.into_iter().map(to_value).collect(),
-        }),
-        Value::Object(map) => Kind::StructValue(to_struct(map)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 #[cfg(test)]
