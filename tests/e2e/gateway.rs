@@ -4,7 +4,8 @@
 //! refusal lands in the trail with its reason: no token, a plain JWT-SVID,
 //! a token addressed to another gateway, a tool the task did not declare,
 //! and an ended task's token after attestd restarted. A Python agent (the
-//! `attestd_agent` client) drives the same gateway.
+//! `attestd_agent` client) drives the same gateway, and `audit trace`
+//! rebuilds a two-level task tree with every decision from the trail.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use crate::agent_python::{agent, interpreter, json_of};
 use crate::examples::example;
-use crate::harness::{Daemon, assert_success, attestd_bin, run_as, shared_tempdir, wait_for};
+use crate::harness::{Daemon, assert_success, attestd_bin, audit_trace, run_as, shared_tempdir, wait_for};
 
 const AGENT_UID: u32 = 1000;
 const GATEWAY_UID: u32 = 65534;
@@ -135,11 +136,14 @@ fn policies() -> tempfile::TempDir {
 }
 
 /// `attestd task start --json` as the agent uid.
-fn start_task(daemon: &Daemon, tools: &[&str], audience: &str) -> Value {
+fn start_task(daemon: &Daemon, tools: &[&str], audiences: &[&str]) -> Value {
     let mut command = Command::new(attestd_bin());
     command
         .args(["task", "start", "--json", "--purpose", "write the release plan"])
-        .args(["--audience", audience, "--socket", &daemon.endpoint()]);
+        .args(["--socket", &daemon.endpoint()]);
+    for audience in audiences {
+        command.args(["--audience", audience]);
+    }
     for tool in tools {
         command.args(["--tool", tool]);
     }
@@ -179,7 +183,7 @@ fn the_gateway_acts_only_on_live_task_tokens_addressed_to_it() {
     let policies = policies();
     let daemon = Daemon::start(&config(policies.path(), &format!("unix:uid:{AGENT_UID}")));
     let gateway = Gateway::start(&daemon);
-    let task = start_task(&daemon, &["notes.write"], GATEWAY_ID);
+    let task = start_task(&daemon, &["notes.write"], &[GATEWAY_ID]);
     let token = task["token"].as_str().unwrap();
     let task_id = task["task_id"].as_str().unwrap();
 
@@ -219,7 +223,7 @@ fn the_gateway_acts_only_on_live_task_tokens_addressed_to_it() {
         gateway.call("notes.write", Some(&plain), "note:plan", "x"),
         "task",
     );
-    let elsewhere = start_task(&daemon, &["notes.write"], "spiffe://example.org/gateway/other");
+    let elsewhere = start_task(&daemon, &["notes.write"], &["spiffe://example.org/gateway/other"]);
     let elsewhere = elsewhere["token"].as_str().unwrap();
     assert_refused(
         &daemon,
@@ -313,4 +317,118 @@ tasks = {{ max_ttl = "10m", tools = ["notes.write"] }}
     assert_eq!(record["outcome"], "denied");
     assert_eq!(record["decision"]["policies"], serde_json::json!([]));
     assert_eq!(record["owner"], "interns@example.org");
+}
+
+/// The chain of action rebuilt from the trail: a planner's task, a
+/// writer's sub-task started from its token, every decision the gateway
+/// asked for under each, and the end of both.
+#[test]
+fn audit_trace_rebuilds_a_two_level_task_tree_with_every_decision() {
+    let policies = policies();
+    let daemon = Daemon::start(&format!(
+        r#"{}
+[[entry]]
+spiffe_id = "spiffe://example.org/agent/sub-writer"
+selectors = ["unix:uid:0"]
+owner = "notes-team@example.org"
+tasks = {{ max_ttl = "5m", tools = ["notes.write"] }}
+"#,
+        config(policies.path(), &format!("unix:uid:{AGENT_UID}"))
+    ));
+    let gateway = Gateway::start(&daemon);
+    let root = start_task(
+        &daemon,
+        &["notes.write", "notes.read"],
+        &[GATEWAY_ID, "spiffe://example.org/agent/sub-writer"],
+    );
+    let root_id = root["task_id"].as_str().unwrap();
+    let root_token = root["token"].as_str().unwrap();
+    let child = Command::new(attestd_bin())
+        .args([
+            "task",
+            "start",
+            "--json",
+            "--purpose",
+            "draft the plan",
+            "--tool",
+            "notes.write",
+        ])
+        .args([
+            "--audience",
+            GATEWAY_ID,
+            "--parent-token",
+            root_token,
+            "--socket",
+            &daemon.endpoint(),
+        ])
+        .output()
+        .unwrap();
+    assert_success(&child);
+    let child: Value = serde_json::from_slice(&child.stdout).unwrap();
+    let child_id = child["task_id"].as_str().unwrap();
+    let child_token = child["token"].as_str().unwrap();
+
+    let allowed = gateway.call("notes.write", Some(root_token), "note:plan", "a");
+    let child_allowed = gateway.call("notes.write", Some(child_token), "note:plan", "b");
+    let child_refused = gateway.call("notes.read", Some(child_token), "note:plan", "");
+    assert_eq!((allowed.0, child_allowed.0, child_refused.0), (200, 200, 403));
+    assert_success(&as_agent(&daemon, &["task", "end", root_id]));
+
+    let (trace, found) = audit_trace(&daemon, &["--task", root_id]);
+    assert!(found);
+    let [tree] = &trace.trees[..] else {
+        panic!("one tree: {trace:?}")
+    };
+    let task = &tree.task;
+    assert_eq!(task.task_id, root_id);
+    assert_eq!(task.process.as_ref().unwrap().uid, Some(AGENT_UID));
+    let entry = task.entry.as_ref().unwrap();
+    assert_eq!(
+        entry.spiffe_id.as_deref(),
+        Some("spiffe://example.org/agent/writer")
+    );
+    assert_eq!(entry.owner.as_deref(), Some("notes-team@example.org"));
+    assert_eq!(task.intent.purpose, "write the release plan");
+    assert_eq!(task.intent.tools, ["notes.read", "notes.write"]);
+    assert_eq!(task.tokens.len(), 1);
+    let decided = |node: &attestd::audit::trace::TaskNode| -> Vec<(String, String, String)> {
+        node.decisions
+            .iter()
+            .map(|d| (d.decision.clone(), d.action.clone(), d.decision_id.clone()))
+            .collect()
+    };
+    let id = |answer: &(u16, Value)| answer.1["decision_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        decided(task),
+        [("allow".into(), "notes.write".into(), id(&allowed))]
+    );
+    assert!(task.ended.is_some());
+
+    let [sub] = &task.subtasks[..] else {
+        panic!("one sub-task: {task:?}")
+    };
+    assert_eq!(sub.task_id, child_id);
+    assert_eq!(sub.parent_id.as_deref(), Some(root_id));
+    assert_eq!(sub.process.as_ref().unwrap().uid, Some(0));
+    assert_eq!(sub.intent.delegated_by, ["spiffe://example.org/agent/writer"]);
+    assert_eq!(
+        decided(sub),
+        [
+            ("allow".into(), "notes.write".into(), id(&child_allowed)),
+            ("deny".into(), "notes.read".into(), id(&child_refused)),
+        ]
+    );
+    assert!(
+        sub.decisions
+            .iter()
+            .all(|d| d.asked_by.as_deref() == Some(GATEWAY_ID))
+    );
+    assert!(sub.ended.is_some());
+
+    let verify = Command::new(attestd_bin())
+        .args(["audit", "verify"])
+        .arg(daemon.audit_path())
+        .output()
+        .unwrap();
+    assert_success(&verify);
 }
