@@ -20,7 +20,6 @@
 //! cargo bench --bench authz -- --quick   # what the test command runs
 //! ```
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
@@ -28,7 +27,7 @@ use clap::Parser;
 use attestd::attest::Workload;
 use attestd::authz::{Asker, DecisionRequest, PolicyBook, Subject, TaskTokens, decide};
 use attestd::config::Config;
-use attestd::registry::{Entry, Policy};
+use attestd::registry::Policy;
 use attestd::selector::Selector;
 use attestd::spiffe_id::SpiffeId;
 use attestd::tasks::{AgentFacts, VerifiedTask};
@@ -101,7 +100,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (sets, rounds, calls) = args.plan();
     let dir = tempfile::tempdir()?;
-    let entries = entries(dir.path())?;
+    let policy = policy(dir.path())?;
+    let entries = policy.entries().to_vec();
     let mut books = Vec::new();
     for (i, &set) in sets.iter().enumerate() {
         let policies = dir.path().join(format!("policies-{i}"));
@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<()> {
         );
         books.push((set, book, loaded));
     }
-    let world = World::new(&entries)?;
+    let world = World::new(policy)?;
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); books.len()];
     for _ in 0..rounds {
         for ((set, book, _), samples) in books.iter().zip(&mut latencies) {
@@ -149,7 +149,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// An agent allowed every tool, and the config around it.
-fn entries(dir: &std::path::Path) -> anyhow::Result<Vec<Arc<Entry>>> {
+fn policy(dir: &std::path::Path) -> anyhow::Result<Policy> {
     let tools: Vec<String> = (0..TOOLS).map(|t| format!("\"tool{t}\"")).collect();
     let config = dir.join("attestd.toml");
     std::fs::write(
@@ -166,7 +166,7 @@ tasks = {{ tools = [{}] }}
             tools.join(", ")
         ),
     )?;
-    Ok(Policy::load(&Config::load(&config)?)?.entries().to_vec())
+    Ok(Policy::load(&Config::load(&config)?)?)
 }
 
 /// The policies of `set`; the last permits what the benchmark asks.
@@ -192,7 +192,7 @@ fn policy_text(set: Set) -> String {
 
 /// The caller, its task, and what it asks.
 struct World {
-    entries: Vec<Arc<Entry>>,
+    policy: Policy,
     workload: Workload,
     tokens: FixedTask,
     subject: Subject,
@@ -200,7 +200,7 @@ struct World {
 }
 
 impl World {
-    fn new(entries: &[Arc<Entry>]) -> anyhow::Result<Self> {
+    fn new(policy: Policy) -> anyhow::Result<Self> {
         let workload = Workload {
             pid: 4242,
             uid: 1000,
@@ -233,7 +233,7 @@ impl World {
             agent: AgentFacts::default(),
         });
         Ok(Self {
-            entries: entries.to_vec(),
+            policy,
             workload,
             tokens,
             subject: Subject::Token("token".into()),
@@ -245,8 +245,8 @@ impl World {
     fn decide(&self, book: &PolicyBook, set: Set) -> anyhow::Result<()> {
         let asker = Asker {
             workload: &self.workload,
-            entries: &self.entries,
-            all_entries: &self.entries,
+            entries: self.policy.entries(),
+            policy: &self.policy,
         };
         let verdict = decide(book, &self.tokens, asker, &self.subject, &self.request);
         anyhow::ensure!(

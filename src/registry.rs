@@ -15,7 +15,7 @@ mod reload;
 
 pub use reload::{keep_current, reload};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -130,6 +130,9 @@ impl Matches {
 pub struct Policy {
     entries: Vec<Arc<Entry>>,
     index: SelectorIndex,
+    /// Entry indexes by SPIFFE ID: who still grants an identity named in a
+    /// token is looked up, not scanned for.
+    by_spiffe_id: HashMap<SpiffeId, Vec<usize>>,
     names_executables: bool,
     names_sha256: bool,
     /// When each entry's owner's term ends, by entry index.
@@ -147,9 +150,14 @@ impl Policy {
         Ok(Self::from_entries(entries))
     }
 
-    fn from_entries(entries: Vec<Entry>) -> Self {
+    /// Indexes `entries` (already validated), in policy order.
+    pub(crate) fn from_entries(entries: Vec<Entry>) -> Self {
         let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
         let index = SelectorIndex::build(&entries);
+        let mut by_spiffe_id: HashMap<SpiffeId, Vec<usize>> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            by_spiffe_id.entry(entry.spiffe_id.clone()).or_default().push(i);
+        }
         let names_executables = entries
             .iter()
             .flat_map(|entry| entry.selectors.iter())
@@ -163,6 +171,7 @@ impl Policy {
         Self {
             entries,
             index,
+            by_spiffe_id,
             names_executables,
             names_sha256,
             owner_expiries,
@@ -180,6 +189,16 @@ impl Policy {
     /// must attestation prove those are bound to the connection.
     pub fn names_executables(&self) -> bool {
         self.names_executables
+    }
+
+    /// The entries granting `spiffe_id`, in policy order, whatever their
+    /// owners' terms.
+    pub fn granting(&self, spiffe_id: &SpiffeId) -> impl Iterator<Item = &Arc<Entry>> + Clone {
+        self.by_spiffe_id
+            .get(spiffe_id)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.entries[i])
     }
 
     /// Every entry, in policy order.
@@ -273,6 +292,19 @@ mod tests {
 
     fn ids(entries: &[Arc<Entry>]) -> Vec<&str> {
         entries.iter().map(|e| e.spiffe_id.as_str()).collect()
+    }
+
+    #[test]
+    fn entries_granting_an_identity_are_found_by_its_spiffe_id_in_policy_order() {
+        let second = "[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:2\"]\nowner = \"p\"\n";
+        let policy = policy(&[entry("a", None), entry("b", None), second.to_owned()].concat());
+        let owners = |id: &str| -> Vec<String> {
+            let id = SpiffeId::new(id).unwrap();
+            policy.granting(&id).map(|e| e.owner.clone()).collect()
+        };
+        assert_eq!(owners("spiffe://example.org/a"), ["o", "p"]);
+        assert_eq!(owners("spiffe://example.org/b"), ["o"]);
+        assert!(owners("spiffe://example.org/c").is_empty());
     }
 
     #[test]

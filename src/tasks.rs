@@ -673,9 +673,8 @@ impl TaskRegistry {
     fn still_granted(&self, spiffe_id: &SpiffeId, now: SystemTime) -> Result<(), TaskRefusal> {
         let policy = self.registry.policy();
         let mut granting = policy
-            .entries()
-            .iter()
-            .filter(|entry| &entry.spiffe_id == spiffe_id && entry.tasks.is_some())
+            .granting(spiffe_id)
+            .filter(|entry| entry.tasks.is_some())
             .peekable();
         if granting.peek().is_none() {
             return Err(TaskRefusal::NotGranted {

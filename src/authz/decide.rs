@@ -4,14 +4,13 @@
 //! Cedar.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::evaluate::{Principal, evaluate};
 use super::request::DecisionRequest;
 use super::{PolicyBook, TaskTokens};
 use crate::attest::Workload;
 use crate::audit::{DecisionFacts, Outcome, Record};
-use crate::registry::Entry;
+use crate::registry::{Entry, Policy, owner_clock};
 use crate::spiffe_id::SpiffeId;
 use crate::tasks::{AgentFacts, VerifiedTask};
 
@@ -23,9 +22,9 @@ pub struct Asker<'a> {
     /// The entries it holds (never empty: admission refuses callers without
     /// one).
     pub entries: &'a [Arc<Entry>],
-    /// Every entry of the policy it was admitted under: where a gateway's
-    /// agent's entry is found.
-    pub all_entries: &'a [Arc<Entry>],
+    /// The policy it was admitted under: where a gateway's agent's entry
+    /// is found.
+    pub policy: &'a Policy,
 }
 
 impl<'a> Asker<'a> {
@@ -213,7 +212,7 @@ fn judge(
         None => {
             let gateway = gateway_for(asker, task)?;
             verdict.asked_by = Some(gateway.spiffe_id.clone());
-            let entry = principal_entry(asker.all_entries, task)
+            let entry = principal_entry(asker.policy, task)
                 .ok_or_else(|| format!("no entry grants {} any more", task.spiffe_id))?;
             (entry, task.agent.clone())
         }
@@ -265,11 +264,11 @@ fn gateway_for<'a>(asker: Asker<'a>, task: &VerifiedTask) -> Result<&'a Arc<Entr
 
 /// The entry of the agent a gateway asks about: one granting its SPIFFE ID
 /// whose owner has not expired, preferably the owner the token names.
-fn principal_entry(entries: &[Arc<Entry>], task: &VerifiedTask) -> Option<Arc<Entry>> {
-    let now = SystemTime::now();
-    let mut granting = entries
-        .iter()
-        .filter(|entry| entry.spiffe_id == task.spiffe_id && !entry.owner_expired(now));
+fn principal_entry(policy: &Policy, task: &VerifiedTask) -> Option<Arc<Entry>> {
+    let now = owner_clock::now();
+    let mut granting = policy
+        .granting(&task.spiffe_id)
+        .filter(|entry| !entry.owner_expired(now));
     let first = granting.clone().next();
     granting
         .find(|entry| entry.owner == task.owner)
@@ -311,7 +310,7 @@ fn decision_id() -> String {
 pub(super) mod tests {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     use super::*;
     use crate::authz::schema::tests::entry;
@@ -387,6 +386,7 @@ pub(super) mod tests {
 
     struct World {
         entries: Vec<Arc<Entry>>,
+        policy: Policy,
         book: PolicyBook,
         tokens: FakeTokens,
         _dir: tempfile::TempDir,
@@ -419,8 +419,10 @@ pub(super) mod tests {
             ] {
                 tokens.tasks.insert(token.into(), task);
             }
+            let policy = Policy::from_entries(entries.iter().map(|e| (**e).clone()).collect());
             Self {
                 entries,
+                policy,
                 book,
                 tokens,
                 _dir: dir,
@@ -446,7 +448,7 @@ pub(super) mod tests {
             let asker = Asker {
                 workload,
                 entries: &entries,
-                all_entries: &self.entries,
+                policy: &self.policy,
             };
             let request = DecisionRequest::parse(action, resource, serde_json::Map::new()).unwrap();
             decide(&self.book, &self.tokens, asker, &subject, &request)

@@ -105,7 +105,7 @@ pub(super) async fn decide(
         let asker = Asker {
             workload: &caller.workload,
             entries: &caller.entries,
-            all_entries: caller.policy.entries(),
+            policy: &caller.policy,
         };
         let verdict = authz::decide(&authz.book(), authz.tokens(), asker, &subject, &request);
         (caller, request, verdict)
