@@ -133,7 +133,7 @@ impl HelperConfig {
 
     /// Validates configuration text; `path` is used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        let source = SourceFile { path, text };
+        let source = SourceFile::new(path, text);
         let raw: RawHelperConfig = source.deserialize()?;
         let daemon_mode = raw.daemon_mode.unwrap_or(true);
         if let Some(pid_file) = &raw.pid_file_name {
