@@ -23,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod explain;
+pub mod file_changes;
 pub mod helper;
 pub mod policy_check;
 pub mod proto;

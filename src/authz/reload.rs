@@ -7,19 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::signal::unix::Signal;
-use tokio::sync::mpsc;
 
 use super::{Authz, AuthzError, PolicyBook};
+use crate::file_changes::FileChanges;
 use crate::registry::Registry;
 use crate::telemetry::{ReloadOutcome, metrics};
-
-/// Editors and `cp` produce several events per save: wait this long for the
-/// burst to end before reloading once.
-const SETTLE: Duration = Duration::from_millis(150);
 
 /// Reloads the policies of `authz` from `dir` on `sighup`, on file changes
 /// and on every new entries policy of `registry`, until the process ends.
@@ -31,26 +25,19 @@ pub fn keep_current(
     registry: Arc<Registry>,
     mut sighup: Signal,
 ) -> impl Future<Output = ()> {
-    let (changed_tx, mut changed) = mpsc::unbounded_channel();
-    let watcher = match dir.as_deref().map(|dir| watch_dir(dir, changed_tx)) {
-        Some(Ok(watcher)) => Some(watcher),
+    let mut changes = match dir.as_deref().map(watch_dir) {
+        Some(Ok(changes)) => changes,
         Some(Err(error)) => {
             tracing::warn!(%error, "cannot watch policy_dir; reload policies with SIGHUP");
-            None
+            FileChanges::none()
         }
-        None => None,
+        None => FileChanges::none(),
     };
     let mut entries = registry.subscribe();
     async move {
-        // Watching for as long as the loop runs.
-        let _watcher = watcher;
         loop {
             tokio::select! {
-                Some(()) = changed.recv() => {
-                    tokio::time::sleep(SETTLE).await;
-                    while changed.try_recv().is_ok() {}
-                    tracing::info!("policy files changed: reloading policies");
-                }
+                Some(()) = changes.settled() => tracing::info!("policy files changed: reloading policies"),
                 Some(()) = sighup.recv() => tracing::info!("SIGHUP: reloading policies"),
                 Ok(()) = entries.changed() => tracing::info!("entries changed: revalidating policies"),
                 else => return,
@@ -93,7 +80,7 @@ pub fn reload(dir: Option<&Path>, authz: &Authz, registry: &Registry) -> ReloadO
 }
 
 /// Watches `dir` itself (editors replace files by renaming them).
-fn watch_dir(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<impl Watcher + use<>> {
+fn watch_dir(dir: &Path) -> notify::Result<FileChanges> {
     let watched = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
     let relevant = {
         let watched = watched.clone();
@@ -101,16 +88,7 @@ fn watch_dir(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<i
             path.parent() == Some(&watched) && path.extension().is_some_and(|ext| ext == "cedar")
         }
     };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !matches!(event.kind, EventKind::Access(_))
-            && event.paths.iter().any(|p| relevant(p))
-        {
-            let _ = changed.send(());
-        }
-    })?;
-    watcher.watch(&watched, RecursiveMode::NonRecursive)?;
-    Ok(watcher)
+    FileChanges::watch(&[&watched], relevant)
 }
 
 #[cfg(test)]

@@ -7,38 +7,24 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::signal::unix::Signal;
-use tokio::sync::mpsc;
 
 use super::{Policy, Registry};
 use crate::config::Config;
+use crate::file_changes::FileChanges;
 use crate::telemetry::{ReloadOutcome, metrics};
-
-/// Editors and `cp` produce several events per save: wait this long for the
-/// burst to end before reloading once.
-const SETTLE: Duration = Duration::from_millis(150);
 
 /// Reloads the policy of `registry` on `sighup` and on file changes, until
 /// the process ends.
 pub async fn keep_current(running: Config, registry: Arc<Registry>, mut sighup: Signal) {
-    let (changed_tx, mut changed) = mpsc::unbounded_channel();
-    let _watcher = match watch_files(&running, changed_tx) {
-        Ok(watcher) => Some(watcher),
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch policy files; reload with SIGHUP");
-            None
-        }
-    };
+    let mut changes = watch_files(&running).unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot watch policy files; reload with SIGHUP");
+        FileChanges::none()
+    });
     loop {
         tokio::select! {
-            Some(()) = changed.recv() => {
-                tokio::time::sleep(SETTLE).await;
-                while changed.try_recv().is_ok() {}
-                tracing::info!("policy files changed: reloading");
-            }
+            Some(()) = changes.settled() => tracing::info!("policy files changed: reloading"),
             Some(()) = sighup.recv() => tracing::info!("SIGHUP: reloading policy"),
             else => return,
         }
@@ -83,7 +69,7 @@ fn next_policy(running: &Config) -> Result<Policy, crate::config::ConfigError> {
 
 /// Watches the directory of the config file and `entries_dir` (directories,
 /// not files: editors replace files by renaming).
-fn watch_files(config: &Config, changed: mpsc::UnboundedSender<()>) -> notify::Result<impl Watcher> {
+fn watch_files(config: &Config) -> notify::Result<FileChanges> {
     let config_file = absolute(&config.source);
     let entries_dir = config.entries_dir.as_deref().map(absolute);
     let relevant = {
@@ -96,21 +82,12 @@ fn watch_files(config: &Config, changed: mpsc::UnboundedSender<()>) -> notify::R
                 })
         }
     };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !matches!(event.kind, EventKind::Access(_))
-            && event.paths.iter().any(|p| relevant(p))
-        {
-            let _ = changed.send(());
-        }
-    })?;
-    if let Some(dir) = config_file.parent() {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    }
-    if let Some(dir) = &entries_dir {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    }
-    Ok(watcher)
+    let dirs: Vec<&Path> = config_file
+        .parent()
+        .into_iter()
+        .chain(entries_dir.as_deref())
+        .collect();
+    FileChanges::watch(&dirs, relevant)
 }
 
 /// The path with symlinks resolved, as notify reports it (the path itself
