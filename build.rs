@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Smaller per-stream buffers than tonic's default (see the module).
+        .codec_path("crate::proto::codec::SmallBuffers")
         .compile_fds(descriptors)?;
     Ok(())
 }

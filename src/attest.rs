@@ -8,6 +8,7 @@
 //! whose pid may be reused) is refused rather than mistaken for another.
 //! This module knows nothing of gRPC.
 
+mod accounts;
 mod cgroup;
 mod exe_fs;
 mod exe_hash;
@@ -24,6 +25,7 @@ pub use peer::{ConnectionSocket, PeerIdentity, ProcessPin};
 pub use socket_holders::HolderError;
 
 use crate::selector::{Selector, SelectorSet};
+use accounts::Accounts;
 use cgroup::CgroupMounts;
 use exe_hash::Digest256;
 use host_root::HostRoot;
@@ -114,6 +116,8 @@ pub struct Attestor {
     host_root: HostRoot,
     /// Who owns which cgroup directory (delegated subtrees).
     cgroups: CgroupMounts,
+    /// User and group names.
+    accounts: Accounts,
 }
 
 impl Default for Attestor {
@@ -131,6 +135,7 @@ impl Attestor {
             hasher: ExeHasher::new(max_hash_bytes),
             host_root: HostRoot::open(&proc_root),
             cgroups: CgroupMounts::discover(&proc_root),
+            accounts: Accounts::default(),
             proc_root,
         }
     }
@@ -165,7 +170,7 @@ impl Attestor {
             notes: Vec::new(),
             login_uid: proc_dir.login_uid(),
         };
-        unix_id_selectors(&mut workload, peer, &proc_dir.status()?);
+        unix_id_selectors(&mut workload, peer, &proc_dir.status()?, &self.accounts);
         let hasher = (hashing == Hashing::Hash).then_some(&self.hasher);
         let exe = proc_dir.executable(hasher)?;
         self.exe_selectors(&mut workload, peer, exe, binding);
@@ -262,13 +267,12 @@ impl Attestor {
 /// The `unix:` identity selectors: the connect-time credentials, only while
 /// the process still has them (a setuid since connecting voids them), and
 /// names where the host's user database knows them.
-fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Status) {
-    use nix::unistd::{Gid, Group, Uid, User};
+fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Status, accounts: &Accounts) {
     let selectors = &mut workload.selectors;
     if status.effective_uid == Some(peer.uid) {
         selectors.insert(Selector::new("unix", "uid", peer.uid));
-        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) {
-            selectors.insert(Selector::new("unix", "user", user.name));
+        if let Some(user) = accounts.user(peer.uid) {
+            selectors.insert(Selector::new("unix", "user", user));
         }
     } else {
         workload.notes.push(format!(
@@ -278,8 +282,8 @@ fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Stat
     }
     if status.effective_gid == Some(peer.gid) {
         selectors.insert(Selector::new("unix", "gid", peer.gid));
-        if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(peer.gid)) {
-            selectors.insert(Selector::new("unix", "group", group.name));
+        if let Some(group) = accounts.group(peer.gid) {
+            selectors.insert(Selector::new("unix", "group", group));
         }
     } else {
         workload.notes.push(format!(
@@ -289,8 +293,8 @@ fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Stat
     }
     for &sgid in &status.supplementary_gids {
         selectors.insert(Selector::new("unix", "supplementary_gid", sgid));
-        if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(sgid)) {
-            selectors.insert(Selector::new("unix", "supplementary_group", group.name));
+        if let Some(group) = accounts.group(sgid) {
+            selectors.insert(Selector::new("unix", "supplementary_group", group));
         }
     }
 }

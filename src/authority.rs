@@ -12,6 +12,7 @@ mod bundle;
 mod bundle_document;
 mod ca;
 mod jwt;
+mod jwt_crypto;
 mod jwt_keys;
 mod schedule;
 mod signing_ca;

@@ -6,6 +6,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/_.rs"));
 
+pub mod codec;
 pub mod json;
 
 /// attestd's agent API (`attestd.agent.v1`): the `Tasks` and

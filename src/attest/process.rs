@@ -18,6 +18,12 @@ use super::cgroup::{self, CgroupFacts, MAX_CGROUP_FILE, OwnershipEvidence};
 use super::exe_fs;
 use super::exe_hash::{Digest256, ExeHasher, FileId};
 
+/// The most read of a `/proc` file other than `cgroup`: `status` is about
+/// 1.5 KiB, but lists every supplementary group (up to 65,536 of them).
+const MAX_PROC_FILE: usize = 1024 * 1024;
+/// Bytes asked of the kernel per read.
+const PROC_READ_CHUNK: usize = 4096;
+
 /// `/proc/<pid>` opened as a directory.
 #[derive(Debug)]
 pub struct ProcDir {
@@ -157,15 +163,7 @@ impl ProcDir {
     /// The process's cgroups, read with a size bound; `evidence` tells who
     /// owns the cgroup directories (delegated subtrees).
     pub(super) fn cgroup(&self, evidence: &dyn OwnershipEvidence) -> Result<CgroupFacts, AttestError> {
-        let mut text = String::new();
-        self.open_file("cgroup", "cgroup")?
-            .take(MAX_CGROUP_FILE as u64 + 1)
-            .read_to_string(&mut text)
-            .map_err(|source| AttestError::Proc {
-                pid: self.pid,
-                what: "cgroup",
-                source,
-            })?;
+        let text = self.read_bounded("cgroup", "cgroup", MAX_CGROUP_FILE + 1)?;
         cgroup::parse_with(&text, evidence).map_err(AttestError::Cgroup)
     }
 
@@ -175,16 +173,55 @@ impl ProcDir {
         Ok(File::from(fd))
     }
 
+    /// A whole `/proc` file; one larger than [`MAX_PROC_FILE`] is an error,
+    /// never cut short (a cut `Groups:` line would end in a wrong gid).
     fn read(&self, name: &str, what: &'static str) -> Result<String, AttestError> {
-        let mut text = String::new();
-        self.open_file(name, what)?
-            .read_to_string(&mut text)
-            .map_err(|source| AttestError::Proc {
+        let text = self.read_bounded(name, what, MAX_PROC_FILE + 1)?;
+        if text.len() > MAX_PROC_FILE {
+            let too_large = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {MAX_PROC_FILE} bytes"),
+            );
+            return Err(AttestError::Proc {
                 pid: self.pid,
                 what,
-                source,
-            })?;
+                source: too_large,
+            });
+        }
         Ok(text)
+    }
+
+    /// Reads at most `limit` bytes of a `/proc` file. procfs reports no
+    /// size, so `read_to_string` would stat, seek and grow its buffer from
+    /// 32 bytes (eight reads for `status`): a page-sized buffer takes these
+    /// small files in one read plus the one that sees the end.
+    fn read_bounded(&self, name: &str, what: &'static str, limit: usize) -> Result<String, AttestError> {
+        let io_error = |source| AttestError::Proc {
+            pid: self.pid,
+            what,
+            source,
+        };
+        let mut file = self.open_file(name, what)?;
+        let mut bytes = Vec::with_capacity(PROC_READ_CHUNK.min(limit));
+        while bytes.len() < limit {
+            if bytes.len() == bytes.capacity() {
+                bytes.reserve(PROC_READ_CHUNK.min(limit - bytes.len()));
+            }
+            let filled = bytes.len();
+            let room = (bytes.capacity() - filled).min(limit - filled);
+            bytes.resize(filled + room, 0);
+            match file.read(&mut bytes[filled..]) {
+                Ok(0) => {
+                    bytes.truncate(filled);
+                    break;
+                }
+                Ok(n) => bytes.truncate(filled + n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => bytes.truncate(filled),
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        String::from_utf8(bytes)
+            .map_err(|e| io_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
     }
 }
 

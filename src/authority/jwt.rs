@@ -151,6 +151,7 @@ impl JwtAuthority {
 
     /// Takes over a loaded key set, bringing it up to date.
     pub(super) fn new(trust_domain: TrustDomain, mut keys: KeySet) -> Result<Self, AuthorityError> {
+        super::jwt_crypto::install();
         if keys.advance(SystemTime::now())? {
             keys.save()?;
         }
@@ -222,6 +223,9 @@ impl JwtAuthority {
         }
         let key = keys.signing(now).ok_or(AuthorityError::NoSigningKey)?;
         let expires_at = expires_at.min(key.lifetime.not_after);
+        // Sign outside the lock: concurrent mints need not queue.
+        let (kid, encoding) = (key.kid.clone(), key.encoding.clone());
+        drop(keys);
         let mut jti = [0u8; 16];
         rand::rng().fill_bytes(&mut jti);
         let jti = hex::encode(jti);
@@ -236,10 +240,10 @@ impl JwtAuthority {
         let header = Header {
             typ: Some("JWT".into()),
             alg: Algorithm::ES256,
-            kid: Some(key.kid.clone()),
+            kid: Some(kid),
             ..Header::default()
         };
-        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)?;
+        let token = jsonwebtoken::encode(&header, &claims, &encoding)?;
         Ok(JwtSvid {
             spiffe_id: spiffe_id.clone(),
             token,

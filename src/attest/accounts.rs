@@ -1,0 +1,203 @@
+//! User and group names for the `unix:user`, `unix:group` and
+//! `unix:supplementary_group` selectors, remembered briefly.
+//!
+//! Asking NSS for a name costs about 25 µs of each attestation on the
+//! benchmark VM (a connect to nscd, a stat of nsswitch.conf, then reading
+//! and scanning `/etc/passwd` and `/etc/group`), every call, for names that
+//! rarely change. A name is remembered only while the file it is kept in
+//! is unchanged (device, inode, size, modification and change times: any
+//! edit, or a replacing rename, forgets every name at the next lookup) and
+//! for at most [`NAME_TTL`], which bounds how late a name from another NSS
+//! source (LDAP, systemd's dynamic users) is seen. Without the file,
+//! nothing is remembered.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// How long a name is remembered at most.
+pub const NAME_TTL: Duration = Duration::from_secs(1);
+/// Names remembered per kind; beyond it the cache starts over (callers
+/// cannot choose their ids, so this is only a backstop).
+const MAX_NAMES: usize = 4096;
+
+/// Cached user and group names.
+#[derive(Debug)]
+pub(super) struct Accounts {
+    users: NameCache,
+    groups: NameCache,
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Self {
+            users: NameCache::new("/etc/passwd"),
+            groups: NameCache::new("/etc/group"),
+        }
+    }
+}
+
+impl Accounts {
+    /// The name of user `uid`, if the host knows one.
+    pub fn user(&self, uid: u32) -> Option<String> {
+        self.users.name(uid, |uid| {
+            User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+        })
+    }
+
+    /// The name of group `gid`, if the host knows one.
+    pub fn group(&self, gid: u32) -> Option<String> {
+        self.groups.name(gid, |gid| {
+            Group::from_gid(Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
+        })
+    }
+}
+
+/// Names of one kind, valid for one version of the file they come from.
+#[derive(Debug)]
+struct NameCache {
+    file: &'static str,
+    // std Mutex: held to look up or insert, never across NSS or an await.
+    state: Mutex<CacheState>,
+}
+
+#[derive(Debug)]
+struct CacheState {
+    stamp: Option<Stamp>,
+    filled_at: Instant,
+    names: HashMap<u32, Option<String>>,
+}
+
+/// What changes whenever a file is edited or replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl NameCache {
+    fn new(file: &'static str) -> Self {
+        Self {
+            file,
+            state: Mutex::new(CacheState {
+                stamp: None,
+                filled_at: Instant::now(),
+                names: HashMap::new(),
+            }),
+        }
+    }
+
+    fn name(&self, id: u32, resolve: impl FnOnce(u32) -> Option<String>) -> Option<String> {
+        let Some(stamp) = stamp_of(self.file) else {
+            return resolve(id);
+        };
+        {
+            let mut state = self.lock();
+            let stale = state.stamp != Some(stamp) || state.filled_at.elapsed() > NAME_TTL;
+            if stale || state.names.len() >= MAX_NAMES {
+                *state = CacheState {
+                    stamp: Some(stamp),
+                    filled_at: Instant::now(),
+                    names: HashMap::new(),
+                };
+            }
+            if let Some(name) = state.names.get(&id) {
+                return name.clone();
+            }
+        }
+        // Outside the lock: NSS may be slow (a remote directory).
+        let name = resolve(id);
+        let mut state = self.lock();
+        // Kept only if the file did not change while resolving.
+        if state.stamp == Some(stamp) && stamp_of(self.file) == Some(stamp) {
+            state.names.insert(id, name.clone());
+        }
+        name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CacheState> {
+        // Every update leaves the state consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn stamp_of(path: &str) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn cache_on(file: &std::path::Path) -> NameCache {
+        NameCache::new(Box::leak(file.to_str().unwrap().to_owned().into_boxed_str()))
+    }
+
+    #[test]
+    fn a_name_is_remembered_until_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "alice:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
+        let cache = cache_on(&passwd);
+        let asked = Cell::new(0);
+        let resolve = |name: &'static str| {
+            let asked = &asked;
+            move |_| {
+                asked.set(asked.get() + 1);
+                Some(name.to_owned())
+            }
+        };
+        assert_eq!(cache.name(1000, resolve("alice")).as_deref(), Some("alice"));
+        assert_eq!(cache.name(1000, resolve("ignored")).as_deref(), Some("alice"));
+        assert_eq!(asked.get(), 1);
+
+        // A rename of the user rewrites the file: the old name is forgotten.
+        std::fs::write(&passwd, "bob:x:1000:1000::/home/bob:/bin/sh\n").unwrap();
+        assert_eq!(cache.name(1000, resolve("bob")).as_deref(), Some("bob"));
+        assert_eq!(asked.get(), 2);
+    }
+
+    #[test]
+    fn unknown_ids_are_remembered_as_unknown_and_a_missing_file_caches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = dir.path().join("group");
+        std::fs::write(&group, "wheel:x:10:\n").unwrap();
+        let cache = cache_on(&group);
+        assert_eq!(cache.name(4242, |_| None), None);
+        assert_eq!(cache.name(4242, |_| Some("late".into())), None);
+
+        let missing = cache_on(&dir.path().join("absent"));
+        assert_eq!(missing.name(1, |_| Some("a".into())).as_deref(), Some("a"));
+        assert_eq!(missing.name(1, |_| Some("b".into())).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn names_expire_after_the_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "x").unwrap();
+        let cache = cache_on(&passwd);
+        assert_eq!(cache.name(7, |_| Some("old".into())).as_deref(), Some("old"));
+        cache.lock().filled_at = Instant::now() - NAME_TTL - Duration::from_millis(1);
+        assert_eq!(cache.name(7, |_| Some("new".into())).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn this_hosts_root_user_resolves() {
+        assert_eq!(Accounts::default().user(0).as_deref(), Some("root"));
+    }
+}
