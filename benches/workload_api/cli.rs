@@ -66,10 +66,14 @@ pub struct Args {
     /// concurrent HTTP/2 streams) instead of holding one connection each.
     #[arg(long)]
     pub one_connection: bool,
-    /// streams: how many FetchX509SVID streams to hold open, one connection
-    /// each.
+    /// streams: how many FetchX509SVID streams to hold open.
     #[arg(long, default_value_t = 5000)]
     pub streams: usize,
+    /// streams: streams per connection (at most attestd's default
+    /// max_concurrent_streams, 16). Above 1, fewer descriptors hold as many
+    /// streams: attestd needs two per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub streams_per_connection: u16,
     /// streams: the X.509-SVID lifetime of the entry attestd serves (at
     /// least 5s); attestd renews at about half of it and pushes to every
     /// stream.
@@ -155,6 +159,7 @@ pub struct Plan {
     pub clients: usize,
     pub one_connection: bool,
     pub streams: usize,
+    pub streams_per_connection: usize,
     pub x509_ttl: Duration,
     pub push_deadline: Duration,
 }
@@ -171,6 +176,7 @@ impl Plan {
             clients: args.clients.max(1),
             one_connection: args.one_connection,
             streams: args.streams.max(1),
+            streams_per_connection: usize::from(args.streams_per_connection),
             x509_ttl: args.x509_ttl,
             push_deadline: args
                 .push_deadline
@@ -194,5 +200,10 @@ impl Plan {
             },
             (true, false) => full,
         }
+    }
+
+    /// Connections the streams mode opens.
+    pub fn stream_connections(&self) -> usize {
+        self.streams.div_ceil(self.streams_per_connection)
     }
 }

@@ -85,7 +85,7 @@ fn run_streams(args: &Args, plan: &mut Plan, runtime: &Runtime) -> anyhow::Resul
     fit_descriptors(plan)?;
     let dir = tempfile::tempdir()?;
     let setup = Setup::Streams {
-        streams: plan.streams,
+        connections: plan.stream_connections(),
         x509_ttl: plan.x509_ttl,
     };
     let targets = targets::start(dir.path(), args, setup, runtime)?;
@@ -111,14 +111,16 @@ fn run_streams(args: &Args, plan: &mut Plan, runtime: &Runtime) -> anyhow::Resul
 /// need, or lowers the stream count to what the limit allows (with a
 /// warning: a run never fails for it).
 fn fit_descriptors(plan: &mut Plan) -> anyhow::Result<()> {
-    let wanted = targets::descriptors_for(plan.streams);
+    let wanted = targets::descriptors_for(plan.stream_connections());
     let limit = targets::raise_descriptor_limit(wanted)?;
     if limit < wanted {
-        let fitting = targets::streams_within(limit);
+        let fitting = targets::connections_within(limit) * plan.streams_per_connection;
         eprintln!(
-            "warning: {} streams need a descriptor limit of {wanted} (RLIMIT_NOFILE is {limit} and \
-             cannot be raised without root); holding {fitting}",
-            plan.streams
+            "warning: {} streams on {} connections need a descriptor limit of {wanted} (RLIMIT_NOFILE \
+             is {limit} and cannot be raised without CAP_SYS_RESOURCE); holding {fitting} \
+             (--streams-per-connection holds more)",
+            plan.streams,
+            plan.stream_connections()
         );
         plan.streams = fitting;
     }

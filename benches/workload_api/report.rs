@@ -94,14 +94,15 @@ pub fn requests(mode: Mode, plan: &Plan, targets: &[Target], results: &[Vec<Roun
 /// The streams mode's table.
 pub fn streams(plan: &Plan, targets: &[Target], results: &[Held]) {
     println!(
-        "\n== streams: {} open FetchX509SVID streams, one connection each (attestd's SVIDs live {}; \
+        "\n== streams: {} open FetchX509SVID streams, {} per connection (attestd's SVIDs live {}; \
          pushes awaited up to {})",
         plan.streams,
+        plan.streams_per_connection,
         humantime::format_duration(plan.x509_ttl),
         humantime::format_duration(plan.push_deadline),
     );
     println!(
-        "   {:<16} {:>7} {:>8} {:>11} {:>11} {:>11} {:>7} {:>14} {:>10}",
+        "   {:<16} {:>7} {:>8} {:>11} {:>11} {:>11} {:>7} {:>14} {:>10} {:>10}",
         "target",
         "opened",
         "in",
@@ -110,7 +111,8 @@ pub fn streams(plan: &Plan, targets: &[Target], results: &[Held]) {
         "per stream",
         "vs fl",
         "missed pushes",
-        "push wait"
+        "push wait",
+        "CPU/push"
     );
     let floor = results[0].kib_per_stream();
     for (target, held) in targets.iter().zip(results) {
@@ -120,7 +122,7 @@ pub fn streams(plan: &Plan, targets: &[Target], results: &[Held]) {
             _ => "-".to_owned(),
         };
         println!(
-            "   {:<16} {:>7} {:>7.1}s {:>11} {:>11} {:>11} {:>7} {:>14} {:>9.1}s",
+            "   {:<16} {:>7} {:>7.1}s {:>11} {:>11} {:>11} {:>7} {:>14} {:>9.1}s {:>10}",
             target.name,
             held.opened,
             held.open_time.as_secs_f64(),
@@ -131,6 +133,7 @@ pub fn streams(plan: &Plan, targets: &[Target], results: &[Held]) {
             held.missed_pushes
                 .map_or_else(|| "n/a".into(), |missed| missed.to_string()),
             held.push_wait.as_secs_f64(),
+            held.cpu_per_push_us.map_or_else(|| "-".into(), micros),
         );
         if held.failed > 0 {
             println!(
@@ -147,8 +150,9 @@ pub fn streams(plan: &Plan, targets: &[Target], results: &[Held]) {
         }
     }
     println!(
-        "   (per stream: RSS growth over streams opened; missed pushes: streams with no message after \
-         their first by the deadline, n/a for the floor, which never rotates)"
+        "   (per stream: RSS growth over streams opened; missed pushes: streams with no message from \
+         the moment all were open until the deadline, n/a for the floor, which never rotates; \
+         CPU/push: the server's CPU time meanwhile per message pushed)"
     );
 }
 

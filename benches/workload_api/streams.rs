@@ -1,7 +1,8 @@
 //! The streams mode: hold many FetchX509SVID streams open, one connection
-//! each (as many workloads each watching its identity would), and read
-//! what they cost the server; then wait for every stream to get a message
-//! after its first (the rotation push).
+//! each by default (as many workloads each watching its identity would),
+//! and read what they cost the server; then, with every stream open, wait
+//! for each to get a message (the rotation push), reading what the server
+//! spends per message pushed.
 //!
 //! One round per target, on a server started for this mode: memory freed
 //! when streams close stays with the allocator, so a second round on the
@@ -9,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -24,7 +25,7 @@ use crate::cli::Plan;
 use crate::procfs;
 use crate::targets::{Kind, Target};
 
-/// Streams being opened at once.
+/// Connections being opened at once.
 const OPENING_AT_ONCE: usize = 32;
 /// Let the server finish what opening set off before reading its memory.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -41,12 +42,14 @@ pub struct Held {
     /// Server VmRSS before the first stream and with all of them open, KiB.
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
-    /// Streams that got no message after their first within the deadline
-    /// (`None`: the floor never rotates, nothing to wait for).
+    /// Streams that got no message between the moment all were open and
+    /// the deadline (`None`: the floor never rotates, nothing to wait for).
     pub missed_pushes: Option<usize>,
-    /// From the last stream open until every stream had its push (or the
-    /// deadline).
+    /// From the moment all were open until every stream had its push (or
+    /// the deadline).
     pub push_wait: Duration,
+    /// The server's CPU time per message pushed meanwhile, in microseconds.
+    pub cpu_per_push_us: Option<f64>,
     /// Streams the server ended while they were held.
     pub ended_early: usize,
 }
@@ -85,17 +88,23 @@ async fn hold(target: &Target, plan: &Plan) -> anyhow::Result<Held> {
     let mut holders = JoinSet::new();
     let (mut opened, mut failed, mut first_error) = (0, 0, None);
     let started = Instant::now();
-    let mut opening = futures::stream::iter(0..plan.streams)
-        .map(|_| open(&target.socket))
+    let per_connection = plan.streams_per_connection;
+    let mut opening = futures::stream::iter(0..plan.stream_connections())
+        .map(|i| {
+            let streams = per_connection.min(plan.streams - i * per_connection);
+            async move { (streams, open(&target.socket, streams).await) }
+        })
         .buffer_unordered(OPENING_AT_ONCE);
-    while let Some(result) = opening.next().await {
+    while let Some((wanted, result)) = opening.next().await {
         match result {
-            Ok((connection, stream)) => {
-                opened += 1;
-                holders.spawn(watch(connection, stream, Arc::clone(&counts)));
+            Ok((connection, streams)) => {
+                opened += streams.len();
+                for stream in streams {
+                    holders.spawn(watch(connection.clone(), stream, Arc::clone(&counts)));
+                }
             }
             Err(error) => {
-                failed += 1;
+                failed += wanted;
                 first_error.get_or_insert_with(|| format!("{error:#}"));
             }
         }
@@ -104,18 +113,12 @@ async fn hold(target: &Target, plan: &Plan) -> anyhow::Result<Held> {
     tokio::time::sleep(SETTLE).await;
     let rss_after_kib = rss()?.map(|m| m.rss_kib);
 
-    let waiting = Instant::now();
-    let missed_pushes = match target.kind {
+    let pushes = match target.kind {
         Kind::Floor => None,
         Kind::Attestd | Kind::External => {
-            let deadline = waiting + plan.push_deadline;
-            while counts.pushed.load(Ordering::Relaxed) < opened && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Some(opened - counts.pushed.load(Ordering::Relaxed).min(opened))
+            Some(await_pushes(target, &counts, opened, plan.push_deadline).await?)
         }
     };
-    let push_wait = waiting.elapsed();
     holders.shutdown().await;
     Ok(Held {
         opened,
@@ -124,39 +127,91 @@ async fn hold(target: &Target, plan: &Plan) -> anyhow::Result<Held> {
         open_time,
         rss_before_kib,
         rss_after_kib,
-        missed_pushes,
-        push_wait,
+        missed_pushes: pushes.as_ref().map(|p| p.missed),
+        push_wait: pushes.as_ref().map_or(Duration::ZERO, |p| p.wait),
+        cpu_per_push_us: pushes.and_then(|p| p.cpu_per_push_us),
         ended_early: counts.ended.load(Ordering::Relaxed),
     })
 }
 
-/// A new connection with a FetchX509SVID stream that has had its first
-/// message.
-async fn open(socket: &Path) -> anyhow::Result<(Client, Streaming<X509svidResponse>)> {
-    let mut connection = client::connect(socket).await?;
-    let mut stream = connection.fetch_x509svid(X509svidRequest {}).await?.into_inner();
-    let first = stream
-        .message()
-        .await?
-        .context("the stream ended before its first message")?;
-    anyhow::ensure!(!first.svids.is_empty(), "a first message without an SVID");
-    Ok((connection, stream))
+/// What waiting for a push on every open stream showed.
+struct Pushes {
+    missed: usize,
+    wait: Duration,
+    cpu_per_push_us: Option<f64>,
+}
+
+/// Counts, from now, the streams that get a message, until all `opened`
+/// have or `deadline` passes; and the server's CPU time per message pushed
+/// meanwhile (about one rotation delivered to every stream).
+async fn await_pushes(
+    target: &Target,
+    counts: &Counts,
+    opened: usize,
+    deadline: Duration,
+) -> anyhow::Result<Pushes> {
+    let cpu_before = target.pid.map(procfs::cpu_time).transpose()?;
+    let messages_before = counts.messages.load(Ordering::Relaxed);
+    let started = Instant::now();
+    counts.armed.store(true, Ordering::Relaxed);
+    while counts.pushed.load(Ordering::Relaxed) < opened && started.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wait = started.elapsed();
+    let messages = counts.messages.load(Ordering::Relaxed) - messages_before;
+    let cpu_per_push_us = match (target.pid, cpu_before) {
+        (Some(pid), Some(before)) if messages > 0 => {
+            Some((procfs::cpu_time(pid)? - before).as_secs_f64() * 1e6 / messages as f64)
+        }
+        _ => None,
+    };
+    Ok(Pushes {
+        missed: opened - counts.pushed.load(Ordering::Relaxed).min(opened),
+        wait,
+        cpu_per_push_us,
+    })
+}
+
+/// A new connection with `streams` FetchX509SVID streams on it, each of
+/// which has had its first message.
+async fn open(socket: &Path, streams: usize) -> anyhow::Result<(Client, Vec<Streaming<X509svidResponse>>)> {
+    let connection = client::connect(socket).await?;
+    let opening = (0..streams).map(|_| {
+        let mut connection = connection.clone();
+        async move {
+            let mut stream = connection.fetch_x509svid(X509svidRequest {}).await?.into_inner();
+            let first = stream
+                .message()
+                .await?
+                .context("the stream ended before its first message")?;
+            anyhow::ensure!(!first.svids.is_empty(), "a first message without an SVID");
+            Ok(stream)
+        }
+    });
+    let streams = futures::future::try_join_all(opening).await?;
+    Ok((connection, streams))
 }
 
 #[derive(Debug, Default)]
 struct Counts {
-    /// Streams that got a message after their first.
+    /// Set once every stream is open: pushes count from then on.
+    armed: AtomicBool,
+    /// Streams that got a message since `armed` was set.
     pushed: AtomicUsize,
+    /// Messages after the first, on all streams.
+    messages: AtomicUsize,
     /// Streams the server ended.
     ended: AtomicUsize,
 }
 
 /// Reads a stream until it ends (or the task is aborted), counting its
-/// first push. Holds the connection: the stream lives on it.
+/// messages and, once armed, its first push. Holds the connection: the
+/// stream lives on it.
 async fn watch(_connection: Client, mut stream: Streaming<X509svidResponse>, counts: Arc<Counts>) {
     let mut pushed = false;
     while let Ok(Some(_)) = stream.message().await {
-        if !pushed {
+        counts.messages.fetch_add(1, Ordering::Relaxed);
+        if !pushed && counts.armed.load(Ordering::Relaxed) {
             pushed = true;
             counts.pushed.fetch_add(1, Ordering::Relaxed);
         }

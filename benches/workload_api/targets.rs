@@ -22,7 +22,7 @@ pub const CLIENT_CPU: usize = 1;
 /// The audience every FetchJWTSVID asks for.
 pub const JWT_AUDIENCE: &str = "spiffe://bench.example/relying-party";
 
-/// Connections attestd is configured to allow beyond the streams held (the
+/// Connections attestd is configured to allow beyond the streams' (the
 /// warm-up and the calls that read its memory), and how many of those are
 /// its reserve for other uids.
 const SPARE_CONNECTIONS: usize = 256;
@@ -68,12 +68,12 @@ pub enum Setup {
     /// Default limits; each build with a uid policy and an executable-bound
     /// one.
     Requests,
-    /// Connection caps raised to hold `streams` streams, the entry's SVIDs
+    /// Connection caps raised to hold `connections`, the entry's SVIDs
     /// living `x509_ttl`, the uid policy only: the executable-bound policy
     /// scans every process's descriptors for each attestation, and the load
     /// generator's own thousands of sockets would make that scan the
     /// figure.
-    Streams { streams: usize, x509_ttl: Duration },
+    Streams { connections: usize, x509_ttl: Duration },
 }
 
 /// Starts every target for one mode: attestd (each build, each policy),
@@ -166,11 +166,14 @@ fn start_attestd(
 fn attestd_config(home: &Path, socket: &Path, selectors: &str, setup: Setup) -> String {
     let (limits, ttl) = match setup {
         Setup::Requests => (String::new(), String::new()),
-        Setup::Streams { streams, x509_ttl } => (
+        Setup::Streams {
+            connections,
+            x509_ttl,
+        } => (
             format!(
                 "[limits]\nmax_connections = {max}\nmax_connections_per_uid = {max}\n\
                  connection_reserve = {SPARE_RESERVE}\n",
-                max = streams + SPARE_CONNECTIONS,
+                max = connections + SPARE_CONNECTIONS,
             ),
             format!("x509_ttl = \"{}\"\n", humantime::format_duration(x509_ttl)),
         ),
@@ -253,15 +256,15 @@ pub fn pin_to(cpu: usize) {
     }
 }
 
-/// The descriptor limit a streams run of `streams` needs in every process:
-/// attestd holds two per connection (its socket and a pidfd) and keeps 64
-/// and more for the rest; the load generator one per connection.
-pub fn descriptors_for(streams: usize) -> u64 {
-    2 * (streams + SPARE_CONNECTIONS) as u64 + DESCRIPTORS_BESIDES
+/// The descriptor limit a streams run on `connections` needs in every
+/// process: attestd holds two per connection (its socket and a pidfd) and
+/// keeps 64 and more for the rest; the load generator one per connection.
+pub fn descriptors_for(connections: usize) -> u64 {
+    2 * (connections + SPARE_CONNECTIONS) as u64 + DESCRIPTORS_BESIDES
 }
 
-/// The streams a descriptor limit of `limit` allows.
-pub fn streams_within(limit: u64) -> usize {
+/// The connections a descriptor limit of `limit` allows.
+pub fn connections_within(limit: u64) -> usize {
     (limit.saturating_sub(DESCRIPTORS_BESIDES) / 2).saturating_sub(SPARE_CONNECTIONS as u64) as usize
 }
 
