@@ -46,6 +46,9 @@ impl Mode {
 /// The Workload API benchmark: attestd beside the bare gRPC floor (see
 /// benches/README.md).
 #[derive(Parser, Debug)]
+// A wrapper script's defaults (benches/spire.sh) may be given again: the
+// last one counts.
+#[command(args_override_self = true)]
 pub struct Args {
     /// Which measurement to run.
     #[arg(long, value_enum, default_value_t = Mode::All)]
