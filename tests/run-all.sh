@@ -89,9 +89,11 @@ step "fuzz targets build (run them with cargo +nightly fuzz run <target>)"
 cargo check --quiet --manifest-path fuzz/Cargo.toml
 
 # A short run checks the harness; the full run (and benches/compare.sh
-# against an older revision) is run by hand: see the README's Performance.
+# against an older revision) is run by hand: see benches/README.md.
 step "benchmark harness, short mode (cargo bench --bench workload_api -- --quick)"
 cargo bench --quiet --bench workload_api -- --quick
+step "micro-benchmarks, short mode (cargo bench --bench micro -- --max-time 0.5)"
+cargo bench --quiet --bench micro -- --max-time 0.5
 step "policy decision benchmark, short mode (cargo bench --bench authz -- --quick)"
 cargo bench --quiet --bench authz -- --quick
 
