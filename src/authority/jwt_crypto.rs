@@ -10,7 +10,7 @@
 //! `jwt.rs`); every other algorithm still goes to the RustCrypto provider,
 //! as do the JWK helpers.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, rust_crypto};
 use jsonwebtoken::errors::{Error, ErrorKind};
@@ -55,17 +55,29 @@ fn new_verifier(algorithm: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtV
 
 /// A P-256 key pair from a PKCS#8 document; signatures are `r || s`, as
 /// JWS wants them.
-struct Es256Signer(EcdsaKeyPair);
+struct Es256Signer(Arc<EcdsaKeyPair>);
+
+/// The last key decoded, with the document it came from: jsonwebtoken asks
+/// for a signer per token, and decoding checks the key pair (a scalar
+/// multiplication, as long as the signature itself), while attestd signs
+/// with one key until it rotates.
+static LAST_KEY: Mutex<Option<(Vec<u8>, Arc<EcdsaKeyPair>)>> = Mutex::new(None);
 
 impl Es256Signer {
     fn new(key: &EncodingKey) -> Result<Self, Error> {
-        EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            key.as_bytes(),
-            &SystemRandom::new(),
-        )
-        .map(Self)
-        .map_err(|_| ErrorKind::InvalidEcdsaKey.into())
+        let pkcs8 = key.as_bytes();
+        // Held for a compare, or one decode: never across a signature.
+        let mut last = LAST_KEY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((document, pair)) = last.as_ref()
+            && document.as_slice() == pkcs8
+        {
+            return Ok(Self(Arc::clone(pair)));
+        }
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &SystemRandom::new())
+            .map(Arc::new)
+            .map_err(|_| Error::from(ErrorKind::InvalidEcdsaKey))?;
+        *last = Some((pkcs8.to_vec(), Arc::clone(&pair)));
+        Ok(Self(pair))
     }
 }
 
@@ -133,6 +145,34 @@ mod tests {
         let mut forged = by_ring.clone();
         forged[10] ^= 1;
         assert!(our_verifier.verify(message, &forged).is_err());
+    }
+
+    /// The decoded key is reused only for the very same document.
+    #[test]
+    fn each_key_signs_for_itself() {
+        let key = || {
+            let pkcs8 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .unwrap()
+                .serialize_der();
+            let encoding = EncodingKey::from_ec_der(&pkcs8);
+            let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, Algorithm::ES256).unwrap();
+            (encoding, DecodingKey::from_jwk(&jwk).unwrap())
+        };
+        let (first, first_public) = key();
+        let (second, second_public) = key();
+        for (signing, public, other) in [
+            (&first, &first_public, &second_public),
+            (&second, &second_public, &first_public),
+            (&first, &first_public, &second_public),
+        ] {
+            let signature = new_signer(&Algorithm::ES256, signing)
+                .unwrap()
+                .try_sign(b"m")
+                .unwrap();
+            let verifier = |key| new_verifier(&Algorithm::ES256, key).unwrap();
+            assert!(verifier(public).verify(b"m", &signature).is_ok());
+            assert!(verifier(other).verify(b"m", &signature).is_err());
+        }
     }
 
     #[test]
