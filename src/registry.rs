@@ -8,14 +8,19 @@
 //! nothing: matching leaves it out, judged by the [`owner_clock`] at each
 //! admission, so no reload is needed when the day passes.
 
+mod by_spiffe_id;
+mod entry_files;
 mod index;
+mod labels;
 mod load;
 pub mod owner_clock;
 mod reload;
 
+pub use entry_files::EntryFiles;
+pub use labels::Labels;
 pub use reload::{keep_current, reload};
 
-use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,13 +30,14 @@ use crate::config::{Config, ConfigError, Location, TasksConfig};
 use crate::selector::SelectorSet;
 use crate::spiffe_id::SpiffeId;
 
+use by_spiffe_id::BySpiffeId;
 use index::SelectorIndex;
 
 /// One registration entry, with defaults resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Stable id: a digest of the SPIFFE ID and selectors.
-    pub id: String,
+    pub id: EntryId,
     /// The identity granted.
     pub spiffe_id: SpiffeId,
     /// Selectors a caller must all have.
@@ -41,7 +47,7 @@ pub struct Entry {
     /// Free text.
     pub description: Option<String>,
     /// Free key/values (agent name, version, ...).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// X.509-SVID lifetime.
     pub x509_ttl: Duration,
     /// JWT-SVID lifetime.
@@ -60,6 +66,17 @@ pub struct Entry {
     pub may_ask_for_others: bool,
     /// Where the entry is written (`file:line`).
     pub location: Location,
+}
+
+/// An entry's stable id: the first 8 bytes of the SHA-256 of its SPIFFE
+/// ID and selectors; prints as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId(pub u64);
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 impl Entry {
@@ -130,9 +147,9 @@ impl Matches {
 pub struct Policy {
     entries: Vec<Arc<Entry>>,
     index: SelectorIndex,
-    /// Entry indexes by SPIFFE ID: who still grants an identity named in a
-    /// token is looked up, not scanned for.
-    by_spiffe_id: HashMap<SpiffeId, Vec<usize>>,
+    /// Who still grants an identity named in a token is looked up, not
+    /// scanned for.
+    by_spiffe_id: BySpiffeId,
     names_executables: bool,
     names_sha256: bool,
     /// When each entry's owner's term ends, by entry index.
@@ -146,18 +163,20 @@ impl Policy {
     /// Builds and indexes a policy from the config file and its
     /// `entries_dir`. Any error in any file fails the whole policy.
     pub fn load(config: &Config) -> Result<Self, ConfigError> {
-        let entries = load::entries(config)?;
-        Ok(Self::from_entries(entries))
+        Self::load_with(config, &mut EntryFiles::default())
+    }
+
+    /// [`Self::load`], reading again only the files of `entries_dir` that
+    /// changed since `files` last read them (and keeping what it reads for
+    /// the next time).
+    pub fn load_with(config: &Config, files: &mut EntryFiles) -> Result<Self, ConfigError> {
+        Ok(Self::from_entries(load::entries(config, files)?))
     }
 
     /// Indexes `entries` (already validated), in policy order.
-    pub(crate) fn from_entries(entries: Vec<Entry>) -> Self {
-        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+    pub(crate) fn from_entries(entries: Vec<Arc<Entry>>) -> Self {
         let index = SelectorIndex::build(&entries);
-        let mut by_spiffe_id: HashMap<SpiffeId, Vec<usize>> = HashMap::new();
-        for (i, entry) in entries.iter().enumerate() {
-            by_spiffe_id.entry(entry.spiffe_id.clone()).or_default().push(i);
-        }
+        let by_spiffe_id = BySpiffeId::build(&entries);
         let names_executables = entries
             .iter()
             .flat_map(|entry| entry.selectors.iter())
@@ -193,12 +212,10 @@ impl Policy {
 
     /// The entries granting `spiffe_id`, in policy order, whatever their
     /// owners' terms.
-    pub fn granting(&self, spiffe_id: &SpiffeId) -> impl Iterator<Item = &Arc<Entry>> + Clone {
+    pub fn granting<'a>(&'a self, spiffe_id: &'a SpiffeId) -> impl Iterator<Item = &'a Arc<Entry>> + Clone {
         self.by_spiffe_id
-            .get(spiffe_id)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.entries[i])
+            .granting(spiffe_id, &self.entries)
+            .map(|i| &self.entries[i])
     }
 
     /// Every entry, in policy order.

@@ -506,7 +506,7 @@ impl TaskRegistry {
             parents: claims.task_parents,
             spiffe_id: entry.spiffe_id.clone(),
             delegated_by,
-            entry: entry.id.clone(),
+            entry: entry.id.to_string(),
             owner: claims.owner,
             purpose: claims.purpose,
             tools: claims.tools,

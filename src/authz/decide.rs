@@ -419,7 +419,7 @@ pub(super) mod tests {
             ] {
                 tokens.tasks.insert(token.into(), task);
             }
-            let policy = Policy::from_entries(entries.iter().map(|e| (**e).clone()).collect());
+            let policy = Policy::from_entries(entries.clone());
             Self {
                 entries,
                 policy,

@@ -2,54 +2,35 @@
 //! resolving defaults and refusing duplicates.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::hash_map::Entry as Slot;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::Entry;
-use crate::config::{self, Config, ConfigError, EntryConfig, Location};
+use super::index::position;
+use super::{Entry, EntryFiles, EntryId, Labels};
+use crate::config::{Config, ConfigError, EntryConfig, SvidConfig};
 use crate::selector::SelectorSet;
 
-pub(super) fn entries(config: &Config) -> Result<Vec<Entry>, ConfigError> {
-    let mut raw = config.entries.clone();
-    for file in entry_files(config)? {
-        raw.extend(config::load_entries_file(&file, &config.trust_domain)?);
-    }
-    let mut seen: HashMap<String, Location> = HashMap::new();
-    let mut entries = Vec::with_capacity(raw.len());
-    for entry in raw {
-        let entry = resolve(config, entry);
-        if let Some(first) = seen.insert(entry.id.clone(), entry.location.clone()) {
-            return Err(duplicate_error(&entry, &first));
-        }
-        entries.push(entry);
-    }
+/// The policy's entries in order: those of the config file, then those of
+/// each file of `entries_dir` by name (only the files that changed since
+/// `files` last read them are parsed again).
+pub(super) fn entries(config: &Config, files: &mut EntryFiles) -> Result<Vec<Arc<Entry>>, ConfigError> {
+    files.refresh(config)?;
+    let mut entries = Vec::with_capacity(config.entries.len() + files.entry_count());
+    entries.extend(
+        config
+            .entries
+            .iter()
+            .map(|raw| Arc::new(resolve(&config.svid, raw.clone()))),
+    );
+    entries.extend(files.entries().cloned());
+    refuse_duplicates(&entries)?;
     Ok(entries)
 }
 
-/// The `*.toml` files of `entries_dir`, sorted so policy order is stable.
-fn entry_files(config: &Config) -> Result<Vec<PathBuf>, ConfigError> {
-    let Some(dir) = &config.entries_dir else {
-        return Ok(Vec::new());
-    };
-    let read_error = |e: std::io::Error| ConfigError {
-        file: dir.clone(),
-        line: None,
-        key: Some("entries_dir".into()),
-        message: format!("cannot read directory: {e}"),
-    };
-    let mut files = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(read_error)? {
-        let path = item.map_err(read_error)?.path();
-        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn resolve(config: &Config, raw: EntryConfig) -> Entry {
+/// An entry as written, with the defaults of `[svid]` filled in.
+pub(super) fn resolve(defaults: &SvidConfig, raw: EntryConfig) -> Entry {
     let selectors: SelectorSet = raw.selectors.into_iter().collect();
     Entry {
         id: entry_id(raw.spiffe_id.as_str(), &selectors),
@@ -57,9 +38,9 @@ fn resolve(config: &Config, raw: EntryConfig) -> Entry {
         selectors,
         owner: raw.owner,
         description: raw.description,
-        labels: raw.labels,
-        x509_ttl: raw.x509_ttl.unwrap_or(config.svid.x509_ttl).0,
-        jwt_ttl: raw.jwt_ttl.unwrap_or(config.svid.jwt_ttl).0,
+        labels: Labels::from(&raw.labels),
+        x509_ttl: raw.x509_ttl.unwrap_or(defaults.x509_ttl).0,
+        jwt_ttl: raw.jwt_ttl.unwrap_or(defaults.jwt_ttl).0,
         jwt_audiences: raw.jwt_audiences,
         dns_names: raw.dns_names,
         hint: raw.hint,
@@ -72,24 +53,42 @@ fn resolve(config: &Config, raw: EntryConfig) -> Entry {
 
 /// A short, stable digest of what makes an entry distinct: its SPIFFE ID
 /// and its selectors (a set, so their order in the file does not matter).
-fn entry_id(spiffe_id: &str, selectors: &SelectorSet) -> String {
+fn entry_id(spiffe_id: &str, selectors: &SelectorSet) -> EntryId {
     let mut hasher = Sha256::new();
     hasher.update(spiffe_id.as_bytes());
     for selector in selectors {
         hasher.update(b"\n");
         hasher.update(selector.as_str().as_bytes());
     }
-    hex::encode(&hasher.finalize()[..8])
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    EntryId(u64::from_be_bytes(first))
 }
 
-fn duplicate_error(entry: &Entry, first: &Location) -> ConfigError {
+/// Two entries with the same SPIFFE ID and selectors, in any files: the
+/// later one is refused, naming where the first is written.
+fn refuse_duplicates(entries: &[Arc<Entry>]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<EntryId, u32> = HashMap::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        match seen.entry(entry.id) {
+            Slot::Vacant(slot) => {
+                slot.insert(position(i));
+            }
+            Slot::Occupied(first) => return Err(duplicate_error(entry, &entries[*first.get() as usize])),
+        }
+    }
+    Ok(())
+}
+
+fn duplicate_error(entry: &Entry, first: &Entry) -> ConfigError {
     ConfigError {
-        file: entry.location.file.clone(),
+        file: entry.location.file.to_path_buf(),
         line: Some(entry.location.line),
         key: Some("entry".into()),
         message: format!(
-            "duplicate of the entry at {first} (same spiffe_id {} and selectors)",
-            entry.spiffe_id
+            "duplicate of the entry at {} (same spiffe_id {} and selectors)",
+            first.location, entry.spiffe_id
         ),
     }
 }
@@ -99,6 +98,10 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    fn load(config: &Config) -> Result<Vec<Arc<Entry>>, ConfigError> {
+        entries(config, &mut EntryFiles::default())
+    }
+
     #[test]
     fn loads_entries_dir_and_refuses_duplicates() {
         let dir = tempfile::tempdir().unwrap();
@@ -107,16 +110,52 @@ mod tests {
         std::fs::write(dir.path().join("ignored.txt"), "junk").unwrap();
         let text = format!("trust_domain = \"example.org\"\nentries_dir = {:?}\n", dir.path());
         let config = Config::parse(Path::new("main.toml"), &text).unwrap();
-        let loaded = entries(&config).unwrap();
+        let loaded = load(&config).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].x509_ttl, config.svid.x509_ttl.0);
 
         std::fs::write(dir.path().join("b.toml"), entry).unwrap();
-        let err = entries(&config).unwrap_err();
+        let err = load(&config).unwrap_err();
         assert!(
             err.to_string()
                 .contains("b.toml:1: entry: duplicate of the entry at"),
             "{err}"
         );
+        assert!(err.to_string().contains("a.toml:1 (same spiffe_id"), "{err}");
+    }
+
+    #[test]
+    fn the_id_is_a_digest_of_the_spiffe_id_and_the_selector_set() {
+        let selectors = |list: &[&str]| -> SelectorSet {
+            list.iter()
+                .map(|s| crate::selector::Selector::parse(s).unwrap())
+                .collect()
+        };
+        let id = entry_id(
+            "spiffe://example.org/a",
+            &selectors(&["unix:uid:1", "unix:gid:2"]),
+        );
+        assert_eq!(
+            id,
+            entry_id(
+                "spiffe://example.org/a",
+                &selectors(&["unix:gid:2", "unix:uid:1"])
+            ),
+            "the selectors' order does not matter"
+        );
+        assert_ne!(
+            id,
+            entry_id(
+                "spiffe://example.org/b",
+                &selectors(&["unix:uid:1", "unix:gid:2"])
+            )
+        );
+        assert_ne!(
+            id,
+            entry_id("spiffe://example.org/a", &selectors(&["unix:uid:1"]))
+        );
+        // The audit trail names entries by id: it must not change between
+        // versions (the first 8 bytes of the SHA-256, in hex).
+        assert_eq!(id.to_string(), "da180781052ae229");
     }
 }

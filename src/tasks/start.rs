@@ -169,7 +169,7 @@ mod tests {
 
     fn entry(path: &str, tools: Option<&[&str]>) -> Arc<Entry> {
         Arc::new(Entry {
-            id: path.into(),
+            id: crate::registry::EntryId(0),
             spiffe_id: id(path),
             selectors: Default::default(),
             owner: "o@example.org".into(),
@@ -187,7 +187,7 @@ mod tests {
             }),
             may_ask_for_others: false,
             location: crate::config::Location {
-                file: "attestd.toml".into(),
+                file: std::path::Path::new("attestd.toml").into(),
                 line: 1,
             },
         })
