@@ -1,6 +1,9 @@
 //! The registry benchmark (divan): matching a caller's selectors against
-//! 10, 1,000 and 100,000 registration entries, and loading a policy from
-//! its files, in-process through the library (`attestd::registry`).
+//! 10, 1,000 and 100,000 registration entries, loading a policy from its
+//! files, and reloading it after one of its files changed, in-process
+//! through the library (`attestd::registry`). `benches/registry_daemon.sh`
+//! measures the same policies in a running daemon (start-up, memory,
+//! reload after a file change).
 //!
 //! Two policy shapes (see `registry/gen_policy.rs`): `uid`, one entry per
 //! uid; `exe`, every entry bound to uid 1000 and an executable digest of
@@ -11,7 +14,7 @@
 //! policy, so a large policy's index is not all in the CPU cache.
 //!
 //! ```text
-//! cargo bench --bench registry                  # full run
+//! cargo bench --bench registry                  # full run (divan's options apply)
 //! cargo bench --bench registry -- --quick       # what the test command runs
 //! cargo bench --bench registry -- --write-policy DIR [--entries N] [--files F] [--exe]
 //!     # writes DIR/attestd.toml and DIR/entries.d/ (for `attestd run`, `entry check`)
@@ -20,13 +23,15 @@
 #[path = "registry/gen_policy.rs"]
 mod gen_policy;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use attestd::config::Config;
-use attestd::registry::Policy;
+use attestd::registry::{EntryFiles, Policy, Registry, reload};
 use attestd::selector::{Selector, SelectorSet};
+use attestd::telemetry::ReloadOutcome;
 
 use gen_policy::Shape;
 
@@ -37,24 +42,29 @@ const PER_FILE: usize = 1000;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--write-policy") {
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    if has("--write-policy") {
         if let Err(error) = write_policy(&args) {
             eprintln!("registry bench: {error}");
             std::process::exit(2);
         }
         return;
     }
-    // divan's own arguments do not include --quick: a short run that
-    // checks every benchmark works (its figures are noisy).
-    if args.iter().any(|a| a == "--quick") {
+    if !has("--bench") {
+        // Started by `cargo test --all-targets` (a debug build): check that
+        // each benchmark runs, on the small policies only.
+        divan::Divan::default().skip_regex("::100000$").test_benches();
+    } else if has("--quick") {
+        // Not one of divan's own options: a short run of every benchmark,
+        // for the test command (its figures are noisy).
         divan::Divan::default()
             .sample_count(5)
             .sample_size(1)
             .max_time(Duration::from_millis(300))
             .run_benches();
-        return;
+    } else {
+        divan::main();
     }
-    divan::main();
 }
 
 /// `--write-policy DIR [--entries N] [--files F] [--exe]`.
@@ -177,10 +187,69 @@ fn match_exe(bencher: divan::Bencher, entries: usize) {
     bench_matching(bencher, entries, true);
 }
 
+/// A caller of one uid entry among `entries`, the same caller every time:
+/// what the policy's size costs when its lines are in the CPU cache.
+#[divan::bench(args = [10, 1_000, 100_000])]
+fn match_uid_same_caller(bencher: divan::Bencher, entries: usize) {
+    let loaded = loaded(entries, false);
+    let caller = caller(entries / 2, false);
+    let now = SystemTime::now();
+    bencher.bench_local(|| loaded.policy.matches(&caller, now));
+}
+
+/// The floor under matching: one lookup of a caller's uid selector in a
+/// hash map of `entries` selectors, the callers cycling as in `match_uid`.
+/// Matching does this lookup and then reads the entry found, so the time
+/// this takes to grow with the map bounds how flat matching can be.
+#[divan::bench(args = [10, 1_000, 100_000])]
+fn floor_one_lookup(bencher: divan::Bencher, entries: usize) {
+    let map: HashMap<Selector, usize> = (0..entries).map(|i| (uid_selector(i), i)).collect();
+    let callers: Vec<Selector> = (0..CALLERS)
+        .map(|k| uid_selector(k * entries / CALLERS))
+        .collect();
+    let mut next = 0;
+    bencher.bench_local(|| {
+        next = (next + 1) % callers.len();
+        map.get(&callers[next]).copied()
+    });
+}
+
+fn uid_selector(i: usize) -> Selector {
+    Selector::parse(&format!("unix:uid:{}", gen_policy::uid(i))).expect("generated selector is valid")
+}
+
 /// Loading (parsing, validating, indexing) a policy from its files.
 #[divan::bench(args = [1_000, 100_000], sample_count = 5, sample_size = 1)]
 fn load_uid(bencher: divan::Bencher, entries: usize) {
     let loaded = loaded(entries, false);
     bencher.bench(|| Policy::load(&loaded.config).expect("valid policy"));
-    let _ = loaded.shape;
+}
+
+/// A reload after one file of a policy of `entries` (in files of 1,000)
+/// changed: the changed file is parsed, the policy rebuilt and swapped in.
+#[divan::bench(args = [1_000, 100_000], sample_count = 10, sample_size = 1)]
+fn reload_one_file(bencher: divan::Bencher, entries: usize) {
+    let loaded = loaded(entries, false);
+    // Files written this recently are read again on each reload (their
+    // stamps are not trusted yet): wait, as for a policy edited later on.
+    std::thread::sleep(Duration::from_millis(2100));
+    let mut files = EntryFiles::default();
+    let registry = Registry::new(Policy::load_with(&loaded.config, &mut files).expect("valid policy"));
+    let entries_dir = loaded
+        .config
+        .entries_dir
+        .clone()
+        .expect("generated with entries_dir");
+    let changed = gen_policy::file_path(&entries_dir, 0);
+    let mut revision = 0;
+    bencher
+        .with_inputs(|| {
+            revision += 1;
+            std::fs::write(&changed, gen_policy::file_text(loaded.shape, 0, revision)).expect("file written");
+        })
+        .bench_local_values(|()| {
+            let outcome = reload(&loaded.config, &mut files, &registry);
+            assert_eq!(outcome, ReloadOutcome::Applied);
+            assert_eq!(files.parsed(), 1);
+        });
 }

@@ -31,7 +31,7 @@ use crate::selector::SelectorSet;
 use crate::spiffe_id::SpiffeId;
 
 use by_spiffe_id::BySpiffeId;
-use index::SelectorIndex;
+use index::{IndexBuilder, SelectorIndex};
 
 /// One registration entry, with defaults resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,26 +173,26 @@ impl Policy {
         Ok(Self::from_entries(load::entries(config, files)?))
     }
 
-    /// Indexes `entries` (already validated), in policy order.
+    /// Indexes `entries` (already validated), in policy order. One pass
+    /// over the entries builds every lookup: each pass over a large
+    /// policy's entries, scattered in memory, costs milliseconds.
     pub(crate) fn from_entries(entries: Vec<Arc<Entry>>) -> Self {
-        let index = SelectorIndex::build(&entries);
-        let by_spiffe_id = BySpiffeId::build(&entries);
-        let names_executables = entries
-            .iter()
-            .flat_map(|entry| entry.selectors.iter())
-            .any(|selector| matches!(selector.kind(), "unix:path" | "unix:sha256"));
-        let names_sha256 = entries
-            .iter()
-            .flat_map(|entry| entry.selectors.iter())
-            .any(|selector| selector.kind() == "unix:sha256");
-        let owner_expiries: Vec<Option<SystemTime>> = entries.iter().map(|e| e.owner_expiry()).collect();
+        let mut index = IndexBuilder::with_capacity(entries.len());
+        let mut by_spiffe_id = BySpiffeId::with_capacity(entries.len());
+        let mut owner_expiries = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            index.add(entry);
+            by_spiffe_id.add(entry);
+            owner_expiries.push(entry.owner_expiry());
+        }
+        let index = index.finish();
         let first_owner_expiry = owner_expiries.iter().flatten().min().copied();
         Self {
+            names_executables: index.names_kind("unix:path") || index.names_kind("unix:sha256"),
+            names_sha256: index.names_kind("unix:sha256"),
             entries,
             index,
             by_spiffe_id,
-            names_executables,
-            names_sha256,
             owner_expiries,
             first_owner_expiry,
         }
@@ -273,8 +273,10 @@ impl Registry {
     }
 
     /// Swaps in a new policy; open streams re-check their callers.
-    pub fn replace(&self, policy: Policy) {
-        self.current.send_replace(Arc::new(policy));
+    /// Returns the previous one (freeing a large policy takes a while: the
+    /// caller chooses when).
+    pub fn replace(&self, policy: Policy) -> Arc<Policy> {
+        self.current.send_replace(Arc::new(policy))
     }
 
     /// A receiver that sees every policy swap.

@@ -1,8 +1,8 @@
 //! Entries by SPIFFE ID: who still grants an identity named in a token is
 //! looked up, not scanned for. The IDs are not copied: the table maps a
-//! hash of each ID to its first entry, and the entries with the same hash
-//! are chained in policy order (a lookup skips those of another ID whose
-//! hash collides).
+//! hash of each ID to its first (and last) entry, and the entries with the
+//! same hash are chained in policy order (a lookup skips those of another
+//! ID whose hash collides).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -18,27 +18,36 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub(super) struct BySpiffeId {
     hasher: RandomState,
-    /// The first entry whose SPIFFE ID has this hash.
-    first: HashMap<u64, u32>,
+    /// The first and the last entry whose SPIFFE ID has this hash.
+    chains: HashMap<u64, [u32; 2]>,
     /// The next entry after entry `i` with the same hash, or [`NONE`].
     next: Vec<u32>,
 }
 
 impl BySpiffeId {
-    pub(super) fn build(entries: &[Arc<Entry>]) -> Self {
-        let hasher = RandomState::new();
-        let mut first: HashMap<u64, u32> = HashMap::new();
-        let mut next = vec![NONE; entries.len()];
-        // Backwards, so each chain comes out in policy order.
-        for (i, entry) in entries.iter().enumerate().rev() {
-            let head = first
-                .entry(hasher.hash_one(entry.spiffe_id.as_str()))
-                .or_insert(NONE);
-            next[i] = *head;
-            *head = position(i);
+    /// An empty lookup with room for about `entries` entries.
+    pub(super) fn with_capacity(entries: usize) -> Self {
+        Self {
+            hasher: RandomState::new(),
+            chains: HashMap::with_capacity(entries),
+            next: Vec::with_capacity(entries),
         }
-        first.shrink_to_fit();
-        Self { hasher, first, next }
+    }
+
+    /// Adds the next entry, in policy order.
+    pub(super) fn add(&mut self, entry: &Entry) {
+        let i = position(self.next.len());
+        self.next.push(NONE);
+        let hash = self.hasher.hash_one(entry.spiffe_id.as_str());
+        match self.chains.get_mut(&hash) {
+            Some([_, last]) => {
+                self.next[*last as usize] = i;
+                *last = i;
+            }
+            None => {
+                self.chains.insert(hash, [i, i]);
+            }
+        }
     }
 
     /// Indexes of the entries of `entries` (those this was built from)
@@ -49,10 +58,9 @@ impl BySpiffeId {
         entries: &'a [Arc<Entry>],
     ) -> impl Iterator<Item = usize> + Clone + 'a {
         let head = self
-            .first
+            .chains
             .get(&self.hasher.hash_one(spiffe_id.as_str()))
-            .copied()
-            .unwrap_or(NONE);
+            .map_or(NONE, |[first, _]| *first);
         Chain {
             next: &self.next,
             at: head,

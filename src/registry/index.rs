@@ -17,143 +17,193 @@
 //! has them walk all those entries.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::Entry;
 use crate::selector::{Selector, SelectorSet};
 
 #[derive(Debug, Default)]
 pub(super) struct SelectorIndex {
-    /// Each selector some entry names, numbered from 0.
-    numbers: HashMap<Selector, u32>,
+    /// Each selector some entry names: its number, and where the entries
+    /// filed under it are recorded.
+    selectors: HashMap<Selector, Filed>,
     /// The kinds (`unix:uid`, ...) some entry names: a caller's selectors
     /// of other kinds are not looked up.
     kinds: Vec<Box<str>>,
-    /// The entries filed under selector `n`, ascending:
-    /// `filed[filed_start[n]..filed_start[n + 1]]`.
-    filed_start: Vec<u32>,
-    filed: Vec<u32>,
-    /// The numbers of entry `e`'s selectors other than the one it is filed
-    /// under, ascending: `others[others_start[e]..others_start[e + 1]]`.
-    others_start: Vec<u32>,
-    others: Vec<u32>,
+    /// The entries filed under each selector, one record each, grouped by
+    /// selector and in policy order within a group: the entry's index, how
+    /// many other selectors it has, and their numbers in ascending order.
+    /// One lookup reads one run of this array: the usual entry, filed
+    /// under a selector of its own, is the two numbers `[index, 0]`.
+    records: Vec<u32>,
 }
 
-/// A position in one of the index's arrays, as 4 bytes rather than 8.
-/// The arrays hold one item per entry or per selector of an entry, and
-/// each entry takes hundreds of bytes, so no policy that fits in memory
-/// reaches `u32::MAX`.
+/// A selector of the index.
+#[derive(Debug, Clone, Copy)]
+struct Filed {
+    number: u32,
+    /// The records of the entries filed under it: `records[start..end]`.
+    start: u32,
+    end: u32,
+}
+
+/// A position in the index's arrays (or an entry's index), as 4 bytes
+/// rather than 8. The arrays hold a few items per entry, and each entry
+/// takes hundreds of bytes, so no policy that fits in memory reaches
+/// `u32::MAX`.
 pub(super) fn position(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-impl SelectorIndex {
-    pub(super) fn build(entries: &[Arc<Entry>]) -> Self {
-        let mut numbers: HashMap<Selector, u32> = HashMap::new();
-        let mut kinds: Vec<Box<str>> = Vec::new();
-        // How many entries name each selector.
-        let mut named_by: Vec<u32> = Vec::new();
-        // Each entry's selector numbers, back to back.
-        let mut selectors: Vec<u32> = Vec::with_capacity(entries.iter().map(|e| e.selectors.len()).sum());
-        for entry in entries {
-            for selector in &entry.selectors {
-                let number = *numbers.entry(selector.clone()).or_insert_with(|| {
-                    named_by.push(0);
-                    position(named_by.len() - 1)
-                });
-                named_by[number as usize] += 1;
-                selectors.push(number);
-                if !kinds.iter().any(|kind| **kind == *selector.kind()) {
-                    kinds.push(selector.kind().into());
-                }
-            }
-        }
-        numbers.shrink_to_fit();
+/// Builds a [`SelectorIndex`] one entry at a time, so the policy's other
+/// lookups are built in the same pass over the entries: reading 100,000
+/// entries scattered in memory costs more than what is done with each.
+#[derive(Debug, Default)]
+pub(super) struct IndexBuilder {
+    selectors: HashMap<Selector, Filed>,
+    kinds: Vec<Box<str>>,
+    /// Each entry's selectors' numbers, back to back in policy order.
+    numbered: Vec<u32>,
+    /// How many selectors each entry has.
+    lengths: Vec<u32>,
+}
 
-        // File each entry under its rarest selector (the first of equals),
-        // and keep the others, sorted, to check candidates against.
-        let mut filed_under: Vec<Option<u32>> = Vec::with_capacity(entries.len());
-        let mut others_start = Vec::with_capacity(entries.len() + 1);
-        let mut others = Vec::with_capacity(selectors.len().saturating_sub(entries.len()));
-        others_start.push(0);
-        let mut rest = selectors.as_slice();
-        for entry in entries {
-            let (own, after) = rest.split_at(entry.selectors.len());
-            rest = after;
-            let rarest = own.iter().copied().min_by_key(|&n| named_by[n as usize]);
-            let start = others.len();
-            others.extend(own.iter().copied().filter(|&n| Some(n) != rarest));
-            others[start..].sort_unstable();
-            filed_under.push(rarest);
-            others_start.push(position(others.len()));
-        }
-
-        // Group the entries by the selector they are filed under (a
-        // counting sort, so each group keeps policy order).
-        let mut filed_start = vec![0u32; named_by.len() + 1];
-        for &number in filed_under.iter().flatten() {
-            filed_start[number as usize + 1] += 1;
-        }
-        for n in 1..filed_start.len() {
-            filed_start[n] += filed_start[n - 1];
-        }
-        let mut next = filed_start.clone();
-        let mut filed = vec![0u32; filed_under.iter().flatten().count()];
-        for (i, number) in filed_under.iter().enumerate() {
-            if let Some(number) = number {
-                let slot = &mut next[*number as usize];
-                filed[*slot as usize] = position(i);
-                *slot += 1;
-            }
-        }
+impl IndexBuilder {
+    /// A builder for about `entries` entries.
+    pub(super) fn with_capacity(entries: usize) -> Self {
         Self {
-            numbers,
-            kinds,
-            filed_start,
-            filed,
-            others_start,
-            others,
+            // Sized for a selector of its own per entry, the common case.
+            selectors: HashMap::with_capacity(entries),
+            kinds: Vec::new(),
+            numbered: Vec::with_capacity(entries),
+            lengths: Vec::with_capacity(entries),
         }
+    }
+
+    /// Adds the next entry, in policy order.
+    pub(super) fn add(&mut self, entry: &Entry) {
+        for selector in &entry.selectors {
+            let number = match self.selectors.get(selector) {
+                Some(filed) => filed.number,
+                None => {
+                    let number = position(self.selectors.len());
+                    let filed = Filed {
+                        number,
+                        start: 0,
+                        end: 0,
+                    };
+                    self.selectors.insert(selector.clone(), filed);
+                    if !self.kinds.iter().any(|kind| **kind == *selector.kind()) {
+                        self.kinds.push(selector.kind().into());
+                    }
+                    number
+                }
+            };
+            self.numbered.push(number);
+        }
+        self.lengths.push(position(entry.selectors.len()));
+    }
+
+    pub(super) fn finish(self) -> SelectorIndex {
+        let Self {
+            mut selectors,
+            kinds,
+            numbered,
+            lengths,
+        } = self;
+
+        // How many entries name each selector; each entry is filed under
+        // its rarest one (the first of equals).
+        let mut named_by = vec![0u32; selectors.len()];
+        for &number in &numbered {
+            named_by[number as usize] += 1;
+        }
+        let filed_under: Vec<Option<u32>> = own_selectors(&numbered, &lengths)
+            .map(|own| own.iter().copied().min_by_key(|&n| named_by[n as usize]))
+            .collect();
+
+        // Lay out each selector's records (a counting sort, so each group
+        // keeps policy order): sizes, then starts, then the records.
+        let mut starts = vec![0u32; selectors.len() + 1];
+        for (&length, filed) in lengths.iter().zip(&filed_under) {
+            if let Some(number) = filed {
+                starts[*number as usize + 1] += 1 + length;
+            }
+        }
+        for n in 1..starts.len() {
+            starts[n] += starts[n - 1];
+        }
+        let mut records = vec![0u32; starts[selectors.len()] as usize];
+        let mut next = starts.clone();
+        for (i, (own, filed)) in own_selectors(&numbered, &lengths).zip(&filed_under).enumerate() {
+            let Some(number) = *filed else { continue };
+            let at = next[number as usize] as usize;
+            let record = &mut records[at..at + 1 + own.len()];
+            record[0] = position(i);
+            record[1] = position(own.len() - 1);
+            // The entry's selectors are distinct: all but one are others.
+            let others = own.iter().copied().filter(|&n| n != number);
+            for (slot, other) in record[2..].iter_mut().zip(others) {
+                *slot = other;
+            }
+            record[2..].sort_unstable();
+            next[number as usize] += position(record.len());
+        }
+        for filed in selectors.values_mut() {
+            let n = filed.number as usize;
+            (filed.start, filed.end) = (starts[n], starts[n + 1]);
+        }
+        SelectorIndex {
+            selectors,
+            kinds,
+            records,
+        }
+    }
+}
+
+/// Each entry's selectors' numbers, from `numbered` (back to back) and
+/// `lengths` (how many each entry has).
+fn own_selectors<'a>(mut numbered: &'a [u32], lengths: &'a [u32]) -> impl Iterator<Item = &'a [u32]> {
+    lengths.iter().map(move |&length| {
+        let (own, rest) = numbered.split_at(length as usize);
+        numbered = rest;
+        own
+    })
+}
+
+impl SelectorIndex {
+    /// Whether some entry names a selector of `kind` (`unix:sha256`, ...).
+    pub(super) fn names_kind(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|named| **named == *kind)
     }
 
     /// Indexes of the entries all of whose selectors are in `selectors`,
     /// ascending. An entry with no selectors matches nothing (the config
     /// refuses them: an empty list would match every process).
     pub(super) fn matching(&self, selectors: &SelectorSet) -> Vec<usize> {
-        let mut held: Vec<u32> = selectors
+        let mut held: Vec<Filed> = selectors
             .iter()
             .filter(|selector| self.kinds.iter().any(|kind| **kind == *selector.kind()))
-            .filter_map(|selector| self.numbers.get(selector).copied())
+            .filter_map(|selector| self.selectors.get(selector).copied())
             .collect();
         if held.is_empty() {
             return Vec::new();
         }
-        held.sort_unstable();
+        held.sort_unstable_by_key(|filed| filed.number);
+        let holds = |number: &u32| held.binary_search_by_key(number, |filed| filed.number).is_ok();
         let mut matched = Vec::new();
-        for &number in &held {
-            for &entry in self.filed_under(number) {
-                if self
-                    .others_of(entry)
-                    .iter()
-                    .all(|other| held.binary_search(other).is_ok())
-                {
-                    matched.push(entry as usize);
+        for filed in &held {
+            let mut records = &self.records[filed.start as usize..filed.end as usize];
+            while let [entry, others, rest @ ..] = records {
+                let (others, after) = rest.split_at((*others as usize).min(rest.len()));
+                if others.iter().all(holds) {
+                    matched.push(*entry as usize);
                 }
+                records = after;
             }
         }
         // Each entry is filed once, so there are no duplicates to remove.
         matched.sort_unstable();
         matched
-    }
-
-    fn filed_under(&self, number: u32) -> &[u32] {
-        let n = number as usize;
-        &self.filed[self.filed_start[n] as usize..self.filed_start[n + 1] as usize]
-    }
-
-    fn others_of(&self, entry: u32) -> &[u32] {
-        let e = entry as usize;
-        &self.others[self.others_start[e] as usize..self.others_start[e + 1] as usize]
     }
 }
 
@@ -161,6 +211,7 @@ impl SelectorIndex {
 mod tests {
     use super::*;
     use crate::spiffe_id::SpiffeId;
+    use std::sync::Arc;
 
     fn entry(path: &str, selectors: &[&str]) -> Arc<Entry> {
         Arc::new(Entry {
@@ -185,6 +236,14 @@ mod tests {
         })
     }
 
+    fn build(entries: &[Arc<Entry>]) -> SelectorIndex {
+        let mut builder = IndexBuilder::with_capacity(entries.len());
+        for entry in entries {
+            builder.add(entry);
+        }
+        builder.finish()
+    }
+
     fn set(selectors: &[&str]) -> SelectorSet {
         selectors.iter().map(|s| Selector::parse(s).unwrap()).collect()
     }
@@ -196,7 +255,7 @@ mod tests {
             entry("b", &["unix:uid:1000", "unix:gid:50"]),
             entry("c", &["unix:uid:2000"]),
         ];
-        let index = SelectorIndex::build(&entries);
+        let index = build(&entries);
         assert_eq!(index.matching(&set(&["unix:uid:1000"])), vec![0]);
         assert_eq!(
             index.matching(&set(&["unix:uid:1000", "unix:gid:50"])),
@@ -213,13 +272,18 @@ mod tests {
             .map(|i| entry(&format!("e{i}"), &["unix:uid:1000", &digest(i)]))
             .chain([entry("uid-only", &["unix:uid:1000"])])
             .collect();
-        let index = SelectorIndex::build(&entries);
-        let uid = index.numbers[&Selector::parse("unix:uid:1000").unwrap()];
+        let index = build(&entries);
+        let records = |selector: &str| {
+            let filed = index.selectors[&Selector::parse(selector).unwrap()];
+            &index.records[filed.start as usize..filed.end as usize]
+        };
         assert_eq!(
-            index.filed_under(uid),
-            [50],
+            records("unix:uid:1000"),
+            [50, 0],
             "only the entry with no rarer selector is filed under the shared one"
         );
+        let uid = index.selectors[&Selector::parse("unix:uid:1000").unwrap()].number;
+        assert_eq!(records(&digest(7)), [7, 1, uid], "entry 7 needs the uid too");
         assert_eq!(
             index.matching(&set(&["unix:uid:1000", &digest(7), "unix:gid:5"])),
             [7, 50]
@@ -232,7 +296,7 @@ mod tests {
     fn an_entry_with_no_selectors_matches_nothing() {
         let mut empty = entry("empty", &[]);
         Arc::get_mut(&mut empty).unwrap().selectors = SelectorSet::new();
-        let index = SelectorIndex::build(&[empty, entry("a", &["unix:uid:1"])]);
+        let index = build(&[empty, entry("a", &["unix:uid:1"])]);
         assert_eq!(index.matching(&set(&["unix:uid:1"])), [1]);
         assert_eq!(index.matching(&set(&["unix:uid:2"])), Vec::<usize>::new());
     }
@@ -267,7 +331,7 @@ mod tests {
                     entry(&format!("e{i}"), &names)
                 })
                 .collect();
-            let index = SelectorIndex::build(&entries);
+            let index = build(&entries);
             for picks in callers {
                 let caller: SelectorSet = picks.iter().map(|&p| pool[p].clone()).collect();
                 let scanned: Vec<usize> = entries

@@ -17,15 +17,25 @@ use crate::selector::SelectorSet;
 /// `files` last read them are parsed again).
 pub(super) fn entries(config: &Config, files: &mut EntryFiles) -> Result<Vec<Arc<Entry>>, ConfigError> {
     files.refresh(config)?;
-    let mut entries = Vec::with_capacity(config.entries.len() + files.entry_count());
-    entries.extend(
-        config
-            .entries
-            .iter()
-            .map(|raw| Arc::new(resolve(&config.svid, raw.clone()))),
-    );
-    entries.extend(files.entries().cloned());
-    refuse_duplicates(&entries)?;
+    let main: Vec<Arc<Entry>> = config
+        .entries
+        .iter()
+        .map(|raw| Arc::new(resolve(&config.svid, raw.clone())))
+        .collect();
+    let count = main.len() + files.entry_count();
+    let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(count);
+    // Where each entry id was first seen (one pass with the copying: each
+    // pass over a large policy's entries costs milliseconds).
+    let mut seen: HashMap<EntryId, u32> = HashMap::with_capacity(count);
+    for entry in main.iter().chain(files.entries()) {
+        match seen.entry(entry.id) {
+            Slot::Vacant(slot) => {
+                slot.insert(position(entries.len()));
+            }
+            Slot::Occupied(first) => return Err(duplicate_error(entry, &entries[*first.get() as usize])),
+        }
+        entries.push(Arc::clone(entry));
+    }
     Ok(entries)
 }
 
@@ -68,19 +78,6 @@ fn entry_id(spiffe_id: &str, selectors: &SelectorSet) -> EntryId {
 
 /// Two entries with the same SPIFFE ID and selectors, in any files: the
 /// later one is refused, naming where the first is written.
-fn refuse_duplicates(entries: &[Arc<Entry>]) -> Result<(), ConfigError> {
-    let mut seen: HashMap<EntryId, u32> = HashMap::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        match seen.entry(entry.id) {
-            Slot::Vacant(slot) => {
-                slot.insert(position(i));
-            }
-            Slot::Occupied(first) => return Err(duplicate_error(entry, &entries[*first.get() as usize])),
-        }
-    }
-    Ok(())
-}
-
 fn duplicate_error(entry: &Entry, first: &Entry) -> ConfigError {
     ConfigError {
         file: entry.location.file.to_path_buf(),

@@ -62,13 +62,14 @@ pub fn reload(running: &Config, files: &mut EntryFiles, registry: &Registry) -> 
         Ok(policy) if policy.entries() == registry.policy().entries() => ReloadOutcome::Unchanged,
         Ok(policy) => {
             let entries = policy.entries().len();
-            registry.replace(policy);
+            let previous = registry.replace(policy);
             tracing::info!(
                 entries,
                 files_parsed = files.parsed(),
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                 "new policy in effect"
             );
+            drop(previous);
             ReloadOutcome::Applied
         }
     };
