@@ -205,6 +205,7 @@ fn start_services(
 ) -> Result<(Context, EntryFiles), DaemonError> {
     let mut entry_files = EntryFiles::default();
     let policy = Policy::load_with(config, &mut entry_files)?;
+    policy.build_lookups();
     let policies = PolicyBook::load(config.policy_dir.as_deref(), policy.entries())?;
     tracing::info!(policies = policies.len(), "Cedar policies loaded");
     let authority = Arc::new(Authority::from_config(

@@ -21,7 +21,7 @@ pub use labels::Labels;
 pub use reload::{keep_current, reload};
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -42,8 +42,9 @@ pub struct Entry {
     pub spiffe_id: SpiffeId,
     /// Selectors a caller must all have.
     pub selectors: SelectorSet,
-    /// The accountable party.
-    pub owner: String,
+    /// The accountable party (shared by the entries of a file that name
+    /// the same owner).
+    pub owner: Arc<str>,
     /// Free text.
     pub description: Option<String>,
     /// Free key/values (agent name, version, ...).
@@ -60,8 +61,9 @@ pub struct Entry {
     pub hint: Option<String>,
     /// The last day (UTC) the owner answers for the workload.
     pub owner_expires: Option<time::Date>,
-    /// Whether and how the workload may start tasks.
-    pub tasks: Option<TasksConfig>,
+    /// Whether and how the workload may start tasks (boxed: most entries
+    /// have none, and a policy holds many entries).
+    pub tasks: Option<Box<TasksConfig>>,
     /// May ask for decisions about other agents' task tokens.
     pub may_ask_for_others: bool,
     /// Where the entry is written (`file:line`).
@@ -148,14 +150,13 @@ pub struct Policy {
     entries: Vec<Arc<Entry>>,
     index: SelectorIndex,
     /// Who still grants an identity named in a token is looked up, not
-    /// scanned for.
-    by_spiffe_id: BySpiffeId,
+    /// scanned for. Built at its first use or by [`Self::build_lookups`],
+    /// so a reload puts a policy in effect without waiting for it.
+    by_spiffe_id: OnceLock<BySpiffeId>,
     names_executables: bool,
     names_sha256: bool,
-    /// When each entry's owner's term ends, by entry index.
-    owner_expiries: Vec<Option<SystemTime>>,
-    /// The earliest of them: before it no entry can have expired, and
-    /// matching skips the per-entry check.
+    /// The first moment an entry's owner's term ends: before it no entry
+    /// can have expired, and matching skips the per-entry check.
     first_owner_expiry: Option<SystemTime>,
 }
 
@@ -174,26 +175,25 @@ impl Policy {
     }
 
     /// Indexes `entries` (already validated), in policy order. One pass
-    /// over the entries builds every lookup: each pass over a large
+    /// over the entries builds what matching needs: each pass over a large
     /// policy's entries, scattered in memory, costs milliseconds.
     pub(crate) fn from_entries(entries: Vec<Arc<Entry>>) -> Self {
         let mut index = IndexBuilder::with_capacity(entries.len());
-        let mut by_spiffe_id = BySpiffeId::with_capacity(entries.len());
-        let mut owner_expiries = Vec::with_capacity(entries.len());
+        let mut first_owner_expiry = None;
         for entry in &entries {
             index.add(entry);
-            by_spiffe_id.add(entry);
-            owner_expiries.push(entry.owner_expiry());
+            if let Some(expiry) = entry.owner_expiry() {
+                first_owner_expiry =
+                    Some(first_owner_expiry.map_or(expiry, |first: SystemTime| first.min(expiry)));
+            }
         }
         let index = index.finish();
-        let first_owner_expiry = owner_expiries.iter().flatten().min().copied();
         Self {
             names_executables: index.names_kind("unix:path") || index.names_kind("unix:sha256"),
             names_sha256: index.names_kind("unix:sha256"),
             entries,
             index,
-            by_spiffe_id,
-            owner_expiries,
+            by_spiffe_id: OnceLock::new(),
             first_owner_expiry,
         }
     }
@@ -213,9 +213,19 @@ impl Policy {
     /// The entries granting `spiffe_id`, in policy order, whatever their
     /// owners' terms.
     pub fn granting<'a>(&'a self, spiffe_id: &'a SpiffeId) -> impl Iterator<Item = &'a Arc<Entry>> + Clone {
-        self.by_spiffe_id
+        self.by_spiffe_id()
             .granting(spiffe_id, &self.entries)
             .map(|i| &self.entries[i])
+    }
+
+    /// Builds now the lookups otherwise built at their first use (what a
+    /// reload does once the policy is in effect, so that no request waits).
+    pub fn build_lookups(&self) {
+        self.by_spiffe_id();
+    }
+
+    fn by_spiffe_id(&self) -> &BySpiffeId {
+        self.by_spiffe_id.get_or_init(|| BySpiffeId::build(&self.entries))
     }
 
     /// Every entry, in policy order.
@@ -243,7 +253,7 @@ impl Policy {
         let some_expired = self.first_owner_expiry.is_some_and(|first| now >= first);
         for i in found {
             let entry = Arc::clone(&self.entries[i]);
-            match some_expired && self.owner_expiries[i].is_some_and(|end| now >= end) {
+            match some_expired && entry.owner_expired(now) {
                 true => matches.expired.push(entry),
                 false => matches.entries.push(entry),
             }
@@ -319,7 +329,7 @@ mod tests {
         let policy = policy(&[entry("a", None), entry("b", None), second.to_owned()].concat());
         let owners = |id: &str| -> Vec<String> {
             let id = SpiffeId::new(id).unwrap();
-            policy.granting(&id).map(|e| e.owner.clone()).collect()
+            policy.granting(&id).map(|e| e.owner.to_string()).collect()
         };
         assert_eq!(owners("spiffe://example.org/a"), ["o", "p"]);
         assert_eq!(owners("spiffe://example.org/b"), ["o"]);

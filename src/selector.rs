@@ -9,6 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
+use smallvec::SmallVec;
 
 /// Why a string is not a selector.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,9 +172,11 @@ impl<'de> Deserialize<'de> for Selector {
 ///
 /// A sorted vector rather than a tree: sets are small (an entry names one
 /// to a few selectors, a caller has a dozen), and a B-tree's smallest node
-/// is about 400 bytes, the bulk of a large policy's memory.
+/// is about 400 bytes, the bulk of a large policy's memory. Up to two
+/// selectors are held inline, as most entries name no more: a policy of
+/// 100,000 entries then makes 100,000 fewer allocations.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct SelectorSet(Vec<Selector>);
+pub struct SelectorSet(SmallVec<[Selector; 2]>);
 
 impl SelectorSet {
     /// An empty set.
@@ -222,7 +225,7 @@ impl fmt::Debug for SelectorSet {
 
 impl FromIterator<Selector> for SelectorSet {
     fn from_iter<I: IntoIterator<Item = Selector>>(iter: I) -> Self {
-        let mut selectors: Vec<Selector> = iter.into_iter().collect();
+        let mut selectors: SmallVec<[Selector; 2]> = iter.into_iter().collect();
         selectors.sort_unstable();
         selectors.dedup();
         selectors.shrink_to_fit();

@@ -487,7 +487,7 @@ impl TaskRegistry {
             purpose: intent.purpose.clone(),
             tools: intent.tools.clone(),
             resources: intent.resources.clone(),
-            owner: entry.owner.clone(),
+            owner: entry.owner.to_string(),
             attestation: attestation_digest(&starter.workload.selectors),
             act: Actor::chain(&delegated_by),
         };

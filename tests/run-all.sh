@@ -94,6 +94,8 @@ step "benchmark harness, short mode (cargo bench --bench workload_api -- --quick
 cargo bench --quiet --bench workload_api -- --quick
 step "policy decision benchmark, short mode (cargo bench --bench authz -- --quick)"
 cargo bench --quiet --bench authz -- --quick
+step "registry benchmark, short mode (cargo bench --bench registry -- --quick)"
+cargo bench --quiet --bench registry -- --quick
 
 step "quickstart (the README's first command)"
 bash examples/quickstart.sh

@@ -271,7 +271,7 @@ fn principal_entry(policy: &Policy, task: &VerifiedTask) -> Option<Arc<Entry>> {
         .filter(|entry| !entry.owner_expired(now));
     let first = granting.clone().next();
     granting
-        .find(|entry| entry.owner == task.owner)
+        .find(|entry| *entry.owner == *task.owner)
         .or(first)
         .cloned()
 }

@@ -107,7 +107,7 @@ pub(super) mod tests {
             id: crate::registry::EntryId(0),
             spiffe_id: crate::spiffe_id::SpiffeId::new(&format!("spiffe://example.org/{name}")).unwrap(),
             selectors: crate::selector::SelectorSet::new(),
-            owner: format!("{name}-owner@example.org"),
+            owner: format!("{name}-owner@example.org").into(),
             description: None,
             labels: labels.iter().copied().collect(),
             x509_ttl: Duration::from_secs(3600),
@@ -116,9 +116,11 @@ pub(super) mod tests {
             dns_names: Vec::new(),
             hint: None,
             owner_expires: None,
-            tasks: (!tools.is_empty()).then(|| TasksConfig {
-                max_ttl: Duration::from_secs(900),
-                tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            tasks: (!tools.is_empty()).then(|| {
+                Box::new(TasksConfig {
+                    max_ttl: Duration::from_secs(900),
+                    tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+                })
             }),
             may_ask_for_others: false,
             location: Location {

@@ -25,17 +25,20 @@ pub(super) struct BySpiffeId {
 }
 
 impl BySpiffeId {
-    /// An empty lookup with room for about `entries` entries.
-    pub(super) fn with_capacity(entries: usize) -> Self {
-        Self {
+    pub(super) fn build(entries: &[Arc<Entry>]) -> Self {
+        let mut built = Self {
             hasher: RandomState::new(),
-            chains: HashMap::with_capacity(entries),
-            next: Vec::with_capacity(entries),
+            chains: HashMap::with_capacity(entries.len()),
+            next: Vec::with_capacity(entries.len()),
+        };
+        for entry in entries {
+            built.add(entry);
         }
+        built
     }
 
     /// Adds the next entry, in policy order.
-    pub(super) fn add(&mut self, entry: &Entry) {
+    fn add(&mut self, entry: &Entry) {
         let i = position(self.next.len());
         self.next.push(NONE);
         let hash = self.hasher.hash_one(entry.spiffe_id.as_str());

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::Entry;
-use super::load::resolve;
+use super::load::{Shared, resolve};
 use crate::config::{self, Config, ConfigError, SvidConfig};
 use crate::spiffe_id::TrustDomain;
 
@@ -157,10 +157,14 @@ impl EntryFiles {
 /// The entries of one file, resolved.
 fn parse(path: &Path, text: &str, config: &Config) -> Result<Vec<Arc<Entry>>, ConfigError> {
     let raw = config::parse_entries_file(path, text, &config.trust_domain)?;
+    let mut shared = Shared::default();
     // Not `collect()`: it would reuse the buffer of the raw entries, each
     // some 40 times the size of a pointer, and keep all of it.
     let mut entries = Vec::with_capacity(raw.len());
-    entries.extend(raw.into_iter().map(|raw| Arc::new(resolve(&config.svid, raw))));
+    entries.extend(
+        raw.into_iter()
+            .map(|raw| Arc::new(resolve(&config.svid, raw, &mut shared))),
+    );
     Ok(entries)
 }
 
@@ -225,6 +229,31 @@ mod tests {
             ..changed_at(now)
         };
         assert!(!before_1970.settled(now));
+    }
+
+    #[test]
+    fn entries_of_a_file_share_the_selectors_and_owners_they_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let entry = |name: &str| {
+            format!(
+                "[[entry]]\nspiffe_id = \"spiffe://example.org/{name}\"\nselectors = [\"unix:uid:1000\", \"unix:gid:{}\"]\nowner = \"o\"\n",
+                name.len()
+            )
+        };
+        let text = [entry("a"), entry("bb"), entry("c")].concat();
+        let config = Config::parse(Path::new("main.toml"), "trust_domain = \"example.org\"\n").unwrap();
+        let entries = parse(&path, &text, &config).unwrap();
+        let text_of = |entry: usize, kind: &str| {
+            let selectors = &entries[entry].selectors;
+            let selector = selectors.iter().find(|s| s.kind() == kind).unwrap();
+            selector.as_str().as_ptr()
+        };
+        assert_eq!(text_of(0, "unix:uid"), text_of(1, "unix:uid"));
+        assert_eq!(text_of(0, "unix:uid"), text_of(2, "unix:uid"));
+        assert_eq!(text_of(0, "unix:gid"), text_of(2, "unix:gid"), "both gid 1");
+        assert_ne!(text_of(0, "unix:gid"), text_of(1, "unix:gid"));
+        assert!(Arc::ptr_eq(&entries[0].owner, &entries[2].owner), "one owner");
     }
 
     #[test]

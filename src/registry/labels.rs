@@ -6,24 +6,20 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Free key/value pairs (agent name, version, policy domain), sorted by
-/// key, each key once: the keys and values back to back in one string.
+/// key, each key once, in one string.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Labels {
-    /// `key0 value0 key1 value1 ...`, with no separators.
-    text: Box<str>,
-    /// Where each key and each value ends in `text`.
-    ends: Box<[usize]>,
+    /// Each key then its value, as `<length in bytes>:<text>`, back to
+    /// back: `5:agent8:reviewer7:version5:2.3.1`. Sorted and without
+    /// duplicate keys, so equal sets are equal strings.
+    encoded: Box<str>,
 }
 
 impl Labels {
     /// The pairs, sorted by key.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.ends.chunks_exact(2).scan(0, |start, ends| {
-            let key = &self.text[*start..ends[0]];
-            let value = &self.text[ends[0]..ends[1]];
-            *start = ends[1];
-            Some((key, value))
-        })
+        let mut rest: &str = &self.encoded;
+        std::iter::from_fn(move || Some((next_part(&mut rest)?, next_part(&mut rest)?)))
     }
 
     /// The keys, sorted.
@@ -38,12 +34,12 @@ impl Labels {
 
     /// How many pairs.
     pub fn len(&self) -> usize {
-        self.ends.len() / 2
+        self.iter().count()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.encoded.is_empty()
     }
 
     /// The pairs as a map (for records that own them).
@@ -54,19 +50,26 @@ impl Labels {
     }
 }
 
+/// The next `<length>:<text>` of `rest`, which moves past it. `None` at
+/// the end (what [`Labels`] writes always reads back whole).
+fn next_part<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let (length, after) = rest.split_once(':')?;
+    let length: usize = length.parse().ok()?;
+    let part = after.get(..length)?;
+    *rest = after.get(length..)?;
+    Some(part)
+}
+
 impl From<&BTreeMap<String, String>> for Labels {
     fn from(map: &BTreeMap<String, String>) -> Self {
-        let mut text = String::with_capacity(map.iter().map(|(k, v)| k.len() + v.len()).sum());
-        let mut ends = Vec::with_capacity(map.len() * 2);
-        for (key, value) in map {
-            text.push_str(key);
-            ends.push(text.len());
-            text.push_str(value);
-            ends.push(text.len());
+        let mut encoded = String::new();
+        for text in map.iter().flat_map(|(key, value)| [key, value]) {
+            encoded.push_str(&text.len().to_string());
+            encoded.push(':');
+            encoded.push_str(text);
         }
         Self {
-            text: text.into_boxed_str(),
-            ends: ends.into_boxed_slice(),
+            encoded: encoded.into_boxed_str(),
         }
     }
 }
@@ -94,25 +97,20 @@ mod tests {
 
     #[test]
     fn keeps_the_pairs_sorted_by_key_with_the_last_value_of_a_key() {
-        let labels: Labels = [
-            ("version", "2"),
-            ("agent", "reviewer"),
-            ("", ""),
-            ("version", "3"),
-        ]
-        .into_iter()
-        .collect();
+        let labels: Labels = [("version", "2"), ("agent", "rév:1"), ("", ""), ("version", "3")]
+            .into_iter()
+            .collect();
         assert_eq!(
             labels.iter().collect::<Vec<_>>(),
-            [("", ""), ("agent", "reviewer"), ("version", "3")]
+            [("", ""), ("agent", "rév:1"), ("version", "3")]
         );
         assert_eq!(labels.keys().collect::<Vec<_>>(), ["", "agent", "version"]);
-        assert_eq!(labels.get("agent"), Some("reviewer"));
+        assert_eq!(labels.get("agent"), Some("rév:1"));
         assert_eq!(labels.get("team"), None);
         assert_eq!(labels.len(), 3);
         assert_eq!(
             format!("{labels:?}"),
-            r#"{"": "", "agent": "reviewer", "version": "3"}"#
+            r#"{"": "", "agent": "rév:1", "version": "3"}"#
         );
 
         let map = labels.to_map();

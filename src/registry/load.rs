@@ -1,8 +1,8 @@
 //! Builds entries from the config file and every `*.toml` of `entries_dir`,
 //! resolving defaults and refusing duplicates.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry as Slot;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::index::position;
 use super::{Entry, EntryFiles, EntryId, Labels};
 use crate::config::{Config, ConfigError, EntryConfig, SvidConfig};
-use crate::selector::SelectorSet;
+use crate::selector::{Selector, SelectorSet};
 
 /// The policy's entries in order: those of the config file, then those of
 /// each file of `entries_dir` by name (only the files that changed since
@@ -20,7 +20,7 @@ pub(super) fn entries(config: &Config, files: &mut EntryFiles) -> Result<Vec<Arc
     let main: Vec<Arc<Entry>> = config
         .entries
         .iter()
-        .map(|raw| Arc::new(resolve(&config.svid, raw.clone())))
+        .map(|raw| Arc::new(resolve(&config.svid, raw.clone(), &mut Shared::default())))
         .collect();
     let count = main.len() + files.entry_count();
     let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(count);
@@ -39,14 +39,50 @@ pub(super) fn entries(config: &Config, files: &mut EntryFiles) -> Result<Vec<Arc
     Ok(entries)
 }
 
+/// One copy of the texts that entries repeat, per file: every entry of a
+/// team names the same owner, often the same `unix:uid`, and each copy is
+/// an allocation kept for as long as the policy.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    selectors: HashSet<Selector>,
+    owners: HashSet<Arc<str>>,
+}
+
+impl Shared {
+    fn selector(&mut self, selector: Selector) -> Selector {
+        match self.selectors.get(&selector) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.selectors.insert(selector.clone());
+                selector
+            }
+        }
+    }
+
+    fn owner(&mut self, owner: String) -> Arc<str> {
+        match self.owners.get(owner.as_str()) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let owner: Arc<str> = owner.into();
+                self.owners.insert(Arc::clone(&owner));
+                owner
+            }
+        }
+    }
+}
+
 /// An entry as written, with the defaults of `[svid]` filled in.
-pub(super) fn resolve(defaults: &SvidConfig, raw: EntryConfig) -> Entry {
-    let selectors: SelectorSet = raw.selectors.into_iter().collect();
+pub(super) fn resolve(defaults: &SvidConfig, raw: EntryConfig, shared: &mut Shared) -> Entry {
+    let selectors: SelectorSet = raw
+        .selectors
+        .into_iter()
+        .map(|selector| shared.selector(selector))
+        .collect();
     Entry {
         id: entry_id(raw.spiffe_id.as_str(), &selectors),
         spiffe_id: raw.spiffe_id,
         selectors,
-        owner: raw.owner,
+        owner: shared.owner(raw.owner),
         description: raw.description,
         labels: Labels::from(&raw.labels),
         x509_ttl: raw.x509_ttl.unwrap_or(defaults.x509_ttl).0,
@@ -55,7 +91,7 @@ pub(super) fn resolve(defaults: &SvidConfig, raw: EntryConfig) -> Entry {
         dns_names: raw.dns_names,
         hint: raw.hint,
         owner_expires: raw.owner_expires,
-        tasks: raw.tasks,
+        tasks: raw.tasks.map(Box::new),
         may_ask_for_others: raw.may_ask_for_others,
         location: raw.location,
     }

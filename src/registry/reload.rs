@@ -70,6 +70,7 @@ pub fn reload(running: &Config, files: &mut EntryFiles, registry: &Registry) -> 
                 "new policy in effect"
             );
             drop(previous);
+            registry.policy().build_lookups();
             ReloadOutcome::Applied
         }
     };
