@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -36,8 +37,8 @@ pub const MIN_TTL: Duration = Duration::from_secs(5);
 /// A place in a policy file; prints as `file:line`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
-    /// The file.
-    pub file: PathBuf,
+    /// The file, shared by every entry written in it.
+    pub file: Arc<Path>,
     /// 1-based line.
     pub line: usize,
 }
@@ -566,10 +567,14 @@ impl Config {
     }
 }
 
-/// Reads the `[[entry]]` tables of one file of `entries_dir`.
-pub fn load_entries_file(path: &Path, trust_domain: &TrustDomain) -> Result<Vec<EntryConfig>, ConfigError> {
-    let text = read_file(path)?;
-    let source = SourceFile::new(path, &text);
+/// The `[[entry]]` tables of one file of `entries_dir`, read from `path`
+/// as `text`.
+pub fn parse_entries_file(
+    path: &Path,
+    text: &str,
+    trust_domain: &TrustDomain,
+) -> Result<Vec<EntryConfig>, ConfigError> {
+    let source = SourceFile::new(path, text);
     let raw: RawEntriesFile = source.deserialize()?;
     source.entries(raw.entry, trust_domain)
 }
@@ -784,9 +789,10 @@ impl<'a> SourceFile<'a> {
         raw: Vec<Spanned<RawEntry>>,
         trust_domain: &TrustDomain,
     ) -> Result<Vec<EntryConfig>, ConfigError> {
+        let file: Arc<Path> = Arc::from(self.path);
         raw.into_iter()
             .enumerate()
-            .map(|(i, entry)| self.entry(i, entry, trust_domain))
+            .map(|(i, entry)| self.entry(i, entry, &file, trust_domain))
             .collect()
     }
 
@@ -794,15 +800,16 @@ impl<'a> SourceFile<'a> {
         &self,
         index: usize,
         spanned: Spanned<RawEntry>,
+        file: &Arc<Path>,
         trust_domain: &TrustDomain,
     ) -> Result<EntryConfig, ConfigError> {
         let location = Location {
-            file: self.path.to_owned(),
+            file: Arc::clone(file),
             line: self.line_of(&spanned.span()),
         };
         let raw = spanned.into_inner();
         let key = |field: &str| format!("entry[{index}].{field}");
-        if raw.spiffe_id.get_ref().trust_domain() != trust_domain {
+        if !raw.spiffe_id.get_ref().belongs_to(trust_domain) {
             return Err(self.error(
                 &raw.spiffe_id.span(),
                 key("spiffe_id"),

@@ -20,7 +20,7 @@ use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::proto::agent::authorization_server::AuthorizationServer;
 use crate::proto::agent::tasks_server::TasksServer;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use crate::registry::{self, Policy, Registry};
+use crate::registry::{self, EntryFiles, Policy, Registry};
 use crate::svid_cache::SvidCache;
 use crate::tasks::{TaskError, TaskRegistry};
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
@@ -95,7 +95,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (signals, hangup, authz_hangup) = Signals::install()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let attestations = concurrent_attestations(&config.limits);
-    let ctx = Arc::new(start_services(&config, shutdown, attestations)?);
+    let (ctx, entry_files) = start_services(&config, shutdown, attestations)?;
+    let ctx = Arc::new(ctx);
     // After the policy loaded: a bad config fails with its one line alone.
     let nofile = descriptor_limit::raise_to_hard_limit();
     let readiness = Arc::new(Readiness::default());
@@ -119,6 +120,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tokio::spawn(registry::keep_current(
         config.clone(),
         Arc::clone(&ctx.registry),
+        entry_files,
         hangup,
     ));
     tokio::spawn(authz::keep_current(
@@ -194,13 +196,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 }
 
 /// Loads the policy, the authority and the audit trail, and starts the
-/// authority's background tasks.
+/// authority's background tasks. Also returns the entry files the policy
+/// was read from, which its reloads start from.
 fn start_services(
     config: &Config,
     shutdown: watch::Receiver<bool>,
     attestations: usize,
-) -> Result<Context, DaemonError> {
-    let policy = Policy::load(config)?;
+) -> Result<(Context, EntryFiles), DaemonError> {
+    let mut entry_files = EntryFiles::default();
+    let policy = Policy::load_with(config, &mut entry_files)?;
+    policy.build_lookups();
     let policies = PolicyBook::load(config.policy_dir.as_deref(), policy.entries())?;
     tracing::info!(policies = policies.len(), "Cedar policies loaded");
     let authority = Arc::new(Authority::from_config(
@@ -226,7 +231,7 @@ fn start_services(
         Arc::clone(authority.jwt()),
         Arc::clone(&registry),
     )?);
-    Ok(Context {
+    let ctx = Context {
         attestor: Arc::new(Attestor::new("/proc", config.attestation.max_exe_hash_bytes)),
         registry,
         cache: SvidCache::new(Arc::clone(&authority)),
@@ -239,7 +244,8 @@ fn start_services(
         tasks,
         attestations: AttestationPermits::new(attestations),
         shutdown,
-    })
+    };
+    Ok((ctx, entry_files))
 }
 
 /// Attestations allowed at once: configured, or one per CPU (they hash

@@ -5,12 +5,19 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-/// Editors and `cp` produce several events per save: wait this long for the
-/// burst to end before reloading once.
-const SETTLE: Duration = Duration::from_millis(150);
+/// Editors and `cp` produce several events per save, milliseconds apart: a
+/// burst has ended once no event came for this long, and the reload (one
+/// per burst) starts then.
+const QUIET: Duration = Duration::from_millis(50);
+
+/// A burst that never pauses (a file rewritten over and over) is reported
+/// this long after it began all the same.
+const LONGEST_BURST: Duration = Duration::from_secs(1);
 
 /// Changes to the files of some directories that a reload cares about.
 #[derive(Debug)]
@@ -56,11 +63,53 @@ impl FileChanges {
     /// The next change, once its burst of events has settled; `None` when
     /// nothing is watched (a `select!` branch then stays disabled). If
     /// another branch wins while a burst settles, the change it consumed is
-    /// covered by that branch's reload, which re-reads every file.
+    /// covered by that branch's reload, which checks every file.
     pub async fn settled(&mut self) -> Option<()> {
         self.changed.recv().await?;
-        tokio::time::sleep(SETTLE).await;
+        let give_up = Instant::now() + LONGEST_BURST;
+        while Instant::now() < give_up {
+            let quiet_until = (Instant::now() + QUIET).min(give_up);
+            match tokio::time::timeout_at(quiet_until, self.changed.recv()).await {
+                // Another event of the burst: wait for quiet again.
+                Ok(Some(())) => continue,
+                // Quiet (or the watcher is gone): the burst is over.
+                Ok(None) | Err(_) => return Some(()),
+            }
+        }
+        // The burst went on too long: report it, and what it queued.
         while self.changed.try_recv().is_ok() {}
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_events_is_one_change() {
+        let (changed_tx, changed) = mpsc::unbounded_channel();
+        let mut changes = FileChanges {
+            _watcher: None,
+            changed,
+        };
+        for _ in 0..5 {
+            changed_tx.send(()).unwrap();
+        }
+        assert_eq!(changes.settled().await, Some(()));
+        assert!(
+            changes.changed.try_recv().is_err(),
+            "the burst's events are consumed"
+        );
+
+        changed_tx.send(()).unwrap();
+        drop(changed_tx);
+        assert_eq!(
+            changes.settled().await,
+            Some(()),
+            "a change before the watch ended"
+        );
+        assert_eq!(changes.settled().await, None, "then nothing more");
+        assert_eq!(FileChanges::none().settled().await, None);
     }
 }

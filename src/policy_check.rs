@@ -130,7 +130,7 @@ fn describe(out: &mut String, entry: &Entry) {
     if let Some(description) = &entry.description {
         let _ = writeln!(out, "  about      {description}");
     }
-    for (key, value) in &entry.labels {
+    for (key, value) in entry.labels.iter() {
         let _ = writeln!(out, "  label      {key}={value}");
     }
     for selector in &entry.selectors {

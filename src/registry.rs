@@ -8,15 +8,20 @@
 //! nothing: matching leaves it out, judged by the [`owner_clock`] at each
 //! admission, so no reload is needed when the day passes.
 
+mod by_spiffe_id;
+mod entry_files;
 mod index;
+mod labels;
 mod load;
 pub mod owner_clock;
 mod reload;
 
+pub use entry_files::EntryFiles;
+pub use labels::Labels;
 pub use reload::{keep_current, reload};
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -25,23 +30,25 @@ use crate::config::{Config, ConfigError, Location, TasksConfig};
 use crate::selector::SelectorSet;
 use crate::spiffe_id::SpiffeId;
 
-use index::SelectorIndex;
+use by_spiffe_id::BySpiffeId;
+use index::{IndexBuilder, SelectorIndex};
 
 /// One registration entry, with defaults resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Stable id: a digest of the SPIFFE ID and selectors.
-    pub id: String,
+    pub id: EntryId,
     /// The identity granted.
     pub spiffe_id: SpiffeId,
     /// Selectors a caller must all have.
     pub selectors: SelectorSet,
-    /// The accountable party.
-    pub owner: String,
+    /// The accountable party (shared by the entries of a file that name
+    /// the same owner).
+    pub owner: Arc<str>,
     /// Free text.
     pub description: Option<String>,
     /// Free key/values (agent name, version, ...).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// X.509-SVID lifetime.
     pub x509_ttl: Duration,
     /// JWT-SVID lifetime.
@@ -54,12 +61,24 @@ pub struct Entry {
     pub hint: Option<String>,
     /// The last day (UTC) the owner answers for the workload.
     pub owner_expires: Option<time::Date>,
-    /// Whether and how the workload may start tasks.
-    pub tasks: Option<TasksConfig>,
+    /// Whether and how the workload may start tasks (boxed: most entries
+    /// have none, and a policy holds many entries).
+    pub tasks: Option<Box<TasksConfig>>,
     /// May ask for decisions about other agents' task tokens.
     pub may_ask_for_others: bool,
     /// Where the entry is written (`file:line`).
     pub location: Location,
+}
+
+/// An entry's stable id: the first 8 bytes of the SHA-256 of its SPIFFE
+/// ID and selectors; prints as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EntryId(pub u64);
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 impl Entry {
@@ -130,15 +149,14 @@ impl Matches {
 pub struct Policy {
     entries: Vec<Arc<Entry>>,
     index: SelectorIndex,
-    /// Entry indexes by SPIFFE ID: who still grants an identity named in a
-    /// token is looked up, not scanned for.
-    by_spiffe_id: HashMap<SpiffeId, Vec<usize>>,
+    /// Who still grants an identity named in a token is looked up, not
+    /// scanned for. Built at its first use or by [`Self::build_lookups`],
+    /// so a reload puts a policy in effect without waiting for it.
+    by_spiffe_id: OnceLock<BySpiffeId>,
     names_executables: bool,
     names_sha256: bool,
-    /// When each entry's owner's term ends, by entry index.
-    owner_expiries: Vec<Option<SystemTime>>,
-    /// The earliest of them: before it no entry can have expired, and
-    /// matching skips the per-entry check.
+    /// The first moment an entry's owner's term ends: before it no entry
+    /// can have expired, and matching skips the per-entry check.
     first_owner_expiry: Option<SystemTime>,
 }
 
@@ -146,35 +164,36 @@ impl Policy {
     /// Builds and indexes a policy from the config file and its
     /// `entries_dir`. Any error in any file fails the whole policy.
     pub fn load(config: &Config) -> Result<Self, ConfigError> {
-        let entries = load::entries(config)?;
-        Ok(Self::from_entries(entries))
+        Self::load_with(config, &mut EntryFiles::default())
     }
 
-    /// Indexes `entries` (already validated), in policy order.
-    pub(crate) fn from_entries(entries: Vec<Entry>) -> Self {
-        let entries: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
-        let index = SelectorIndex::build(&entries);
-        let mut by_spiffe_id: HashMap<SpiffeId, Vec<usize>> = HashMap::new();
-        for (i, entry) in entries.iter().enumerate() {
-            by_spiffe_id.entry(entry.spiffe_id.clone()).or_default().push(i);
+    /// [`Self::load`], reading again only the files of `entries_dir` that
+    /// changed since `files` last read them (and keeping what it reads for
+    /// the next time).
+    pub fn load_with(config: &Config, files: &mut EntryFiles) -> Result<Self, ConfigError> {
+        Ok(Self::from_entries(load::entries(config, files)?))
+    }
+
+    /// Indexes `entries` (already validated), in policy order. One pass
+    /// over the entries builds what matching needs: each pass over a large
+    /// policy's entries, scattered in memory, costs milliseconds.
+    pub(crate) fn from_entries(entries: Vec<Arc<Entry>>) -> Self {
+        let mut index = IndexBuilder::with_capacity(entries.len());
+        let mut first_owner_expiry = None;
+        for entry in &entries {
+            index.add(entry);
+            if let Some(expiry) = entry.owner_expiry() {
+                first_owner_expiry =
+                    Some(first_owner_expiry.map_or(expiry, |first: SystemTime| first.min(expiry)));
+            }
         }
-        let names_executables = entries
-            .iter()
-            .flat_map(|entry| entry.selectors.iter())
-            .any(|selector| matches!(selector.kind(), "unix:path" | "unix:sha256"));
-        let names_sha256 = entries
-            .iter()
-            .flat_map(|entry| entry.selectors.iter())
-            .any(|selector| selector.kind() == "unix:sha256");
-        let owner_expiries: Vec<Option<SystemTime>> = entries.iter().map(|e| e.owner_expiry()).collect();
-        let first_owner_expiry = owner_expiries.iter().flatten().min().copied();
+        let index = index.finish();
         Self {
+            names_executables: index.names_kind("unix:path") || index.names_kind("unix:sha256"),
+            names_sha256: index.names_kind("unix:sha256"),
             entries,
             index,
-            by_spiffe_id,
-            names_executables,
-            names_sha256,
-            owner_expiries,
+            by_spiffe_id: OnceLock::new(),
             first_owner_expiry,
         }
     }
@@ -193,12 +212,20 @@ impl Policy {
 
     /// The entries granting `spiffe_id`, in policy order, whatever their
     /// owners' terms.
-    pub fn granting(&self, spiffe_id: &SpiffeId) -> impl Iterator<Item = &Arc<Entry>> + Clone {
-        self.by_spiffe_id
-            .get(spiffe_id)
-            .into_iter()
-            .flatten()
-            .map(|&i| &self.entries[i])
+    pub fn granting<'a>(&'a self, spiffe_id: &'a SpiffeId) -> impl Iterator<Item = &'a Arc<Entry>> + Clone {
+        self.by_spiffe_id()
+            .granting(spiffe_id, &self.entries)
+            .map(|i| &self.entries[i])
+    }
+
+    /// Builds now the lookups otherwise built at their first use (what a
+    /// reload does once the policy is in effect, so that no request waits).
+    pub fn build_lookups(&self) {
+        self.by_spiffe_id();
+    }
+
+    fn by_spiffe_id(&self) -> &BySpiffeId {
+        self.by_spiffe_id.get_or_init(|| BySpiffeId::build(&self.entries))
     }
 
     /// Every entry, in policy order.
@@ -226,7 +253,7 @@ impl Policy {
         let some_expired = self.first_owner_expiry.is_some_and(|first| now >= first);
         for i in found {
             let entry = Arc::clone(&self.entries[i]);
-            match some_expired && self.owner_expiries[i].is_some_and(|end| now >= end) {
+            match some_expired && entry.owner_expired(now) {
                 true => matches.expired.push(entry),
                 false => matches.entries.push(entry),
             }
@@ -256,8 +283,10 @@ impl Registry {
     }
 
     /// Swaps in a new policy; open streams re-check their callers.
-    pub fn replace(&self, policy: Policy) {
-        self.current.send_replace(Arc::new(policy));
+    /// Returns the previous one (freeing a large policy takes a while: the
+    /// caller chooses when).
+    pub fn replace(&self, policy: Policy) -> Arc<Policy> {
+        self.current.send_replace(Arc::new(policy))
     }
 
     /// A receiver that sees every policy swap.
@@ -300,7 +329,7 @@ mod tests {
         let policy = policy(&[entry("a", None), entry("b", None), second.to_owned()].concat());
         let owners = |id: &str| -> Vec<String> {
             let id = SpiffeId::new(id).unwrap();
-            policy.granting(&id).map(|e| e.owner.clone()).collect()
+            policy.granting(&id).map(|e| e.owner.to_string()).collect()
         };
         assert_eq!(owners("spiffe://example.org/a"), ["o", "p"]);
         assert_eq!(owners("spiffe://example.org/b"), ["o"]);

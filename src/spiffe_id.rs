@@ -99,10 +99,15 @@ impl<'de> Deserialize<'de> for TrustDomain {
 }
 
 /// A workload SPIFFE ID: `spiffe://<trust domain>/<path>`, path non-empty.
+///
+/// One allocation holds the URI; the trust domain is the part before the
+/// path (a policy keeps one SPIFFE ID per entry, so the trust domain is not
+/// copied into each).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpiffeId {
-    uri: String,
-    trust_domain: TrustDomain,
+    uri: Box<str>,
+    /// Where the path starts: the end of `spiffe://<trust domain>`.
+    path_start: u32,
 }
 
 impl SpiffeId {
@@ -116,20 +121,30 @@ impl SpiffeId {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        let trust_domain = TrustDomain::new(domain)?;
+        TrustDomain::new(domain)?;
         if path.is_empty() {
             return Err(SpiffeIdError::MissingPath);
         }
         validate_path(&path[1..])?;
         Ok(Self {
-            uri: uri.to_owned(),
-            trust_domain,
+            uri: uri.into(),
+            // At most MAX_URI_LEN (2048), checked above.
+            path_start: (SCHEME.len() + domain.len()) as u32,
         })
     }
 
     /// The trust domain this ID belongs to.
-    pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
+    pub fn trust_domain(&self) -> TrustDomain {
+        TrustDomain(self.trust_domain_name().to_owned())
+    }
+
+    /// Whether this ID belongs to `trust_domain` (no allocation).
+    pub fn belongs_to(&self, trust_domain: &TrustDomain) -> bool {
+        self.trust_domain_name() == trust_domain.name()
+    }
+
+    fn trust_domain_name(&self) -> &str {
+        &self.uri[SCHEME.len()..self.path_start as usize]
     }
 
     /// The full URI.
@@ -139,7 +154,7 @@ impl SpiffeId {
 
     /// The path, with its leading `/`.
     pub fn path(&self) -> &str {
-        &self.uri[SCHEME.len() + self.trust_domain.0.len()..]
+        &self.uri[self.path_start as usize..]
     }
 }
 
@@ -272,7 +287,11 @@ mod tests {
         ) {
             let uri = format!("spiffe://{domain}/{}", segments.join("/"));
             let id = SpiffeId::new(&uri).unwrap();
-            proptest::prop_assert_eq!(id.trust_domain().name(), domain.as_str());
+            let trust_domain = id.trust_domain();
+            proptest::prop_assert_eq!(trust_domain.name(), domain.as_str());
+            proptest::prop_assert!(id.belongs_to(&TrustDomain::new(&domain).unwrap()));
+            let other = TrustDomain::new(&format!("x{domain}")).unwrap();
+            proptest::prop_assert!(!id.belongs_to(&other));
             proptest::prop_assert_eq!(id.path(), format!("/{}", segments.join("/")));
         }
     }

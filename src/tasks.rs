@@ -487,7 +487,7 @@ impl TaskRegistry {
             purpose: intent.purpose.clone(),
             tools: intent.tools.clone(),
             resources: intent.resources.clone(),
-            owner: entry.owner.clone(),
+            owner: entry.owner.to_string(),
             attestation: attestation_digest(&starter.workload.selectors),
             act: Actor::chain(&delegated_by),
         };
@@ -506,7 +506,7 @@ impl TaskRegistry {
             parents: claims.task_parents,
             spiffe_id: entry.spiffe_id.clone(),
             delegated_by,
-            entry: entry.id.clone(),
+            entry: entry.id.to_string(),
             owner: claims.owner,
             purpose: claims.purpose,
             tools: claims.tools,

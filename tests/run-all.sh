@@ -96,6 +96,8 @@ step "micro-benchmarks, short mode (cargo bench --bench micro -- --max-time 0.5)
 cargo bench --quiet --bench micro -- --max-time 0.5
 step "policy decision benchmark, short mode (cargo bench --bench authz -- --quick)"
 cargo bench --quiet --bench authz -- --quick
+step "registry benchmark, short mode (cargo bench --bench registry -- --quick)"
+cargo bench --quiet --bench registry -- --quick
 
 step "quickstart (the README's first command)"
 bash examples/quickstart.sh

@@ -186,11 +186,11 @@ impl Record {
 
     /// Adds the entry and its actor layer.
     pub fn with_entry(mut self, entry: &Entry) -> Self {
-        self.entry = Some(entry.id.clone());
+        self.entry = Some(entry.id.to_string());
         self.entry_location = Some(entry.location.to_string());
-        self.owner = Some(entry.owner.clone());
+        self.owner = Some(entry.owner.to_string());
         self.description = entry.description.clone();
-        self.labels = entry.labels.clone();
+        self.labels = entry.labels.to_map();
         self.spiffe_id = Some(entry.spiffe_id.to_string());
         self
     }

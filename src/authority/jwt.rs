@@ -285,7 +285,7 @@ impl JwtAuthority {
             .map_err(|e| decode_error(e, audience.unwrap_or_default()))?;
         let sub = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
         let spiffe_id = SpiffeId::new(sub).map_err(|e| JwtError::BadSubject(format!("{sub:?}: {e}")))?;
-        if spiffe_id.trust_domain() != &self.trust_domain {
+        if !spiffe_id.belongs_to(&self.trust_domain) {
             return Err(JwtError::BadSubject(sub.to_owned()));
         }
         Ok(ValidatedJwt {

@@ -271,7 +271,7 @@ fn principal_entry(policy: &Policy, task: &VerifiedTask) -> Option<Arc<Entry>> {
         .filter(|entry| !entry.owner_expired(now));
     let first = granting.clone().next();
     granting
-        .find(|entry| entry.owner == task.owner)
+        .find(|entry| *entry.owner == *task.owner)
         .or(first)
         .cloned()
 }
@@ -419,7 +419,7 @@ pub(super) mod tests {
             ] {
                 tokens.tasks.insert(token.into(), task);
             }
-            let policy = Policy::from_entries(entries.iter().map(|e| (**e).clone()).collect());
+            let policy = Policy::from_entries(entries.clone());
             Self {
                 entries,
                 policy,

@@ -194,7 +194,7 @@ fn agent(principal: Principal<'_>) -> Result<Entity, String> {
             .entry
             .labels
             .iter()
-            .map(|(key, value)| (key.clone(), string(value))),
+            .map(|(key, value)| (key.to_owned(), string(value))),
     )
     .map_err(|e| format!("labels: {e}"))?;
     let facts = principal.facts;

@@ -127,7 +127,7 @@ mod tests {
         // The entries stop allowing the tool the policies name: the
         // policies no longer validate, and the set in effect stays.
         std::fs::write(&config_path, CONFIG).unwrap();
-        crate::registry::reload(&config, &registry);
+        crate::registry::reload(&config, &mut crate::registry::EntryFiles::default(), &registry);
         assert_eq!(reload(Some(&policies), &authz, &registry), ReloadOutcome::Failed);
         assert!(authz.book().has_action("jira.comment"));
     }

@@ -75,10 +75,8 @@ fn generated(label_keys: &BTreeSet<String>, tools: &BTreeSet<String>) -> Result<
 
 /// Every label key some entry uses.
 fn label_keys(entries: &[Arc<Entry>]) -> BTreeSet<String> {
-    entries
-        .iter()
-        .flat_map(|entry| entry.labels.keys().cloned())
-        .collect()
+    let keys: BTreeSet<&str> = entries.iter().flat_map(|entry| entry.labels.keys()).collect();
+    keys.into_iter().map(str::to_owned).collect()
 }
 
 /// Every tool some entry's `tasks.tools` allows.
@@ -98,7 +96,6 @@ fn schema_error(error: &dyn std::fmt::Display) -> AuthzError {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use super::*;
@@ -107,28 +104,27 @@ pub(super) mod tests {
     /// An entry for tests: `name` under example.org, with labels and tools.
     pub fn entry(name: &str, labels: &[(&str, &str)], tools: &[&str]) -> Arc<Entry> {
         Arc::new(Entry {
-            id: name.into(),
+            id: crate::registry::EntryId(0),
             spiffe_id: crate::spiffe_id::SpiffeId::new(&format!("spiffe://example.org/{name}")).unwrap(),
             selectors: crate::selector::SelectorSet::new(),
-            owner: format!("{name}-owner@example.org"),
+            owner: format!("{name}-owner@example.org").into(),
             description: None,
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<BTreeMap<_, _>>(),
+            labels: labels.iter().copied().collect(),
             x509_ttl: Duration::from_secs(3600),
             jwt_ttl: Duration::from_secs(300),
             jwt_audiences: Vec::new(),
             dns_names: Vec::new(),
             hint: None,
             owner_expires: None,
-            tasks: (!tools.is_empty()).then(|| TasksConfig {
-                max_ttl: Duration::from_secs(900),
-                tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            tasks: (!tools.is_empty()).then(|| {
+                Box::new(TasksConfig {
+                    max_ttl: Duration::from_secs(900),
+                    tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+                })
             }),
             may_ask_for_others: false,
             location: Location {
-                file: "attestd.toml".into(),
+                file: std::path::Path::new("attestd.toml").into(),
                 line: 1,
             },
         })

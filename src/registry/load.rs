@@ -1,70 +1,97 @@
 //! Builds entries from the config file and every `*.toml` of `entries_dir`,
 //! resolving defaults and refusing duplicates.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::Entry;
-use crate::config::{self, Config, ConfigError, EntryConfig, Location};
-use crate::selector::SelectorSet;
+use super::index::position;
+use super::{Entry, EntryFiles, EntryId, Labels};
+use crate::config::{Config, ConfigError, EntryConfig, SvidConfig};
+use crate::selector::{Selector, SelectorSet};
 
-pub(super) fn entries(config: &Config) -> Result<Vec<Entry>, ConfigError> {
-    let mut raw = config.entries.clone();
-    for file in entry_files(config)? {
-        raw.extend(config::load_entries_file(&file, &config.trust_domain)?);
-    }
-    let mut seen: HashMap<String, Location> = HashMap::new();
-    let mut entries = Vec::with_capacity(raw.len());
-    for entry in raw {
-        let entry = resolve(config, entry);
-        if let Some(first) = seen.insert(entry.id.clone(), entry.location.clone()) {
-            return Err(duplicate_error(&entry, &first));
+/// The policy's entries in order: those of the config file, then those of
+/// each file of `entries_dir` by name (only the files that changed since
+/// `files` last read them are parsed again).
+pub(super) fn entries(config: &Config, files: &mut EntryFiles) -> Result<Vec<Arc<Entry>>, ConfigError> {
+    files.refresh(config)?;
+    let main: Vec<Arc<Entry>> = config
+        .entries
+        .iter()
+        .map(|raw| Arc::new(resolve(&config.svid, raw.clone(), &mut Shared::default())))
+        .collect();
+    let count = main.len() + files.entry_count();
+    let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(count);
+    // Where each entry id was first seen (one pass with the copying: each
+    // pass over a large policy's entries costs milliseconds).
+    let mut seen: HashMap<EntryId, u32> = HashMap::with_capacity(count);
+    for entry in main.iter().chain(files.entries()) {
+        match seen.entry(entry.id) {
+            Slot::Vacant(slot) => {
+                slot.insert(position(entries.len()));
+            }
+            Slot::Occupied(first) => return Err(duplicate_error(entry, &entries[*first.get() as usize])),
         }
-        entries.push(entry);
+        entries.push(Arc::clone(entry));
     }
     Ok(entries)
 }
 
-/// The `*.toml` files of `entries_dir`, sorted so policy order is stable.
-fn entry_files(config: &Config) -> Result<Vec<PathBuf>, ConfigError> {
-    let Some(dir) = &config.entries_dir else {
-        return Ok(Vec::new());
-    };
-    let read_error = |e: std::io::Error| ConfigError {
-        file: dir.clone(),
-        line: None,
-        key: Some("entries_dir".into()),
-        message: format!("cannot read directory: {e}"),
-    };
-    let mut files = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(read_error)? {
-        let path = item.map_err(read_error)?.path();
-        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
+/// One copy of the texts that entries repeat, per file: every entry of a
+/// team names the same owner, often the same `unix:uid`, and each copy is
+/// an allocation kept for as long as the policy.
+#[derive(Debug, Default)]
+pub(super) struct Shared {
+    selectors: HashSet<Selector>,
+    owners: HashSet<Arc<str>>,
 }
 
-fn resolve(config: &Config, raw: EntryConfig) -> Entry {
-    let selectors: SelectorSet = raw.selectors.into_iter().collect();
+impl Shared {
+    fn selector(&mut self, selector: Selector) -> Selector {
+        match self.selectors.get(&selector) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.selectors.insert(selector.clone());
+                selector
+            }
+        }
+    }
+
+    fn owner(&mut self, owner: String) -> Arc<str> {
+        match self.owners.get(owner.as_str()) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let owner: Arc<str> = owner.into();
+                self.owners.insert(Arc::clone(&owner));
+                owner
+            }
+        }
+    }
+}
+
+/// An entry as written, with the defaults of `[svid]` filled in.
+pub(super) fn resolve(defaults: &SvidConfig, raw: EntryConfig, shared: &mut Shared) -> Entry {
+    let selectors: SelectorSet = raw
+        .selectors
+        .into_iter()
+        .map(|selector| shared.selector(selector))
+        .collect();
     Entry {
         id: entry_id(raw.spiffe_id.as_str(), &selectors),
         spiffe_id: raw.spiffe_id,
         selectors,
-        owner: raw.owner,
+        owner: shared.owner(raw.owner),
         description: raw.description,
-        labels: raw.labels,
-        x509_ttl: raw.x509_ttl.unwrap_or(config.svid.x509_ttl).0,
-        jwt_ttl: raw.jwt_ttl.unwrap_or(config.svid.jwt_ttl).0,
+        labels: Labels::from(&raw.labels),
+        x509_ttl: raw.x509_ttl.unwrap_or(defaults.x509_ttl).0,
+        jwt_ttl: raw.jwt_ttl.unwrap_or(defaults.jwt_ttl).0,
         jwt_audiences: raw.jwt_audiences,
         dns_names: raw.dns_names,
         hint: raw.hint,
         owner_expires: raw.owner_expires,
-        tasks: raw.tasks,
+        tasks: raw.tasks.map(Box::new),
         may_ask_for_others: raw.may_ask_for_others,
         location: raw.location,
     }
@@ -72,24 +99,29 @@ fn resolve(config: &Config, raw: EntryConfig) -> Entry {
 
 /// A short, stable digest of what makes an entry distinct: its SPIFFE ID
 /// and its selectors (a set, so their order in the file does not matter).
-fn entry_id(spiffe_id: &str, selectors: &SelectorSet) -> String {
+fn entry_id(spiffe_id: &str, selectors: &SelectorSet) -> EntryId {
     let mut hasher = Sha256::new();
     hasher.update(spiffe_id.as_bytes());
     for selector in selectors {
         hasher.update(b"\n");
         hasher.update(selector.as_str().as_bytes());
     }
-    hex::encode(&hasher.finalize()[..8])
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    EntryId(u64::from_be_bytes(first))
 }
 
-fn duplicate_error(entry: &Entry, first: &Location) -> ConfigError {
+/// Two entries with the same SPIFFE ID and selectors, in any files: the
+/// later one is refused, naming where the first is written.
+fn duplicate_error(entry: &Entry, first: &Entry) -> ConfigError {
     ConfigError {
-        file: entry.location.file.clone(),
+        file: entry.location.file.to_path_buf(),
         line: Some(entry.location.line),
         key: Some("entry".into()),
         message: format!(
-            "duplicate of the entry at {first} (same spiffe_id {} and selectors)",
-            entry.spiffe_id
+            "duplicate of the entry at {} (same spiffe_id {} and selectors)",
+            first.location, entry.spiffe_id
         ),
     }
 }
@@ -99,6 +131,10 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    fn load(config: &Config) -> Result<Vec<Arc<Entry>>, ConfigError> {
+        entries(config, &mut EntryFiles::default())
+    }
+
     #[test]
     fn loads_entries_dir_and_refuses_duplicates() {
         let dir = tempfile::tempdir().unwrap();
@@ -107,16 +143,52 @@ mod tests {
         std::fs::write(dir.path().join("ignored.txt"), "junk").unwrap();
         let text = format!("trust_domain = \"example.org\"\nentries_dir = {:?}\n", dir.path());
         let config = Config::parse(Path::new("main.toml"), &text).unwrap();
-        let loaded = entries(&config).unwrap();
+        let loaded = load(&config).unwrap();
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].x509_ttl, config.svid.x509_ttl.0);
 
         std::fs::write(dir.path().join("b.toml"), entry).unwrap();
-        let err = entries(&config).unwrap_err();
+        let err = load(&config).unwrap_err();
         assert!(
             err.to_string()
                 .contains("b.toml:1: entry: duplicate of the entry at"),
             "{err}"
         );
+        assert!(err.to_string().contains("a.toml:1 (same spiffe_id"), "{err}");
+    }
+
+    #[test]
+    fn the_id_is_a_digest_of_the_spiffe_id_and_the_selector_set() {
+        let selectors = |list: &[&str]| -> SelectorSet {
+            list.iter()
+                .map(|s| crate::selector::Selector::parse(s).unwrap())
+                .collect()
+        };
+        let id = entry_id(
+            "spiffe://example.org/a",
+            &selectors(&["unix:uid:1", "unix:gid:2"]),
+        );
+        assert_eq!(
+            id,
+            entry_id(
+                "spiffe://example.org/a",
+                &selectors(&["unix:gid:2", "unix:uid:1"])
+            ),
+            "the selectors' order does not matter"
+        );
+        assert_ne!(
+            id,
+            entry_id(
+                "spiffe://example.org/b",
+                &selectors(&["unix:uid:1", "unix:gid:2"])
+            )
+        );
+        assert_ne!(
+            id,
+            entry_id("spiffe://example.org/a", &selectors(&["unix:uid:1"]))
+        );
+        // The audit trail names entries by id: it must not change between
+        // versions (the first 8 bytes of the SHA-256, in hex).
+        assert_eq!(id.to_string(), "da180781052ae229");
     }
 }

@@ -35,9 +35,9 @@ pub(super) fn choose_entry(
 ) -> Result<Grant, StartRefusal> {
     let held = entries.iter().filter(|entry| !entry.owner_expired(now));
     let grant = |entry: &Arc<Entry>| {
-        entry.tasks.clone().map(|tasks| Grant {
+        entry.tasks.as_deref().map(|tasks| Grant {
             entry: Arc::clone(entry),
-            tasks,
+            tasks: tasks.clone(),
         })
     };
     let addressed = |id: &SpiffeId| parent.is_none_or(|parent| is_addressed_to(parent, id));
@@ -169,7 +169,7 @@ mod tests {
 
     fn entry(path: &str, tools: Option<&[&str]>) -> Arc<Entry> {
         Arc::new(Entry {
-            id: path.into(),
+            id: crate::registry::EntryId(0),
             spiffe_id: id(path),
             selectors: Default::default(),
             owner: "o@example.org".into(),
@@ -181,13 +181,15 @@ mod tests {
             dns_names: Vec::new(),
             hint: None,
             owner_expires: None,
-            tasks: tools.map(|tools| TasksConfig {
-                max_ttl: Duration::from_secs(600),
-                tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+            tasks: tools.map(|tools| {
+                Box::new(TasksConfig {
+                    max_ttl: Duration::from_secs(600),
+                    tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+                })
             }),
             may_ask_for_others: false,
             location: crate::config::Location {
-                file: "attestd.toml".into(),
+                file: std::path::Path::new("attestd.toml").into(),
                 line: 1,
             },
         })
@@ -273,7 +275,7 @@ mod tests {
     fn the_entry_bounds_tools_audiences_and_lifetime() {
         let grant = Grant {
             entry: entry("agent", Some(&["a", "b"])),
-            tasks: entry("agent", Some(&["a", "b"])).tasks.clone().unwrap(),
+            tasks: *entry("agent", Some(&["a", "b"])).tasks.clone().unwrap(),
         };
         assert_eq!(
             check_entry(&request(&["a"], &[], None), &["aud".into()], &grant).unwrap(),

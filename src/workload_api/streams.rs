@@ -20,7 +20,7 @@ use super::{Context, status};
 use crate::audit::{Outcome, Record};
 use crate::authority::{SvidTemplate, X509Bundle};
 use crate::proto::{X509svid, X509svidResponse};
-use crate::registry::{Policy, owner_clock};
+use crate::registry::{EntryId, Policy, owner_clock};
 use crate::svid_cache::SvidReceiver;
 use crate::telemetry::metrics;
 
@@ -163,8 +163,8 @@ impl X509Watch {
         let caller = admission::admit(&self.ctx, &peer, rpc::FETCH_X509_SVID)
             .await
             .map_err(Refusal::stream_end)?;
-        let before: Vec<&str> = self.caller.entries.iter().map(|e| e.id.as_str()).collect();
-        let after: Vec<&str> = caller.entries.iter().map(|e| e.id.as_str()).collect();
+        let before: Vec<EntryId> = self.caller.entries.iter().map(|e| e.id).collect();
+        let after: Vec<EntryId> = caller.entries.iter().map(|e| e.id).collect();
         let changed = before != after;
         self.caller = caller;
         let resubscribed = self.follow_entries()?;

@@ -1,0 +1,283 @@
+//! The files of `entries_dir`, parsed, and kept between reloads so that a
+//! reload parses only the files that changed: one edited file of a policy
+//! of 100 files is parsed alone, and the entries of the other 99 are the
+//! very same (shared) entries as before.
+//!
+//! A file is read again when its stamp (device, inode, size, modification
+//! and change times) differs from when it was last read. A stamp alone can
+//! miss a change: two writes of the same size within one tick of the file
+//! system's clock leave the same times. So, as git does for its index, a
+//! stamp is trusted only once the file's change time is well before the
+//! moment it was taken; until then the file is read again on every reload
+//! and its content compared by digest (and parsed only if that differs).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use super::Entry;
+use super::load::{Shared, resolve};
+use crate::config::{self, Config, ConfigError, SvidConfig};
+use crate::spiffe_id::TrustDomain;
+
+/// How long before a stamp was taken the file must have last changed for
+/// the stamp to be trusted: far more than any file system's clock tick.
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// The parsed files of `entries_dir` (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct EntryFiles {
+    /// What each file held when it was last read, by path: sorted, so in
+    /// policy order.
+    files: BTreeMap<PathBuf, ReadFile>,
+    /// What the entries were resolved with: if either changes, every file
+    /// is parsed again.
+    resolved_with: Option<(TrustDomain, SvidConfig)>,
+    /// Files parsed by the last refresh.
+    parsed: usize,
+}
+
+#[derive(Debug)]
+struct ReadFile {
+    stamp: Stamp,
+    /// Whether `stamp` alone shows the file unchanged.
+    settled: bool,
+    /// SHA-256 of the text the entries were parsed from.
+    digest: [u8; 32],
+    entries: Vec<Arc<Entry>>,
+}
+
+/// What `stat(2)` says about a file's identity and last change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Result<Self, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|e| read_error(path, &e))?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        })
+    }
+
+    /// Whether any later change to the file must show in its stamp: its
+    /// last change is [`SETTLED`] before `taken` (when the stamp was taken).
+    fn settled(&self, taken: SystemTime) -> bool {
+        let (seconds, nanos) = self.ctime;
+        let changed = match u64::try_from(seconds) {
+            Ok(seconds) => {
+                SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos.clamp(0, 999_999_999) as u32)
+            }
+            // Changed before 1970: a clock gone wrong; trust nothing.
+            Err(_) => return false,
+        };
+        changed
+            .checked_add(SETTLED)
+            .is_some_and(|settled_at| settled_at < taken)
+    }
+}
+
+impl EntryFiles {
+    /// Brings the files up to date with `entries_dir`: files gone are
+    /// dropped, new and changed files parsed. On an error (a file that
+    /// cannot be read or parsed) the files read so far are kept, and the
+    /// broken one is read again next time.
+    pub(super) fn refresh(&mut self, config: &Config) -> Result<(), ConfigError> {
+        let resolved_with = (config.trust_domain.clone(), config.svid);
+        if self.resolved_with.as_ref() != Some(&resolved_with) {
+            self.files.clear();
+            self.resolved_with = Some(resolved_with);
+        }
+        self.parsed = 0;
+        let paths = list(config.entries_dir.as_deref())?;
+        self.files.retain(|path, _| paths.binary_search(path).is_ok());
+        for path in paths {
+            let taken = SystemTime::now();
+            let stamp = Stamp::of(&path)?;
+            if let Some(file) = self.files.get(&path)
+                && file.settled
+                && file.stamp == stamp
+            {
+                continue;
+            }
+            let text = config::read_file(&path)?;
+            let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+            let settled = stamp.settled(taken);
+            if let Some(file) = self.files.get_mut(&path)
+                && file.digest == digest
+            {
+                file.stamp = stamp;
+                file.settled = settled;
+                continue;
+            }
+            let entries = parse(&path, &text, config)?;
+            self.parsed += 1;
+            self.files.insert(
+                path,
+                ReadFile {
+                    stamp,
+                    settled,
+                    digest,
+                    entries,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// The entries of every file, in policy order.
+    pub(super) fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.files.values().flat_map(|file| &file.entries)
+    }
+
+    /// How many entries the files hold.
+    pub(super) fn entry_count(&self) -> usize {
+        self.files.values().map(|file| file.entries.len()).sum()
+    }
+
+    /// How many files the last refresh parsed (new or changed ones).
+    pub fn parsed(&self) -> usize {
+        self.parsed
+    }
+}
+
+/// The entries of one file, resolved.
+fn parse(path: &Path, text: &str, config: &Config) -> Result<Vec<Arc<Entry>>, ConfigError> {
+    let raw = config::parse_entries_file(path, text, &config.trust_domain)?;
+    let mut shared = Shared::default();
+    // Not `collect()`: it would reuse the buffer of the raw entries, each
+    // some 40 times the size of a pointer, and keep all of it.
+    let mut entries = Vec::with_capacity(raw.len());
+    entries.extend(
+        raw.into_iter()
+            .map(|raw| Arc::new(resolve(&config.svid, raw, &mut shared))),
+    );
+    Ok(entries)
+}
+
+/// The `*.toml` files of `entries_dir`, sorted so policy order is stable.
+fn list(entries_dir: Option<&Path>) -> Result<Vec<PathBuf>, ConfigError> {
+    let Some(dir) = entries_dir else {
+        return Ok(Vec::new());
+    };
+    let read_error = |e: std::io::Error| ConfigError {
+        file: dir.to_owned(),
+        line: None,
+        key: Some("entries_dir".into()),
+        message: format!("cannot read directory: {e}"),
+    };
+    let mut files = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = item.map_err(read_error)?.path();
+        if path.extension().is_some_and(|ext| ext == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_error(path: &Path, e: &std::io::Error) -> ConfigError {
+    ConfigError {
+        file: path.to_owned(),
+        line: None,
+        key: None,
+        message: format!("cannot read: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changed_at(time: SystemTime) -> Stamp {
+        let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        Stamp {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime: (0, 0),
+            ctime: (since.as_secs() as i64, i64::from(since.subsec_nanos())),
+        }
+    }
+
+    #[test]
+    fn a_stamp_is_trusted_only_once_the_file_changed_well_before_it_was_taken() {
+        let now = SystemTime::now();
+        assert!(changed_at(now - Duration::from_secs(3)).settled(now));
+        assert!(!changed_at(now - Duration::from_millis(1500)).settled(now));
+        assert!(!changed_at(now).settled(now));
+        assert!(
+            !changed_at(now + Duration::from_secs(60)).settled(now),
+            "a change time ahead of the clock"
+        );
+        let before_1970 = Stamp {
+            ctime: (-5, 0),
+            ..changed_at(now)
+        };
+        assert!(!before_1970.settled(now));
+    }
+
+    #[test]
+    fn entries_of_a_file_share_the_selectors_and_owners_they_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        let entry = |name: &str| {
+            format!(
+                "[[entry]]\nspiffe_id = \"spiffe://example.org/{name}\"\nselectors = [\"unix:uid:1000\", \"unix:gid:{}\"]\nowner = \"o\"\n",
+                name.len()
+            )
+        };
+        let text = [entry("a"), entry("bb"), entry("c")].concat();
+        let config = Config::parse(Path::new("main.toml"), "trust_domain = \"example.org\"\n").unwrap();
+        let entries = parse(&path, &text, &config).unwrap();
+        let text_of = |entry: usize, kind: &str| {
+            let selectors = &entries[entry].selectors;
+            let selector = selectors.iter().find(|s| s.kind() == kind).unwrap();
+            selector.as_str().as_ptr()
+        };
+        assert_eq!(text_of(0, "unix:uid"), text_of(1, "unix:uid"));
+        assert_eq!(text_of(0, "unix:uid"), text_of(2, "unix:uid"));
+        assert_eq!(text_of(0, "unix:gid"), text_of(2, "unix:gid"), "both gid 1");
+        assert_ne!(text_of(0, "unix:gid"), text_of(1, "unix:gid"));
+        assert!(Arc::ptr_eq(&entries[0].owner, &entries[2].owner), "one owner");
+    }
+
+    #[test]
+    fn a_file_read_with_a_settled_stamp_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries_dir = dir.path().join("entries.d");
+        std::fs::create_dir(&entries_dir).unwrap();
+        let file = entries_dir.join("a.toml");
+        std::fs::write(&file, "").unwrap();
+        let text = format!("trust_domain = \"example.org\"\nentries_dir = {entries_dir:?}\n");
+        let config = Config::parse(Path::new("main.toml"), &text).unwrap();
+        let mut files = EntryFiles::default();
+        files.refresh(&config).unwrap();
+        assert_eq!(files.parsed(), 1);
+
+        // As if read long ago: then only a new stamp makes it read again.
+        let read = files.files.get_mut(&file).unwrap();
+        read.settled = true;
+        read.digest = [0; 32];
+        files.refresh(&config).unwrap();
+        assert_eq!(files.parsed(), 0, "same stamp: not read");
+
+        std::fs::write(&file, "# changed\n").unwrap();
+        files.refresh(&config).unwrap();
+        assert_eq!(files.parsed(), 1, "new stamp: read and parsed");
+    }
+}
