@@ -10,10 +10,12 @@ use tokio::time::Instant;
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-/// Editors and `cp` produce several events per save, milliseconds apart: a
-/// burst has ended once no event came for this long, and the reload (one
-/// per burst) starts then.
-const QUIET: Duration = Duration::from_millis(50);
+/// Editors and `cp` produce several events per save, a few milliseconds
+/// apart at most: a burst has ended once no event came for this long, and
+/// the reload (one per burst) starts then. (A writer that pauses longer in
+/// the middle of a file gets a reload of the partial file: it fails, the
+/// policy in effect stays, and the end of the write reloads again.)
+const QUIET: Duration = Duration::from_millis(30);
 
 /// A burst that never pauses (a file rewritten over and over) is reported
 /// this long after it began all the same.

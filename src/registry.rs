@@ -171,23 +171,35 @@ impl Policy {
     /// changed since `files` last read them (and keeping what it reads for
     /// the next time).
     pub fn load_with(config: &Config, files: &mut EntryFiles) -> Result<Self, ConfigError> {
-        Ok(Self::from_entries(load::entries(config, files)?))
+        let entries = load::entries(config, files)?;
+        if entries.len() < CHECK_ALONGSIDE {
+            load::refuse_duplicates(&entries)?;
+            return Ok(Self::from_entries(entries));
+        }
+        // Each pass over a large policy's entries, scattered in memory,
+        // waits on memory more than it computes: the duplicate check runs
+        // on another core while the index is built.
+        let (indexed, checked) = std::thread::scope(|scope| {
+            let checked = scope.spawn(|| load::refuse_duplicates(&entries));
+            (Indexed::build(&entries), checked.join())
+        });
+        checked.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok(Self::with_index(entries, indexed))
     }
 
-    /// Indexes `entries` (already validated), in policy order. One pass
-    /// over the entries builds what matching needs: each pass over a large
-    /// policy's entries, scattered in memory, costs milliseconds.
+    /// Indexes `entries` (already validated), in policy order.
     pub(crate) fn from_entries(entries: Vec<Arc<Entry>>) -> Self {
-        let mut index = IndexBuilder::with_capacity(entries.len());
-        let mut first_owner_expiry = None;
-        for entry in &entries {
-            index.add(entry);
-            if let Some(expiry) = entry.owner_expiry() {
-                first_owner_expiry =
-                    Some(first_owner_expiry.map_or(expiry, |first: SystemTime| first.min(expiry)));
-            }
-        }
-        let index = index.finish();
+        let indexed = Indexed::build(&entries);
+        Self::with_index(entries, indexed)
+    }
+
+    fn with_index(
+        entries: Vec<Arc<Entry>>,
+        Indexed {
+            index,
+            first_owner_expiry,
+        }: Indexed,
+    ) -> Self {
         Self {
             names_executables: index.names_kind("unix:path") || index.names_kind("unix:sha256"),
             names_sha256: index.names_kind("unix:sha256"),
@@ -259,6 +271,34 @@ impl Policy {
             }
         }
         matches
+    }
+}
+
+/// From this many entries on, a policy is checked for duplicates on
+/// another thread while its index is built.
+const CHECK_ALONGSIDE: usize = 10_000;
+
+/// What matching needs, built in one pass over the entries.
+struct Indexed {
+    index: SelectorIndex,
+    first_owner_expiry: Option<SystemTime>,
+}
+
+impl Indexed {
+    fn build(entries: &[Arc<Entry>]) -> Self {
+        let mut index = IndexBuilder::with_capacity(entries.len());
+        let mut first_owner_expiry = None;
+        for entry in entries {
+            index.add(entry);
+            if let Some(expiry) = entry.owner_expiry() {
+                first_owner_expiry =
+                    Some(first_owner_expiry.map_or(expiry, |first: SystemTime| first.min(expiry)));
+            }
+        }
+        Self {
+            index: index.finish(),
+            first_owner_expiry,
+        }
     }
 }
 
@@ -334,6 +374,32 @@ mod tests {
         assert_eq!(owners("spiffe://example.org/a"), ["o", "p"]);
         assert_eq!(owners("spiffe://example.org/b"), ["o"]);
         assert!(owners("spiffe://example.org/c").is_empty());
+    }
+
+    #[test]
+    fn a_large_policy_is_checked_for_duplicates_alongside_its_indexing() {
+        let uids = |range: std::ops::Range<usize>| -> String {
+            range
+                .map(|uid| {
+                    format!(
+                        "[[entry]]\nspiffe_id = \"spiffe://example.org/u{uid}\"\nselectors = [\"unix:uid:{uid}\"]\nowner = \"o\"\n"
+                    )
+                })
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), uids(0..CHECK_ALONGSIDE)).unwrap();
+        let text = format!("trust_domain = \"example.org\"\nentries_dir = {:?}\n", dir.path());
+        let config = Config::parse(std::path::Path::new("main.toml"), &text).unwrap();
+        let loaded = Policy::load(&config).unwrap();
+        assert_eq!(loaded.entries().len(), CHECK_ALONGSIDE);
+        let caller = [Selector::parse("unix:uid:1234").unwrap()].into_iter().collect();
+        assert_eq!(ids(&loaded.matching(&caller)), ["spiffe://example.org/u1234"]);
+
+        std::fs::write(dir.path().join("b.toml"), uids(17..18)).unwrap();
+        let err = Policy::load(&config).unwrap_err();
+        assert_eq!(err.file, dir.path().join("b.toml"));
+        assert!(err.message.contains("a.toml:69 (same spiffe_id"), "{err}");
     }
 
     #[test]

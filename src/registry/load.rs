@@ -14,29 +14,35 @@ use crate::selector::{Selector, SelectorSet};
 
 /// The policy's entries in order: those of the config file, then those of
 /// each file of `entries_dir` by name (only the files that changed since
-/// `files` last read them are parsed again).
+/// `files` last read them are parsed again). Not yet checked for
+/// duplicates: see [`refuse_duplicates`].
 pub(super) fn entries(config: &Config, files: &mut EntryFiles) -> Result<Vec<Arc<Entry>>, ConfigError> {
     files.refresh(config)?;
-    let main: Vec<Arc<Entry>> = config
-        .entries
-        .iter()
-        .map(|raw| Arc::new(resolve(&config.svid, raw.clone(), &mut Shared::default())))
-        .collect();
-    let count = main.len() + files.entry_count();
-    let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(count);
-    // Where each entry id was first seen (one pass with the copying: each
-    // pass over a large policy's entries costs milliseconds).
-    let mut seen: HashMap<EntryId, u32> = HashMap::with_capacity(count);
-    for entry in main.iter().chain(files.entries()) {
+    let mut entries: Vec<Arc<Entry>> = Vec::with_capacity(config.entries.len() + files.entry_count());
+    let mut shared = Shared::default();
+    entries.extend(
+        config
+            .entries
+            .iter()
+            .map(|raw| Arc::new(resolve(&config.svid, raw.clone(), &mut shared))),
+    );
+    entries.extend(files.entries().cloned());
+    Ok(entries)
+}
+
+/// Two entries with the same SPIFFE ID and selectors, in any files: the
+/// later one is refused, naming where the first is written.
+pub(super) fn refuse_duplicates(entries: &[Arc<Entry>]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<EntryId, u32> = HashMap::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
         match seen.entry(entry.id) {
             Slot::Vacant(slot) => {
-                slot.insert(position(entries.len()));
+                slot.insert(position(i));
             }
             Slot::Occupied(first) => return Err(duplicate_error(entry, &entries[*first.get() as usize])),
         }
-        entries.push(Arc::clone(entry));
     }
-    Ok(entries)
+    Ok(())
 }
 
 /// One copy of the texts that entries repeat, per file: every entry of a
@@ -112,8 +118,6 @@ fn entry_id(spiffe_id: &str, selectors: &SelectorSet) -> EntryId {
     EntryId(u64::from_be_bytes(first))
 }
 
-/// Two entries with the same SPIFFE ID and selectors, in any files: the
-/// later one is refused, naming where the first is written.
 fn duplicate_error(entry: &Entry, first: &Entry) -> ConfigError {
     ConfigError {
         file: entry.location.file.to_path_buf(),
@@ -132,7 +136,9 @@ mod tests {
     use std::path::Path;
 
     fn load(config: &Config) -> Result<Vec<Arc<Entry>>, ConfigError> {
-        entries(config, &mut EntryFiles::default())
+        let loaded = entries(config, &mut EntryFiles::default())?;
+        refuse_duplicates(&loaded)?;
+        Ok(loaded)
     }
 
     #[test]
