@@ -3,7 +3,7 @@
 //! (about 540 bytes for the smallest) plus an allocation per key and value.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// Free key/value pairs (agent name, version, policy domain), sorted by
 /// key, each key once, in one string.
@@ -62,11 +62,12 @@ fn next_part<'a>(rest: &mut &'a str) -> Option<&'a str> {
 
 impl From<&BTreeMap<String, String>> for Labels {
     fn from(map: &BTreeMap<String, String>) -> Self {
-        let mut encoded = String::new();
-        for text in map.iter().flat_map(|(key, value)| [key, value]) {
-            encoded.push_str(&text.len().to_string());
-            encoded.push(':');
-            encoded.push_str(text);
+        let texts = || map.iter().flat_map(|(key, value)| [key, value]);
+        // Room for each text and a length of up to 4 digits before it.
+        let mut encoded = String::with_capacity(texts().map(|text| text.len() + 5).sum());
+        for text in texts() {
+            // Writing to a String cannot fail.
+            let _ = write!(encoded, "{}:{text}", text.len());
         }
         Self {
             encoded: encoded.into_boxed_str(),
