@@ -24,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod explain;
 pub mod file_changes;
+pub mod file_stamp;
 pub mod helper;
 pub mod policy_check;
 pub mod proto;

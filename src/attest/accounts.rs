@@ -8,15 +8,18 @@
 //! is unchanged (device, inode, size, modification and change times: any
 //! edit, or a replacing rename, forgets every name at the next lookup) and
 //! for at most [`NAME_TTL`], which bounds how late a name from another NSS
-//! source (LDAP, systemd's dynamic users) is seen. Without the file,
-//! nothing is remembered.
+//! source (LDAP, systemd's dynamic users) is seen, and an edit the stamp
+//! misses (see [`crate::file_stamp`]). Without the file, nothing is
+//! remembered.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::unistd::{Gid, Group, Uid, User};
+
+use crate::file_stamp::FileStamp;
 
 /// How long a name is remembered at most.
 pub const NAME_TTL: Duration = Duration::from_secs(1);
@@ -66,19 +69,9 @@ struct NameCache {
 
 #[derive(Debug)]
 struct CacheState {
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
     filled_at: Instant,
     names: HashMap<u32, Option<String>>,
-}
-
-/// What changes whenever a file is edited or replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl NameCache {
@@ -94,7 +87,7 @@ impl NameCache {
     }
 
     fn name(&self, id: u32, resolve: impl FnOnce(u32) -> Option<String>) -> Option<String> {
-        let Some(stamp) = stamp_of(self.file) else {
+        let Ok(stamp) = FileStamp::of(Path::new(self.file)) else {
             return resolve(id);
         };
         {
@@ -114,8 +107,9 @@ impl NameCache {
         // Outside the lock: NSS may be slow (a remote directory).
         let name = resolve(id);
         let mut state = self.lock();
-        // Kept only if the file did not change while resolving.
-        if state.stamp == Some(stamp) && stamp_of(self.file) == Some(stamp) {
+        // Kept under the stamp taken before resolving: if the file changed
+        // meanwhile, the next lookup sees another stamp and forgets it.
+        if state.stamp == Some(stamp) {
             state.names.insert(id, name.clone());
         }
         name
@@ -125,17 +119,6 @@ impl NameCache {
         // Every update leaves the state consistent.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-}
-
-fn stamp_of(path: &str) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        size: meta.size(),
-        mtime: (meta.mtime(), meta.mtime_nsec()),
-        ctime: (meta.ctime(), meta.ctime_nsec()),
-    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::exe_hash::{Digest256, ExeHasher, FileId};
 /// The most read of a `/proc` file other than `cgroup`: `status` is about
 /// 1.5 KiB, but lists every supplementary group (up to 65,536 of them).
 const MAX_PROC_FILE: usize = 1024 * 1024;
-/// Bytes asked of the kernel per read.
+/// The buffer a `/proc` read starts with.
 const PROC_READ_CHUNK: usize = 4096;
 
 /// `/proc/<pid>` opened as a directory.
@@ -192,34 +192,21 @@ impl ProcDir {
     }
 
     /// Reads at most `limit` bytes of a `/proc` file. procfs reports no
-    /// size, so `read_to_string` would stat, seek and grow its buffer from
-    /// 32 bytes (eight reads for `status`): a page-sized buffer takes these
-    /// small files in one read plus the one that sees the end.
+    /// size, so `File::read_to_string` would stat, seek and grow its buffer
+    /// from 32 bytes (eight reads for `status`): read through `take` into a
+    /// page-sized buffer, these small files take one read plus the one that
+    /// sees the end.
     fn read_bounded(&self, name: &str, what: &'static str, limit: usize) -> Result<String, AttestError> {
         let io_error = |source| AttestError::Proc {
             pid: self.pid,
             what,
             source,
         };
-        let mut file = self.open_file(name, what)?;
         let mut bytes = Vec::with_capacity(PROC_READ_CHUNK.min(limit));
-        while bytes.len() < limit {
-            if bytes.len() == bytes.capacity() {
-                bytes.reserve(PROC_READ_CHUNK.min(limit - bytes.len()));
-            }
-            let filled = bytes.len();
-            let room = (bytes.capacity() - filled).min(limit - filled);
-            bytes.resize(filled + room, 0);
-            match file.read(&mut bytes[filled..]) {
-                Ok(0) => {
-                    bytes.truncate(filled);
-                    break;
-                }
-                Ok(n) => bytes.truncate(filled + n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => bytes.truncate(filled),
-                Err(e) => return Err(io_error(e)),
-            }
-        }
+        self.open_file(name, what)?
+            .take(limit as u64)
+            .read_to_end(&mut bytes)
+            .map_err(io_error)?;
         String::from_utf8(bytes)
             .map_err(|e| io_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
     }

@@ -12,7 +12,6 @@
 //! and its content compared by digest (and parsed only if that differs).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,6 +21,7 @@ use sha2::{Digest, Sha256};
 use super::Entry;
 use super::load::{Shared, resolve};
 use crate::config::{self, Config, ConfigError, SvidConfig};
+use crate::file_stamp::FileStamp;
 use crate::spiffe_id::TrustDomain;
 
 /// How long before a stamp was taken the file must have last changed for
@@ -43,7 +43,7 @@ pub struct EntryFiles {
 
 #[derive(Debug)]
 struct ReadFile {
-    stamp: Stamp,
+    stamp: FileStamp,
     /// Whether `stamp` alone shows the file unchanged.
     settled: bool,
     /// SHA-256 of the text the entries were parsed from.
@@ -51,43 +51,13 @@ struct ReadFile {
     entries: Vec<Arc<Entry>>,
 }
 
-/// What `stat(2)` says about a file's identity and last change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(path: &Path) -> Result<Self, ConfigError> {
-        let meta = std::fs::metadata(path).map_err(|e| read_error(path, &e))?;
-        Ok(Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        })
-    }
-
-    /// Whether any later change to the file must show in its stamp: its
-    /// last change is [`SETTLED`] before `taken` (when the stamp was taken).
-    fn settled(&self, taken: SystemTime) -> bool {
-        let (seconds, nanos) = self.ctime;
-        let changed = match u64::try_from(seconds) {
-            Ok(seconds) => {
-                SystemTime::UNIX_EPOCH + Duration::new(seconds, nanos.clamp(0, 999_999_999) as u32)
-            }
-            // Changed before 1970: a clock gone wrong; trust nothing.
-            Err(_) => return false,
-        };
-        changed
-            .checked_add(SETTLED)
-            .is_some_and(|settled_at| settled_at < taken)
-    }
+/// Whether any later change to the file must show in its stamp: its last
+/// change is [`SETTLED`] before `taken` (when the stamp was taken).
+fn is_settled(stamp: &FileStamp, taken: SystemTime) -> bool {
+    stamp
+        .changed_at()
+        .and_then(|changed| changed.checked_add(SETTLED))
+        .is_some_and(|settled_at| settled_at < taken)
 }
 
 impl EntryFiles {
@@ -106,7 +76,7 @@ impl EntryFiles {
         self.files.retain(|path, _| paths.binary_search(path).is_ok());
         for path in paths {
             let taken = SystemTime::now();
-            let stamp = Stamp::of(&path)?;
+            let stamp = FileStamp::of(&path).map_err(|e| read_error(&path, &e))?;
             if let Some(file) = self.files.get(&path)
                 && file.settled
                 && file.stamp == stamp
@@ -115,7 +85,7 @@ impl EntryFiles {
             }
             let text = config::read_file(&path)?;
             let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-            let settled = stamp.settled(taken);
+            let settled = is_settled(&stamp, taken);
             if let Some(file) = self.files.get_mut(&path)
                 && file.digest == digest
             {
@@ -203,9 +173,9 @@ fn read_error(path: &Path, e: &std::io::Error) -> ConfigError {
 mod tests {
     use super::*;
 
-    fn changed_at(time: SystemTime) -> Stamp {
+    fn changed_at(time: SystemTime) -> FileStamp {
         let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-        Stamp {
+        FileStamp {
             dev: 1,
             ino: 2,
             size: 3,
@@ -217,18 +187,18 @@ mod tests {
     #[test]
     fn a_stamp_is_trusted_only_once_the_file_changed_well_before_it_was_taken() {
         let now = SystemTime::now();
-        assert!(changed_at(now - Duration::from_secs(3)).settled(now));
-        assert!(!changed_at(now - Duration::from_millis(1500)).settled(now));
-        assert!(!changed_at(now).settled(now));
+        assert!(is_settled(&changed_at(now - Duration::from_secs(3)), now));
+        assert!(!is_settled(&changed_at(now - Duration::from_millis(1500)), now));
+        assert!(!is_settled(&changed_at(now), now));
         assert!(
-            !changed_at(now + Duration::from_secs(60)).settled(now),
+            !is_settled(&changed_at(now + Duration::from_secs(60)), now),
             "a change time ahead of the clock"
         );
-        let before_1970 = Stamp {
+        let before_1970 = FileStamp {
             ctime: (-5, 0),
             ..changed_at(now)
         };
-        assert!(!before_1970.settled(now));
+        assert!(!is_settled(&before_1970, now));
     }
 
     #[test]
