@@ -51,6 +51,19 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// should re-read it.
 const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 
+/// The HTTP/2 transport of the Workload API socket, before any layer or
+/// service: what a caller's connection and streams may hold. The
+/// benchmark's tuned floor is built on it too.
+pub fn transport(limits: &LimitsConfig) -> Server {
+    Server::builder()
+        // Advertised to clients; the authority fix enforces it on decode.
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE as u32)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .timeout(REQUEST_TIMEOUT)
+}
+
 /// Where the daemon keeps the SPIFFE bundle document.
 pub fn bundle_file(data_dir: &Path) -> PathBuf {
     data_dir.join("bundle.json")
@@ -153,13 +166,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         // Ends every open stream, so the drain below has an end.
         let _ = shutdown_tx.send(true);
     };
-    let server = Server::builder()
-        // Advertised to clients; the authority fix enforces it on decode.
-        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE as u32)
-        .max_concurrent_streams(config.limits.max_concurrent_streams)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .timeout(REQUEST_TIMEOUT)
+    let server = transport(&config.limits)
         .layer(RequestPermitsLayer(RequestPermits::new(
             config.limits.max_requests_per_uid,
         )))

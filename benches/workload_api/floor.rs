@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use prost::Message as _;
@@ -14,6 +13,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
+use attestd::config::LimitsConfig;
 use attestd::proto::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use attestd::proto::*;
 
@@ -44,19 +44,14 @@ pub fn serve(socket: &Path, dir: &Path, tuned: bool) -> anyhow::Result<()> {
 }
 
 /// Every transport setting of the floor. Untuned: tonic's defaults (the
-/// bare floor). Tuned: the HTTP/2 settings attestd's server sets in
-/// `src/daemon.rs` (`Server::builder()` in `run`), so that a change there
-/// can be told apart from the stack's own cost; keep the two in step.
+/// bare floor). Tuned: attestd's own HTTP/2 transport with its default
+/// limits (`attestd::daemon::transport`), so that a change there can be
+/// told apart from the stack's own cost.
 fn server(tuned: bool) -> Server {
-    if !tuned {
-        return Server::builder();
+    match tuned {
+        true => attestd::daemon::transport(&LimitsConfig::default()),
+        false => Server::builder(),
     }
-    Server::builder()
-        .http2_max_header_list_size(attestd::workload_api::MAX_HEADER_LIST_SIZE as u32)
-        .max_concurrent_streams(16)
-        .initial_stream_window_size(64 * 1024)
-        .initial_connection_window_size(256 * 1024)
-        .timeout(Duration::from_secs(30))
 }
 
 struct Floor {
