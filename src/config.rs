@@ -105,6 +105,8 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// The AuthZEN-shaped decision front (`[authz]`).
     pub authz: AuthzConfig,
+    /// Envoy SDS names (`[sds]`).
+    pub sds: SdsConfig,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -186,6 +188,35 @@ pub struct AuthzConfig {
     /// Unix socket it listens on (created 0777, like the Workload API
     /// socket: every caller is attested); off if unset.
     pub listen: Option<PathBuf>,
+}
+
+/// `[sds]`: Envoy SDS on the Workload API socket. The names Envoy asks
+/// for besides SPIFFE IDs and trust domain IDs; SPIRE agent's defaults, so
+/// Envoy configurations written for it work unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SdsConfig {
+    /// The caller's first identity.
+    pub default_svid_name: String,
+    /// The trust domain's own bundle.
+    pub default_bundle_name: String,
+    /// Every bundle the caller may use (SPIFFE certificate validator only).
+    pub default_all_bundles_name: String,
+    /// Serve bundles as a plain `trusted_ca` instead of Envoy's SPIFFE
+    /// certificate validator (a node may also ask with its metadata key
+    /// `disable_spiffe_cert_validation`).
+    pub disable_spiffe_cert_validation: bool,
+}
+
+impl Default for SdsConfig {
+    fn default() -> Self {
+        Self {
+            default_svid_name: "default".into(),
+            default_bundle_name: "ROOTCA".into(),
+            default_all_bundles_name: "ALL".into(),
+            disable_spiffe_cert_validation: false,
+        }
+    }
 }
 
 /// What an entry allows its workload to do with tasks (`tasks = {...}`).
@@ -405,6 +436,7 @@ struct RawConfig {
     policy_dir: Option<PathBuf>,
     #[serde(default)]
     authz: AuthzConfig,
+    sds: Option<Spanned<SdsConfig>>,
     #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
@@ -509,6 +541,7 @@ impl Config {
         let limits = source.limits(raw.limits, raw.max_connections_per_uid)?;
         let entries = source.entries(raw.entry, &trust_domain)?;
         let denial_limit = source.denial_limit(&raw.audit)?;
+        let sds = source.sds(raw.sds)?;
         Ok(Self {
             source: path.to_owned(),
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
@@ -532,6 +565,7 @@ impl Config {
             entries,
             policy_dir: raw.policy_dir,
             authz: raw.authz,
+            sds,
         })
     }
 
@@ -549,6 +583,7 @@ impl Config {
             self.attestation,
             self.health,
             self.authz.clone(),
+            self.sds.clone(),
             self.policy_dir.clone(),
         )
     }
@@ -765,6 +800,36 @@ impl<'a> SourceFile<'a> {
 
     /// The metrics may describe every workload on the host: only loopback
     /// addresses are accepted.
+    /// `[sds]`: its names must tell resources apart: non-empty, distinct,
+    /// and never mistaken for a SPIFFE ID or trust domain ID.
+    fn sds(&self, raw: Option<Spanned<SdsConfig>>) -> Result<SdsConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(SdsConfig::default());
+        };
+        let span = raw.span();
+        let sds = raw.into_inner();
+        let names = [
+            ("sds.default_svid_name", &sds.default_svid_name),
+            ("sds.default_bundle_name", &sds.default_bundle_name),
+            ("sds.default_all_bundles_name", &sds.default_all_bundles_name),
+        ];
+        for (i, (key, name)) in names.iter().enumerate() {
+            let problem = if name.is_empty() {
+                Some("must not be empty")
+            } else if name.starts_with("spiffe://") {
+                Some("must not be a SPIFFE ID (those name identities and trust domains)")
+            } else if names[..i].iter().any(|(_, other)| other == name) {
+                Some("must differ from the other SDS names")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(self.error(&span, (*key).to_owned(), problem));
+            }
+        }
+        Ok(sds)
+    }
+
     fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
         let Some(listen) = raw.listen else {
             return Ok(HealthConfig::default());

@@ -21,6 +21,7 @@ use crate::proto::agent::authorization_server::AuthorizationServer;
 use crate::proto::agent::tasks_server::TasksServer;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::registry::{self, EntryFiles, Policy, Registry};
+use crate::sds::{SecretDiscovery, SecretDiscoveryServiceServer};
 use crate::svid_cache::SvidCache;
 use crate::tasks::{TaskError, TaskRegistry};
 use crate::telemetry::{HealthError, Readiness, notify_ready, notify_stopping, run_watchdog, serve_health};
@@ -180,6 +181,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         )
         .add_service(
             AuthorizationServer::new(AuthorizationApi::new(Arc::clone(&ctx)))
+                .max_decoding_message_size(MAX_REQUEST_MESSAGE),
+        )
+        // Envoy SDS v3, for an Envoy beside a workload.
+        .add_service(
+            SecretDiscoveryServiceServer::new(SecretDiscovery::new(Arc::clone(&ctx), config.sds.clone()))
                 .max_decoding_message_size(MAX_REQUEST_MESSAGE),
         )
         .serve_with_incoming_shutdown(

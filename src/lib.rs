@@ -29,6 +29,7 @@ pub mod helper;
 pub mod policy_check;
 pub mod proto;
 pub mod registry;
+pub mod sds;
 pub mod selector;
 pub mod spiffe_id;
 pub mod svid_cache;

@@ -134,7 +134,7 @@ type X509BundlesStream = BoxStream<'static, Result<X509BundlesResponse, Status>>
 type JwtBundlesStream = BoxStream<'static, Result<JwtBundlesResponse, Status>>;
 
 /// Counts the outcome of an RPC by its gRPC code and wraps the answer.
-pub(super) fn observe<T>(rpc: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
+pub(crate) fn observe<T>(rpc: &str, result: Result<T, Status>) -> Result<Response<T>, Status> {
     let code = result.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
     metrics().request(rpc, code);
     result.map(Response::new)
@@ -148,7 +148,7 @@ fn wit_not_offered<T, R>(request: &Request<T>) -> Result<R, Status> {
 }
 
 /// The pinned peer tonic attached to the request's connection.
-pub(super) fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
+pub(crate) fn peer_of<T>(request: &Request<T>) -> Result<PeerInfo, Status> {
     request
         .extensions()
         .get::<PeerInfo>()

@@ -14,35 +14,17 @@ use futures::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 use tonic::Status;
 
-use super::admission::{self, Refusal};
 use super::caller::{Caller, rpc};
+use super::caller_watch::{CallerWatch, Credentials};
 use super::{Context, status};
-use crate::audit::{Outcome, Record};
-use crate::authority::{SvidTemplate, X509Bundle};
 use crate::proto::{X509svid, X509svidResponse};
-use crate::registry::{EntryId, Policy, owner_clock};
-use crate::svid_cache::SvidReceiver;
 use crate::telemetry::metrics;
 
-/// What woke a waiting stream.
-enum Wake {
-    /// One of the caller's SVIDs rotated, or the bundle changed.
-    Credentials,
-    /// The policy was swapped.
-    Policy,
-    /// The term of one of the caller's entries' owners ended.
-    OwnerTerm,
-    /// A source the stream watched is gone (its SVID was re-minted into a
-    /// new slot): the client must reconnect to get the current one.
-    SourceClosed,
-    Shutdown,
-}
-
 /// Counts an open stream in the metrics for as long as it lives.
-struct OpenStream;
+pub(crate) struct OpenStream;
 
 impl OpenStream {
-    fn new() -> Self {
+    pub fn new() -> Self {
         metrics().streams(1);
         Self
     }
@@ -56,45 +38,26 @@ impl Drop for OpenStream {
 
 struct X509Watch {
     _open: OpenStream,
-    ctx: Arc<Context>,
-    caller: Caller,
-    /// One per entry of `caller`, in the same order.
-    svids: Vec<(SvidTemplate, SvidReceiver)>,
-    bundle: watch::Receiver<Arc<X509Bundle>>,
-    policy: watch::Receiver<Arc<Policy>>,
-    shutdown: watch::Receiver<bool>,
+    credentials: CallerWatch,
     first: bool,
     done: bool,
 }
 
 /// The `FetchX509SVID` stream. Mints (or reuses) the caller's SVIDs and
 /// builds the first message before returning, so a failure is the RPC's
-/// status rather than a broken stream. Before every later message the caller
-/// is admitted again (still alive, still the same executable, still
-/// entitled), so a process that exits, exec's or setuid's, or whose entries
-/// are removed or their owners' terms end, loses its identities: the stream
-/// ends with PermissionDenied.
+/// status rather than a broken stream. Every later message follows a
+/// change of the caller's credentials, after which the caller was admitted
+/// again (see [`CallerWatch`]).
 pub(super) fn x509_svids(
     ctx: Arc<Context>,
     caller: Caller,
 ) -> Result<BoxStream<'static, Result<X509svidResponse, Status>>, Status> {
     let mut watch = X509Watch {
         _open: OpenStream::new(),
-        bundle: ctx.authority.subscribe_bundle(),
-        policy: ctx.registry.subscribe(),
-        shutdown: ctx.shutdown.clone(),
-        svids: Vec::new(),
-        ctx,
-        caller,
+        credentials: CallerWatch::new(ctx, caller, rpc::FETCH_X509_SVID)?,
         first: true,
         done: false,
     };
-    // A policy swapped in after the caller's admission took its snapshot
-    // is one the caller has not been matched against yet.
-    if !Arc::ptr_eq(&watch.policy.borrow(), &watch.caller.policy) {
-        watch.policy.mark_changed();
-    }
-    watch.follow_entries()?;
     let first = watch.respond()?;
     let rest = stream::unfold(watch, |mut watch| async move {
         if watch.done {
@@ -110,130 +73,33 @@ pub(super) fn x509_svids(
 impl X509Watch {
     /// Waits for the next change worth a message and builds it.
     async fn next_message(&mut self) -> Result<X509svidResponse, Status> {
-        loop {
-            match self.next_change().await {
-                Wake::Credentials => {
-                    self.recheck().await?;
-                    return self.respond();
-                }
-                Wake::Policy | Wake::OwnerTerm => {
-                    if self.recheck().await? {
-                        return self.respond();
-                    }
-                }
-                Wake::SourceClosed => return Err(status::reissuing()),
-                Wake::Shutdown => return Err(status::shutting_down()),
-            }
-        }
-    }
-
-    /// Waits until an SVID, the bundle or the policy changes, an owner's
-    /// term ends, or shutdown.
-    async fn next_change(&mut self) -> Wake {
-        let owner_expiry = self.caller.owner_expiry();
-        let term_ends = async {
-            match owner_expiry {
-                Some(end) => owner_clock::sleep_until(end).await,
-                None => futures::future::pending().await,
-            }
-        };
-        let any_svid = async {
-            if self.svids.is_empty() {
-                return futures::future::pending().await;
-            }
-            let changes = self.svids.iter_mut().map(|(_, rx)| Box::pin(rx.changed()));
-            futures::future::select_all(changes).await.0
-        };
-        let (wake, result) = tokio::select! {
-            result = any_svid => (Wake::Credentials, result.is_ok()),
-            result = self.bundle.changed() => (Wake::Credentials, result.is_ok()),
-            result = self.policy.changed() => (Wake::Policy, result.is_ok()),
-            () = term_ends => (Wake::OwnerTerm, true),
-            _ = self.shutdown.wait_for(|stopping| *stopping) => (Wake::Shutdown, true),
-        };
-        if result { wake } else { Wake::SourceClosed }
-    }
-
-    /// Admits the caller again; returns whether its entries, or the SVIDs
-    /// they call for (a renewed owner's term, new DNS names or lifetime),
-    /// changed.
-    async fn recheck(&mut self) -> Result<bool, Status> {
-        self.policy.borrow_and_update();
-        let peer = self.caller.peer.clone();
-        let caller = admission::admit(&self.ctx, &peer, rpc::FETCH_X509_SVID)
-            .await
-            .map_err(Refusal::stream_end)?;
-        let before: Vec<EntryId> = self.caller.entries.iter().map(|e| e.id).collect();
-        let after: Vec<EntryId> = caller.entries.iter().map(|e| e.id).collect();
-        let changed = before != after;
-        self.caller = caller;
-        let resubscribed = self.follow_entries()?;
-        Ok(changed || resubscribed)
-    }
-
-    /// Subscribes to the SVID of each of the caller's entries, keeping the
-    /// subscriptions it already has; returns whether it made a new one.
-    fn follow_entries(&mut self) -> Result<bool, Status> {
-        let mut subscribed = false;
-        self.caller.entries = self.caller.entries_with_unique_hints();
-        let mut previous = std::mem::take(&mut self.svids);
-        for entry in &self.caller.entries {
-            let template = SvidTemplate {
-                spiffe_id: entry.spiffe_id.clone(),
-                dns_names: entry.dns_names.clone(),
-                ttl: entry.x509_ttl,
-                // An SVID never outlives its owner's term.
-                valid_until: entry.owner_expiry().map(owner_clock::to_wall),
-            };
-            let receiver = match previous.iter().position(|(t, _)| *t == template) {
-                Some(i) => previous.swap_remove(i).1,
-                None => {
-                    subscribed = true;
-                    self.ctx
-                        .cache
-                        .subscribe(&template)
-                        .map_err(|e| status::minting(&e))?
-                }
-            };
-            self.svids.push((template, receiver));
-        }
-        Ok(subscribed)
+        self.credentials.changed().await?;
+        self.respond()
     }
 
     /// The full state now; audited before it is handed out.
     fn respond(&mut self) -> Result<X509svidResponse, Status> {
-        let bundle = self.bundle.borrow_and_update().concatenated_der();
+        let Credentials { identities, bundle } = self.credentials.current();
+        let bundle = bundle.concatenated_der();
         let reason = if self.first {
             "fetched"
         } else {
             "pushed on rotation or bundle change"
         };
         self.first = false;
-        let mut svids = Vec::with_capacity(self.svids.len());
-        let mut records = Vec::with_capacity(self.svids.len());
-        for (entry, (_, receiver)) in self.caller.entries.iter().zip(&mut self.svids) {
-            let svid = Arc::clone(&receiver.borrow_and_update());
-            records.push(
-                Record::new(
-                    rpc::FETCH_X509_SVID,
-                    Outcome::Issued,
-                    reason,
-                    Some(&self.caller.workload),
-                )
-                .with_entry(entry)
-                .with_credential(&svid.serial, svid.not_after),
-            );
-            svids.push(X509svid {
+        self.credentials.audit_issued(reason, &identities)?;
+        let svids: Vec<X509svid> = identities
+            .iter()
+            .map(|(entry, svid)| X509svid {
                 spiffe_id: svid.spiffe_id.to_string(),
                 x509_svid: svid.chain_der(),
                 x509_svid_key: svid.private_key_pkcs8.clone(),
                 bundle: bundle.clone(),
                 hint: entry.hint.clone().unwrap_or_default(),
-            });
-        }
-        self.ctx.audit.write(&records).map_err(|e| status::audit(&e))?;
+            })
+            .collect();
         tracing::debug!(
-            pid = self.caller.workload.pid,
+            pid = self.credentials.caller().workload.pid,
             count = svids.len(),
             "sent X.509-SVIDs"
         );

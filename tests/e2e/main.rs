@@ -28,6 +28,7 @@ mod py_interop;
 mod restart;
 mod robustness;
 mod rotation;
+mod sds;
 mod security_header;
 mod systemd_unit;
 mod tasks;
