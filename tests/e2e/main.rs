@@ -13,6 +13,7 @@ mod bundle_show;
 mod ca;
 mod config_errors;
 mod container;
+mod envoy;
 mod examples;
 mod exhaustion;
 mod forgery;
