@@ -1128,6 +1128,32 @@ owner = "team@example.org"
     }
 
     #[test]
+    fn sds_names_default_to_spires_and_must_tell_resources_apart() {
+        let defaults = parse("trust_domain = \"example.org\"\n").unwrap();
+        assert_eq!(defaults.sds, SdsConfig::default());
+        assert_eq!(defaults.sds.default_all_bundles_name, "ALL");
+        let renamed = parse("trust_domain = \"example.org\"\n[sds]\ndefault_svid_name = \"mine\"\n").unwrap();
+        assert_eq!(renamed.sds.default_svid_name, "mine");
+        assert_eq!(renamed.sds.default_bundle_name, "ROOTCA");
+        for (body, key) in [
+            ("default_svid_name = \"\"", "sds.default_svid_name"),
+            (
+                "default_bundle_name = \"spiffe://example.org\"",
+                "sds.default_bundle_name",
+            ),
+            (
+                "default_all_bundles_name = \"default\"",
+                "sds.default_all_bundles_name",
+            ),
+        ] {
+            let err = parse(&format!("trust_domain = \"example.org\"\n[sds]\n{body}\n")).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some(key), "{err}");
+            assert_eq!(err.line, Some(2), "the [sds] table: {err}");
+        }
+        assert!(parse("trust_domain = \"example.org\"\n[sds]\nunknown = 1\n").is_err());
+    }
+
+    #[test]
     fn health_listener_must_be_loopback() {
         let ok = parse("trust_domain = \"example.org\"\n[health]\nlisten = \"127.0.0.1:9090\"\n").unwrap();
         assert_eq!(ok.health.listen, Some("127.0.0.1:9090".parse().unwrap()));
