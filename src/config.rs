@@ -22,7 +22,8 @@ use toml::Spanned;
 mod federation;
 
 pub use federation::{
-    BundleEndpointConfig, DEFAULT_REFRESH_HINT, EndpointConfig, EndpointProfile, FederationConfig, ServingProfile,
+    BundleEndpointConfig, DEFAULT_REFRESH_HINT, EndpointConfig, EndpointProfile, FederationConfig,
+    ServingProfile,
 };
 
 use crate::audit::{DenialLimit, OnAuditFailure, Rotation};

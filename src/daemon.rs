@@ -14,7 +14,9 @@ use tonic::transport::Server;
 
 use crate::attest::Attestor;
 use crate::audit::{AuditError, AuditLog};
-use crate::authority::{Authority, AuthorityError, BundleDocument, maintain_bundle_file, publish_bundle_document};
+use crate::authority::{
+    Authority, AuthorityError, BundleDocument, maintain_bundle_file, publish_bundle_document,
+};
 use crate::authz::{self, Authz, AuthzError, PolicyBook};
 use crate::config::{Config, ConfigError, DEFAULT_REFRESH_HINT, LimitsConfig};
 use crate::federation::{EndpointServerError, Federation, FederationError, serve_bundle_endpoint};
@@ -241,7 +243,10 @@ fn start_services(
         .as_ref()
         .map_or(DEFAULT_REFRESH_HINT, |endpoint| endpoint.refresh_hint);
     let documents = publish_bundle_document(&authority, refresh_hint);
-    tokio::spawn(maintain_bundle_file(documents.clone(), bundle_file(&config.data_dir)));
+    tokio::spawn(maintain_bundle_file(
+        documents.clone(),
+        bundle_file(&config.data_dir),
+    ));
     let federation = match config.federation.is_empty() {
         true => Federation::none(),
         false => Federation::start(config, &authority)?,

@@ -142,7 +142,9 @@ impl Federation {
         let mut first = FederatedBundles::default();
         for federation in &config.federation {
             if let Some(bundle) = store.initial(federation)? {
-                first.by_domain.insert(federation.trust_domain.clone(), Arc::new(bundle));
+                first
+                    .by_domain
+                    .insert(federation.trust_domain.clone(), Arc::new(bundle));
             }
         }
         let this = Arc::new(Self {

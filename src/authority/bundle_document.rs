@@ -168,7 +168,11 @@ pub fn publish_bundle_document(
                 return;
             }
             let previous = sender.borrow().spiffe_sequence;
-            sender.send_replace(build(&x509.borrow_and_update(), &jwt.borrow_and_update(), previous));
+            sender.send_replace(build(
+                &x509.borrow_and_update(),
+                &jwt.borrow_and_update(),
+                previous,
+            ));
         }
     });
     receiver

@@ -272,7 +272,14 @@ impl JwtAuthority {
 
     fn validate_for(&self, token: &str, audience: Option<&str>) -> Result<ValidatedJwt, JwtError> {
         let (algorithm, kid) = check_header(token, Signers::Ours)?;
-        verify(token, audience, algorithm, &kid, &self.trust_domain, &self.bundle())
+        verify(
+            token,
+            audience,
+            algorithm,
+            &kid,
+            &self.trust_domain,
+            &self.bundle(),
+        )
     }
 
     /// Keeps the keys on schedule until the process ends.
@@ -334,7 +341,9 @@ fn verify(
     trust_domain: &TrustDomain,
     bundle: &JwtBundle,
 ) -> Result<ValidatedJwt, JwtError> {
-    let jwk = bundle.find(kid).ok_or_else(|| JwtError::UnknownKey(kid.to_owned()))?;
+    let jwk = bundle
+        .find(kid)
+        .ok_or_else(|| JwtError::UnknownKey(kid.to_owned()))?;
     let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Malformed(e.to_string()))?;
     let mut validation = Validation::new(algorithm);
     validation.leeway = JwtAuthority::VALIDATION_LEEWAY.as_secs();
@@ -473,10 +482,20 @@ mod tests {
             refused(r#"{"alg":"ES256","kid":"k","typ":"xyz"}"#),
             JwtError::BadType(_)
         ));
-        assert!(matches!(check_header("a.b", Signers::Ours), Err(JwtError::Malformed(_))));
-        assert!(matches!(check_header("!!.b.c", Signers::Ours), Err(JwtError::Malformed(_))));
+        assert!(matches!(
+            check_header("a.b", Signers::Ours),
+            Err(JwtError::Malformed(_))
+        ));
+        assert!(matches!(
+            check_header("!!.b.c", Signers::Ours),
+            Err(JwtError::Malformed(_))
+        ));
         assert_eq!(
-            check_header(&header(r#"{"alg":"ES256","kid":"k","typ":"JOSE"}"#), Signers::Ours).unwrap(),
+            check_header(
+                &header(r#"{"alg":"ES256","kid":"k","typ":"JOSE"}"#),
+                Signers::Ours
+            )
+            .unwrap(),
             (Algorithm::ES256, "k".to_owned())
         );
         assert_eq!(
@@ -484,7 +503,11 @@ mod tests {
             (Algorithm::RS256, "k".to_owned()),
             "a foreign trust domain may sign with RSA"
         );
-        for refused in [r#"{"alg":"HS256","kid":"k"}"#, r#"{"alg":"none","kid":"k"}"#, r#"{"alg":"EdDSA","kid":"k"}"#] {
+        for refused in [
+            r#"{"alg":"HS256","kid":"k"}"#,
+            r#"{"alg":"none","kid":"k"}"#,
+            r#"{"alg":"EdDSA","kid":"k"}"#,
+        ] {
             assert!(matches!(
                 check_header(&header(refused), Signers::Foreign),
                 Err(JwtError::AlgorithmRefused(_))

@@ -149,7 +149,10 @@ impl SourceFile<'_> {
         raw: Vec<Spanned<RawFederation>>,
         own: &TrustDomain,
     ) -> Result<Vec<FederationConfig>, ConfigError> {
-        let names: Vec<TrustDomain> = raw.iter().map(|r| r.get_ref().trust_domain.get_ref().0.clone()).collect();
+        let names: Vec<TrustDomain> = raw
+            .iter()
+            .map(|r| r.get_ref().trust_domain.get_ref().0.clone())
+            .collect();
         let mut configs = Vec::with_capacity(raw.len());
         for (index, spanned) in raw.into_iter().enumerate() {
             let table_span = spanned.span();
@@ -213,8 +216,12 @@ impl SourceFile<'_> {
         let (url, profile) = match (&raw.endpoint_url, &raw.endpoint_profile) {
             (None, None) => {
                 let stray = [
-                    raw.endpoint_spiffe_id.as_ref().map(|s| (s.span(), "endpoint_spiffe_id")),
-                    raw.endpoint_ca_file.as_ref().map(|s| (s.span(), "endpoint_ca_file")),
+                    raw.endpoint_spiffe_id
+                        .as_ref()
+                        .map(|s| (s.span(), "endpoint_spiffe_id")),
+                    raw.endpoint_ca_file
+                        .as_ref()
+                        .map(|s| (s.span(), "endpoint_ca_file")),
                 ];
                 if let Some((span, field)) = stray.into_iter().flatten().next() {
                     return Err(self.error(&span, key(field), "is set but endpoint_url is not"));
@@ -231,10 +238,15 @@ impl SourceFile<'_> {
                 ));
             }
             (None, Some(profile)) => {
-                return Err(self.error(&profile.span(), key("endpoint_url"), "endpoint_profile needs endpoint_url"));
+                return Err(self.error(
+                    &profile.span(),
+                    key("endpoint_url"),
+                    "endpoint_profile needs endpoint_url",
+                ));
             }
         };
-        let uri = parse_https_url(url.get_ref()).map_err(|reason| self.error(&url.span(), key("endpoint_url"), reason))?;
+        let uri = parse_https_url(url.get_ref())
+            .map_err(|reason| self.error(&url.span(), key("endpoint_url"), reason))?;
         let profile = match profile.get_ref().as_str() {
             HTTPS_WEB => {
                 if let Some(id) = &raw.endpoint_spiffe_id {
@@ -264,7 +276,10 @@ impl SourceFile<'_> {
                     ));
                 };
                 let server_domain = id.get_ref().trust_domain();
-                if &server_domain != trust_domain && &server_domain != own && !federated.contains(&server_domain) {
+                if &server_domain != trust_domain
+                    && &server_domain != own
+                    && !federated.contains(&server_domain)
+                {
                     return Err(self.error(
                         &id.span(),
                         key("endpoint_spiffe_id"),
@@ -330,8 +345,15 @@ impl SourceFile<'_> {
                     key_file: key_file.into_inner(),
                 },
                 (cert, key_file) => {
-                    let span = cert.map(|c| c.span()).or(key_file.map(|k| k.span())).unwrap_or(raw.listen.span());
-                    return Err(self.error(&span, "bundle_endpoint".into(), "https_web needs cert_file and key_file"));
+                    let span = cert
+                        .map(|c| c.span())
+                        .or(key_file.map(|k| k.span()))
+                        .unwrap_or(raw.listen.span());
+                    return Err(self.error(
+                        &span,
+                        "bundle_endpoint".into(),
+                        "https_web needs cert_file and key_file",
+                    ));
                 }
             }
         } else {
@@ -379,7 +401,9 @@ impl SourceFile<'_> {
                 return Err(self.error(
                     &domain.span(),
                     format!("entry[{index}].federates_with[{i}]"),
-                    format!("{name} is not a [[federation]] trust domain (add a [[federation]] table for it)"),
+                    format!(
+                        "{name} is not a [[federation]] trust domain (add a [[federation]] table for it)"
+                    ),
                 ));
             }
             domains.push(domain.into_inner().0);
@@ -399,7 +423,9 @@ fn parse_https_url(text: &str) -> Result<http::Uri, String> {
     }
     let authority = uri.authority().ok_or_else(|| format!("{text:?} has no host"))?;
     if authority.as_str().contains('@') {
-        return Err(format!("{text:?} carries userinfo, which a bundle endpoint URL must not"));
+        return Err(format!(
+            "{text:?} carries userinfo, which a bundle endpoint URL must not"
+        ));
     }
     if authority.host().is_empty() {
         return Err(format!("{text:?} has no host"));
@@ -415,7 +441,10 @@ mod tests {
     use crate::config::Config;
 
     fn parse(body: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("f.toml"), &format!("trust_domain = \"example.org\"\n{body}"))
+        Config::parse(
+            Path::new("f.toml"),
+            &format!("trust_domain = \"example.org\"\n{body}"),
+        )
     }
 
     fn error(body: &str) -> (Option<usize>, String, String) {
@@ -457,7 +486,10 @@ mod tests {
         let twice = format!("{WEB}{WEB}");
         let (line, key, message) = error(&twice);
         assert_eq!((line, key.as_str()), (Some(7), "federation[1].trust_domain"));
-        assert!(message.contains("already configured by federation[0]"), "{message}");
+        assert!(
+            message.contains("already configured by federation[0]"),
+            "{message}"
+        );
 
         let (_, key, message) = error("[[federation]]\ntrust_domain = \"partner.example\"\n");
         assert_eq!(key, "federation[0]");
@@ -472,17 +504,35 @@ mod tests {
         assert!(message.contains("userinfo"), "{message}");
 
         let (line, key, message) = error(&WEB.replace("https_web", "https_spiffe"));
-        assert_eq!((line, key.as_str()), (Some(5), "federation[0].endpoint_spiffe_id"));
-        assert!(message.contains("needs the endpoint server's SPIFFE ID"), "{message}");
+        assert_eq!(
+            (line, key.as_str()),
+            (Some(5), "federation[0].endpoint_spiffe_id")
+        );
+        assert!(
+            message.contains("needs the endpoint server's SPIFFE ID"),
+            "{message}"
+        );
 
-        let self_serving = format!("{}endpoint_spiffe_id = \"spiffe://partner.example/server\"\n", WEB.replace("https_web", "https_spiffe"));
+        let self_serving = format!(
+            "{}endpoint_spiffe_id = \"spiffe://partner.example/server\"\n",
+            WEB.replace("https_web", "https_spiffe")
+        );
         let (_, key, message) = error(&self_serving);
         assert_eq!(key, "federation[0].bundle_file");
-        assert!(message.contains("bootstrap") || message.contains("first fetch"), "{message}");
+        assert!(
+            message.contains("bootstrap") || message.contains("first fetch"),
+            "{message}"
+        );
 
-        let unknown_domain = format!("{}endpoint_spiffe_id = \"spiffe://third.example/server\"\n", WEB.replace("https_web", "https_spiffe"));
+        let unknown_domain = format!(
+            "{}endpoint_spiffe_id = \"spiffe://third.example/server\"\n",
+            WEB.replace("https_web", "https_spiffe")
+        );
         let (line, key, _) = error(&unknown_domain);
-        assert_eq!((line, key.as_str()), (Some(6), "federation[0].endpoint_spiffe_id"));
+        assert_eq!(
+            (line, key.as_str()),
+            (Some(6), "federation[0].endpoint_spiffe_id")
+        );
 
         let (_, key, message) = error(&WEB.replace("https_web", "https"));
         assert_eq!(key, "federation[0].endpoint_profile");
@@ -496,11 +546,22 @@ mod tests {
     #[test]
     fn federates_with_must_name_a_federation() {
         let entry = "[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\nowner = \"o\"\n";
-        let ok = parse(&format!("{WEB}{entry}federates_with = [\"spiffe://partner.example\", \"partner.example\"]\n")).unwrap();
-        assert_eq!(ok.entries[0].federates_with, [TrustDomain::new("partner.example").unwrap()]);
-        let (line, key, message) = error(&format!("{WEB}{entry}federates_with = [\"partner.example\", \"nobody.example\"]\n"));
+        let ok = parse(&format!(
+            "{WEB}{entry}federates_with = [\"spiffe://partner.example\", \"partner.example\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.entries[0].federates_with,
+            [TrustDomain::new("partner.example").unwrap()]
+        );
+        let (line, key, message) = error(&format!(
+            "{WEB}{entry}federates_with = [\"partner.example\", \"nobody.example\"]\n"
+        ));
         assert_eq!((line, key.as_str()), (Some(10), "entry[0].federates_with[1]"));
-        assert!(message.contains("nobody.example is not a [[federation]] trust domain"), "{message}");
+        assert!(
+            message.contains("nobody.example is not a [[federation]] trust domain"),
+            "{message}"
+        );
         let (_, key, _) = error(&format!("{entry}federates_with = [\"Bad\"]\n"));
         assert_eq!(key, "entry[0].federates_with[0]");
     }
@@ -522,12 +583,29 @@ mod tests {
         assert_eq!(web.refresh_hint, Duration::from_secs(60));
 
         let err = parse("[bundle_endpoint]\nlisten = \"0.0.0.0:8443\"\ncert_file = \"c\"\n").unwrap_err();
-        assert_eq!((err.line, err.key.as_deref()), (Some(4), Some("bundle_endpoint")), "{err}");
-        let err = parse("[bundle_endpoint]\nlisten = \"0.0.0.0:8443\"\nspiffe_id = \"spiffe://other.org/x\"\n").unwrap_err();
-        assert_eq!((err.line, err.key.as_deref()), (Some(4), Some("bundle_endpoint.spiffe_id")), "{err}");
-        let err = parse("[bundle_endpoint]\nlisten = \"0.0.0.0:8443\"\nprofile = \"https_spiffe\"\ncert_file = \"c\"\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("bundle_endpoint")),
+            "{err}"
+        );
+        let err =
+            parse("[bundle_endpoint]\nlisten = \"0.0.0.0:8443\"\nspiffe_id = \"spiffe://other.org/x\"\n")
+                .unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(4), Some("bundle_endpoint.spiffe_id")),
+            "{err}"
+        );
+        let err = parse(
+            "[bundle_endpoint]\nlisten = \"0.0.0.0:8443\"\nprofile = \"https_spiffe\"\ncert_file = \"c\"\n",
+        )
+        .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("bundle_endpoint.profile"), "{err}");
         let err = parse("[bundle_endpoint]\nlisten = \"nowhere\"\n").unwrap_err();
-        assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("bundle_endpoint.listen")), "{err}");
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("bundle_endpoint.listen")),
+            "{err}"
+        );
     }
 }

@@ -71,7 +71,8 @@ impl ForeignBundle {
             return Err(BundleError::TooLarge);
         }
         // Duplicate members of the document are refused by serde.
-        let raw: RawDocument = serde_json::from_slice(bytes).map_err(|e| BundleError::Malformed(e.to_string()))?;
+        let raw: RawDocument =
+            serde_json::from_slice(bytes).map_err(|e| BundleError::Malformed(e.to_string()))?;
         if raw.keys.len() > MAX_KEYS {
             return Err(BundleError::TooManyKeys);
         }
@@ -147,7 +148,7 @@ fn x509_authority(key: &Value) -> Result<Vec<u8>, String> {
         .decode(encoded)
         .map_err(|e| format!("x5c is not base64: {e}"))?;
     match x509_parser::parse_x509_certificate(&der) {
-        Ok((rest, _)) if rest.is_empty() => Ok(der),
+        Ok(([], _)) => Ok(der),
         Ok(_) => Err("x5c has bytes after its certificate".into()),
         Err(e) => Err(format!("x5c is not an X.509 certificate: {e}")),
     }
@@ -183,7 +184,13 @@ mod tests {
     /// A document of attestd's own making: an X.509 and a JWT authority.
     fn own_document() -> String {
         let (_dir, authority) = crate::authority::test_authority();
-        BundleDocument::new(&authority.bundle(), &authority.jwt().bundle(), 7, Duration::from_secs(60)).to_json()
+        BundleDocument::new(
+            &authority.bundle(),
+            &authority.jwt().bundle(),
+            7,
+            Duration::from_secs(60),
+        )
+        .to_json()
     }
 
     fn with_keys(keys: &str) -> Vec<u8> {
@@ -207,13 +214,25 @@ mod tests {
         .unwrap();
         assert!(bundle.x509().roots().is_empty());
         assert!(bundle.jwt().keys().is_empty(), "never a symmetric key");
-        assert!(ForeignBundle::parse(br#"{"keys": []}"#).unwrap().jwt().keys().is_empty());
+        assert!(
+            ForeignBundle::parse(br#"{"keys": []}"#)
+                .unwrap()
+                .jwt()
+                .keys()
+                .is_empty()
+        );
     }
 
     #[test]
     fn malformed_documents_are_refused_with_the_reason() {
-        assert!(matches!(ForeignBundle::parse(b"{}"), Err(BundleError::Malformed(_))));
-        assert!(matches!(ForeignBundle::parse(b"[1]"), Err(BundleError::Malformed(_))));
+        assert!(matches!(
+            ForeignBundle::parse(b"{}"),
+            Err(BundleError::Malformed(_))
+        ));
+        assert!(matches!(
+            ForeignBundle::parse(b"[1]"),
+            Err(BundleError::Malformed(_))
+        ));
         assert!(matches!(
             ForeignBundle::parse(br#"{"keys": [], "keys": []}"#),
             Err(BundleError::Malformed(m)) if m.contains("duplicate")
@@ -227,7 +246,10 @@ mod tests {
             matches!(ForeignBundle::parse(&two), Err(BundleError::BadKey { index: 0, reason }) if reason.contains("exactly one"))
         );
         let junk = with_keys(r#"{"kty": "EC", "use": "x509-svid", "x5c": ["AAAA"]}"#);
-        assert!(matches!(ForeignBundle::parse(&junk), Err(BundleError::BadKey { .. })));
+        assert!(matches!(
+            ForeignBundle::parse(&junk),
+            Err(BundleError::BadKey { .. })
+        ));
         let document: Value = serde_json::from_str(&own_document()).unwrap();
         let mut jwt_key = document["keys"][1].clone();
         jwt_key.as_object_mut().unwrap().remove("kid");

@@ -133,7 +133,8 @@ fn web_roots(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, FetchEr
     let mut store = RootCertStore::empty();
     let certificates: Vec<Vec<u8>> = match ca_file {
         Some(path) => {
-            let text = std::fs::read(path).map_err(|e| FetchError::Roots(format!("{}: {e}", path.display())))?;
+            let text =
+                std::fs::read(path).map_err(|e| FetchError::Roots(format!("{}: {e}", path.display())))?;
             pem::parse_many(&text)
                 .map_err(|e| FetchError::Roots(format!("{}: {e}", path.display())))?
                 .into_iter()
@@ -162,7 +163,9 @@ fn web_roots(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, FetchEr
 /// Connects, authenticates the server and GETs `url`.
 async fn get(url: &Uri, tls: ClientConfig) -> Result<Bytes, FetchError> {
     // Checked https URL with a host when the config was read.
-    let authority = url.authority().ok_or_else(|| FetchError::Http("the URL has no host".into()))?;
+    let authority = url
+        .authority()
+        .ok_or_else(|| FetchError::Http("the URL has no host".into()))?;
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(443);
     let connect_error = |reason: String| FetchError::Connect {

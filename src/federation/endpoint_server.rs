@@ -98,7 +98,11 @@ pub async fn serve_bundle_endpoint(
                 ttl: svid_ttl,
                 valid_until: None,
             };
-            Credentials::Svid(SvidCredentials::subscribe(Arc::clone(cache), template, &provider)?)
+            Credentials::Svid(SvidCredentials::subscribe(
+                Arc::clone(cache),
+                template,
+                &provider,
+            )?)
         }
     };
     let mut tls = ServerConfig::builder_with_provider(provider)
@@ -118,7 +122,9 @@ pub async fn serve_bundle_endpoint(
     Ok(async move {
         loop {
             // Closed never: the semaphore lives as long as this loop.
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
+            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -132,7 +138,9 @@ pub async fn serve_bundle_endpoint(
             let documents = documents.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                match tokio::time::timeout(CONNECTION_LIFETIME, serve_connection(acceptor, tcp, documents)).await {
+                match tokio::time::timeout(CONNECTION_LIFETIME, serve_connection(acceptor, tcp, documents))
+                    .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "bundle endpoint connection failed"),
                     Err(_) => tracing::debug!(%peer, "bundle endpoint connection timed out"),
@@ -169,7 +177,9 @@ fn answer(request: &Request<Incoming>, document: &BundleDocument) -> Response<Fu
     };
     if request.method() != Method::GET {
         let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        response.headers_mut().insert(ALLOW, http::HeaderValue::from_static("GET"));
+        response
+            .headers_mut()
+            .insert(ALLOW, http::HeaderValue::from_static("GET"));
         return response;
     }
     if request.uri().path() != "/" {
@@ -217,7 +227,11 @@ struct FileState {
 }
 
 impl FileCredentials {
-    fn load(cert_file: &Path, key_file: &Path, provider: &Arc<CryptoProvider>) -> Result<Self, EndpointServerError> {
+    fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, EndpointServerError> {
         let stamps = (FileStamp::of(cert_file).ok(), FileStamp::of(key_file).ok());
         let key = read_certified_key(cert_file, key_file, provider)?;
         Ok(Self {
@@ -239,7 +253,10 @@ impl FileCredentials {
         let mut state = lock(&self.state);
         if state.checked.elapsed() >= FILE_CHECK {
             state.checked = Instant::now();
-            let stamps = (FileStamp::of(&self.cert_file).ok(), FileStamp::of(&self.key_file).ok());
+            let stamps = (
+                FileStamp::of(&self.cert_file).ok(),
+                FileStamp::of(&self.key_file).ok(),
+            );
             if stamps != state.stamps {
                 match read_certified_key(&self.cert_file, &self.key_file, &self.provider) {
                     Ok(key) => {
@@ -247,7 +264,9 @@ impl FileCredentials {
                         state.key = key;
                         state.stamps = stamps;
                     }
-                    Err(error) => tracing::error!(%error, "keeping the bundle endpoint's previous certificate"),
+                    Err(error) => {
+                        tracing::error!(%error, "keeping the bundle endpoint's previous certificate")
+                    }
                 }
             }
         }
@@ -357,8 +376,15 @@ impl SvidCredentials {
     }
 }
 
-fn certified_svid(svid: &X509Svid, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, EndpointServerError> {
-    let chain = svid.cert_chain.iter().map(|der| CertificateDer::from(der.clone())).collect();
+fn certified_svid(
+    svid: &X509Svid,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, EndpointServerError> {
+    let chain = svid
+        .cert_chain
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
     let key = PrivateKeyDer::Pkcs8(svid.private_key_pkcs8.clone().into());
     CertifiedKey::from_der(chain, key, provider)
         .map(Arc::new)

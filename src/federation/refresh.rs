@@ -60,7 +60,10 @@ impl Store {
 
     /// The bundle to start from: the newer (by modification time) of the
     /// `bundle_file`, which must be valid, and the copy last fetched.
-    pub(super) fn initial(&self, federation: &FederationConfig) -> Result<Option<ForeignBundle>, FederationError> {
+    pub(super) fn initial(
+        &self,
+        federation: &FederationConfig,
+    ) -> Result<Option<ForeignBundle>, FederationError> {
         let td = &federation.trust_domain;
         let from_file = match &federation.bundle_file {
             Some(path) => {
@@ -216,6 +219,8 @@ struct Poll {
     retry: Duration,
     /// The interval between good fetches (from the last bundle's hint).
     interval: Duration,
+    /// The document last kept in the store.
+    saved: Option<bytes::Bytes>,
 }
 
 impl Poll {
@@ -224,10 +229,17 @@ impl Poll {
             next: Instant::now(),
             retry: FIRST_RETRY,
             interval: DEFAULT_REFRESH_HINT,
+            saved: None,
         }
     }
 
-    fn after(&mut self, outcome: Result<(ForeignBundle, bytes::Bytes), PollError>, this: &Federation, td: &TrustDomain, store: &Store) {
+    fn after(
+        &mut self,
+        outcome: Result<(ForeignBundle, bytes::Bytes), PollError>,
+        this: &Federation,
+        td: &TrustDomain,
+        store: &Store,
+    ) {
         match outcome {
             Ok((bundle, document)) => {
                 self.interval = bundle
@@ -235,8 +247,10 @@ impl Poll {
                     .unwrap_or(DEFAULT_REFRESH_HINT)
                     .clamp(MIN_REFRESH, MAX_REFRESH);
                 tracing::debug!(trust_domain = %td, next_in_s = self.interval.as_secs(), "fetched federated bundle");
-                if this.update(td, bundle, "bundle endpoint") {
+                this.update(td, bundle, "bundle endpoint");
+                if self.saved.as_ref() != Some(&document) {
                     store.save(td, &document);
+                    self.saved = Some(document);
                 }
                 self.retry = FIRST_RETRY;
                 self.next = Instant::now() + self.interval;

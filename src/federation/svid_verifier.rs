@@ -38,7 +38,10 @@ impl SvidVerifier {
     /// A verifier for `expected` under the CA certificates `roots` (DER).
     pub(super) fn new(roots: &[Vec<u8>], expected: SpiffeId, provider: &CryptoProvider) -> Self {
         Self {
-            roots: roots.iter().map(|der| CertificateDer::from(der.clone())).collect(),
+            roots: roots
+                .iter()
+                .map(|der| CertificateDer::from(der.clone()))
+                .collect(),
             expected,
             algorithms: provider.signature_verification_algorithms,
         }

@@ -58,7 +58,10 @@ fn refuse_out_of_bounds(config: &Config, entries: &[Arc<Entry>]) -> Result<(), C
         if endpoint_id == Some(&entry.spiffe_id) {
             return Err(error(
                 "spiffe_id",
-                format!("{} is the bundle endpoint's own identity: no entry may grant it", entry.spiffe_id),
+                format!(
+                    "{} is the bundle endpoint's own identity: no entry may grant it",
+                    entry.spiffe_id
+                ),
             ));
         }
     }

@@ -309,14 +309,17 @@ fn rejected_record(workload: &Workload, error: &Rejection, token: &str) -> Recor
 /// The trust domain a token's `sub` claims, read without verification,
 /// if it is not ours: which bundle to verify it with.
 fn foreign_trust_domain(ctx: &Context, token: &str) -> Option<TrustDomain> {
-    let claims: serde_json::Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+    let claims: serde_json::Map<String, Value> =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
     let sub = SpiffeId::new(claims.get("sub")?.as_str()?).ok()?;
     (!sub.belongs_to(ctx.authority.trust_domain())).then(|| sub.trust_domain())
 }
 
 /// A foreign token's claims as returned: `sub`, `aud` and `exp` only.
 fn only_registered_claims(mut valid: ValidatedJwt) -> ValidatedJwt {
-    valid.claims.retain(|name, _| matches!(name.as_str(), "sub" | "aud" | "exp"));
+    valid
+        .claims
+        .retain(|name, _| matches!(name.as_str(), "sub" | "aud" | "exp"));
     valid
 }
 

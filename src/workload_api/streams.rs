@@ -220,7 +220,9 @@ impl X509Watch {
 
     /// The foreign bundles the caller's entries federate with, now.
     fn federated_now(&mut self) -> CallerBundles {
-        self.federation.borrow_and_update().for_entries(&self.caller.entries)
+        self.federation
+            .borrow_and_update()
+            .for_entries(&self.caller.entries)
     }
 
     /// The full state now; audited before it is handed out.
@@ -329,10 +331,9 @@ where
             }
             let own = Arc::clone(&watch.own.borrow_and_update());
             let federated = watch.federation.borrow_and_update().for_entries(&watch.entries);
-            let unchanged = watch
-                .sent
-                .as_ref()
-                .is_some_and(|(sent, sent_federated)| Arc::ptr_eq(sent, &own) && sent_federated.same_as(&federated));
+            let unchanged = watch.sent.as_ref().is_some_and(|(sent, sent_federated)| {
+                Arc::ptr_eq(sent, &own) && sent_federated.same_as(&federated)
+            });
             if !unchanged {
                 watch.sent = Some((Arc::clone(&own), federated.clone()));
                 return Some((Ok((own, federated)), Some(watch)));

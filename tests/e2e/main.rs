@@ -15,6 +15,7 @@ mod config_errors;
 mod container;
 mod examples;
 mod exhaustion;
+mod federation;
 mod forgery;
 mod gateway;
 mod go_interop;
