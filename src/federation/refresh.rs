@@ -324,3 +324,59 @@ impl WatchedFile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(hint: Option<u64>) -> (ForeignBundle, bytes::Bytes) {
+        let document = match hint {
+            Some(hint) => format!(r#"{{"keys": [], "spiffe_refresh_hint": {hint}}}"#),
+            None => r#"{"keys": []}"#.to_owned(),
+        };
+        (
+            ForeignBundle::parse(document.as_bytes()).unwrap(),
+            document.into(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_hint_is_bounded_and_failures_back_off_up_to_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let this = Federation::none();
+        let td = TrustDomain::new("partner.example").unwrap();
+        let mut poll = Poll::new();
+        let failed = || Err(PollError::Fetch(FetchError::Timeout));
+
+        for (hint, interval) in [
+            (Some(0), MIN_REFRESH),
+            (Some(10 * 86400), MAX_REFRESH),
+            (None, DEFAULT_REFRESH_HINT),
+            (Some(60), Duration::from_secs(60)),
+        ] {
+            poll.after(Ok(bundle(hint)), &this, &td, &store);
+            assert_eq!(poll.interval, interval, "{hint:?}");
+        }
+        assert!(
+            this.current().get(&td).is_some(),
+            "the fetched bundle is in effect"
+        );
+        assert!(store.path(&td).exists(), "and kept");
+
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let before = Instant::now();
+            poll.after(failed(), &this, &td, &store);
+            waits.push((poll.next - before).as_secs());
+        }
+        assert_eq!(
+            waits,
+            [5, 10, 20, 40, 60, 60],
+            "doubling, never past the refresh interval"
+        );
+        assert!(this.current().get(&td).is_some(), "the last good bundle stays");
+        poll.after(Ok(bundle(Some(60))), &this, &td, &store);
+        assert_eq!(poll.retry, FIRST_RETRY, "a good fetch resets the backoff");
+    }
+}
