@@ -29,8 +29,8 @@ use ca::CaSet;
 use upstream::UpstreamCa;
 
 pub use bundle::X509Bundle;
-pub use bundle_document::{BundleDocument, maintain_bundle_file};
-pub use jwt::{JwtAuthority, JwtBundle, JwtError, JwtSvid, ValidatedJwt};
+pub use bundle_document::{BundleDocument, X509_SVID_USE, maintain_bundle_file, publish_bundle_document};
+pub use jwt::{JwtAuthority, JwtBundle, JwtError, JwtSvid, ValidatedJwt, validate_foreign};
 pub use jwt_keys::JWT_SVID_USE;
 pub use signing_ca::SigningCa;
 pub use upstream::UpstreamFiles;

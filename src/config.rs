@@ -19,6 +19,13 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+mod federation;
+
+pub use federation::{
+    BundleEndpointConfig, DEFAULT_REFRESH_HINT, EndpointConfig, EndpointProfile, FederationConfig,
+    ServingProfile,
+};
+
 use crate::audit::{DenialLimit, OnAuditFailure, Rotation};
 use crate::authority::UpstreamFiles;
 use crate::selector::Selector;
@@ -107,6 +114,10 @@ pub struct Config {
     pub authz: AuthzConfig,
     /// Envoy SDS names (`[sds]`).
     pub sds: SdsConfig,
+    /// Foreign trust domains whose bundles attestd keeps (`[[federation]]`).
+    pub federation: Vec<FederationConfig>,
+    /// Our bundle served to other trust domains (`[bundle_endpoint]`).
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -400,6 +411,9 @@ pub struct EntryConfig {
     pub dns_names: Vec<String>,
     /// Label that tells several identities of one workload apart.
     pub hint: Option<String>,
+    /// Foreign trust domains whose bundles the workload gets (each a
+    /// `[[federation]]` trust domain; sorted, no duplicates).
+    pub federates_with: Vec<TrustDomain>,
     /// The last day (UTC) the owner answers for the workload; from the
     /// next day on the identity is refused.
     pub owner_expires: Option<time::Date>,
@@ -437,6 +451,9 @@ struct RawConfig {
     #[serde(default)]
     authz: AuthzConfig,
     sds: Option<Spanned<SdsConfig>>,
+    #[serde(default)]
+    federation: Vec<Spanned<federation::RawFederation>>,
+    bundle_endpoint: Option<federation::RawBundleEndpoint>,
     #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
@@ -510,6 +527,8 @@ struct RawEntry {
     #[serde(default)]
     dns_names: Vec<Spanned<String>>,
     hint: Option<String>,
+    #[serde(default)]
+    federates_with: Vec<Spanned<federation::NamedTrustDomain>>,
     owner_expires: Option<Spanned<toml::value::Datetime>>,
     tasks: Option<RawTasks>,
     #[serde(default)]
@@ -539,7 +558,10 @@ impl Config {
         let health = source.health(raw.health)?;
         let ca = source.ca(raw.ca)?;
         let limits = source.limits(raw.limits, raw.max_connections_per_uid)?;
-        let entries = source.entries(raw.entry, &trust_domain)?;
+        let federation = source.federation(raw.federation, &trust_domain)?;
+        let bundle_endpoint = source.bundle_endpoint(raw.bundle_endpoint, &trust_domain)?;
+        let federated: Vec<TrustDomain> = federation.iter().map(|f| f.trust_domain.clone()).collect();
+        let entries = source.entries(raw.entry, &trust_domain, &federated)?;
         let denial_limit = source.denial_limit(&raw.audit)?;
         let sds = source.sds(raw.sds)?;
         Ok(Self {
@@ -566,6 +588,8 @@ impl Config {
             policy_dir: raw.policy_dir,
             authz: raw.authz,
             sds,
+            federation,
+            bundle_endpoint,
         })
     }
 
@@ -582,9 +606,9 @@ impl Config {
             self.audit.clone(),
             self.attestation,
             self.health,
-            self.authz.clone(),
-            self.sds.clone(),
+            (self.authz.clone(), self.sds.clone()),
             self.policy_dir.clone(),
+            (self.federation.clone(), self.bundle_endpoint.clone()),
         )
     }
 
@@ -603,15 +627,23 @@ impl Config {
 }
 
 /// The `[[entry]]` tables of one file of `entries_dir`, read from `path`
-/// as `text`.
+/// as `text`, for a daemon of `trust_domain` federating with `federated`.
 pub fn parse_entries_file(
     path: &Path,
     text: &str,
     trust_domain: &TrustDomain,
+    federated: &[TrustDomain],
 ) -> Result<Vec<EntryConfig>, ConfigError> {
     let source = SourceFile::new(path, text);
     let raw: RawEntriesFile = source.deserialize()?;
-    source.entries(raw.entry, trust_domain)
+    source.entries(raw.entry, trust_domain, federated)
+}
+
+impl Config {
+    /// The `[[federation]]` trust domains, in config order.
+    pub fn federated_trust_domains(&self) -> Vec<TrustDomain> {
+        self.federation.iter().map(|f| f.trust_domain.clone()).collect()
+    }
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<String, ConfigError> {
@@ -853,11 +885,12 @@ impl<'a> SourceFile<'a> {
         &self,
         raw: Vec<Spanned<RawEntry>>,
         trust_domain: &TrustDomain,
+        federated: &[TrustDomain],
     ) -> Result<Vec<EntryConfig>, ConfigError> {
         let file: Arc<Path> = Arc::from(self.path);
         raw.into_iter()
             .enumerate()
-            .map(|(i, entry)| self.entry(i, entry, &file, trust_domain))
+            .map(|(i, entry)| self.entry(i, entry, &file, trust_domain, federated))
             .collect()
     }
 
@@ -867,6 +900,7 @@ impl<'a> SourceFile<'a> {
         spanned: Spanned<RawEntry>,
         file: &Arc<Path>,
         trust_domain: &TrustDomain,
+        federated: &[TrustDomain],
     ) -> Result<EntryConfig, ConfigError> {
         let location = Location {
             file: Arc::clone(file),
@@ -917,6 +951,7 @@ impl<'a> SourceFile<'a> {
             .map(|date| self.owner_expires(&date, key("owner_expires")))
             .transpose()?;
         let tasks = raw.tasks.map(|tasks| self.tasks(tasks, index)).transpose()?;
+        let federates_with = self.federates_with(raw.federates_with, index, federated)?;
         Ok(EntryConfig {
             spiffe_id: raw.spiffe_id.into_inner(),
             selectors: raw.selectors.into_inner(),
@@ -928,6 +963,7 @@ impl<'a> SourceFile<'a> {
             jwt_audiences: raw.jwt_audiences.into_iter().map(Spanned::into_inner).collect(),
             dns_names: raw.dns_names.into_iter().map(Spanned::into_inner).collect(),
             hint: raw.hint.filter(|h| !h.is_empty()),
+            federates_with,
             owner_expires,
             tasks,
             may_ask_for_others: raw.may_ask_for_others,

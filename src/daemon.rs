@@ -14,9 +14,12 @@ use tonic::transport::Server;
 
 use crate::attest::Attestor;
 use crate::audit::{AuditError, AuditLog};
-use crate::authority::{Authority, AuthorityError, maintain_bundle_file};
+use crate::authority::{
+    Authority, AuthorityError, BundleDocument, maintain_bundle_file, publish_bundle_document,
+};
 use crate::authz::{self, Authz, AuthzError, PolicyBook};
-use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::config::{Config, ConfigError, DEFAULT_REFRESH_HINT, LimitsConfig};
+use crate::federation::{EndpointServerError, Federation, FederationError, serve_bundle_endpoint};
 use crate::proto::agent::authorization_server::AuthorizationServer;
 use crate::proto::agent::tasks_server::TasksServer;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -48,9 +51,6 @@ const CONNECTION_WINDOW: u32 = 256 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connections get to finish after shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// `spiffe_refresh_hint` of the bundle document: how often relying parties
-/// should re-read it.
-const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 
 /// The HTTP/2 transport of the Workload API socket, before any layer or
 /// service: what a caller's connection and streams may hold. The
@@ -95,6 +95,12 @@ pub enum DaemonError {
     /// The health listener could not be started.
     #[error(transparent)]
     Health(#[from] HealthError),
+    /// A foreign trust domain's bundle could not be loaded.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    /// The bundle endpoint could not be started.
+    #[error(transparent)]
+    BundleEndpoint(#[from] EndpointServerError),
     /// Installing signal handlers failed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -109,8 +115,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (signals, hangup, authz_hangup) = Signals::install()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let attestations = concurrent_attestations(&config.limits);
-    let (ctx, entry_files) = start_services(&config, shutdown, attestations)?;
+    let (ctx, entry_files, documents) = start_services(&config, shutdown, attestations)?;
     let ctx = Arc::new(ctx);
+    if let Some(endpoint) = &config.bundle_endpoint {
+        let server = serve_bundle_endpoint(endpoint, documents, &ctx.cache, config.svid.x509_ttl.0).await?;
+        tokio::spawn(server);
+    }
     // After the policy loaded: a bad config fails with its one line alone.
     let nofile = descriptor_limit::raise_to_hard_limit();
     let readiness = Arc::new(Readiness::default());
@@ -208,14 +218,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Loads the policy, the authority and the audit trail, and starts the
-/// authority's background tasks. Also returns the entry files the policy
-/// was read from, which its reloads start from.
+/// Loads the policy, the authority, the foreign bundles and the audit
+/// trail, and starts their background tasks. Also returns the entry files
+/// the policy was read from, which its reloads start from, and the bundle
+/// document as it changes (for the bundle endpoint).
 fn start_services(
     config: &Config,
     shutdown: watch::Receiver<bool>,
     attestations: usize,
-) -> Result<(Context, EntryFiles), DaemonError> {
+) -> Result<(Context, EntryFiles, watch::Receiver<Arc<BundleDocument>>), DaemonError> {
     let mut entry_files = EntryFiles::default();
     let policy = Policy::load_with(config, &mut entry_files)?;
     policy.build_lookups();
@@ -233,11 +244,19 @@ fn start_services(
     tokio::spawn(Arc::clone(&audit).summarise_denials_every_window());
     tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
     tokio::spawn(Arc::clone(&authority).run_ca_rotation());
+    let refresh_hint = config
+        .bundle_endpoint
+        .as_ref()
+        .map_or(DEFAULT_REFRESH_HINT, |endpoint| endpoint.refresh_hint);
+    let documents = publish_bundle_document(&authority, refresh_hint);
     tokio::spawn(maintain_bundle_file(
-        Arc::clone(&authority),
+        documents.clone(),
         bundle_file(&config.data_dir),
-        BUNDLE_REFRESH_HINT,
     ));
+    let federation = match config.federation.is_empty() {
+        true => Federation::none(),
+        false => Federation::start(config, &authority)?,
+    };
     let registry = Arc::new(Registry::new(policy));
     let tasks = Arc::new(TaskRegistry::open(
         &config.data_dir,
@@ -249,6 +268,7 @@ fn start_services(
         registry,
         cache: SvidCache::new(Arc::clone(&authority)),
         authority,
+        federation,
         audit,
         authz: Arc::new(Authz::new(
             policies,
@@ -258,7 +278,7 @@ fn start_services(
         attestations: AttestationPermits::new(attestations),
         shutdown,
     };
-    Ok((ctx, entry_files))
+    Ok((ctx, entry_files, documents))
 }
 
 /// Attestations allowed at once: configured, or one per CPU (they hash

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, Location, TasksConfig};
 use crate::selector::SelectorSet;
-use crate::spiffe_id::SpiffeId;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
 
 use by_spiffe_id::BySpiffeId;
 use index::{IndexBuilder, SelectorIndex};
@@ -59,6 +59,9 @@ pub struct Entry {
     pub dns_names: Vec<String>,
     /// Hint for workloads with several identities.
     pub hint: Option<String>,
+    /// Foreign trust domains whose bundles the workload gets (sorted; an
+    /// empty box allocates nothing).
+    pub federates_with: Box<[TrustDomain]>,
     /// The last day (UTC) the owner answers for the workload.
     pub owner_expires: Option<time::Date>,
     /// Whether and how the workload may start tasks (boxed: most entries

@@ -45,6 +45,7 @@ use crate::attest::Attestor;
 use crate::audit::AuditLog;
 use crate::authority::Authority;
 use crate::authz::Authz;
+use crate::federation::Federation;
 use crate::registry::Registry;
 use crate::svid_cache::SvidCache;
 use crate::tasks::TaskRegistry;
@@ -60,6 +61,8 @@ pub struct Context {
     pub cache: Arc<SvidCache>,
     /// The trust bundle source.
     pub authority: Arc<Authority>,
+    /// Foreign trust domains' bundles, for the callers that federate.
+    pub federation: Arc<Federation>,
     /// Where decisions are recorded.
     pub audit: Arc<AuditLog>,
     /// Live and ended tasks: started, ended and verified here.

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::{
@@ -17,7 +17,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
 use super::{Authority, AuthorityError, JwtBundle, X509Bundle};
-use crate::atomic_file;
+use tokio::sync::watch;
+
+use crate::{atomic_file, wall_clock};
 
 /// The `use` of X.509 authorities in SPIFFE bundles.
 pub const X509_SVID_USE: &str = "x509-svid";
@@ -138,28 +140,53 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     &bytes[start..]
 }
 
-/// Rewrites `path` (mode 0644, atomically) whenever the X.509 or JWT bundle
-/// changes, until the authority is dropped.
-pub async fn maintain_bundle_file(authority: Arc<Authority>, path: PathBuf, refresh_hint: Duration) {
+/// Publishes the bundle document, built anew whenever the X.509 or JWT
+/// bundle changes, until the authority is dropped: for `bundle.json` and
+/// the bundle endpoint. `spiffe_sequence` must grow with every change, also
+/// across restarts (relying parties compare it): it is the Unix time of the
+/// change in seconds, or one more than the last if that is not larger.
+pub fn publish_bundle_document(
+    authority: &Arc<Authority>,
+    refresh_hint: Duration,
+) -> watch::Receiver<Arc<BundleDocument>> {
     let mut x509 = authority.subscribe_bundle();
     let mut jwt = authority.jwt().subscribe();
-    let mut sequence = 0u64;
+    let build = move |x509: &X509Bundle, jwt: &JwtBundle, previous: u64| {
+        let sequence = wall_clock::unix_seconds(SystemTime::now()).max(previous + 1);
+        Arc::new(BundleDocument::new(x509, jwt, sequence, refresh_hint))
+    };
+    let first = build(&x509.borrow_and_update(), &jwt.borrow_and_update(), 0);
+    let (sender, receiver) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            let changed = tokio::select! {
+                result = x509.changed() => result.is_ok(),
+                result = jwt.changed() => result.is_ok(),
+                () = sender.closed() => false,
+            };
+            if !changed {
+                return;
+            }
+            let previous = sender.borrow().spiffe_sequence;
+            sender.send_replace(build(
+                &x509.borrow_and_update(),
+                &jwt.borrow_and_update(),
+                previous,
+            ));
+        }
+    });
+    receiver
+}
+
+/// Rewrites `path` (mode 0644, atomically) with every document `documents`
+/// publishes, until it stops publishing.
+pub async fn maintain_bundle_file(mut documents: watch::Receiver<Arc<BundleDocument>>, path: PathBuf) {
     loop {
-        sequence += 1;
-        let document = BundleDocument::new(
-            &x509.borrow_and_update(),
-            &jwt.borrow_and_update(),
-            sequence,
-            refresh_hint,
-        );
+        let document = Arc::clone(&documents.borrow_and_update());
         if let Err(error) = atomic_file::write(&path, document.to_json().as_bytes(), 0o644) {
             tracing::error!(path = %path.display(), %error, "cannot write the bundle document");
         }
-        let changed = tokio::select! {
-            result = x509.changed() => result.is_ok(),
-            result = jwt.changed() => result.is_ok(),
-        };
-        if !changed {
+        if documents.changed().await.is_err() {
             return;
         }
     }

@@ -98,6 +98,11 @@ pub struct JwtBundle {
 }
 
 impl JwtBundle {
+    /// A bundle of these public keys (a foreign trust domain's, say).
+    pub fn from_keys(keys: Vec<Jwk>) -> Self {
+        Self { keys }
+    }
+
     /// The keys.
     pub fn keys(&self) -> &[Jwk] {
         &self.keys
@@ -266,32 +271,15 @@ impl JwtAuthority {
     }
 
     fn validate_for(&self, token: &str, audience: Option<&str>) -> Result<ValidatedJwt, JwtError> {
-        let kid = check_header(token)?;
-        let jwk = self
-            .bundle()
-            .find(&kid)
-            .cloned()
-            .ok_or_else(|| JwtError::UnknownKey(kid.clone()))?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|e| JwtError::Malformed(e.to_string()))?;
-        let mut validation = Validation::new(Algorithm::ES256);
-        validation.leeway = Self::VALIDATION_LEEWAY.as_secs();
-        validation.validate_nbf = true;
-        match audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
-        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
-            .map_err(|e| decode_error(e, audience.unwrap_or_default()))?;
-        let sub = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
-        let spiffe_id = SpiffeId::new(sub).map_err(|e| JwtError::BadSubject(format!("{sub:?}: {e}")))?;
-        if !spiffe_id.belongs_to(&self.trust_domain) {
-            return Err(JwtError::BadSubject(sub.to_owned()));
-        }
-        Ok(ValidatedJwt {
-            spiffe_id,
-            claims: data.claims,
-        })
+        let (algorithm, kid) = check_header(token, Signers::Ours)?;
+        verify(
+            token,
+            audience,
+            algorithm,
+            &kid,
+            &self.trust_domain,
+            &self.bundle(),
+        )
     }
 
     /// Keeps the keys on schedule until the process ends.
@@ -328,15 +316,73 @@ impl JwtAuthority {
     }
 }
 
+/// Validates `token`, a JWT-SVID of the foreign `trust_domain`, for
+/// `audience` against that trust domain's keys: header, key, signature,
+/// expiry, audience, and a subject in that trust domain. Any JWT-SVID
+/// algorithm the key's type supports is accepted (foreign keys need not be
+/// P-256), never `none` or HMAC.
+pub fn validate_foreign(
+    token: &str,
+    audience: &str,
+    trust_domain: &TrustDomain,
+    bundle: &JwtBundle,
+) -> Result<ValidatedJwt, JwtError> {
+    let (algorithm, kid) = check_header(token, Signers::Foreign)?;
+    verify(token, Some(audience), algorithm, &kid, trust_domain, bundle)
+}
+
+/// The checks after the header's: the key by `kid`, the signature with
+/// `algorithm`, the claims, and the subject's trust domain.
+fn verify(
+    token: &str,
+    audience: Option<&str>,
+    algorithm: Algorithm,
+    kid: &str,
+    trust_domain: &TrustDomain,
+    bundle: &JwtBundle,
+) -> Result<ValidatedJwt, JwtError> {
+    let jwk = bundle
+        .find(kid)
+        .ok_or_else(|| JwtError::UnknownKey(kid.to_owned()))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = JwtAuthority::VALIDATION_LEEWAY.as_secs();
+    validation.validate_nbf = true;
+    match audience {
+        Some(audience) => validation.set_audience(&[audience]),
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+    let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
+        .map_err(|e| decode_error(e, audience.unwrap_or_default()))?;
+    let sub = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
+    let spiffe_id = SpiffeId::new(sub).map_err(|e| JwtError::BadSubject(format!("{sub:?}: {e}")))?;
+    if !spiffe_id.belongs_to(trust_domain) {
+        return Err(JwtError::BadSubject(sub.to_owned()));
+    }
+    Ok(ValidatedJwt {
+        spiffe_id,
+        claims: data.claims,
+    })
+}
+
 fn bundle_of(keys: &KeySet) -> JwtBundle {
     JwtBundle {
         keys: keys.published().iter().map(|key| key.jwk.clone()).collect(),
     }
 }
 
-/// Reads the JOSE header and refuses what no SPIFFE JWT-SVID of ours can
-/// carry, with a precise reason; returns the `kid`.
-fn check_header(token: &str) -> Result<String, JwtError> {
+/// Whose keys signed the token: ours sign ES256 only; a foreign trust
+/// domain's may use any algorithm the JWT-SVID standard lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signers {
+    Ours,
+    Foreign,
+}
+
+/// Reads the JOSE header and refuses what no SPIFFE JWT-SVID of `signers`
+/// can carry, with a precise reason; returns the algorithm and the `kid`.
+fn check_header(token: &str, signers: Signers) -> Result<(Algorithm, String), JwtError> {
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
@@ -348,23 +394,35 @@ fn check_header(token: &str) -> Result<String, JwtError> {
     let header: BTreeMap<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| JwtError::Malformed(format!("header is not a JSON object: {e}")))?;
     let alg = header.get("alg").and_then(Value::as_str).unwrap_or_default();
-    match alg {
-        "ES256" => {}
-        "" => return Err(JwtError::AlgorithmRefused("no alg".into())),
-        "none" | "None" | "NONE" => {
+    let algorithm = match (alg, signers) {
+        ("ES256", _) => Algorithm::ES256,
+        ("ES384", Signers::Foreign) => Algorithm::ES384,
+        ("RS256", Signers::Foreign) => Algorithm::RS256,
+        ("RS384", Signers::Foreign) => Algorithm::RS384,
+        ("RS512", Signers::Foreign) => Algorithm::RS512,
+        ("PS256", Signers::Foreign) => Algorithm::PS256,
+        ("PS384", Signers::Foreign) => Algorithm::PS384,
+        ("PS512", Signers::Foreign) => Algorithm::PS512,
+        ("", _) => return Err(JwtError::AlgorithmRefused("no alg".into())),
+        ("none" | "None" | "NONE", _) => {
             return Err(JwtError::AlgorithmRefused("unsigned tokens (alg none)".into()));
         }
-        hmac if hmac.starts_with("HS") => {
+        (hmac, _) if hmac.starts_with("HS") => {
             return Err(JwtError::AlgorithmRefused(format!(
                 "{hmac}: shared-secret algorithms"
             )));
         }
-        other => {
+        (other, Signers::Ours) => {
             return Err(JwtError::AlgorithmRefused(format!(
                 "{other} does not match this trust domain's EC P-256 keys"
             )));
         }
-    }
+        (other, Signers::Foreign) => {
+            return Err(JwtError::AlgorithmRefused(format!(
+                "{other} is not a JWT-SVID algorithm attestd verifies"
+            )));
+        }
+    };
     if let Some(typ) = header.get("typ") {
         match typ.as_str() {
             Some("JWT" | "JOSE") => {}
@@ -372,7 +430,7 @@ fn check_header(token: &str) -> Result<String, JwtError> {
         }
     }
     match header.get("kid").and_then(Value::as_str) {
-        Some(kid) if !kid.is_empty() => Ok(kid.to_owned()),
+        Some(kid) if !kid.is_empty() => Ok((algorithm, kid.to_owned())),
         _ => Err(JwtError::MissingKid),
     }
 }
@@ -408,7 +466,7 @@ mod tests {
 
     #[test]
     fn header_checks_name_the_reason() {
-        let refused = |json: &str| check_header(&header(json)).unwrap_err();
+        let refused = |json: &str| check_header(&header(json), Signers::Ours).unwrap_err();
         assert!(
             matches!(refused(r#"{"alg":"none","kid":"k"}"#), JwtError::AlgorithmRefused(r) if r.contains("none"))
         );
@@ -424,12 +482,37 @@ mod tests {
             refused(r#"{"alg":"ES256","kid":"k","typ":"xyz"}"#),
             JwtError::BadType(_)
         ));
-        assert!(matches!(check_header("a.b"), Err(JwtError::Malformed(_))));
-        assert!(matches!(check_header("!!.b.c"), Err(JwtError::Malformed(_))));
+        assert!(matches!(
+            check_header("a.b", Signers::Ours),
+            Err(JwtError::Malformed(_))
+        ));
+        assert!(matches!(
+            check_header("!!.b.c", Signers::Ours),
+            Err(JwtError::Malformed(_))
+        ));
         assert_eq!(
-            check_header(&header(r#"{"alg":"ES256","kid":"k","typ":"JOSE"}"#)).unwrap(),
-            "k"
+            check_header(
+                &header(r#"{"alg":"ES256","kid":"k","typ":"JOSE"}"#),
+                Signers::Ours
+            )
+            .unwrap(),
+            (Algorithm::ES256, "k".to_owned())
         );
+        assert_eq!(
+            check_header(&header(r#"{"alg":"RS256","kid":"k"}"#), Signers::Foreign).unwrap(),
+            (Algorithm::RS256, "k".to_owned()),
+            "a foreign trust domain may sign with RSA"
+        );
+        for refused in [
+            r#"{"alg":"HS256","kid":"k"}"#,
+            r#"{"alg":"none","kid":"k"}"#,
+            r#"{"alg":"EdDSA","kid":"k"}"#,
+        ] {
+            assert!(matches!(
+                check_header(&header(refused), Signers::Foreign),
+                Err(JwtError::AlgorithmRefused(_))
+            ));
+        }
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub(super) mod tests {
             jwt_audiences: Vec::new(),
             dns_names: Vec::new(),
             hint: None,
+            federates_with: Box::default(),
             owner_expires: None,
             tasks: (!tools.is_empty()).then(|| {
                 Box::new(TasksConfig {

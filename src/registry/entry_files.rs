@@ -34,9 +34,10 @@ pub struct EntryFiles {
     /// What each file held when it was last read, by path: sorted, so in
     /// policy order.
     files: BTreeMap<PathBuf, ReadFile>,
-    /// What the entries were resolved with: if either changes, every file
-    /// is parsed again.
-    resolved_with: Option<(TrustDomain, SvidConfig)>,
+    /// What the entries were resolved with (trust domain, `[svid]`, the
+    /// `[[federation]]` trust domains): if any changes, every file is
+    /// parsed again.
+    resolved_with: Option<(TrustDomain, SvidConfig, Vec<TrustDomain>)>,
     /// Files parsed by the last refresh.
     parsed: usize,
 }
@@ -66,7 +67,11 @@ impl EntryFiles {
     /// cannot be read or parsed) the files read so far are kept, and the
     /// broken one is read again next time.
     pub(super) fn refresh(&mut self, config: &Config) -> Result<(), ConfigError> {
-        let resolved_with = (config.trust_domain.clone(), config.svid);
+        let resolved_with = (
+            config.trust_domain.clone(),
+            config.svid,
+            config.federated_trust_domains(),
+        );
         if self.resolved_with.as_ref() != Some(&resolved_with) {
             self.files.clear();
             self.resolved_with = Some(resolved_with);
@@ -126,7 +131,12 @@ impl EntryFiles {
 
 /// The entries of one file, resolved.
 fn parse(path: &Path, text: &str, config: &Config) -> Result<Vec<Arc<Entry>>, ConfigError> {
-    let raw = config::parse_entries_file(path, text, &config.trust_domain)?;
+    let raw = config::parse_entries_file(
+        path,
+        text,
+        &config.trust_domain,
+        &config.federated_trust_domains(),
+    )?;
     let mut shared = Shared::default();
     // Not `collect()`: it would reuse the buffer of the raw entries, each
     // some 40 times the size of a pointer, and keep all of it.

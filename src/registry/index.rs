@@ -226,6 +226,7 @@ mod tests {
             jwt_audiences: vec![],
             dns_names: vec![],
             hint: None,
+            federates_with: Box::default(),
             owner_expires: None,
             tasks: None,
             may_ask_for_others: false,

@@ -27,7 +27,45 @@ pub(super) fn entries(config: &Config, files: &mut EntryFiles) -> Result<Vec<Arc
             .map(|raw| Arc::new(resolve(&config.svid, raw.clone(), &mut shared))),
     );
     entries.extend(files.entries().cloned());
+    refuse_out_of_bounds(config, &entries)?;
     Ok(entries)
+}
+
+/// What no entry may say, whichever file it is in: a `federates_with`
+/// trust domain the running daemon does not federate with (a reload keeps
+/// the `[[federation]]` tables it started with), or the bundle endpoint's
+/// own SPIFFE ID (a workload holding it could serve partners a bundle of
+/// its choosing as ours).
+fn refuse_out_of_bounds(config: &Config, entries: &[Arc<Entry>]) -> Result<(), ConfigError> {
+    let federated = config.federated_trust_domains();
+    let endpoint_id = config.bundle_endpoint.as_ref().and_then(|e| e.spiffe_id());
+    for entry in entries {
+        let error = |key: &str, message: String| ConfigError {
+            file: entry.location.file.to_path_buf(),
+            line: Some(entry.location.line),
+            key: Some(key.into()),
+            message,
+        };
+        if let Some(unknown) = entry.federates_with.iter().find(|td| !federated.contains(td)) {
+            return Err(error(
+                "federates_with",
+                format!(
+                    "{unknown} is not a [[federation]] trust domain of the running daemon \
+                     (a new [[federation]] table takes effect at the next restart)"
+                ),
+            ));
+        }
+        if endpoint_id == Some(&entry.spiffe_id) {
+            return Err(error(
+                "spiffe_id",
+                format!(
+                    "{} is the bundle endpoint's own identity: no entry may grant it",
+                    entry.spiffe_id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Two entries with the same SPIFFE ID and selectors, in any files: the
@@ -96,6 +134,7 @@ pub(super) fn resolve(defaults: &SvidConfig, raw: EntryConfig, shared: &mut Shar
         jwt_audiences: raw.jwt_audiences,
         dns_names: raw.dns_names,
         hint: raw.hint,
+        federates_with: raw.federates_with.into_boxed_slice(),
         owner_expires: raw.owner_expires,
         tasks: raw.tasks.map(Box::new),
         may_ask_for_others: raw.may_ask_for_others,

@@ -1,8 +1,9 @@
 //! Which secrets answer a request. Envoy names what it wants: a SPIFFE ID
 //! (that identity's certificate), the configured default SVID name (the
-//! caller's first identity), a trust domain ID or the default bundle name
-//! (that bundle), the all-bundles name (every bundle, for the SPIFFE
-//! validator); no name at all means everything the caller holds. A name the
+//! caller's first identity), a trust domain ID (our own, or a foreign one
+//! the caller's entries federate with) or the default bundle name (our
+//! own), the all-bundles name (our own and the caller's foreign bundles, for
+//! the SPIFFE validator); no name at all means everything the caller holds. A name the
 //! caller holds nothing for refuses the whole request, as SPIRE agent does:
 //! Envoy then keeps what it had.
 
@@ -103,6 +104,26 @@ pub(super) fn answer(
             ));
         }
     }
+    let federated: Vec<(String, TrustBundle<'_>)> = credentials
+        .federated
+        .iter()
+        .map(|(domain, bundle)| {
+            let bundle = TrustBundle {
+                trust_domain: domain.name(),
+                roots: bundle.x509().roots(),
+            };
+            (domain.id_string(), bundle)
+        })
+        .collect();
+    for (id, bundle) in &federated {
+        if everything || names.remove(id.as_str()) {
+            answer.resources.push(resources::validation_context(
+                id,
+                validator,
+                std::slice::from_ref(bundle),
+            ));
+        }
+    }
     if names.remove(config.default_all_bundles_name.as_str()) {
         if validator == Validator::TrustedCa {
             return Err(Status::invalid_argument(format!(
@@ -110,10 +131,13 @@ pub(super) fn answer(
                 config.default_all_bundles_name
             )));
         }
+        let all: Vec<TrustBundle<'_>> = std::iter::once(own)
+            .chain(federated.into_iter().map(|(_, bundle)| bundle))
+            .collect();
         answer.resources.push(resources::validation_context(
             &config.default_all_bundles_name,
             validator,
-            std::slice::from_ref(&own),
+            &all,
         ));
     }
     for (i, identity) in credentials.identities.iter().enumerate() {

@@ -180,6 +180,7 @@ mod tests {
             jwt_audiences: Vec::new(),
             dns_names: Vec::new(),
             hint: None,
+            federates_with: Box::default(),
             owner_expires: None,
             tasks: tools.map(|tools| {
                 Box::new(TasksConfig {

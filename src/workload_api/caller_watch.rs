@@ -1,5 +1,6 @@
 //! An admitted caller's credentials, followed for as long as a stream
-//! stays open: its SVIDs (one per entry), the trust bundle and the policy.
+//! stays open: its SVIDs (one per entry), the trust bundle, the foreign
+//! bundles its entries federate with, and the policy.
 //! Shared by the Workload API's `FetchX509SVID` and by Envoy SDS, which
 //! render the same credentials in their own messages.
 //!
@@ -18,6 +19,7 @@ use super::caller::Caller;
 use super::{Context, PeerInfo, status};
 use crate::audit::{Outcome, Record};
 use crate::authority::{SvidTemplate, X509Bundle, X509Svid};
+use crate::federation::{CallerBundles, FederatedBundles};
 use crate::registry::{Entry, EntryId, Policy, owner_clock};
 use crate::svid_cache::SvidReceiver;
 
@@ -25,6 +27,9 @@ use crate::svid_cache::SvidReceiver;
 pub(crate) enum Wake {
     /// One of the caller's SVIDs rotated, or the bundle changed.
     Credentials,
+    /// A foreign trust domain's bundle changed (perhaps not one the caller
+    /// gets).
+    Federation,
     /// The policy was swapped.
     Policy,
     /// The term of one of the caller's entries' owners ended.
@@ -42,6 +47,8 @@ pub(crate) struct Credentials {
     pub identities: Vec<(Arc<Entry>, Arc<X509Svid>)>,
     /// The trust domain's own bundle.
     pub bundle: Arc<X509Bundle>,
+    /// The foreign bundles the caller's entries federate with.
+    pub federated: CallerBundles,
 }
 
 /// Follows one admitted caller's credentials.
@@ -53,6 +60,9 @@ pub(crate) struct CallerWatch {
     /// One per entry of `caller`, in the same order.
     svids: Vec<(SvidTemplate, SvidReceiver)>,
     bundle: watch::Receiver<Arc<X509Bundle>>,
+    federation: watch::Receiver<Arc<FederatedBundles>>,
+    /// The foreign bundles last handed out.
+    federated_sent: CallerBundles,
     policy: watch::Receiver<Arc<Policy>>,
     shutdown: watch::Receiver<bool>,
 }
@@ -63,6 +73,8 @@ impl CallerWatch {
     pub(super) fn new(ctx: Arc<Context>, caller: Caller, rpc: &'static str) -> Result<Self, Status> {
         let mut watch = Self {
             bundle: ctx.authority.subscribe_bundle(),
+            federation: ctx.federation.subscribe(),
+            federated_sent: CallerBundles::default(),
             policy: ctx.registry.subscribe(),
             shutdown: ctx.shutdown.clone(),
             svids: Vec::new(),
@@ -106,10 +118,26 @@ impl CallerWatch {
             .zip(&mut self.svids)
             .map(|(entry, (_, receiver))| (Arc::clone(entry), Arc::clone(&receiver.borrow_and_update())))
             .collect();
+        let federated = self.federated_now();
+        self.federated_sent = federated.clone();
         Credentials {
             identities,
             bundle: Arc::clone(&self.bundle.borrow_and_update()),
+            federated,
         }
+    }
+
+    /// The foreign bundles the caller's entries federate with, now.
+    fn federated_now(&mut self) -> CallerBundles {
+        self.federation
+            .borrow_and_update()
+            .for_entries(&self.caller.entries)
+    }
+
+    /// Whether the caller's foreign bundles differ from those last handed
+    /// out.
+    fn federated_changed(&mut self) -> bool {
+        !self.federated_now().same_as(&self.federated_sent)
     }
 
     /// Waits until the caller's credentials change (an SVID rotates, the
@@ -134,7 +162,16 @@ impl CallerWatch {
                 self.readmit().await?;
                 Ok(true)
             }
-            Wake::Policy | Wake::OwnerTerm => self.readmit().await,
+            // Only a change of the bundles this caller gets is worth a message.
+            Wake::Federation => {
+                if !self.federated_changed() {
+                    return Ok(false);
+                }
+                self.readmit().await?;
+                Ok(true)
+            }
+            // An entry's federates_with may change with its id.
+            Wake::Policy | Wake::OwnerTerm => Ok(self.readmit().await? || self.federated_changed()),
             Wake::SourceClosed => Err(status::reissuing()),
             Wake::Shutdown => Err(status::shutting_down()),
         }
@@ -182,6 +219,7 @@ impl CallerWatch {
         let (wake, result) = tokio::select! {
             result = any_svid => (Wake::Credentials, result.is_ok()),
             result = self.bundle.changed() => (Wake::Credentials, result.is_ok()),
+            result = self.federation.changed() => (Wake::Federation, result.is_ok()),
             result = self.policy.changed() => (Wake::Policy, result.is_ok()),
             () = term_ends => (Wake::OwnerTerm, true),
             _ = self.shutdown.wait_for(|stopping| *stopping) => (Wake::Shutdown, true),

@@ -6,6 +6,7 @@
 //! refusals first): no real client comes near the limits, and a local caller
 //! cannot make attestd parse, match or record megabytes per call.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -15,10 +16,10 @@ use super::caller::{Caller, rpc};
 use super::{Context, PeerInfo, status};
 use crate::attest::Workload;
 use crate::audit::{Outcome, Record};
-use crate::authority::{JwtError, ValidatedJwt};
+use crate::authority::{JwtError, ValidatedJwt, validate_foreign};
 use crate::proto::{Jwtsvid, JwtsvidResponse, ValidateJwtsvidResponse, json};
 use crate::registry::{Entry, owner_clock};
-use crate::spiffe_id::SpiffeId;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::tasks::TaskRefusal;
 use crate::telemetry::metrics;
 use crate::wall_clock::from_unix_seconds;
@@ -207,7 +208,12 @@ fn audience_refused<'a>(entry: &Entry, audience: &'a [String]) -> Option<&'a str
 }
 
 /// `ValidateJWTSVID`: the token's subject and claims, or InvalidArgument
-/// with the reason. A task token is valid only while its task and every
+/// with the reason. A token of a foreign trust domain is validated against
+/// that trust domain's JWT keys when one of the caller's `entries`
+/// federates with it (as SPIRE agent validates against the caller's
+/// federated bundles), and only `sub`, `aud` and `exp` of its claims are
+/// returned (SPIRE's default: foreign claims carry no meaning here). A
+/// task token is valid only while its task and every
 /// ancestor are live (see [`crate::tasks::TaskRegistry::check`]). A valid
 /// token is always recorded. A rejected one is
 /// recorded one by one when the caller holds an identity (a relying party
@@ -217,21 +223,27 @@ fn audience_refused<'a>(entry: &Entry, audience: &'a [String]) -> Option<&'a str
 pub(super) fn validate(
     ctx: &Context,
     workload: &Workload,
-    caller_holds_identity: bool,
+    entries: &[Arc<Entry>],
     audience: &str,
     token: &str,
 ) -> Result<ValidateJwtsvidResponse, Status> {
     let audience_list = [audience.to_owned()];
-    let result = ctx
-        .authority
-        .jwt()
-        .validate(token, audience)
-        .map_err(Rejection::Jwt)
-        .and_then(|valid| match ctx.tasks.check(&valid) {
-            Ok(task) => Ok((valid, task)),
-            Err(refusal) => Err(Rejection::Task(refusal)),
-        });
-    let rejected_without_identity = result.is_err() && !caller_holds_identity;
+    let federated = ctx.federation.current().for_entries(entries);
+    let result = match foreign_trust_domain(ctx, token).and_then(|td| Some((federated.get(&td)?, td))) {
+        Some((bundle, td)) => validate_foreign(token, audience, &td, bundle.jwt())
+            .map(|valid| (only_registered_claims(valid), None))
+            .map_err(Rejection::Jwt),
+        None => ctx
+            .authority
+            .jwt()
+            .validate(token, audience)
+            .map_err(Rejection::Jwt)
+            .and_then(|valid| match ctx.tasks.check(&valid) {
+                Ok(task) => Ok((valid, task)),
+                Err(refusal) => Err(Rejection::Task(refusal)),
+            }),
+    };
+    let rejected_without_identity = result.is_err() && entries.is_empty();
     let record = match &result {
         Ok((valid, task)) => {
             let record = Record::new(
@@ -292,6 +304,23 @@ fn rejected_record(workload: &Workload, error: &Rejection, token: &str) -> Recor
         record = record.with_subject(&format!("{sub} (unverified)"));
     }
     record
+}
+
+/// The trust domain a token's `sub` claims, read without verification,
+/// if it is not ours: which bundle to verify it with.
+fn foreign_trust_domain(ctx: &Context, token: &str) -> Option<TrustDomain> {
+    let claims: serde_json::Map<String, Value> =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+    let sub = SpiffeId::new(claims.get("sub")?.as_str()?).ok()?;
+    (!sub.belongs_to(ctx.authority.trust_domain())).then(|| sub.trust_domain())
+}
+
+/// A foreign token's claims as returned: `sub`, `aud` and `exp` only.
+fn only_registered_claims(mut valid: ValidatedJwt) -> ValidatedJwt {
+    valid
+        .claims
+        .retain(|name, _| matches!(name.as_str(), "sub" | "aud" | "exp"));
+    valid
 }
 
 fn expiry(claims: &serde_json::Map<String, Value>) -> Option<SystemTime> {

@@ -1,7 +1,6 @@
 //! The `SpiffeWorkloadAPI` gRPC service: the security header first, then
 //! admission (attestation, matching) shared by the RPCs, then each answer.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
@@ -13,6 +12,7 @@ use super::jwt::{self, BadArguments, JwtRequest};
 use super::{Context, PeerInfo, status, streams};
 use crate::attest::Workload;
 use crate::authority::{JwtBundle, X509Bundle};
+use crate::federation::CallerBundles;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApi;
 use crate::proto::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, SECURITY_HEADER,
@@ -71,14 +71,20 @@ impl WorkloadApi {
     async fn x509_bundles(&self, request: Request<X509BundlesRequest>) -> Result<X509BundlesStream, Status> {
         check_security_header(&request)?;
         // Like SPIRE, bundles go only to callers that hold an identity.
-        self.admit(&request, rpc::FETCH_X509_BUNDLES).await?;
+        let caller = self.admit(&request, rpc::FETCH_X509_BUNDLES).await?;
         let key = self.ctx.authority.trust_domain().id_string();
         Ok(streams::bundle_stream(
+            &self.ctx,
+            caller.workload.selectors,
+            caller.entries,
             self.ctx.authority.subscribe_bundle(),
-            self.ctx.shutdown.clone(),
-            move |bundle: &X509Bundle| X509BundlesResponse {
-                crl: Vec::new(),
-                bundles: HashMap::from([(key.clone(), bundle.concatenated_der())]),
+            move |bundle: &X509Bundle, federated: &CallerBundles| {
+                let mut bundles = federated.x509_map();
+                bundles.insert(key.clone(), bundle.concatenated_der());
+                X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles,
+                }
             },
         ))
     }
@@ -94,13 +100,17 @@ impl WorkloadApi {
 
     async fn jwt_bundles(&self, request: Request<JwtBundlesRequest>) -> Result<JwtBundlesStream, Status> {
         check_security_header(&request)?;
-        self.admit(&request, rpc::FETCH_JWT_BUNDLES).await?;
+        let caller = self.admit(&request, rpc::FETCH_JWT_BUNDLES).await?;
         let key = self.ctx.authority.trust_domain().id_string();
         Ok(streams::bundle_stream(
+            &self.ctx,
+            caller.workload.selectors,
+            caller.entries,
             self.ctx.authority.jwt().subscribe(),
-            self.ctx.shutdown.clone(),
-            move |bundle: &JwtBundle| JwtBundlesResponse {
-                bundles: HashMap::from([(key.clone(), bundle.jwks_json())]),
+            move |bundle: &JwtBundle, federated: &CallerBundles| {
+                let mut bundles = federated.jwt_map();
+                bundles.insert(key.clone(), bundle.jwks_json());
+                JwtBundlesResponse { bundles }
             },
         ))
     }
@@ -118,14 +128,11 @@ impl WorkloadApi {
         // Validation needs no identity of the caller's own (verifiers may
         // hold none), but is attested for the audit trail; whether it holds
         // one decides how a rejection is recorded.
+        // The caller's entries also decide which federated trust domains'
+        // tokens it may have validated (SPIRE's rule).
         let workload = self.attest(&request, rpc::VALIDATE_JWT_SVID).await?;
-        let holds_identity = !self
-            .ctx
-            .registry
-            .policy()
-            .matching(&workload.selectors)
-            .is_empty();
-        jwt::validate(&self.ctx, &workload, holds_identity, audience, svid)
+        let entries = self.ctx.registry.policy().matching(&workload.selectors);
+        jwt::validate(&self.ctx, &workload, &entries, audience, svid)
     }
 }
 

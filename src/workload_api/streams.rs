@@ -1,13 +1,13 @@
 //! The streaming answers. Each message carries the caller's full state
 //! (an identity left out is taken as revoked); the first goes out at once,
 //! the next on every rotation of one of the caller's SVIDs, change of the
-//! bundle, or policy change that alters the caller's entries, and when the
+//! bundle or of a federated bundle the caller gets, or policy change that
+//! alters the caller's entries, and when the
 //! term of one of its entries' owners ends (the caller is admitted again:
 //! that identity is left out of the next message, or the stream ends if it
 //! was the last, as when the policy removes an entry). Every X.509-SVID
 //! sent is audited before it is sent.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::stream::{self, BoxStream, StreamExt};
@@ -17,7 +17,10 @@ use tonic::Status;
 use super::caller::{Caller, rpc};
 use super::caller_watch::{CallerWatch, Credentials};
 use super::{Context, status};
+use crate::federation::{CallerBundles, FederatedBundles};
 use crate::proto::{X509svid, X509svidResponse};
+use crate::registry::{Entry, Policy};
+use crate::selector::SelectorSet;
 use crate::telemetry::metrics;
 
 /// Counts an open stream in the metrics for as long as it lives.
@@ -79,7 +82,11 @@ impl X509Watch {
 
     /// The full state now; audited before it is handed out.
     fn respond(&mut self) -> Result<X509svidResponse, Status> {
-        let Credentials { identities, bundle } = self.credentials.current();
+        let Credentials {
+            identities,
+            bundle,
+            federated,
+        } = self.credentials.current();
         let bundle = bundle.concatenated_der();
         let reason = if self.first {
             "fetched"
@@ -106,17 +113,22 @@ impl X509Watch {
         Ok(X509svidResponse {
             svids,
             crl: Vec::new(),
-            federated_bundles: HashMap::new(),
+            federated_bundles: federated.x509_map(),
         })
     }
 }
 
-/// A bundle stream: `render(bundle)` now and on every change of `bundle`,
-/// until shutdown.
+/// A bundle stream (`FetchX509Bundles`, `FetchJWTBundles`):
+/// `render(own, federated)` now, then on every change of our bundle `own`
+/// or of a foreign bundle the caller gets, until shutdown. Which foreign
+/// bundles it gets follows the policy: on a swap the caller's selectors are
+/// matched again (trust material, not an identity: no new attestation).
 pub(super) fn bundle_stream<T, R>(
-    bundle: watch::Receiver<Arc<T>>,
-    shutdown: watch::Receiver<bool>,
-    render: impl Fn(&T) -> R + Send + 'static,
+    ctx: &Context,
+    selectors: SelectorSet,
+    entries: Vec<Arc<Entry>>,
+    own: watch::Receiver<Arc<T>>,
+    render: impl Fn(&T, &CallerBundles) -> R + Send + 'static,
 ) -> BoxStream<'static, Result<R, Status>>
 where
     T: Send + Sync + 'static,
@@ -124,32 +136,55 @@ where
 {
     struct BundleWatch<T> {
         _open: OpenStream,
-        bundle: watch::Receiver<Arc<T>>,
+        own: watch::Receiver<Arc<T>>,
+        federation: watch::Receiver<Arc<FederatedBundles>>,
+        policy: watch::Receiver<Arc<Policy>>,
         shutdown: watch::Receiver<bool>,
-        first: bool,
+        selectors: SelectorSet,
+        entries: Vec<Arc<Entry>>,
+        /// What the last message was made of.
+        sent: Option<(Arc<T>, CallerBundles)>,
     }
     let state = Some(BundleWatch {
         _open: OpenStream::new(),
-        bundle,
-        shutdown,
-        first: true,
+        own,
+        federation: ctx.federation.subscribe(),
+        policy: ctx.registry.subscribe(),
+        shutdown: ctx.shutdown.clone(),
+        selectors,
+        entries,
+        sent: None,
     });
     // A `None` state ends the stream after the item that set it.
     stream::unfold(state, |state| async move {
         let mut watch = state?;
-        if !watch.first {
-            let changed = tokio::select! {
-                result = watch.bundle.changed() => result.is_ok(),
-                _ = watch.shutdown.wait_for(|stopping| *stopping) => false,
-            };
-            if !changed {
-                return Some((Err(status::shutting_down()), None));
+        loop {
+            if watch.sent.is_some() {
+                let changed = tokio::select! {
+                    result = watch.own.changed() => result.is_ok(),
+                    result = watch.federation.changed() => result.is_ok(),
+                    result = watch.policy.changed() => {
+                        let policy = Arc::clone(&watch.policy.borrow_and_update());
+                        watch.entries = policy.matching(&watch.selectors);
+                        result.is_ok()
+                    }
+                    _ = watch.shutdown.wait_for(|stopping| *stopping) => false,
+                };
+                if !changed {
+                    return Some((Err(status::shutting_down()), None));
+                }
+            }
+            let own = Arc::clone(&watch.own.borrow_and_update());
+            let federated = watch.federation.borrow_and_update().for_entries(&watch.entries);
+            let unchanged = watch.sent.as_ref().is_some_and(|(sent, sent_federated)| {
+                Arc::ptr_eq(sent, &own) && sent_federated.same_as(&federated)
+            });
+            if !unchanged {
+                watch.sent = Some((Arc::clone(&own), federated.clone()));
+                return Some((Ok((own, federated)), Some(watch)));
             }
         }
-        watch.first = false;
-        let current = Arc::clone(&watch.bundle.borrow_and_update());
-        Some((Ok(current), Some(watch)))
     })
-    .map(move |item| item.map(|bundle| render(&bundle)))
+    .map(move |item| item.map(|(own, federated)| render(&own, &federated)))
     .boxed()
 }

@@ -40,6 +40,17 @@ impl Daemon {
         Self::launch(dir, body, &[])
     }
 
+    /// Like [`Self::start`], for another trust domain than [`TRUST_DOMAIN`].
+    pub fn start_for(trust_domain: &str, body: &str) -> Self {
+        let dir = shared_tempdir();
+        let config_path = write_config_for(dir.path(), trust_domain, body);
+        Self::launch_command(
+            dir,
+            Command::new(attestd_bin()).args(["run", "-c"]).arg(&config_path),
+            &[],
+        )
+    }
+
     fn launch(dir: tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> Self {
         let config_path = write_config(dir.path(), body);
         Self::launch_command(
@@ -161,9 +172,14 @@ pub fn shared_tempdir() -> tempfile::TempDir {
 /// Writes `<dir>/attestd.toml`: the trust domain, socket and data under
 /// `dir`, then `body`.
 pub fn write_config(dir: &std::path::Path, body: &str) -> PathBuf {
+    write_config_for(dir, TRUST_DOMAIN, body)
+}
+
+/// Like [`write_config`], for `trust_domain`.
+pub fn write_config_for(dir: &std::path::Path, trust_domain: &str, body: &str) -> PathBuf {
     let path = dir.join("attestd.toml");
     let config = format!(
-        "trust_domain = \"{TRUST_DOMAIN}\"\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n{body}",
+        "trust_domain = \"{trust_domain}\"\nsocket_path = \"{}\"\ndata_dir = \"{}\"\n{body}",
         dir.join("run/api.sock").display(),
         dir.join("data").display(),
     );

@@ -16,6 +16,7 @@ mod container;
 mod envoy;
 mod examples;
 mod exhaustion;
+mod federation;
 mod forgery;
 mod gateway;
 mod go_interop;

@@ -396,3 +396,53 @@ async fn a_caller_without_an_identity_gets_nothing() {
     );
     assert!(!records.iter().any(|r| r["outcome"] == "issued"));
 }
+
+#[tokio::test]
+async fn federated_bundles_are_served_by_trust_domain_and_in_all() {
+    let partner = Daemon::start_for("partner.example", "");
+    let partner_roots = {
+        let output = std::process::Command::new(crate::harness::attestd_bin())
+            .args(["bundle", "show", "--format", "pem", "-c"])
+            .arg(partner.config_path())
+            .output()
+            .unwrap();
+        crate::harness::assert_success(&output);
+        pem_certificates(&output.stdout)
+    };
+    let bundle_file = partner.dir.path().join("data/bundle.json");
+    let daemon = Daemon::start(&format!(
+        "[[federation]]\ntrust_domain = \"partner.example\"\nbundle_file = \"{}\"\n\
+         [[entry]]\nspiffe_id = \"{ROOT_ID}\"\nselectors = [\"unix:uid:0\"]\nowner = \"mesh@example.org\"\n\
+         federates_with = [\"partner.example\"]\n",
+        bundle_file.display()
+    ));
+    let response = client(&daemon)
+        .await
+        .fetch_secrets(request(&["ALL", "spiffe://partner.example"]))
+        .await
+        .unwrap();
+    let all = secrets(response.get_ref());
+    let mut domains = spiffe_validator(named(&all, "ALL"));
+    domains.sort();
+    assert_eq!(
+        domains,
+        [
+            ("example.org".to_owned(), bundle_roots(&daemon)),
+            ("partner.example".to_owned(), partner_roots.clone()),
+        ]
+    );
+    assert_eq!(
+        spiffe_validator(named(&all, "spiffe://partner.example")),
+        [("partner.example".to_owned(), partner_roots)]
+    );
+    // An empty request lists the foreign bundle by its trust domain ID too.
+    let everything = client(&daemon).await.fetch_secrets(request(&[])).await.unwrap();
+    let names: Vec<String> = secrets(everything.get_ref())
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["spiffe://example.org", "spiffe://partner.example", ROOT_ID]
+    );
+}
