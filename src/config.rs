@@ -7,6 +7,8 @@
 //! the offending value; `serde_path_to_error` supplies the key path. Checks
 //! that span several values (an ID outside the trust domain) use `Spanned`.
 
+mod oidc;
+
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,9 +22,11 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::audit::{DenialLimit, OnAuditFailure, Rotation};
-use crate::authority::UpstreamFiles;
+use crate::authority::{JwtIssuer, UpstreamFiles};
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+use oidc::RawOidc;
+pub use oidc::{DEFAULT_OIDC_MAX_CONNECTIONS, OidcConfig, TlsFiles};
 
 /// Default Workload API socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/attestd/api.sock";
@@ -105,6 +109,10 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// The AuthZEN-shaped decision front (`[authz]`).
     pub authz: AuthzConfig,
+    /// The `iss` of every JWT-SVID (an https URL); unset: no `iss`.
+    pub jwt_issuer: Option<JwtIssuer>,
+    /// The OIDC discovery listener (`[oidc]`); off if unset.
+    pub oidc: Option<OidcConfig>,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -405,6 +413,8 @@ struct RawConfig {
     policy_dir: Option<PathBuf>,
     #[serde(default)]
     authz: AuthzConfig,
+    jwt_issuer: Option<JwtIssuer>,
+    oidc: Option<Spanned<RawOidc>>,
     #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
@@ -509,6 +519,7 @@ impl Config {
         let limits = source.limits(raw.limits, raw.max_connections_per_uid)?;
         let entries = source.entries(raw.entry, &trust_domain)?;
         let denial_limit = source.denial_limit(&raw.audit)?;
+        let oidc = source.oidc(raw.oidc, raw.jwt_issuer.as_ref())?;
         Ok(Self {
             source: path.to_owned(),
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
@@ -532,6 +543,8 @@ impl Config {
             entries,
             policy_dir: raw.policy_dir,
             authz: raw.authz,
+            jwt_issuer: raw.jwt_issuer,
+            oidc,
         })
     }
 
@@ -550,6 +563,8 @@ impl Config {
             self.health,
             self.authz.clone(),
             self.policy_dir.clone(),
+            // Nested: tuples compare up to twelve fields.
+            (self.jwt_issuer.clone(), self.oidc.clone()),
         )
     }
 

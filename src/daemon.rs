@@ -17,6 +17,7 @@ use crate::audit::{AuditError, AuditLog};
 use crate::authority::{Authority, AuthorityError, maintain_bundle_file};
 use crate::authz::{self, Authz, AuthzError, PolicyBook};
 use crate::config::{Config, ConfigError, LimitsConfig};
+use crate::oidc::{self, OidcError};
 use crate::proto::agent::authorization_server::AuthorizationServer;
 use crate::proto::agent::tasks_server::TasksServer;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -94,6 +95,9 @@ pub enum DaemonError {
     /// The health listener could not be started.
     #[error(transparent)]
     Health(#[from] HealthError),
+    /// The OIDC discovery listener could not be started.
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
     /// Installing signal handlers failed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -121,7 +125,26 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         }
         None => 0,
     };
-    let budget = ConnectionBudget::new(&config.limits, nofile, attestations, health_connections);
+    let oidc_connections = match &config.oidc {
+        Some(oidc) => {
+            let server = oidc::serve(
+                oidc,
+                ctx.authority.jwt().subscribe(),
+                config.ca.jwt_key_ttl.0,
+                ctx.shutdown.clone(),
+            )
+            .await?;
+            tokio::spawn(server);
+            oidc.max_connections
+        }
+        None => 0,
+    };
+    let budget = ConnectionBudget::new(
+        &config.limits,
+        nofile,
+        attestations,
+        health_connections + oidc_connections,
+    );
     tracing::info!(
         max_connections = budget.global,
         connection_reserve = budget.reserve,
@@ -215,11 +238,7 @@ fn start_services(
     policy.build_lookups();
     let policies = PolicyBook::load(config.policy_dir.as_deref(), policy.entries())?;
     tracing::info!(policies = policies.len(), "Cedar policies loaded");
-    let authority = Arc::new(Authority::from_config(
-        config.trust_domain.clone(),
-        &config.data_dir,
-        &config.ca,
-    )?);
+    let authority = Arc::new(Authority::from_config(config)?);
     let audit = Arc::new(
         AuditLog::open(&config.audit.path, config.audit.rotation, config.audit.on_failure)?
             .with_denial_limit(config.audit.denial_limit),

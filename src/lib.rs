@@ -6,7 +6,8 @@
 //! to registration entries, the [`svid_cache`] hands out the entry's current
 //! SVID minted by the [`authority`], and [`audit`] records the decision.
 //! Agents' tasks ([`tasks`]) bind a decision of the policy decision point
-//! ([`authz`]) to a declared intent. [`daemon`] wires these together; [`client`] is the CLI's Workload API
+//! ([`authz`]) to a declared intent. [`oidc`] publishes the JWT signing keys
+//! to relying parties by OIDC discovery. [`daemon`] wires these together; [`client`] is the CLI's Workload API
 //! client, and [`helper`] the sidecar that writes rotated SVIDs to files.
 
 // Only `sys` may use `unsafe` (system calls nix lacks), each with a SAFETY
@@ -26,6 +27,7 @@ pub mod explain;
 pub mod file_changes;
 pub mod file_stamp;
 pub mod helper;
+pub mod oidc;
 pub mod policy_check;
 pub mod proto;
 pub mod registry;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
-use super::{Authority, AuthorityError, JwtBundle, X509Bundle};
+use super::{Authority, AuthorityError, JWT_SVID_USE, JwtBundle, X509Bundle};
 use crate::atomic_file;
 
 /// The `use` of X.509 authorities in SPIFFE bundles.
@@ -72,6 +72,17 @@ impl BundleDocument {
         self.x509_authorities()
             .into_iter()
             .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+            .collect()
+    }
+
+    /// The JWT authorities (`use: "jwt-svid"`), in the bundle's order.
+    pub fn jwt_authorities(&self) -> Vec<Jwk> {
+        self.keys
+            .iter()
+            .filter(
+                |key| matches!(&key.common.public_key_use, Some(PublicKeyUse::Other(u)) if u == JWT_SVID_USE),
+            )
+            .cloned()
             .collect()
     }
 
@@ -190,5 +201,6 @@ mod tests {
         assert!(keys[1]["kid"].is_string());
         assert!(keys.iter().all(|k| k.get("d").is_none()), "no private members");
         assert_eq!(document.x509_authorities(), authority.bundle().roots());
+        assert_eq!(document.jwt_authorities(), authority.jwt().bundle().keys());
     }
 }
