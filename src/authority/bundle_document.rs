@@ -13,6 +13,7 @@ use jsonwebtoken::jwk::{
     Jwk, PublicKeyUse, RSAKeyParameters, RSAKeyType,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
@@ -149,29 +150,41 @@ fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     &bytes[start..]
 }
 
-/// Rewrites `path` (mode 0644, atomically) whenever the X.509 or JWT bundle
+/// Writes `path` (mode 0644, atomically) now, so it is current before the
+/// daemon reports ready (`attestd bundle show` may run right after), and
+/// returns the task that rewrites it whenever the X.509 or JWT bundle
 /// changes, until the authority is dropped.
-pub async fn maintain_bundle_file(authority: Arc<Authority>, path: PathBuf, refresh_hint: Duration) {
+pub fn maintain_bundle_file(
+    authority: Arc<Authority>,
+    path: PathBuf,
+    refresh_hint: Duration,
+) -> impl Future<Output = ()> {
     let mut x509 = authority.subscribe_bundle();
     let mut jwt = authority.jwt().subscribe();
-    let mut sequence = 0u64;
-    loop {
-        sequence += 1;
-        let document = BundleDocument::new(
-            &x509.borrow_and_update(),
-            &jwt.borrow_and_update(),
-            sequence,
-            refresh_hint,
-        );
+    let mut sequence = 1u64;
+    // Builds the document from the current bundles (the channels' locks
+    // released before the file is written) and writes it.
+    let write = move |sequence,
+                      x509: &mut watch::Receiver<Arc<X509Bundle>>,
+                      jwt: &mut watch::Receiver<Arc<JwtBundle>>| {
+        let (x509, jwt) = (x509.borrow_and_update().clone(), jwt.borrow_and_update().clone());
+        let document = BundleDocument::new(&x509, &jwt, sequence, refresh_hint);
         if let Err(error) = atomic_file::write(&path, document.to_json().as_bytes(), 0o644) {
             tracing::error!(path = %path.display(), %error, "cannot write the bundle document");
         }
-        let changed = tokio::select! {
-            result = x509.changed() => result.is_ok(),
-            result = jwt.changed() => result.is_ok(),
-        };
-        if !changed {
-            return;
+    };
+    write(sequence, &mut x509, &mut jwt);
+    async move {
+        loop {
+            let changed = tokio::select! {
+                result = x509.changed() => result.is_ok(),
+                result = jwt.changed() => result.is_ok(),
+            };
+            if !changed {
+                return;
+            }
+            sequence += 1;
+            write(sequence, &mut x509, &mut jwt);
         }
     }
 }
