@@ -508,8 +508,8 @@ fn the_listener_caches_by_etag_allows_get_and_head_only_and_bounds_connections()
     assert_eq!(https(&addr, &client, "GET", "/keys", &many).status, 431);
 }
 
-#[test]
-fn plain_http_behind_a_proxy_serves_the_same_documents_under_the_issuer_path() {
+#[tokio::test]
+async fn plain_http_behind_a_proxy_serves_the_same_documents_under_the_issuer_path() {
     let addr = free_loopback_port();
     // The proxy serves https://attestd.example.org/hosts/h1 and forwards
     // to the plain listener; max_connections = 1 to see the bound.
@@ -532,9 +532,17 @@ fn plain_http_behind_a_proxy_serves_the_same_documents_under_the_issuer_path() {
         404
     );
     assert_eq!(http(&addr, "GET", "/keys", &[]).status, 404);
-    // Tokens name the https issuer, not the address attestd listens on.
-    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(fetch_token(&daemon)).unwrap();
+    // Tokens name the https issuer, not the address attestd listens on,
+    // and SPIFFE clients still validate them offline.
+    let token = fetch_token(&daemon);
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
     assert_eq!(claims["iss"], issuer);
+    let client = spiffe::WorkloadApiClient::connect_to(daemon.endpoint())
+        .await
+        .unwrap();
+    let bundles = client.fetch_jwt_bundles().await.unwrap();
+    let offline = spiffe::JwtSvid::parse_and_validate(&token, &bundles, &[AUDIENCE]).unwrap();
+    assert_eq!(offline.spiffe_id().to_string(), SUB);
 
     // A client that connects and sends nothing holds the only slot until
     // the header read timeout closes it; the next request is served after.
