@@ -19,7 +19,7 @@ use divan::Bencher;
 
 use attestd::attest::{Attestor, ExeBinding, Hashing, PeerIdentity, Workload};
 use attestd::audit::{AuditLog, OnAuditFailure, Outcome, Record, Rotation, rfc3339};
-use attestd::authority::{Authority, SvidTemplate};
+use attestd::authority::{Authority, JwtSettings, SvidTemplate};
 use attestd::spiffe_id::{SpiffeId, TrustDomain};
 
 fn main() {
@@ -44,8 +44,13 @@ fn authority() -> (tempfile::TempDir, Authority) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let trust_domain = TrustDomain::new("bench.example").expect("a valid trust domain");
     let day = Duration::from_secs(86_400);
-    let authority = Authority::embedded(trust_domain, &dir.path().join("data"), 7 * day, day)
-        .expect("an embedded authority");
+    let authority = Authority::embedded(
+        trust_domain,
+        &dir.path().join("data"),
+        7 * day,
+        JwtSettings::without_issuer(day),
+    )
+    .expect("an embedded authority");
     (dir, authority)
 }
 

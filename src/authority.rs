@@ -11,6 +11,7 @@
 mod bundle;
 mod bundle_document;
 mod ca;
+mod issuer;
 mod jwt;
 mod jwt_crypto;
 mod jwt_keys;
@@ -30,6 +31,7 @@ use upstream::UpstreamCa;
 
 pub use bundle::X509Bundle;
 pub use bundle_document::{BundleDocument, X509_SVID_USE, maintain_bundle_file, publish_bundle_document};
+pub use issuer::JwtIssuer;
 pub use jwt::{JwtAuthority, JwtBundle, JwtError, JwtSvid, ValidatedJwt, validate_foreign};
 pub use jwt_keys::JWT_SVID_USE;
 pub use signing_ca::SigningCa;
@@ -94,6 +96,25 @@ pub enum AuthorityError {
     TermEnded,
 }
 
+/// How JWT-SVIDs are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// Lifetime of each signing key (see `[ca] jwt_key_ttl`).
+    pub key_ttl: Duration,
+    /// The `iss` of every token (`jwt_issuer`); none if unset.
+    pub issuer: Option<JwtIssuer>,
+}
+
+impl JwtSettings {
+    /// Keys of `key_ttl`, tokens without `iss`.
+    pub fn without_issuer(key_ttl: Duration) -> Self {
+        Self {
+            key_ttl,
+            issuer: None,
+        }
+    }
+}
+
 /// Where X.509-SVIDs are signed.
 #[derive(Debug)]
 enum Signer {
@@ -124,16 +145,18 @@ pub struct Authority {
 }
 
 impl Authority {
-    /// The authority `ca` describes: embedded (rotating roots in
-    /// `data_dir`) or upstream (files); JWT keys always in `data_dir`.
-    pub fn from_config(
-        trust_domain: TrustDomain,
-        data_dir: &Path,
-        ca: &crate::config::CaConfig,
-    ) -> Result<Self, AuthorityError> {
+    /// The authority `config` describes: embedded (rotating roots in
+    /// `data_dir`) or upstream (`[ca]` files); JWT keys always in
+    /// `data_dir`, their tokens issued as `jwt_issuer` if set.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, AuthorityError> {
+        let (trust_domain, data_dir, ca) = (config.trust_domain.clone(), &config.data_dir, &config.ca);
+        let jwt = JwtSettings {
+            key_ttl: ca.jwt_key_ttl.0,
+            issuer: config.jwt_issuer.clone(),
+        };
         match &ca.upstream {
-            Some(files) => Self::upstream(trust_domain, data_dir, files, ca.jwt_key_ttl.0),
-            None => Self::embedded(trust_domain, data_dir, ca.ttl.0, ca.jwt_key_ttl.0),
+            Some(files) => Self::upstream(trust_domain, data_dir, files, jwt),
+            None => Self::embedded(trust_domain, data_dir, ca.ttl.0, jwt),
         }
     }
 
@@ -143,14 +166,14 @@ impl Authority {
         trust_domain: TrustDomain,
         data_dir: &Path,
         ca_ttl: Duration,
-        jwt_key_ttl: Duration,
+        jwt: JwtSettings,
     ) -> Result<Self, AuthorityError> {
         create_data_dir(data_dir)?;
         let mut set = CaSet::load(&trust_domain, data_dir, ca_ttl)?;
         if set.advance(SystemTime::now())? {
             set.save()?;
         }
-        Self::with_signer(trust_domain, data_dir, Signer::Embedded(set), jwt_key_ttl)
+        Self::with_signer(trust_domain, data_dir, Signer::Embedded(set), jwt)
     }
 
     /// Signs with an upstream intermediate; JWT keys from `data_dir`.
@@ -158,27 +181,22 @@ impl Authority {
         trust_domain: TrustDomain,
         data_dir: &Path,
         files: &UpstreamFiles,
-        jwt_key_ttl: Duration,
+        jwt: JwtSettings,
     ) -> Result<Self, AuthorityError> {
         create_data_dir(data_dir)?;
         let upstream = UpstreamCa::load(files, &trust_domain)?;
-        Self::with_signer(
-            trust_domain,
-            data_dir,
-            Signer::Upstream(Box::new(upstream)),
-            jwt_key_ttl,
-        )
+        Self::with_signer(trust_domain, data_dir, Signer::Upstream(Box::new(upstream)), jwt)
     }
 
     fn with_signer(
         trust_domain: TrustDomain,
         data_dir: &Path,
         signer: Signer,
-        jwt_key_ttl: Duration,
+        jwt: JwtSettings,
     ) -> Result<Self, AuthorityError> {
-        let jwt_keys = jwt_keys::KeySet::load(data_dir, jwt_key_ttl)?;
+        let jwt_keys = jwt_keys::KeySet::load(data_dir, jwt.key_ttl)?;
         Ok(Self {
-            jwt: Arc::new(JwtAuthority::new(trust_domain.clone(), jwt_keys)?),
+            jwt: Arc::new(JwtAuthority::new(trust_domain.clone(), jwt_keys, jwt.issuer)?),
             bundle: watch::Sender::new(Arc::new(X509Bundle::new(signer.roots()))),
             signer: Mutex::new(signer),
             trust_domain,
@@ -297,6 +315,6 @@ pub(crate) fn test_authority() -> (tempfile::TempDir, Authority) {
     let dir = tempfile::tempdir().unwrap();
     let td = TrustDomain::new("example.org").unwrap();
     let hour = Duration::from_secs(3600);
-    let authority = Authority::embedded(td, dir.path(), hour, hour).unwrap();
+    let authority = Authority::embedded(td, dir.path(), hour, JwtSettings::without_issuer(hour)).unwrap();
     (dir, authority)
 }

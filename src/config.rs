@@ -7,6 +7,8 @@
 //! the offending value; `serde_path_to_error` supplies the key path. Checks
 //! that span several values (an ID outside the trust domain) use `Spanned`.
 
+mod oidc;
+
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,9 +29,11 @@ pub use federation::{
 };
 
 use crate::audit::{DenialLimit, OnAuditFailure, Rotation};
-use crate::authority::UpstreamFiles;
+use crate::authority::{JwtIssuer, UpstreamFiles};
 use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+use oidc::RawOidc;
+pub use oidc::{DEFAULT_OIDC_MAX_CONNECTIONS, OidcConfig, TlsFiles};
 
 /// Default Workload API socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/attestd/api.sock";
@@ -118,6 +122,10 @@ pub struct Config {
     pub federation: Vec<FederationConfig>,
     /// Our bundle served to other trust domains (`[bundle_endpoint]`).
     pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// The `iss` of every JWT-SVID (an https URL); unset: no `iss`.
+    pub jwt_issuer: Option<JwtIssuer>,
+    /// The OIDC discovery listener (`[oidc]`); off if unset.
+    pub oidc: Option<OidcConfig>,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -454,6 +462,8 @@ struct RawConfig {
     #[serde(default)]
     federation: Vec<Spanned<federation::RawFederation>>,
     bundle_endpoint: Option<federation::RawBundleEndpoint>,
+    jwt_issuer: Option<JwtIssuer>,
+    oidc: Option<Spanned<RawOidc>>,
     #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
@@ -564,6 +574,7 @@ impl Config {
         let entries = source.entries(raw.entry, &trust_domain, &federated)?;
         let denial_limit = source.denial_limit(&raw.audit)?;
         let sds = source.sds(raw.sds)?;
+        let oidc = source.oidc(raw.oidc, raw.jwt_issuer.as_ref())?;
         Ok(Self {
             source: path.to_owned(),
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
@@ -590,6 +601,8 @@ impl Config {
             sds,
             federation,
             bundle_endpoint,
+            jwt_issuer: raw.jwt_issuer,
+            oidc,
         })
     }
 
@@ -608,7 +621,13 @@ impl Config {
             self.health,
             (self.authz.clone(), self.sds.clone()),
             self.policy_dir.clone(),
-            (self.federation.clone(), self.bundle_endpoint.clone()),
+            // Nested: tuples compare up to twelve fields.
+            (
+                self.federation.clone(),
+                self.bundle_endpoint.clone(),
+                self.jwt_issuer.clone(),
+                self.oidc.clone(),
+            ),
         )
     }
 

@@ -20,6 +20,7 @@ use crate::authority::{
 use crate::authz::{self, Authz, AuthzError, PolicyBook};
 use crate::config::{Config, ConfigError, DEFAULT_REFRESH_HINT, LimitsConfig};
 use crate::federation::{EndpointServerError, Federation, FederationError, serve_bundle_endpoint};
+use crate::oidc::{self, OidcError};
 use crate::proto::agent::authorization_server::AuthorizationServer;
 use crate::proto::agent::tasks_server::TasksServer;
 use crate::proto::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -101,6 +102,9 @@ pub enum DaemonError {
     /// The bundle endpoint could not be started.
     #[error(transparent)]
     BundleEndpoint(#[from] EndpointServerError),
+    /// The OIDC discovery listener could not be started.
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
     /// Installing signal handlers failed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -117,22 +121,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let attestations = concurrent_attestations(&config.limits);
     let (ctx, entry_files, documents) = start_services(&config, shutdown, attestations)?;
     let ctx = Arc::new(ctx);
-    if let Some(endpoint) = &config.bundle_endpoint {
-        let server = serve_bundle_endpoint(endpoint, documents, &ctx.cache, config.svid.x509_ttl.0).await?;
-        tokio::spawn(server);
-    }
     // After the policy loaded: a bad config fails with its one line alone.
     let nofile = descriptor_limit::raise_to_hard_limit();
     let readiness = Arc::new(Readiness::default());
-    let health_connections = match config.health.listen {
-        Some(addr) => {
-            let max = config.limits.health_max_connections;
-            tokio::spawn(serve_health(addr, Arc::clone(&readiness), max).await?);
-            max
-        }
-        None => 0,
-    };
-    let budget = ConnectionBudget::new(&config.limits, nofile, attestations, health_connections);
+    let tcp_connections = serve_tcp_listeners(&config, &ctx, documents, &readiness).await?;
+    let budget = ConnectionBudget::new(&config.limits, nofile, attestations, tcp_connections);
     tracing::info!(
         max_connections = budget.global,
         connection_reserve = budget.reserve,
@@ -218,6 +211,40 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Starts the optional TCP listeners (the bundle endpoint, health and
+/// metrics, OIDC discovery); returns how many connections they may hold
+/// at once, descriptors the Workload API's budget leaves them.
+async fn serve_tcp_listeners(
+    config: &Config,
+    ctx: &Arc<Context>,
+    documents: watch::Receiver<Arc<BundleDocument>>,
+    readiness: &Arc<Readiness>,
+) -> Result<usize, DaemonError> {
+    let mut connections = 0;
+    if let Some(endpoint) = &config.bundle_endpoint {
+        let server = serve_bundle_endpoint(endpoint, documents, &ctx.cache, config.svid.x509_ttl.0).await?;
+        tokio::spawn(server);
+        connections += endpoint.max_connections;
+    }
+    if let Some(addr) = config.health.listen {
+        let max = config.limits.health_max_connections;
+        tokio::spawn(serve_health(addr, Arc::clone(readiness), max).await?);
+        connections += max;
+    }
+    if let Some(oidc) = &config.oidc {
+        let server = oidc::serve(
+            oidc,
+            ctx.authority.jwt().subscribe(),
+            config.ca.jwt_key_ttl.0,
+            ctx.shutdown.clone(),
+        )
+        .await?;
+        tokio::spawn(server);
+        connections += oidc.max_connections;
+    }
+    Ok(connections)
+}
+
 /// Loads the policy, the authority, the foreign bundles and the audit
 /// trail, and starts their background tasks. Also returns the entry files
 /// the policy was read from, which its reloads start from, and the bundle
@@ -232,11 +259,7 @@ fn start_services(
     policy.build_lookups();
     let policies = PolicyBook::load(config.policy_dir.as_deref(), policy.entries())?;
     tracing::info!(policies = policies.len(), "Cedar policies loaded");
-    let authority = Arc::new(Authority::from_config(
-        config.trust_domain.clone(),
-        &config.data_dir,
-        &config.ca,
-    )?);
+    let authority = Arc::new(Authority::from_config(config)?);
     let audit = Arc::new(
         AuditLog::open(&config.audit.path, config.audit.rotation, config.audit.on_failure)?
             .with_denial_limit(config.audit.denial_limit),

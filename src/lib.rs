@@ -7,7 +7,8 @@
 //! SVID minted by the [`authority`], and [`audit`] records the decision.
 //! Agents' tasks ([`tasks`]) bind a decision of the policy decision point
 //! ([`authz`]) to a declared intent. [`federation`] keeps foreign trust
-//! domains' bundles and serves ours. [`daemon`] wires these together; [`client`] is the CLI's Workload API
+//! domains' bundles and serves ours; [`oidc`] publishes the JWT signing
+//! keys to relying parties by OIDC discovery; [`sds`] serves Envoy. [`daemon`] wires these together; [`client`] is the CLI's Workload API
 //! client, and [`helper`] the sidecar that writes rotated SVIDs to files.
 
 // Only `sys` may use `unsafe` (system calls nix lacks), each with a SAFETY
@@ -28,6 +29,7 @@ pub mod federation;
 pub mod file_changes;
 pub mod file_stamp;
 pub mod helper;
+pub mod oidc;
 pub mod policy_check;
 pub mod proto;
 pub mod registry;

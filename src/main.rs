@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use attestd::audit::trace::{self, Select, TraceQuery};
 use attestd::authority::BundleDocument;
 use attestd::registry::Policy;
-use attestd::{audit, authz, client, config::Config, daemon, explain, helper, policy_check, telemetry};
+use attestd::{audit, authz, client, config::Config, daemon, explain, helper, oidc, policy_check, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -292,7 +292,10 @@ enum BundleCommand {
         /// attestd's configuration file (for data_dir).
         #[arg(short, long)]
         config: PathBuf,
-        /// spiffe: the SPIFFE bundle JSON; pem: the X.509 authorities.
+        /// spiffe: the SPIFFE bundle JSON; pem: the X.509 authorities;
+        /// jwks: the JWT keys as the OIDC listener serves them (for static
+        /// hosting at <jwt_issuer>/keys); openid-configuration: the OIDC
+        /// discovery document (for <jwt_issuer>/.well-known/openid-configuration).
         #[arg(long, value_enum, default_value_t = BundleFormat::Spiffe)]
         format: BundleFormat,
     },
@@ -302,6 +305,8 @@ enum BundleCommand {
 enum BundleFormat {
     Spiffe,
     Pem,
+    Jwks,
+    OpenidConfiguration,
 }
 
 fn main() -> ExitCode {
@@ -427,10 +432,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             command: BundleCommand::Show { config, format },
         } => {
             let config = Config::load(&config)?;
-            let document = BundleDocument::read(&daemon::bundle_file(&config.data_dir))?;
+            let bundle = || BundleDocument::read(&daemon::bundle_file(&config.data_dir));
             match format {
-                BundleFormat::Spiffe => println!("{}", document.to_json()),
-                BundleFormat::Pem => print!("{}", document.to_pem()),
+                BundleFormat::Spiffe => println!("{}", bundle()?.to_json()),
+                BundleFormat::Pem => print!("{}", bundle()?.to_pem()),
+                BundleFormat::Jwks => print!("{}", oidc::jwks_document(&bundle()?.jwt_authorities())),
+                BundleFormat::OpenidConfiguration => print!("{}", oidc::static_discovery_document(&config)?),
             }
         }
         Command::Helper { config } => helper::run(helper::HelperConfig::load(&config)?).await?,

@@ -730,7 +730,7 @@ fn new_task_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authority::Authority;
+    use crate::authority::{Authority, JwtSettings};
     use crate::config::{CaConfig, Config};
     use crate::registry::Policy;
     use crate::selector::{Selector, SelectorSet};
@@ -781,7 +781,9 @@ tasks = { tools = ["a"] }
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let td = TrustDomain::new("example.org").unwrap();
-        let authority = Arc::new(Authority::from_config(td, dir.path(), &CaConfig::default()).unwrap());
+        let ca = CaConfig::default();
+        let jwt = JwtSettings::without_issuer(ca.jwt_key_ttl.0);
+        let authority = Arc::new(Authority::embedded(td, dir.path(), ca.ttl.0, jwt).unwrap());
         let registry = Arc::new(Registry::new(policy(POLICY)));
         let tasks =
             TaskRegistry::open(dir.path(), Arc::clone(authority.jwt()), Arc::clone(&registry)).unwrap();

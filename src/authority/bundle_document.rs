@@ -13,12 +13,11 @@ use jsonwebtoken::jwk::{
     Jwk, PublicKeyUse, RSAKeyParameters, RSAKeyType,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
-use super::{Authority, AuthorityError, JwtBundle, X509Bundle};
-use tokio::sync::watch;
-
+use super::{Authority, AuthorityError, JWT_SVID_USE, JwtBundle, X509Bundle};
 use crate::{atomic_file, wall_clock};
 
 /// The `use` of X.509 authorities in SPIFFE bundles.
@@ -74,6 +73,17 @@ impl BundleDocument {
         self.x509_authorities()
             .into_iter()
             .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+            .collect()
+    }
+
+    /// The JWT authorities (`use: "jwt-svid"`), in the bundle's order.
+    pub fn jwt_authorities(&self) -> Vec<Jwk> {
+        self.keys
+            .iter()
+            .filter(
+                |key| matches!(&key.common.public_key_use, Some(PublicKeyUse::Other(u)) if u == JWT_SVID_USE),
+            )
+            .cloned()
             .collect()
     }
 
@@ -178,16 +188,24 @@ pub fn publish_bundle_document(
     receiver
 }
 
-/// Rewrites `path` (mode 0644, atomically) with every document `documents`
-/// publishes, until it stops publishing.
-pub async fn maintain_bundle_file(mut documents: watch::Receiver<Arc<BundleDocument>>, path: PathBuf) {
-    loop {
-        let document = Arc::clone(&documents.borrow_and_update());
+/// Writes `path` (mode 0644, atomically) with the current document now,
+/// so it is current before the daemon reports ready (`attestd bundle show`
+/// may run right after), and returns the task that rewrites it with every
+/// document `documents` publishes, until it stops publishing.
+pub fn maintain_bundle_file(
+    mut documents: watch::Receiver<Arc<BundleDocument>>,
+    path: PathBuf,
+) -> impl Future<Output = ()> {
+    let write = move |document: &BundleDocument| {
         if let Err(error) = atomic_file::write(&path, document.to_json().as_bytes(), 0o644) {
             tracing::error!(path = %path.display(), %error, "cannot write the bundle document");
         }
-        if documents.changed().await.is_err() {
-            return;
+    };
+    write(&documents.borrow_and_update());
+    async move {
+        while documents.changed().await.is_ok() {
+            let document = Arc::clone(&documents.borrow_and_update());
+            write(&document);
         }
     }
 }
@@ -217,5 +235,6 @@ mod tests {
         assert!(keys[1]["kid"].is_string());
         assert!(keys.iter().all(|k| k.get("d").is_none()), "no private members");
         assert_eq!(document.x509_authorities(), authority.bundle().roots());
+        assert_eq!(document.jwt_authorities(), authority.jwt().bundle().keys());
     }
 }

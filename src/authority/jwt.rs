@@ -16,6 +16,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::AuthorityError;
+use super::issuer::JwtIssuer;
 use super::jwt_keys::KeySet;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::wall_clock::{self, unix_seconds};
@@ -127,6 +128,9 @@ impl JwtBundle {
 
 #[derive(Serialize)]
 struct Claims<'a> {
+    /// The configured issuer (`jwt_issuer`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
     sub: &'a str,
     aud: &'a [String],
     exp: u64,
@@ -145,6 +149,10 @@ const REGISTERED_CLAIMS: [&str; 7] = ["sub", "aud", "exp", "iat", "jti", "nbf", 
 #[derive(Debug)]
 pub struct JwtAuthority {
     trust_domain: TrustDomain,
+    /// The `iss` of every token minted (plain JWT-SVIDs and task tokens
+    /// alike: all are signed by the keys OIDC discovery publishes under
+    /// this issuer).
+    issuer: Option<JwtIssuer>,
     // std Mutex: held to pick a key or look one up, never across an await.
     keys: Mutex<KeySet>,
     bundle: watch::Sender<Arc<JwtBundle>>,
@@ -154,8 +162,13 @@ impl JwtAuthority {
     /// Clock skew tolerated on `exp` and `nbf` when validating.
     pub const VALIDATION_LEEWAY: Duration = Duration::from_secs(2);
 
-    /// Takes over a loaded key set, bringing it up to date.
-    pub(super) fn new(trust_domain: TrustDomain, mut keys: KeySet) -> Result<Self, AuthorityError> {
+    /// Takes over a loaded key set, bringing it up to date; tokens carry
+    /// `issuer` as `iss` when given.
+    pub(super) fn new(
+        trust_domain: TrustDomain,
+        mut keys: KeySet,
+        issuer: Option<JwtIssuer>,
+    ) -> Result<Self, AuthorityError> {
         super::jwt_crypto::install();
         if keys.advance(SystemTime::now())? {
             keys.save()?;
@@ -163,6 +176,7 @@ impl JwtAuthority {
         let bundle = watch::Sender::new(Arc::new(bundle_of(&keys)));
         Ok(Self {
             trust_domain,
+            issuer,
             keys: Mutex::new(keys),
             bundle,
         })
@@ -235,6 +249,7 @@ impl JwtAuthority {
         rand::rng().fill_bytes(&mut jti);
         let jti = hex::encode(jti);
         let claims = Claims {
+            iss: self.issuer.as_ref().map(JwtIssuer::as_str),
             sub: spiffe_id.as_str(),
             aud: audiences,
             exp: unix_seconds(expires_at),
@@ -258,7 +273,10 @@ impl JwtAuthority {
     }
 
     /// Validates `token` for `audience`: header, key, signature, expiry,
-    /// audience, subject.
+    /// audience, subject. `iss`, if any, is not compared (as SPIRE's agent
+    /// does not): a signature by a key of this trust domain's bundle is
+    /// what vouches for a token, and tokens minted before `jwt_issuer` was
+    /// set or changed stay valid until they expire.
     pub fn validate(&self, token: &str, audience: &str) -> Result<ValidatedJwt, JwtError> {
         self.validate_for(token, Some(audience))
     }
@@ -454,7 +472,7 @@ mod tests {
 
     fn authority(dir: &std::path::Path) -> JwtAuthority {
         let td = TrustDomain::new("example.org").unwrap();
-        JwtAuthority::new(td, KeySet::load(dir, Duration::from_secs(3600)).unwrap()).unwrap()
+        JwtAuthority::new(td, KeySet::load(dir, Duration::from_secs(3600)).unwrap(), None).unwrap()
     }
 
     fn header(json: &str) -> String {
@@ -568,6 +586,39 @@ mod tests {
         assert!(matches!(
             jwt.mint_with(&id, &["a".to_owned()], SystemTime::now(), &serde_json::Map::new()),
             Err(AuthorityError::BadTokenRequest(_))
+        ));
+    }
+
+    #[test]
+    fn a_configured_issuer_is_every_tokens_iss_and_validation_accepts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let td = TrustDomain::new("example.org").unwrap();
+        let issuer = JwtIssuer::parse("https://attestd.example.org").unwrap();
+        let keys = KeySet::load(dir.path(), Duration::from_secs(3600)).unwrap();
+        let jwt = JwtAuthority::new(td, keys, Some(issuer)).unwrap();
+        let id = SpiffeId::new("spiffe://example.org/w").unwrap();
+        let plain = jwt.mint(&id, &["a".to_owned()], Duration::from_secs(60)).unwrap();
+        let mut extra = serde_json::Map::new();
+        extra.insert("task_id".into(), Value::from("t1"));
+        let expires_at = SystemTime::now() + Duration::from_secs(60);
+        let task = jwt.mint_with(&id, &["a".to_owned()], expires_at, &extra).unwrap();
+        for token in [&plain.token, &task.token] {
+            let valid = jwt.validate(token, "a").unwrap();
+            assert_eq!(valid.claims["iss"], "https://attestd.example.org");
+        }
+        // Without an issuer, no iss at all.
+        let other = tempfile::tempdir().unwrap();
+        let without = authority(other.path())
+            .mint(&id, &["a".to_owned()], Duration::from_secs(60))
+            .unwrap();
+        let claims: serde_json::Map<String, Value> =
+            jsonwebtoken::dangerous::insecure_decode_claims(&without.token).unwrap();
+        assert!(!claims.contains_key("iss"));
+        // Nor can a caller's extra claims set it.
+        extra.insert("iss".into(), Value::from("https://evil.example"));
+        assert!(matches!(
+            jwt.mint_with(&id, &["a".to_owned()], expires_at, &extra),
+            Err(AuthorityError::BadTokenRequest(reason)) if reason.contains("\"iss\"")
         ));
     }
 

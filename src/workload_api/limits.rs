@@ -45,9 +45,11 @@ impl ConnectionBudget {
     /// The budget for a process allowed `nofile` descriptors: the configured
     /// `max_connections`, or as many as the descriptors allow (never more),
     /// and the configured reserve or an eighth of the cap.
-    pub fn new(limits: &LimitsConfig, nofile: u64, attestations: usize, health_connections: usize) -> Self {
+    /// `tcp_connections`: what the TCP listeners (health, OIDC discovery)
+    /// may hold, one descriptor each.
+    pub fn new(limits: &LimitsConfig, nofile: u64, attestations: usize, tcp_connections: usize) -> Self {
         let besides =
-            FDS_BESIDES_CONNECTIONS + FDS_PER_ATTESTATION * attestations as u64 + health_connections as u64;
+            FDS_BESIDES_CONNECTIONS + FDS_PER_ATTESTATION * attestations as u64 + tcp_connections as u64;
         let affordable = usize::try_from(nofile.saturating_sub(besides) / FDS_PER_CONNECTION)
             .unwrap_or(usize::MAX)
             .max(1);

@@ -24,6 +24,7 @@ mod harness;
 mod helper;
 mod isolation;
 mod jwt;
+mod oidc;
 mod operations;
 mod owner;
 mod py_interop;
