@@ -255,10 +255,21 @@ fn start_services(
     attestations: usize,
 ) -> Result<(Context, EntryFiles, watch::Receiver<Arc<BundleDocument>>), DaemonError> {
     let mut entry_files = EntryFiles::default();
+    let started = std::time::Instant::now();
     let policy = Policy::load_with(config, &mut entry_files)?;
     policy.build_lookups();
+    tracing::info!(
+        entries = policy.entries().len(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "entries loaded"
+    );
+    let started = std::time::Instant::now();
     let policies = PolicyBook::load(config.policy_dir.as_deref(), policy.entries())?;
-    tracing::info!(policies = policies.len(), "Cedar policies loaded");
+    tracing::info!(
+        policies = policies.len(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "Cedar policies loaded"
+    );
     let authority = Arc::new(Authority::from_config(config)?);
     let audit = Arc::new(
         AuditLog::open(&config.audit.path, config.audit.rotation, config.audit.on_failure)?
