@@ -8,6 +8,7 @@
 //! that span several values (an ID outside the trust domain) use `Spanned`.
 
 mod oidc;
+mod sds;
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ use crate::selector::Selector;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use oidc::RawOidc;
 pub use oidc::{DEFAULT_OIDC_MAX_CONNECTIONS, OidcConfig, TlsFiles};
+pub use sds::SdsConfig;
 
 /// Default Workload API socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/attestd/api.sock";
@@ -207,35 +209,6 @@ pub struct AuthzConfig {
     /// Unix socket it listens on (created 0777, like the Workload API
     /// socket: every caller is attested); off if unset.
     pub listen: Option<PathBuf>,
-}
-
-/// `[sds]`: Envoy SDS on the Workload API socket. The names Envoy asks
-/// for besides SPIFFE IDs and trust domain IDs; SPIRE agent's defaults, so
-/// Envoy configurations written for it work unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SdsConfig {
-    /// The caller's first identity.
-    pub default_svid_name: String,
-    /// The trust domain's own bundle.
-    pub default_bundle_name: String,
-    /// Every bundle the caller may use (SPIFFE certificate validator only).
-    pub default_all_bundles_name: String,
-    /// Serve bundles as a plain `trusted_ca` instead of Envoy's SPIFFE
-    /// certificate validator (a node may also ask with its metadata key
-    /// `disable_spiffe_cert_validation`).
-    pub disable_spiffe_cert_validation: bool,
-}
-
-impl Default for SdsConfig {
-    fn default() -> Self {
-        Self {
-            default_svid_name: "default".into(),
-            default_bundle_name: "ROOTCA".into(),
-            default_all_bundles_name: "ALL".into(),
-            disable_spiffe_cert_validation: false,
-        }
-    }
 }
 
 /// What an entry allows its workload to do with tasks (`tasks = {...}`).
@@ -851,36 +824,6 @@ impl<'a> SourceFile<'a> {
 
     /// The metrics may describe every workload on the host: only loopback
     /// addresses are accepted.
-    /// `[sds]`: its names must tell resources apart: non-empty, distinct,
-    /// and never mistaken for a SPIFFE ID or trust domain ID.
-    fn sds(&self, raw: Option<Spanned<SdsConfig>>) -> Result<SdsConfig, ConfigError> {
-        let Some(raw) = raw else {
-            return Ok(SdsConfig::default());
-        };
-        let span = raw.span();
-        let sds = raw.into_inner();
-        let names = [
-            ("sds.default_svid_name", &sds.default_svid_name),
-            ("sds.default_bundle_name", &sds.default_bundle_name),
-            ("sds.default_all_bundles_name", &sds.default_all_bundles_name),
-        ];
-        for (i, (key, name)) in names.iter().enumerate() {
-            let problem = if name.is_empty() {
-                Some("must not be empty")
-            } else if name.starts_with("spiffe://") {
-                Some("must not be a SPIFFE ID (those name identities and trust domains)")
-            } else if names[..i].iter().any(|(_, other)| other == name) {
-                Some("must differ from the other SDS names")
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                return Err(self.error(&span, (*key).to_owned(), problem));
-            }
-        }
-        Ok(sds)
-    }
-
     fn health(&self, raw: RawHealth) -> Result<HealthConfig, ConfigError> {
         let Some(listen) = raw.listen else {
             return Ok(HealthConfig::default());
@@ -1180,32 +1123,6 @@ owner = "team@example.org"
         assert_eq!(ok.ca.upstream.unwrap().bundle_file, PathBuf::from("c"));
         let err = parse("trust_domain = \"example.org\"\n[ca]\ncert_file = \"a\"\n").unwrap_err();
         assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("ca")), "{err}");
-    }
-
-    #[test]
-    fn sds_names_default_to_spires_and_must_tell_resources_apart() {
-        let defaults = parse("trust_domain = \"example.org\"\n").unwrap();
-        assert_eq!(defaults.sds, SdsConfig::default());
-        assert_eq!(defaults.sds.default_all_bundles_name, "ALL");
-        let renamed = parse("trust_domain = \"example.org\"\n[sds]\ndefault_svid_name = \"mine\"\n").unwrap();
-        assert_eq!(renamed.sds.default_svid_name, "mine");
-        assert_eq!(renamed.sds.default_bundle_name, "ROOTCA");
-        for (body, key) in [
-            ("default_svid_name = \"\"", "sds.default_svid_name"),
-            (
-                "default_bundle_name = \"spiffe://example.org\"",
-                "sds.default_bundle_name",
-            ),
-            (
-                "default_all_bundles_name = \"default\"",
-                "sds.default_all_bundles_name",
-            ),
-        ] {
-            let err = parse(&format!("trust_domain = \"example.org\"\n[sds]\n{body}\n")).unwrap_err();
-            assert_eq!(err.key.as_deref(), Some(key), "{err}");
-            assert_eq!(err.line, Some(2), "the [sds] table: {err}");
-        }
-        assert!(parse("trust_domain = \"example.org\"\n[sds]\nunknown = 1\n").is_err());
     }
 
     #[test]
