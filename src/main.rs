@@ -29,6 +29,10 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Fleet mode: the join token to attest this node with (instead of
+        /// `[server] join_token`); needed only until the node is attested.
+        #[arg(long, env = "ATTESTD_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
     },
     /// Call the Workload API as the current process.
     Api {
@@ -342,11 +346,14 @@ fn describe(error: &anyhow::Error) -> String {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = match config {
+        Command::Run { config, join_token } => {
+            let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => return Err(Config::missing().into()),
             };
+            if let Some(token) = join_token {
+                config.set_join_token(token)?;
+            }
             daemon::run(config).await?;
         }
         Command::Api { command } => api(command).await?,
