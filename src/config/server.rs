@@ -265,15 +265,15 @@ impl SourceFile<'_> {
         };
         let text = address.get_ref();
         let valid = text.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty()
-                && !host.contains(['/', '@', ' '])
-                && port.parse::<u16>().is_ok_and(|p| p != 0)
+            !host.is_empty() && !host.contains(['/', '@', ' ']) && port.parse::<u16>().is_ok_and(|p| p != 0)
         });
         if !valid {
             return Err(self.error(
                 &address.span(),
                 "server.address".into(),
-                format!("{text:?} is not host:port (e.g. \"spire-server.example.org:8081\" or \"[::1]:8081\")"),
+                format!(
+                    "{text:?} is not host:port (e.g. \"spire-server.example.org:8081\" or \"[::1]:8081\")"
+                ),
             ));
         }
         Ok(address.into_inner())
@@ -385,7 +385,9 @@ impl SourceFile<'_> {
             other => Err(self.error(
                 &name.span(),
                 "server.node_attestor".into(),
-                format!("{other:?} is not a node attestor attestd implements (\"join_token\" or \"x509pop\")"),
+                format!(
+                    "{other:?} is not a node attestor attestd implements (\"join_token\" or \"x509pop\")"
+                ),
             )),
         }
     }
@@ -449,7 +451,10 @@ mod tests {
             }
         );
         assert!(matches!(server.node_attestor, NodeAttestor::JoinToken(Some(ref t)) if t.expose() == "abc"));
-        assert_eq!(format!("{:?}", server.node_attestor), "JoinToken(Some(JoinToken(<redacted>)))");
+        assert_eq!(
+            format!("{:?}", server.node_attestor),
+            "JoinToken(Some(JoinToken(<redacted>)))"
+        );
         assert_eq!(server.sync_interval, DEFAULT_SYNC_INTERVAL);
         assert_eq!(server.state_dir, Path::new("/d/agent"));
         assert_eq!(server.owners[0].owner, "ml@example.org");
@@ -458,9 +463,18 @@ mod tests {
     #[test]
     fn each_mistake_names_its_line_and_key() {
         let cases = [
-            ("node_attestor = \"join_token\"\ninsecure_bootstrap = true\n", "fleet.toml:3: server.address: is required"),
-            ("address = \"spire:0\"\n", "fleet.toml:4: server.address: \"spire:0\" is not host:port"),
-            ("address = \"s:1\"\nnode_attestor = \"join_token\"\n", "fleet.toml:3: server.trust_bundle_path: is required"),
+            (
+                "node_attestor = \"join_token\"\ninsecure_bootstrap = true\n",
+                "fleet.toml:3: server.address: is required",
+            ),
+            (
+                "address = \"spire:0\"\n",
+                "fleet.toml:4: server.address: \"spire:0\" is not host:port",
+            ),
+            (
+                "address = \"s:1\"\nnode_attestor = \"join_token\"\n",
+                "fleet.toml:3: server.trust_bundle_path: is required",
+            ),
             (
                 "address = \"s:1\"\ninsecure_bootstrap = true\ntrust_bundle_path = \"/b\"\nnode_attestor = \"join_token\"\n",
                 "fleet.toml:6: server.trust_bundle_path: set either",
@@ -469,13 +483,22 @@ mod tests {
                 "address = \"s:1\"\ntrust_bundle_path = \"/b\"\ntrust_bundle_format = \"der\"\nnode_attestor = \"join_token\"\n",
                 "fleet.toml:6: server.trust_bundle_format: \"der\" is not",
             ),
-            ("address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"tpm\"\n", "fleet.toml:6: server.node_attestor: \"tpm\" is not"),
-            ("address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"x509pop\"\n", "fleet.toml:6: server.x509pop: is required"),
+            (
+                "address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"tpm\"\n",
+                "fleet.toml:6: server.node_attestor: \"tpm\" is not",
+            ),
+            (
+                "address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"x509pop\"\n",
+                "fleet.toml:6: server.x509pop: is required",
+            ),
             (
                 "address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"x509pop\"\njoin_token = \"t\"\n",
                 "fleet.toml:7: server.join_token: is for node_attestor = \"join_token\"",
             ),
-            ("address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"join_token\"\nfoo = 1\n", "fleet.toml:7: server.foo: unknown field"),
+            (
+                "address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"join_token\"\nfoo = 1\n",
+                "fleet.toml:7: server.foo: unknown field",
+            ),
             (
                 "address = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"join_token\"\nowners = [{ prefix = \"ml/\", owner = \"o\" }]\n",
                 "fleet.toml:7: server.owners[0].prefix: \"ml/\" is not a SPIFFE ID prefix",
@@ -483,13 +506,17 @@ mod tests {
         ];
         for (server, expected) in cases {
             let got = error(server);
-            assert!(got.starts_with(expected), "{server}\n  got: {got}\n  expected: {expected}");
+            assert!(
+                got.starts_with(expected),
+                "{server}\n  got: {got}\n  expected: {expected}"
+            );
         }
     }
 
     #[test]
     fn what_fleet_mode_replaces_is_refused_beside_it() {
-        let server = "[server]\naddress = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"join_token\"\n";
+        let server =
+            "[server]\naddress = \"s:1\"\ninsecure_bootstrap = true\nnode_attestor = \"join_token\"\n";
         let with = |before: &str| {
             Config::parse(
                 Path::new("f.toml"),
@@ -498,13 +525,27 @@ mod tests {
             .unwrap_err()
             .to_string()
         };
-        let entry = with("[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\nowner = \"o\"");
-        assert!(entry.starts_with("f.toml:2: entry: [[entry]] cannot be used with [server]"), "{entry}");
+        let entry = with(
+            "[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\nowner = \"o\"",
+        );
+        assert!(
+            entry.starts_with("f.toml:2: entry: [[entry]] cannot be used with [server]"),
+            "{entry}"
+        );
         let ca = with("[ca]\nttl = \"1d\"");
-        assert!(ca.starts_with("f.toml:2: ca: [ca] cannot be used with [server]"), "{ca}");
+        assert!(
+            ca.starts_with("f.toml:2: ca: [ca] cannot be used with [server]"),
+            "{ca}"
+        );
         let dir = with("entries_dir = \"/e\"");
-        assert!(dir.starts_with("f.toml:2: entries_dir: cannot be used with [server]"), "{dir}");
+        assert!(
+            dir.starts_with("f.toml:2: entries_dir: cannot be used with [server]"),
+            "{dir}"
+        );
         let issuer = with("jwt_issuer = \"https://i.example.org\"");
-        assert!(issuer.starts_with("f.toml:2: jwt_issuer: cannot be used with [server]"), "{issuer}");
+        assert!(
+            issuer.starts_with("f.toml:2: jwt_issuer: cannot be used with [server]"),
+            "{issuer}"
+        );
     }
 }
