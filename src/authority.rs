@@ -33,7 +33,9 @@ use ca::CaSet;
 use upstream::UpstreamCa;
 
 pub use bundle::X509Bundle;
-pub use bundle_document::{BundleDocument, X509_SVID_USE, maintain_bundle_file, publish_bundle_document};
+pub use bundle_document::{
+    BundleDocument, X509_SVID_USE, jwt_authority_from_spki, maintain_bundle_file, publish_bundle_document,
+};
 pub use issuer::JwtIssuer;
 pub use jwt::{JwtAuthority, JwtBundle, JwtError, JwtSvid, ValidatedJwt, validate_foreign};
 pub use jwt_keys::JWT_SVID_USE;

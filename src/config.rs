@@ -50,7 +50,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
 /// rotate before expiry.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
 
-/// A place in a policy file; prints as `file:line`.
+/// A place in a policy file; prints as `file:line` (line 0: not in a
+/// file, as a SPIRE Server's entries, and printed without it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     /// The file, shared by every entry written in it.
@@ -61,7 +62,11 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        match self.line {
+            // Not in a file: a SPIRE Server's entry, located by its id.
+            0 => write!(f, "{}", self.file.display()),
+            line => write!(f, "{}:{line}", self.file.display()),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ mod document;
 mod endpoint_client;
 mod endpoint_server;
 mod refresh;
-mod svid_verifier;
+pub(crate) mod svid_verifier;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;

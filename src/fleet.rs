@@ -1,0 +1,124 @@
+//! Fleet mode: attestd as a node agent of a SPIRE Server, a drop-in for
+//! spire-agent. The server attests this node (join token or x509pop),
+//! holds the registration entries and signs every SVID; attestd keeps
+//! attesting local processes itself and serves them the same Workload API.
+//!
+//! It plugs in where the embedded CA and the entry files do: the server is
+//! a [`RemoteSigner`](crate::authority::RemoteSigner) behind the
+//! [`Authority`] ([`mint`]), and its entries are a policy swapped into the
+//! [`Registry`] at every sync ([`sync`]); the request path is the same.
+//!
+//! The SPIRE Server APIs used (`proto/spire`, spire-api-sdk v1.13.3):
+//! `agent.v1` AttestAgent and RenewAgent, `entry.v1`
+//! SyncAuthorizedEntries (GetAuthorizedEntries on servers without it),
+//! `bundle.v1` GetBundle, `svid.v1` BatchNewX509SVID and NewJWTSVID. Every
+//! call goes over TLS to the server, authenticated as
+//! `spiffe://<trust domain>/spire/server` under the server's bundle (no
+//! host name check, ALPN h2), with the agent's X.509-SVID as client
+//! certificate once the node is attested.
+
+mod bundle;
+mod connection;
+mod entries;
+mod mint;
+mod node;
+mod state;
+mod status;
+mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::authority::Authority;
+use crate::config::{Config, ServerConfig};
+use crate::registry::{Policy, Registry};
+
+pub use entries::UNOWNED;
+
+/// Why fleet mode could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// A state or bootstrap file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The server could not be reached or the TLS session set up.
+    #[error("cannot reach the SPIRE Server at {address}: {reason}")]
+    Unreachable {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Node attestation failed.
+    #[error("node attestation failed: {0}")]
+    Attestation(String),
+    /// The node is not attested and nothing to attest it with was given.
+    #[error(
+        "this node is not attested yet: give a join token (`attestd run --join-token TOKEN`, \
+         ATTESTD_JOIN_TOKEN, or [server] join_token), made with `spire-server token generate`"
+    )]
+    NeedJoinToken,
+    /// The agent's identity can no longer be used and cannot be renewed
+    /// without a new attestation that its attestor cannot redo.
+    #[error("{0}; attest this node again with a new join token (its state is in {1})")]
+    Lost(String, PathBuf),
+    /// The server banned this node: attestd stops serving.
+    #[error("the SPIRE Server has banned this node ({0}); its agent SVID was deleted")]
+    Banned(String),
+    /// The server answered something attestd cannot use.
+    #[error("SPIRE Server: {0}")]
+    Server(String),
+}
+
+/// A node joined to its SPIRE Server: what the daemon serves from (the
+/// remote authority and the server's entries), and the sync that keeps
+/// them current.
+pub struct Fleet {
+    /// Mints through the server; its bundles are the server's.
+    pub authority: Arc<Authority>,
+    /// The server's entries as of the first sync.
+    pub policy: Policy,
+    syncer: sync::Syncer,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Joins the server of `config.server`: loads the node's state (or
+    /// attests the node and keeps its state), then syncs the entries and
+    /// the bundle once, so the daemon starts with the server's policy.
+    pub async fn join(config: &Config, server: &ServerConfig) -> Result<Self, FleetError> {
+        let node = node::Node::start(config, server).await?;
+        let signer = Arc::new(mint::ServerSigner::new(Arc::clone(&node)));
+        let mut syncer = sync::Syncer::new(config, server, node);
+        let first = syncer.first().await?;
+        let authority = Arc::new(Authority::remote(
+            config.trust_domain.clone(),
+            signer,
+            first.x509,
+            first.jwt,
+        ));
+        Ok(Self {
+            authority,
+            policy: first.policy,
+            syncer,
+        })
+    }
+
+    /// Keeps the registry's policy, the authority's bundles and the agent
+    /// SVID current until the server bans this node or its identity is
+    /// lost for good; returns why it stopped.
+    pub async fn run(self, registry: Arc<Registry>) -> FleetError {
+        self.syncer.run(registry, self.authority).await
+    }
+}
