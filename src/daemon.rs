@@ -238,7 +238,7 @@ enum PolicySource {
     /// The config file and `entries_dir`, as read at start.
     Files(EntryFiles),
     /// A SPIRE Server (fleet mode), synced by this.
-    Server(Fleet),
+    Server(Box<Fleet>),
 }
 
 /// Starts the optional TCP listeners (the bundle endpoint, health and
@@ -295,7 +295,7 @@ async fn start_services(
         Some(server) => {
             let mut fleet = Fleet::join(config, server).await?;
             let policy = std::mem::take(&mut fleet.policy);
-            (policy, Arc::clone(&fleet.authority), PolicySource::Server(fleet))
+            (policy, Arc::clone(&fleet.authority), PolicySource::Server(Box::new(fleet)))
         }
     };
     policy.build_lookups();

@@ -141,7 +141,7 @@ impl Node {
                 ),
                 (_, error) => error,
             })?;
-        Ok(self.replace(agent)?)
+        self.replace(agent)
     }
 
     async fn renew(&self, current: &AgentSvid) -> Result<Arc<AgentSvid>, FleetError> {
