@@ -295,7 +295,11 @@ async fn start_services(
         Some(server) => {
             let mut fleet = Fleet::join(config, server).await?;
             let policy = std::mem::take(&mut fleet.policy);
-            (policy, Arc::clone(&fleet.authority), PolicySource::Server(Box::new(fleet)))
+            (
+                policy,
+                Arc::clone(&fleet.authority),
+                PolicySource::Server(Box::new(fleet)),
+            )
         }
     };
     policy.build_lookups();

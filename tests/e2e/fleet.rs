@@ -4,7 +4,10 @@
 //! `spire-server entry create` to matching local processes (go-spiffe and
 //! the Rust `spiffe` crate verify them against the server's own bundle),
 //! stops serving deleted entries, keeps its node identity across a
-//! restart, and stops when the server bans it.
+//! restart, and stops when the server bans it; a node attests with x509pop
+//! and renews its agent SVID by attesting again; the server's CA rotation
+//! reaches an open stream; and a workload served by a real spire-agent
+//! completes mTLS with one served by attestd under the same server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::examples::{Server, client_at};
 use crate::go_interop::go_client;
 use crate::harness::{
     Daemon, assert_key_matches, free_loopback_port, pem_certificates, run_as, shared_tempdir, verify_chain,
@@ -54,6 +58,12 @@ impl SpireServer {
     /// Starts a server for example.org (sqlite, in-memory keys, the
     /// join_token attestor, a one-hour CA) and waits until it is healthy.
     pub fn start() -> Self {
+        Self::start_with("", "")
+    }
+
+    /// Like [`Self::start`], with more settings in its `server` block and
+    /// more plugins.
+    pub fn start_with(server_settings: &str, plugins: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let address = free_loopback_port();
         let port = address.rsplit_once(':').unwrap().1;
@@ -69,8 +79,10 @@ server {{
     log_level = "DEBUG"
     ca_ttl = "1h"
     default_x509_svid_ttl = "10m"
+    {server_settings}
 }}
 plugins {{
+    {plugins}
     DataStore "sql" {{
         plugin_data {{
             database_type = "sqlite3"
@@ -167,6 +179,101 @@ plugins {{
 
     pub fn delete_entry(&self, id: &str) {
         self.cli(&["entry", "delete", "-entryID", id]);
+    }
+
+    /// The id of the X.509 authority `spire-server localauthority x509
+    /// show` lists under `heading` ("Prepared X.509 authority:").
+    fn authority_id(&self, heading: &str) -> Option<String> {
+        let shown = self.cli(&["localauthority", "x509", "show"]);
+        let section = shown.split(heading).nth(1)?;
+        let id = section
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("Authority ID:"))?;
+        Some(id.trim().to_owned())
+    }
+}
+
+/// A running spire-agent of `server` on its own (world-searchable)
+/// directory, attested with a join token; killed on drop.
+pub struct SpireAgent {
+    child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl SpireAgent {
+    pub fn start(server: &SpireServer, bundle: &Path, token: &str) -> Self {
+        let dir = shared_tempdir();
+        let d = dir.path().display();
+        let port = server.address.rsplit_once(':').unwrap().1;
+        let config = format!(
+            r#"
+agent {{
+    data_dir = "{d}/data"
+    log_level = "DEBUG"
+    server_address = "127.0.0.1"
+    server_port = "{port}"
+    socket_path = "{d}/agent.sock"
+    trust_domain = "example.org"
+    trust_bundle_path = "{bundle}"
+}}
+plugins {{
+    NodeAttestor "join_token" {{ plugin_data {{}} }}
+    KeyManager "memory" {{ plugin_data {{}} }}
+    WorkloadAttestor "unix" {{ plugin_data {{}} }}
+}}
+"#,
+            bundle = bundle.display()
+        );
+        std::fs::write(dir.path().join("agent.conf"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+        let child = Command::new(spire_bin("spire-agent"))
+            .arg("run")
+            .arg("-config")
+            .arg(dir.path().join("agent.conf"))
+            .args(["-joinToken", token])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let agent = Self { child, dir };
+        wait_for(Duration::from_secs(60), "spire-agent to be healthy", || {
+            let status = Command::new(spire_bin("spire-agent"))
+                .args(["healthcheck", "-socketPath"])
+                .arg(agent.socket())
+                .output()
+                .unwrap()
+                .status;
+            status.success().then_some(())
+        });
+        agent
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// Whether `spire-agent api fetch x509` as `uid` gets an SVID.
+    pub fn serves(&self, uid: u32) -> bool {
+        let mut command = Command::new(spire_bin("spire-agent"));
+        command
+            .args(["api", "fetch", "x509", "-socketPath"])
+            .arg(self.socket());
+        run_as(uid, uid, &mut command).status.success()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for SpireAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -350,4 +457,222 @@ fn without_a_token_an_unattested_node_says_how_to_join() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--join-token"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_servers_ca_rotation_reaches_an_open_stream_without_a_restart() {
+    let server = SpireServer::start();
+    let bundle = server.bundle_file();
+    let node = "spiffe://example.org/fleet/rotating-node";
+    let token = server.join_token(node);
+    server.cli(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/fleet/rotating",
+        "-selector",
+        "unix:uid:0",
+        "-x509SVIDTTL",
+        "20",
+    ]);
+    let daemon = Daemon::start_in(shared_tempdir(), &server_section(&server, &bundle, Some(&token)));
+    let client = spiffe::WorkloadApiClient::connect_to(daemon.endpoint())
+        .await
+        .unwrap();
+    let first = wait_for_async(SYNCED, "the entry to be served", || async {
+        client.fetch_x509_context().await.ok()
+    })
+    .await;
+    let old_roots = crate::harness::trust_bundle(&first);
+    assert_eq!(old_roots, server.roots());
+
+    let mut stream = Box::pin(client.stream_x509_contexts().await.unwrap());
+    server.cli(&["localauthority", "x509", "prepare"]);
+    let prepared = server
+        .authority_id("Prepared X.509 authority:")
+        .expect("a prepared authority");
+    let both = server.roots();
+    assert_eq!(both.len(), 2);
+    // The new authority is in the bundle before it signs anything.
+    next_context(&mut stream, |context| {
+        crate::harness::trust_bundle(context) == both
+    })
+    .await;
+
+    server.cli(&["localauthority", "x509", "activate", "-authorityID", &prepared]);
+    let new_root: Vec<Vec<u8>> = both
+        .iter()
+        .filter(|root| !old_roots.contains(root))
+        .cloned()
+        .collect();
+    // The next rotation of the SVID is signed by the new authority alone.
+    let rotated = next_context(&mut stream, |context| {
+        let chain: Vec<Vec<u8>> = context.svids()[0]
+            .cert_chain()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        std::panic::catch_unwind(|| verify_chain(&chain, &new_root)).is_ok()
+    })
+    .await;
+    assert_eq!(
+        rotated.svids()[0].spiffe_id().to_string(),
+        "spiffe://example.org/fleet/rotating"
+    );
+}
+
+/// The first context of `stream` within [`SYNCED`] that `wanted` accepts.
+async fn next_context<E: std::fmt::Debug>(
+    stream: &mut (impl futures::Stream<Item = Result<spiffe::X509Context, E>> + Unpin),
+    wanted: impl Fn(&spiffe::X509Context) -> bool,
+) -> spiffe::X509Context {
+    use futures::StreamExt;
+    tokio::time::timeout(SYNCED, async {
+        loop {
+            let context = stream
+                .next()
+                .await
+                .expect("the stream stays open")
+                .expect("an update");
+            if wanted(&context) {
+                return context;
+            }
+        }
+    })
+    .await
+    .expect("the update within the sync interval")
+}
+
+/// Polls `check` (async) until it gives a value, for up to `timeout`.
+async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_attested_with_x509pop_renews_its_agent_svid_by_attesting_again() {
+    let pki = tempfile::tempdir().unwrap();
+    let (node_cert, fingerprint) = x509pop_pki(pki.path());
+    // A short agent SVID lifetime, so renewal (at half of it) is seen.
+    let server = SpireServer::start_with(
+        r#"agent_ttl = "30s""#,
+        &format!(
+            r#"NodeAttestor "x509pop" {{ plugin_data {{ ca_bundle_path = "{}" }} }}"#,
+            pki.path().join("ca.pem").display()
+        ),
+    );
+    let bundle = server.bundle_file();
+    let agent_id = format!("spiffe://example.org/spire/agent/x509pop/{fingerprint}");
+    server.create_entry(
+        &agent_id,
+        "spiffe://example.org/fleet/x509pop-app",
+        &[&format!("unix:uid:{WORKLOAD_UID}")],
+    );
+    let section = format!(
+        "[server]\naddress = \"{}\"\ntrust_bundle_path = \"{}\"\nnode_attestor = \"x509pop\"\n\
+         x509pop = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
+        server.address,
+        bundle.display(),
+        node_cert.display(),
+        pki.path().join("node.key").display(),
+    );
+    let daemon = Daemon::start_in(shared_tempdir(), &section);
+    assert!(daemon.log().contains(&agent_id), "{}", daemon.log());
+    assert!(daemon.log().contains("reattestable=true"), "{}", daemon.log());
+    wait_for(SYNCED, "the x509pop node's entry to be served", || {
+        (go_ids(&daemon, WORKLOAD_UID) == ["spiffe://example.org/fleet/x509pop-app"]).then_some(())
+    });
+    wait_for(Duration::from_secs(120), "the agent SVID to be renewed", || {
+        daemon.log().contains("agent SVID renewed").then_some(())
+    });
+    // The same node syncs with its new SVID: an entry made now is served.
+    server.create_entry(
+        &agent_id,
+        "spiffe://example.org/fleet/x509pop-later",
+        &[&format!("unix:uid:{WORKLOAD_UID}")],
+    );
+    wait_for(SYNCED, "an entry made after the renewal to be served", || {
+        (go_ids(&daemon, WORKLOAD_UID).len() == 2).then_some(())
+    });
+    assert!(
+        !daemon.log().contains("sync with the SPIRE Server failed"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A CA (`ca.pem`) and a node certificate signed by it (`node.pem`, key
+/// `node.key`, EC P-256); returns the certificate's path and its SHA-1
+/// fingerprint (lowercase hex), which names the x509pop agent.
+fn x509pop_pki(dir: &Path) -> (PathBuf, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name.push(DnType::CommonName, "x509pop test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let node_key = KeyPair::generate().unwrap();
+    let mut node = CertificateParams::default();
+    node.distinguished_name.push(DnType::CommonName, "node-1");
+    node.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let issuer = Issuer::new(ca, ca_key);
+    let node_cert = node.signed_by(&node_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("node.pem"), node_cert.pem()).unwrap();
+    std::fs::write(dir.join("node.key"), node_key.serialize_pem()).unwrap();
+    let fingerprint = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, node_cert.der());
+    (dir.join("node.pem"), hex::encode(fingerprint.as_ref()))
+}
+
+#[test]
+fn a_spire_agent_and_attestd_under_one_server_serve_workloads_that_complete_mtls() {
+    const MTLS_SERVER: &str = "spiffe://example.org/fleet/mtls/server";
+    const MTLS_CLIENT: &str = "spiffe://example.org/fleet/mtls/client";
+    let server = SpireServer::start();
+    let bundle = server.bundle_file();
+    let spire_host = "spiffe://example.org/fleet/spire-agent-host";
+    let attestd_host = "spiffe://example.org/fleet/attestd-host";
+    // The mTLS server's identity is on the spire-agent host, the client's
+    // on the attestd host.
+    server.create_entry(spire_host, MTLS_SERVER, &["unix:uid:1000"]);
+    server.create_entry(attestd_host, MTLS_CLIENT, &["unix:uid:1001"]);
+    let agent = SpireAgent::start(&server, &bundle, &server.join_token(spire_host));
+    let daemon = Daemon::start_in(
+        shared_tempdir(),
+        &server_section(&server, &bundle, Some(&server.join_token(attestd_host))),
+    );
+    wait_for(SYNCED, "spire-agent to serve the mTLS server's SVID", || {
+        agent.serves(1000).then_some(())
+    });
+    wait_for(SYNCED, "attestd to serve the mTLS client's SVID", || {
+        (go_ids(&daemon, 1001) == [MTLS_CLIENT]).then_some(())
+    });
+
+    let mtls_server = Server::start_at(&agent.endpoint(), 1000, MTLS_SERVER, MTLS_CLIENT);
+    let (ok, stdout, stderr) = client_at(&daemon.endpoint(), &mtls_server, 1001, MTLS_SERVER, 2);
+    assert!(ok, "{stdout}{stderr}\n{}", agent.log());
+    assert!(stdout.contains(&format!("server {MTLS_SERVER}")), "{stdout}");
+    assert!(
+        mtls_server
+            .wait_for_line(&format!("served {MTLS_CLIENT}"), Duration::from_secs(15))
+            .is_some(),
+        "{:?}",
+        mtls_server.printed()
+    );
 }
