@@ -175,7 +175,15 @@ impl Syncer {
     /// One round; a server demand to attest again is met once, then the
     /// round is retried.
     async fn round(&mut self) -> Result<Round, Failure> {
+        let serial = self.node.agent().serial.clone();
         match self.try_round().await {
+            // A call that went out with the SVID the round just replaced
+            // (the server refuses it once the new one is used): retry.
+            Err(RoundError::Server(status))
+                if status::verdict(&status) == Verdict::Reattest && self.node.agent().serial != serial =>
+            {
+                self.try_round().await.map_err(|error| self.failure(error))
+            }
             Err(RoundError::Server(status)) if status::verdict(&status) == Verdict::Reattest => {
                 tracing::warn!(reason = %status::describe(&status), "the SPIRE Server no longer accepts the agent SVID; attesting again");
                 self.node

@@ -1,8 +1,9 @@
 //! Fleet mode against a real SPIRE Server (v1.13.3, built by
 //! tests/spire/build.sh into target/spire-1.13.3, or `SPIRE_BIN_DIR`):
 //! attestd joins it with a join token, serves the entries made with
-//! `spire-server entry create` to matching local processes (go-spiffe and
-//! the Rust `spiffe` crate verify them against the server's own bundle),
+//! `spire-server entry create` to matching local processes (go-spiffe,
+//! py-spiffe and the Rust `spiffe` crate verify them; the chains verify
+//! against the server's own bundle),
 //! stops serving deleted entries, keeps its node identity across a
 //! restart, and stops when the server bans it; a node attests with x509pop
 //! and renews its agent SVID by attesting again; the server's CA rotation
@@ -364,6 +365,36 @@ async fn a_node_joined_with_a_join_token_serves_the_servers_entries_until_delete
     let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
     verify_chain(&chain, &server.roots());
     assert_key_matches(&chain[0], svid.private_key().as_bytes());
+
+    // py-spiffe, as root, verifies its SVID against the bundle and
+    // validates a JWT-SVID online and offline.
+    let output = Command::new(crate::py_interop::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/python/client.py"
+        ))
+        .args([&daemon.endpoint(), "https://api.example.org"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["x509"][0]["spiffe_id"], "spiffe://example.org/fleet/root",
+        "{report}"
+    );
+    assert_eq!(report["x509"][0]["verified"], true, "{report}");
+    assert_eq!(
+        report["offline_subject"], "spiffe://example.org/fleet/root",
+        "{report}"
+    );
+    assert_eq!(
+        report["online_subject"], "spiffe://example.org/fleet/root",
+        "{report}"
+    );
 
     // JWT-SVIDs are the server's: go-spiffe validates one online and
     // offline against the JWT bundle attestd serves (the server's keys).
