@@ -151,7 +151,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             ));
             None
         }
-        PolicySource::Server(fleet) => Some(tokio::spawn(fleet.run(Arc::clone(&ctx.registry)))),
+        PolicySource::Server(fleet) => Some(tokio::spawn(fleet.run(
+            Arc::clone(&ctx.registry),
+            Arc::clone(&ctx.federation),
+            config.federated_trust_domains(),
+        ))),
     };
     tokio::spawn(authz::keep_current(
         config.policy_dir.clone(),

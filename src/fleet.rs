@@ -11,7 +11,7 @@
 //! The SPIRE Server APIs used (`proto/spire`, spire-api-sdk v1.13.3):
 //! `agent.v1` AttestAgent and RenewAgent, `entry.v1`
 //! SyncAuthorizedEntries (GetAuthorizedEntries on servers without it),
-//! `bundle.v1` GetBundle, `svid.v1` BatchNewX509SVID and NewJWTSVID. Every
+//! `bundle.v1` GetBundle and GetFederatedBundle, `svid.v1` BatchNewX509SVID and NewJWTSVID. Every
 //! call goes over TLS to the server, authenticated as
 //! `spiffe://<trust domain>/spire/server` under the server's bundle (no
 //! host name check, ALPN h2), with the agent's X.509-SVID as client
@@ -31,7 +31,9 @@ use std::sync::Arc;
 
 use crate::authority::Authority;
 use crate::config::{Config, ServerConfig};
+use crate::federation::Federation;
 use crate::registry::{Policy, Registry};
+use crate::spiffe_id::TrustDomain;
 
 pub use entries::UNOWNED;
 
@@ -115,10 +117,23 @@ impl Fleet {
         })
     }
 
-    /// Keeps the registry's policy, the authority's bundles and the agent
-    /// SVID current until the server bans this node or its identity is
-    /// lost for good; returns why it stopped.
-    pub async fn run(self, registry: Arc<Registry>) -> FleetError {
-        self.syncer.run(registry, self.authority).await
+    /// Keeps the registry's policy, the authority's bundles, the foreign
+    /// bundles the server holds for the entries' `federates_with` (into
+    /// `federation`, except for the trust domains of `[[federation]]`,
+    /// `configured`) and the agent SVID current until the server bans
+    /// this node; returns why it stopped.
+    pub async fn run(
+        self,
+        registry: Arc<Registry>,
+        federation: Arc<Federation>,
+        configured: Vec<TrustDomain>,
+    ) -> FleetError {
+        let targets = sync::Targets {
+            registry,
+            authority: self.authority,
+            federation,
+            configured,
+        };
+        self.syncer.run(targets).await
     }
 }

@@ -3,7 +3,8 @@
 //! entries (SyncAuthorizedEntries by revision, or GetAuthorizedEntries on
 //! servers without it) and the bundle (the server's CA rotates), then swap
 //! a new policy into the registry and new bundles into the authority when
-//! they changed. A failed round keeps everything as it was and is retried
+//! they changed; and the server's copies of the foreign bundles the
+//! entries federate with (GetFederatedBundle), into the federation. A failed round keeps everything as it was and is retried
 //! with backoff; a ban ends it.
 
 use std::collections::{HashMap, HashSet};
@@ -24,6 +25,8 @@ use super::node::Node;
 use super::status::{self, Verdict};
 use crate::authority::{Authority, JwtBundle, X509Bundle};
 use crate::config::{Config, OwnerMapping, ServerConfig, SvidConfig};
+use crate::federation::{Federation, ForeignBundle};
+use crate::proto::spire::api::server::bundle::v1::GetFederatedBundleRequest;
 use crate::proto::spire::api::server::bundle::v1::bundle_client::BundleClient;
 use crate::proto::spire::api::server::entry::v1::entry_client::EntryClient;
 use crate::proto::spire::api::server::entry::v1::{
@@ -41,6 +44,18 @@ pub(super) const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 const MAX_ENTRIES: usize = 100_000;
 /// The longest wait between failed rounds (spire-agent's cap).
 const MAX_BACKOFF: Duration = Duration::from_secs(8 * 60);
+
+/// The most foreign trust domains whose bundles are fetched per round.
+const MAX_FEDERATED: usize = 64;
+
+/// What the sync keeps current.
+pub(super) struct Targets {
+    pub registry: Arc<Registry>,
+    pub authority: Arc<Authority>,
+    pub federation: Arc<Federation>,
+    /// `[[federation]]` trust domains: their bundles come from there.
+    pub configured: Vec<TrustDomain>,
+}
 
 /// What the first round brings: the daemon starts with it.
 pub(super) struct First {
@@ -133,14 +148,18 @@ impl Syncer {
     }
 
     /// Syncs every interval until the node is banned.
-    pub async fn run(mut self, registry: Arc<Registry>, authority: Arc<Authority>) -> FleetError {
+    pub async fn run(mut self, targets: Targets) -> FleetError {
+        // The first round's entries need their foreign bundles now.
+        let current = self.converter().convert(self.entries.values());
+        self.federated(&current, &targets).await;
         let mut delay = self.interval;
         let mut failures = 0u32;
         loop {
             tokio::time::sleep(delay).await;
             match self.round().await {
                 Ok(round) => {
-                    self.apply(round, &registry, &authority);
+                    self.federated(&round.converted, &targets).await;
+                    self.apply(round, &targets.registry, &targets.authority);
                     metrics().fleet_sync(true);
                     failures = 0;
                     delay = self.interval;
@@ -216,18 +235,21 @@ impl Syncer {
             .map_err(|_| Status::deadline_exceeded("syncing entries timed out"))??;
         let bundle = get_bundle(BundleClient::new(channel)).await?;
         let (x509, jwt) = from_proto(&bundle, Some(&self.trust_domain)).map_err(Status::internal)?;
-        let converter = Converter {
-            trust_domain: &self.trust_domain,
-            defaults: &self.defaults,
-            owners: &self.owners,
-            address: self.node.address(),
-        };
         Ok(Round {
-            converted: converter.convert(self.entries.values()),
+            converted: self.converter().convert(self.entries.values()),
             x509,
             jwt,
             sequence: bundle.sequence_number,
         })
+    }
+
+    fn converter(&self) -> Converter<'_> {
+        Converter {
+            trust_domain: &self.trust_domain,
+            defaults: &self.defaults,
+            owners: &self.owners,
+            address: self.node.address(),
+        }
     }
 
     /// Puts a round's policy and bundles in effect where they changed.
@@ -242,6 +264,53 @@ impl Syncer {
             drop(registry.replace(Policy::from_entries(entries)));
             registry.policy().build_lookups();
             tracing::info!(entries = count, "new entries from the SPIRE Server in effect");
+        }
+    }
+
+    /// Fetches the server's bundles of the foreign trust domains the
+    /// entries federate with (those not configured in `[[federation]]`)
+    /// into the federation, before the entries naming them take effect. A
+    /// trust domain the server has no bundle of is logged; a failed fetch
+    /// keeps the bundle in effect until the next round.
+    async fn federated(&self, converted: &Converted, targets: &Targets) {
+        let wanted: std::collections::BTreeSet<&TrustDomain> = converted
+            .entries
+            .iter()
+            .flat_map(|entry| entry.federates_with.iter())
+            .filter(|td| !targets.configured.contains(td))
+            .collect();
+        let Ok(channel) = self.node.channel() else { return };
+        let mut client = BundleClient::new(channel);
+        for td in wanted.into_iter().take(MAX_FEDERATED) {
+            let request = GetFederatedBundleRequest {
+                trust_domain: td.name().to_owned(),
+                output_mask: None,
+            };
+            let fetched = tokio::time::timeout(RPC_TIMEOUT, client.get_federated_bundle(request)).await;
+            let bundle = match fetched {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) if status.code() == Code::NotFound => {
+                    tracing::warn!(trust_domain = %td, "the SPIRE Server has no bundle of a trust domain entries federate with");
+                    continue;
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(trust_domain = %td, reason = %status::describe(&status), "fetching a federated bundle from the SPIRE Server failed");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(trust_domain = %td, "fetching a federated bundle from the SPIRE Server timed out");
+                    continue;
+                }
+            };
+            match from_proto(&bundle, Some(td)) {
+                Ok((x509, jwt)) => {
+                    let foreign = ForeignBundle::from_authorities(x509, jwt, bundle.sequence_number);
+                    targets.federation.update(td, foreign, "SPIRE Server");
+                }
+                Err(reason) => {
+                    tracing::warn!(trust_domain = %td, %reason, "unusable federated bundle from the SPIRE Server")
+                }
+            }
         }
     }
 

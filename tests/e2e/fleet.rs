@@ -7,7 +7,8 @@
 //! stops serving deleted entries, keeps its node identity across a
 //! restart, and stops when the server bans it; a node attests with x509pop
 //! and renews its agent SVID by attesting again; the server's CA rotation
-//! reaches an open stream; and a workload served by a real spire-agent
+//! reaches an open stream; the server's federated bundles reach the
+//! entries that federate; and a workload served by a real spire-agent
 //! completes mTLS with one served by attestd under the same server.
 
 use std::path::{Path, PathBuf};
@@ -706,4 +707,69 @@ fn a_spire_agent_and_attestd_under_one_server_serve_workloads_that_complete_mtls
         "{:?}",
         mtls_server.printed()
     );
+}
+
+#[tokio::test]
+async fn the_servers_federated_bundles_reach_the_entries_that_federate() {
+    let server = SpireServer::start();
+    let bundle = server.bundle_file();
+    let partner = partner_ca(server.dir.path());
+    let partner_pem = partner.0.display().to_string();
+    server.cli(&[
+        "bundle",
+        "set",
+        "-format",
+        "pem",
+        "-id",
+        "spiffe://partner.example",
+        "-path",
+        &partner_pem,
+    ]);
+    let node = "spiffe://example.org/fleet/federating-node";
+    let token = server.join_token(node);
+    server.cli(&[
+        "entry",
+        "create",
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/fleet/federating",
+        "-selector",
+        "unix:uid:0",
+        "-federatesWith",
+        "spiffe://partner.example",
+    ]);
+    let daemon = Daemon::start_in(shared_tempdir(), &server_section(&server, &bundle, Some(&token)));
+    let client = spiffe::WorkloadApiClient::connect_to(daemon.endpoint())
+        .await
+        .unwrap();
+    let partner_td = spiffe::TrustDomain::new("partner.example").unwrap();
+    let roots = wait_for_async(SYNCED, "partner.example's bundle to be served", || async {
+        let context = client.fetch_x509_context().await.ok()?;
+        let bundle = context.bundle_set().get(&partner_td)?;
+        Some(
+            bundle
+                .authorities()
+                .iter()
+                .map(|c| c.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await;
+    assert_eq!(roots, [partner.1]);
+}
+
+/// A CA certificate of partner.example, written as PEM to `dir`; its path
+/// and DER.
+fn partner_ca(dir: &Path) -> (PathBuf, Vec<u8>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI("spiffe://partner.example".try_into().unwrap())];
+    let cert = params.self_signed(&key).unwrap();
+    let path = dir.join("partner.pem");
+    std::fs::write(&path, cert.pem()).unwrap();
+    (path, cert.der().to_vec())
 }
