@@ -60,6 +60,9 @@ pub enum FleetError {
     /// Node attestation failed.
     #[error("node attestation failed: {0}")]
     Attestation(String),
+    /// A command that uses the node's identity found none.
+    #[error("this node is not attested (no usable agent SVID in {0}): start attestd first")]
+    NotAttested(PathBuf),
     /// The node is not attested and nothing to attest it with was given.
     #[error(
         "this node is not attested yet: give a join token (`attestd run --join-token TOKEN`, \
@@ -93,6 +96,55 @@ impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fleet").finish_non_exhaustive()
     }
+}
+
+/// `attestd entry list` in fleet mode: the entries the server authorizes
+/// for this node, as the daemon serves them.
+pub async fn list(config: &Config, server: &ServerConfig) -> Result<String, FleetError> {
+    let converted = sync::fetch_once(config, server).await?;
+    let mut out = crate::policy_check::list_policy(&Policy::from_entries(converted.entries.clone()));
+    if let Some(line) = not_served(&converted) {
+        out.push_str(&format!("\n{line}\n"));
+    }
+    Ok(out)
+}
+
+/// `attestd entry check` in fleet mode: the usual warnings about the
+/// server's entries, plus those served without an owner and those not
+/// served at all.
+pub async fn check(config: &Config, server: &ServerConfig) -> Result<Vec<String>, FleetError> {
+    let converted = sync::fetch_once(config, server).await?;
+    let policy = Policy::from_entries(converted.entries.clone());
+    let mut warnings = crate::policy_check::check_policy(&policy, crate::registry::owner_clock::now());
+    warnings.extend(
+        converted
+            .entries
+            .iter()
+            .filter(|entry| &*entry.owner == UNOWNED)
+            .map(|entry| {
+                format!(
+                    "{}: {} has no owner: no [server] owners prefix matches it (served, audited as unowned)",
+                    entry.location, entry.spiffe_id
+                )
+            }),
+    );
+    warnings.extend(not_served(&converted));
+    Ok(warnings)
+}
+
+/// What the server authorizes that attestd does not serve.
+fn not_served(converted: &entries::Converted) -> Option<String> {
+    let kinds: Vec<String> = converted
+        .unmatchable
+        .iter()
+        .map(|(kind, count)| format!("{kind} ({count})"))
+        .collect();
+    (!kinds.is_empty()).then(|| {
+        format!(
+            "not served: entries with selectors attestd never produces: {}",
+            kinds.join(", ")
+        )
+    })
 }
 
 impl Fleet {

@@ -369,7 +369,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     config,
                     expiring: None,
                 },
-        } => print!("{}", policy_check::list(&Config::load(&config)?)?),
+        } => {
+            let config = Config::load(&config)?;
+            match &config.server {
+                Some(server) => print!("{}", attestd::fleet::list(&config, server).await?),
+                None => print!("{}", policy_check::list(&config)?),
+            }
+        }
         Command::Entry {
             command:
                 EntryCommand::List {
@@ -389,7 +395,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Entry {
             command: EntryCommand::Check { config },
         } => {
-            for warning in policy_check::check(&Config::load(&config)?)? {
+            let config = Config::load(&config)?;
+            let warnings = match &config.server {
+                Some(server) => attestd::fleet::check(&config, server).await?,
+                None => policy_check::check(&config)?,
+            };
+            for warning in warnings {
                 println!("warning: {warning}");
             }
             println!("policy OK");

@@ -42,6 +42,26 @@ pub(super) struct Node {
 }
 
 impl Node {
+    /// The node as the daemon left it in its state directory, for a
+    /// command beside the daemon: it never attests, renews or stores.
+    pub fn open(config: &Config, server: &ServerConfig) -> Result<Arc<Self>, FleetError> {
+        let state = StateDir::open(&server.state_dir)?;
+        let not_attested = || FleetError::NotAttested(server.state_dir.clone());
+        let (roots, _) = state.bundle()?.ok_or_else(not_attested)?;
+        let agent = state
+            .agent()?
+            .filter(|agent| usable(agent, &config.trust_domain))
+            .ok_or_else(not_attested)?;
+        Ok(Arc::new(Self {
+            connection: Connection::new(&server.address, &config.trust_domain)?,
+            state,
+            trust_domain: config.trust_domain.clone(),
+            attestor: server.node_attestor.clone(),
+            agent: Mutex::new(Arc::new(agent)),
+            roots: Mutex::new(Arc::new(roots)),
+        }))
+    }
+
     /// Opens the state directory and takes the node's identity from it, or
     /// attests the node (and stores what the server issued).
     pub async fn start(config: &Config, server: &ServerConfig) -> Result<Arc<Self>, FleetError> {

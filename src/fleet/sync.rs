@@ -456,6 +456,27 @@ impl Syncer {
     }
 }
 
+/// The server's entries for this node now, converted, with the node's
+/// stored identity (never renewed here: the daemon owns that) and over
+/// GetAuthorizedEntries.
+pub(super) async fn fetch_once(config: &Config, server: &ServerConfig) -> Result<Converted, FleetError> {
+    let node = Node::open(config, server)?;
+    let address = node.address().to_owned();
+    let mut syncer = Syncer::new(config, server, node);
+    let mut client = EntryClient::new(syncer.node.channel()?);
+    tokio::time::timeout(RPC_TIMEOUT, syncer.get_entries(&mut client))
+        .await
+        .map_err(|_| FleetError::Unreachable {
+            address: address.clone(),
+            reason: "GetAuthorizedEntries timed out".into(),
+        })?
+        .map_err(|status| FleetError::Unreachable {
+            address,
+            reason: format!("GetAuthorizedEntries: {}", status::describe(&status)),
+        })?;
+    Ok(syncer.converter().convert(syncer.entries.values()))
+}
+
 /// What attestd reads of an entry (spire-agent's mask, plus the TTLs and
 /// DNS names `entry list` shows and the expiry it honours).
 fn entry_mask() -> EntryMask {

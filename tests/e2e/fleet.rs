@@ -340,7 +340,10 @@ async fn a_node_joined_with_a_join_token_serves_the_servers_entries_until_delete
     // Never served: attestd produces no k8s selectors, and says so.
     server.create_entry(node, "spiffe://example.org/fleet/pod", &["k8s:ns:default"]);
 
-    let daemon = Daemon::start_in(shared_tempdir(), &server_section(&server, &bundle, Some(&token)));
+    // Owners by SPIFFE ID prefix: the app's is mapped, root's is not.
+    let owners = "owners = [{ prefix = \"spiffe://example.org/fleet/a\", owner = \"apps@example.org\" }]\n";
+    let section = format!("{}{owners}", server_section(&server, &bundle, Some(&token)));
+    let daemon = Daemon::start_in(shared_tempdir(), &section);
     let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
     assert!(daemon.log().contains(&agent_id), "{}", daemon.log());
 
@@ -426,10 +429,44 @@ async fn a_node_joined_with_a_join_token_serves_the_servers_entries_until_delete
         .expect("an issued record");
     assert_eq!(issued["labels"]["spire_entry_id"], root.as_str(), "{issued}");
     assert_eq!(issued["owner"], "unowned", "{issued}");
+    let app_record = daemon
+        .audit_records()
+        .into_iter()
+        .find(|r| r["outcome"] == "issued" && r["spiffe_id"] == "spiffe://example.org/fleet/app")
+        .expect("an issued record");
+    assert_eq!(app_record["owner"], "apps@example.org", "{app_record}");
+    assert_eq!(app_record["labels"]["spire_entry_id"], app.as_str());
     assert!(
         daemon.log().contains("k8s:ns (1)"),
         "the unmatchable entry is reported"
     );
+
+    // `entry check` (beside the running daemon, with its identity) lists
+    // the unowned entry and the one not served; `entry list` the served.
+    let check = Command::new(crate::harness::attestd_bin())
+        .args(["entry", "check", "-c"])
+        .arg(daemon.config_path())
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.contains(&format!(
+            "entry {root}: spiffe://example.org/fleet/root has no owner"
+        )),
+        "{check}"
+    );
+    assert!(
+        check.contains("not served: entries with selectors attestd never produces: k8s:ns (1)"),
+        "{check}"
+    );
+    let list = Command::new(crate::harness::attestd_bin())
+        .args(["entry", "list", "-c"])
+        .arg(daemon.config_path())
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.starts_with("2 entries"), "{list}");
+    assert!(list.contains("owner      apps@example.org"), "{list}");
 
     // A deleted entry stops being served.
     server.delete_entry(&app);
@@ -444,7 +481,10 @@ async fn a_node_joined_with_a_join_token_serves_the_servers_entries_until_delete
         std::os::unix::fs::PermissionsExt::mode(&state.permissions()) & 0o777,
         0o600
     );
-    let daemon = Daemon::start_in(dir, &server_section(&server, &bundle, None));
+    let daemon = Daemon::start_in(
+        dir,
+        &format!("{}{owners}", server_section(&server, &bundle, None)),
+    );
     assert!(daemon.log().contains("node already attested"), "{}", daemon.log());
     assert!(daemon.log().contains(&agent_id));
     server.create_entry(
