@@ -79,10 +79,28 @@ impl Node {
                 agent
             }
             stored => {
-                if let Some(agent) = stored {
+                let expired = stored.map(|agent| {
                     tracing::warn!(spiffe_id = %agent.spiffe_id, "stored agent SVID is expired or of another trust domain: attesting again");
-                }
-                let agent = attest(&connection, &roots, &attestor).await?;
+                    agent
+                });
+                let agent = attest(&connection, &roots, &attestor)
+                    .await
+                    .map_err(|error| match (expired, error) {
+                        // A spent token cannot bring an expired node back.
+                        (Some(old), FleetError::Attestation(reason))
+                            if matches!(attestor, NodeAttestor::JoinToken(_)) =>
+                        {
+                            FleetError::Lost(
+                                format!(
+                                    "the agent SVID {} expired at {} and the join token was refused ({reason})",
+                                    old.spiffe_id,
+                                    humantime::format_rfc3339_seconds(old.not_after)
+                                ),
+                                server.state_dir.clone(),
+                            )
+                        }
+                        (_, error) => error,
+                    })?;
                 state.save_agent(&agent)?;
                 tracing::info!(spiffe_id = %agent.spiffe_id, reattestable = agent.reattestable, "node attested");
                 agent

@@ -417,6 +417,11 @@ impl Syncer {
         }
         // The server no longer authorizes what it did not list.
         self.entries.retain(|id, _| seen.contains(id));
+        tracing::debug!(
+            authorized = seen.len(),
+            fetched = needed.len(),
+            "entries synced by revision"
+        );
         Ok(())
     }
 

@@ -137,7 +137,7 @@ plugins {{
             .unwrap_or_else(|stderr| panic!("spire-server {args:?} failed: {stderr}\n{}", self.log()))
     }
 
-    fn cli_json(&self, args: &[&str]) -> Value {
+    pub fn cli_json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();
         args.extend(["-output", "json"]);
         serde_json::from_str(&self.cli(&args)).unwrap()
@@ -812,4 +812,73 @@ fn partner_ca(dir: &Path) -> (PathBuf, Vec<u8>) {
     let path = dir.join("partner.pem");
     std::fs::write(&path, cert.pem()).unwrap();
     (path, cert.der().to_vec())
+}
+
+#[test]
+fn more_entries_than_a_page_sync_by_revision_with_changes_and_deletions() {
+    // The server pages revisions 500 at a time: 600 entries take the
+    // SyncAuthorizedEntries path that asks for entries by id.
+    const BULK: u32 = 600;
+    let server = SpireServer::start();
+    let bundle = server.bundle_file();
+    let node = "spiffe://example.org/fleet/bulk-node";
+    let token = server.join_token(node);
+    let entries: Vec<Value> = (0..BULK)
+        .map(|i| {
+            serde_json::json!({
+                "spiffe_id": format!("spiffe://example.org/fleet/bulk/{i}"),
+                "parent_id": node,
+                "selectors": [{"type": "unix", "value": format!("uid:{}", 20_000 + i)}],
+            })
+        })
+        .collect();
+    let data = server.dir.path().join("bulk.json");
+    std::fs::write(&data, serde_json::json!({ "entries": entries }).to_string()).unwrap();
+    let created = server.cli_json(&["entry", "create", "-data", data.to_str().unwrap()]);
+    let ids: Vec<String> = created["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["entry"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), BULK as usize);
+
+    let daemon = Daemon::start_in(shared_tempdir(), &server_section(&server, &bundle, Some(&token)));
+    let in_effect = |count: u32| {
+        let log = daemon.log();
+        log.lines()
+            .filter(|line| line.contains("in effect") && line.contains("fleet::sync"))
+            .next_back()
+            .is_some_and(|line| line.contains(&format!("entries={count}")))
+    };
+    wait_for(SYNCED, "every entry to be synced", || {
+        in_effect(BULK).then_some(())
+    });
+    let uid = 20_000 + 7;
+    wait_for(SYNCED, "a bulk entry to be served", || {
+        (go_ids(&daemon, uid) == ["spiffe://example.org/fleet/bulk/7"]).then_some(())
+    });
+
+    // A changed entry (another revision) is fetched again; a deleted one
+    // is dropped.
+    server.cli(&[
+        "entry",
+        "update",
+        "-entryID",
+        &ids[7],
+        "-parentID",
+        node,
+        "-spiffeID",
+        "spiffe://example.org/fleet/bulk/7-moved",
+        "-selector",
+        &format!("unix:uid:{uid}"),
+    ]);
+    server.delete_entry(&ids[8]);
+    wait_for(SYNCED, "the deletion to be synced", || {
+        in_effect(BULK - 1).then_some(())
+    });
+    wait_for(SYNCED, "the changed entry to be served", || {
+        (go_ids(&daemon, uid) == ["spiffe://example.org/fleet/bulk/7-moved"]).then_some(())
+    });
+    assert!(go_ids(&daemon, 20_000 + 8).is_empty());
 }
