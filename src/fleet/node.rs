@@ -79,9 +79,8 @@ impl Node {
                 agent
             }
             stored => {
-                let expired = stored.map(|agent| {
+                let expired = stored.inspect(|agent| {
                     tracing::warn!(spiffe_id = %agent.spiffe_id, "stored agent SVID is expired or of another trust domain: attesting again");
-                    agent
                 });
                 let agent = attest(&connection, &roots, &attestor)
                     .await
