@@ -847,8 +847,7 @@ fn more_entries_than_a_page_sync_by_revision_with_changes_and_deletions() {
     let in_effect = |count: u32| {
         let log = daemon.log();
         log.lines()
-            .filter(|line| line.contains("in effect") && line.contains("fleet::sync"))
-            .next_back()
+            .rfind(|line| line.contains("in effect") && line.contains("fleet::sync"))
             .is_some_and(|line| line.contains(&format!("entries={count}")))
     };
     wait_for(SYNCED, "every entry to be synced", || {
