@@ -98,6 +98,14 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+/// The server's entries for this node now, as the daemon serves them
+/// (for `attestd explain` in fleet mode).
+pub async fn server_policy(config: &Config, server: &ServerConfig) -> Result<Policy, FleetError> {
+    Ok(Policy::from_entries(
+        sync::fetch_once(config, server).await?.entries,
+    ))
+}
+
 /// `attestd entry list` in fleet mode: the entries the server authorizes
 /// for this node, as the daemon serves them.
 pub async fn list(config: &Config, server: &ServerConfig) -> Result<String, FleetError> {

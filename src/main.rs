@@ -444,7 +444,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Explain { pid, config } => {
-            print!("{}", explain::explain(&Config::load(&config)?, pid)?);
+            let config = Config::load(&config)?;
+            let explanation = match &config.server {
+                Some(server) => {
+                    let policy = attestd::fleet::server_policy(&config, server).await?;
+                    explain::explain_with(&config, &policy, pid)?
+                }
+                None => explain::explain(&config, pid)?,
+            };
+            print!("{explanation}");
         }
         Command::Bundle {
             command: BundleCommand::Show { config, format },

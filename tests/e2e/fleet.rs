@@ -467,6 +467,17 @@ async fn a_node_joined_with_a_join_token_serves_the_servers_entries_until_delete
     let list = String::from_utf8_lossy(&list.stdout);
     assert!(list.starts_with("2 entries"), "{list}");
     assert!(list.contains("owner      apps@example.org"), "{list}");
+    // `explain` matches a process (this test, as root) against them.
+    let explained = Command::new(crate::harness::attestd_bin())
+        .args(["explain", "--pid", &std::process::id().to_string(), "-c"])
+        .arg(daemon.config_path())
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&explained.stdout);
+    assert!(
+        explained.contains("spiffe://example.org/fleet/root"),
+        "{explained}"
+    );
 
     // A deleted entry stops being served.
     server.delete_entry(&app);
