@@ -30,7 +30,7 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 /// The owner of a server entry that no `[server] owners` prefix maps.
 pub const UNOWNED: &str = "unowned";
 /// The label that carries a server entry's id (on its audit records).
-pub const ENTRY_ID_LABEL: &str = "spire_entry_id";
+const ENTRY_ID_LABEL: &str = "spire_entry_id";
 /// SPIRE's selector type of node alias entries.
 const NODE_ALIAS_TYPE: &str = "spiffe_id";
 

@@ -29,7 +29,7 @@ use crate::spiffe_id::SpiffeId;
 
 /// CSRs per BatchNewX509SVID (SPIRE Server signs at most 500 per second
 /// per agent address).
-pub(super) const MAX_BATCH: usize = 500;
+const MAX_BATCH: usize = 500;
 /// Mint requests waiting for a batch; more wait to be queued.
 const QUEUE: usize = 4 * MAX_BATCH;
 /// JWT-SVIDs kept at most (per entry and audience list).

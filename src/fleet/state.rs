@@ -19,6 +19,8 @@ use crate::spiffe_id::SpiffeId;
 
 const AGENT_FILE: &str = "agent.json";
 const BUNDLE_FILE: &str = "bundle.json";
+/// The refresh hint of the stored bundle (read only by attestd, at start).
+const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 /// A state file larger than this is not read (it is attestd's own).
 const MAX_STATE_BYTES: u64 = 1 << 20;
 
@@ -225,7 +227,7 @@ impl StateDir {
     /// Replaces the stored bundle.
     pub fn save_bundle(&self, x509: &X509Bundle, jwt: &JwtBundle, sequence: u64) -> Result<(), FleetError> {
         let path = self.dir.join(BUNDLE_FILE);
-        let document = BundleDocument::new(x509, jwt, sequence, super::sync::BUNDLE_REFRESH_HINT);
+        let document = BundleDocument::new(x509, jwt, sequence, BUNDLE_REFRESH_HINT);
         atomic_file::write(&path, document.to_json().as_bytes(), 0o644).map_err(|e| file_error(&path, e))
     }
 }

@@ -37,9 +37,6 @@ use crate::registry::{Policy, Registry};
 use crate::spiffe_id::TrustDomain;
 use crate::telemetry::metrics;
 
-/// The refresh hint of the bundle kept in the state directory (it is read
-/// only by attestd, at start).
-pub(super) const BUNDLE_REFRESH_HINT: Duration = Duration::from_secs(300);
 /// The most entries a node takes from the server.
 const MAX_ENTRIES: usize = 100_000;
 /// The longest wait between failed rounds (spire-agent's cap).
