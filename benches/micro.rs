@@ -103,6 +103,7 @@ mod x509 {
             dns_names: Vec::new(),
             ttl: Duration::from_secs(3600),
             valid_until: None,
+            remote_entry: None,
         };
         bencher.bench_local(|| authority.mint_x509(&template).expect("minting"));
     }

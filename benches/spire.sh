@@ -3,8 +3,8 @@
 # attestd, in the same alternating rounds:
 #   benches/spire.sh [BENCH ARGS...]          e.g. benches/spire.sh --mode new-conn
 # Builds spire-server and spire-agent (SPIRE_VERSION, default 1.13.3) from
-# the Go module proxy into target/spire-<version>/ once, starts a server and
-# an agent pinned to the servers' CPU (join token, unix workload attestor,
+# the Go module proxy into target/spire-<version>/ once (tests/spire/build.sh),
+# starts a server and an agent pinned to the servers' CPU (join token, unix workload attestor,
 # everything under a temporary directory), registers this uid with a short
 # X.509-SVID lifetime (SPIRE_X509_TTL seconds, default 30, so the streams
 # mode sees a rotation), and passes the agent to the harness as
@@ -15,18 +15,7 @@ cd "$repo"
 
 version=${SPIRE_VERSION:-1.13.3}
 ttl=${SPIRE_X509_TTL:-30}
-bin="$repo/target/spire-$version"
-
-if [[ ! -x "$bin/spire-agent" || ! -x "$bin/spire-server" ]]; then
-    echo "==> building SPIRE $version into $bin (once)"
-    go mod download "github.com/spiffe/spire@v$version"
-    # Built inside the downloaded module rather than with `go install
-    # ...@v$version`, which also asks the proxy for the module's version
-    # list (for deprecation notices): some proxies refuse that.
-    src="$(go env GOMODCACHE)/github.com/spiffe/spire@v$version"
-    (cd "$src" && GOBIN="$bin" CGO_ENABLED=1 GOFLAGS=-buildvcs=false \
-        go install ./cmd/spire-server ./cmd/spire-agent)
-fi
+bin=$(SPIRE_VERSION="$version" tests/spire/build.sh)
 
 work=$(mktemp -d /tmp/spire-bench.XXXXXX)
 pids=()

@@ -7,6 +7,8 @@
 //! The signer is a [`SigningCa`]: today the embedded, self-signed root kept in
 //! `data_dir` ([`ca`]); an upstream intermediate loaded from files fits the
 //! same shape (its chain carries the intermediate, the bundle the roots).
+//! In fleet mode the signer is remote (a [`RemoteSigner`]: the SPIRE
+//! Server), and the bundles are the server's, replaced as it publishes them.
 
 mod bundle;
 mod bundle_document;
@@ -15,6 +17,7 @@ mod issuer;
 mod jwt;
 mod jwt_crypto;
 mod jwt_keys;
+mod remote;
 mod schedule;
 mod signing_ca;
 mod upstream;
@@ -30,15 +33,18 @@ use ca::CaSet;
 use upstream::UpstreamCa;
 
 pub use bundle::X509Bundle;
-pub use bundle_document::{BundleDocument, X509_SVID_USE, maintain_bundle_file, publish_bundle_document};
+pub use bundle_document::{
+    BundleDocument, X509_SVID_USE, jwt_authority_from_spki, maintain_bundle_file, publish_bundle_document,
+};
 pub use issuer::JwtIssuer;
 pub use jwt::{JwtAuthority, JwtBundle, JwtError, JwtSvid, ValidatedJwt, validate_foreign};
 pub use jwt_keys::JWT_SVID_USE;
+pub use remote::{BoxFuture, RemoteSigner};
 pub use signing_ca::SigningCa;
 pub use upstream::UpstreamFiles;
 pub use x509::{SvidTemplate, X509Svid};
 
-use crate::spiffe_id::TrustDomain;
+use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::wall_clock;
 
 /// How often an upstream CA's files are checked for replacement.
@@ -94,6 +100,14 @@ pub enum AuthorityError {
     /// would be expired already.
     #[error("the identity's owner term has ended; no SVID is minted for it")]
     TermEnded,
+    /// In fleet mode nothing is signed locally (a task token, say): the
+    /// SPIRE Server signs every SVID.
+    #[error("in fleet mode the SPIRE Server signs every SVID; attestd signs nothing itself")]
+    SignedRemotely,
+    /// The remote signer (the SPIRE Server) refused or could not be
+    /// reached.
+    #[error("SPIRE Server: {0}")]
+    Remote(String),
 }
 
 /// How JWT-SVIDs are signed.
@@ -133,13 +147,20 @@ impl Signer {
     }
 }
 
+/// Who signs: attestd itself, or a remote authority.
+#[derive(Debug)]
+enum Minting {
+    // std Mutex: held to pick the signer and sign (CPU only, about a
+    // millisecond), never across an await.
+    Local(Mutex<Signer>),
+    Remote(Arc<dyn RemoteSigner>),
+}
+
 /// Mints SVIDs and publishes the bundle.
 #[derive(Debug)]
 pub struct Authority {
     trust_domain: TrustDomain,
-    // std Mutex: held to pick the signer and sign (CPU only, about a
-    // millisecond), never across an await.
-    signer: Mutex<Signer>,
+    minting: Minting,
     bundle: watch::Sender<Arc<X509Bundle>>,
     jwt: Arc<JwtAuthority>,
 }
@@ -198,9 +219,43 @@ impl Authority {
         Ok(Self {
             jwt: Arc::new(JwtAuthority::new(trust_domain.clone(), jwt_keys, jwt.issuer)?),
             bundle: watch::Sender::new(Arc::new(X509Bundle::new(signer.roots()))),
-            signer: Mutex::new(signer),
+            minting: Minting::Local(Mutex::new(signer)),
             trust_domain,
         })
+    }
+
+    /// An authority whose SVIDs `signer` mints (fleet mode), starting with
+    /// the remote authority's bundles; [`Self::replace_bundles`] keeps them
+    /// current.
+    pub fn remote(
+        trust_domain: TrustDomain,
+        signer: Arc<dyn RemoteSigner>,
+        x509: X509Bundle,
+        jwt: JwtBundle,
+    ) -> Self {
+        Self {
+            jwt: Arc::new(JwtAuthority::remote(trust_domain.clone(), jwt)),
+            bundle: watch::Sender::new(Arc::new(x509)),
+            minting: Minting::Remote(signer),
+            trust_domain,
+        }
+    }
+
+    /// Publishes the remote authority's current bundles (fleet mode);
+    /// returns whether either changed. Unchanged bundles wake no stream.
+    pub fn replace_bundles(&self, x509: X509Bundle, jwt: JwtBundle) -> bool {
+        let x509_changed = self.bundle.send_if_modified(|current| {
+            let changed = **current != x509;
+            if changed {
+                *current = Arc::new(x509);
+            }
+            changed
+        });
+        let jwt_changed = self.jwt.replace_remote_keys(jwt);
+        if x509_changed {
+            tracing::info!(roots = self.bundle().roots().len(), "X.509 trust bundle changed");
+        }
+        x509_changed || jwt_changed
     }
 
     /// The JWT-SVID signer and validator.
@@ -213,10 +268,39 @@ impl Authority {
         &self.trust_domain
     }
 
-    /// Mints a fresh X.509-SVID with a new key.
+    /// Mints a fresh X.509-SVID with a new key, wherever it is signed.
+    pub async fn issue_x509(&self, template: &SvidTemplate) -> Result<X509Svid, AuthorityError> {
+        match &self.minting {
+            Minting::Local(_) => self.mint_x509(template),
+            Minting::Remote(signer) => signer.mint_x509(template).await,
+        }
+    }
+
+    /// Mints a fresh JWT-SVID for `spiffe_id` (granted by the remote
+    /// entry `remote_entry` in fleet mode), valid for `ttl` if signed here
+    /// (the remote authority decides its own lifetimes).
+    pub async fn issue_jwt(
+        &self,
+        spiffe_id: &SpiffeId,
+        remote_entry: Option<&str>,
+        audiences: &[String],
+        ttl: Duration,
+    ) -> Result<JwtSvid, AuthorityError> {
+        match (&self.minting, remote_entry) {
+            (Minting::Local(_), _) => self.jwt.mint(spiffe_id, audiences, ttl),
+            (Minting::Remote(signer), Some(entry)) => signer.mint_jwt(spiffe_id, entry, audiences).await,
+            (Minting::Remote(_), None) => Err(AuthorityError::SignedRemotely),
+        }
+    }
+
+    /// Mints a fresh X.509-SVID with a new key, signed here (see
+    /// [`Self::issue_x509`] for an authority that may be remote).
     pub fn mint_x509(&self, template: &SvidTemplate) -> Result<X509Svid, AuthorityError> {
         let now = SystemTime::now();
-        let mut signer = self.lock();
+        let Minting::Local(signer) = &self.minting else {
+            return Err(AuthorityError::SignedRemotely);
+        };
+        let mut signer = lock(signer);
         let ca = match &mut *signer {
             Signer::Embedded(set) => {
                 if set.signing(now).is_none() {
@@ -245,21 +329,25 @@ impl Authority {
     /// roots on their schedule, an upstream CA's files re-read when
     /// replaced.
     pub async fn run_ca_rotation(self: Arc<Self>) {
+        let Minting::Local(signer) = &self.minting else {
+            // A remote authority's bundles are replaced as it publishes them.
+            return;
+        };
         loop {
-            let next = match &*self.lock() {
+            let next = match &*lock(signer) {
                 Signer::Embedded(set) => set.next_change(),
                 Signer::Upstream(_) => SystemTime::now() + UPSTREAM_POLL,
             };
             wall_clock::sleep_until(next).await;
-            if let Err(error) = self.refresh(SystemTime::now()) {
+            if let Err(error) = self.refresh(signer, SystemTime::now()) {
                 tracing::error!(%error, "CA rotation failed; keeping the current CA");
                 tokio::time::sleep(ROTATION_RETRY).await;
             }
         }
     }
 
-    fn refresh(&self, now: SystemTime) -> Result<(), AuthorityError> {
-        let mut signer = self.lock();
+    fn refresh(&self, signer: &Mutex<Signer>, now: SystemTime) -> Result<(), AuthorityError> {
+        let mut signer = lock(signer);
         match &mut *signer {
             Signer::Embedded(set) => self.advance_embedded(set, now),
             Signer::Upstream(upstream) => {
@@ -291,13 +379,11 @@ impl Authority {
         self.bundle.send_replace(Arc::new(X509Bundle::new(roots)));
         Ok(())
     }
+}
 
-    fn lock(&self) -> MutexGuard<'_, Signer> {
-        // Every critical section leaves the signer consistent.
-        self.signer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock(signer: &Mutex<Signer>) -> MutexGuard<'_, Signer> {
+    // Every critical section leaves the signer consistent.
+    signer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The state directory (keys inside): created 0700 if missing.

@@ -9,6 +9,7 @@
 
 mod oidc;
 mod sds;
+mod server;
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
@@ -36,6 +37,10 @@ use crate::spiffe_id::{SpiffeId, TrustDomain};
 use oidc::RawOidc;
 pub use oidc::{DEFAULT_OIDC_MAX_CONNECTIONS, OidcConfig, TlsFiles};
 pub use sds::SdsConfig;
+pub use server::{
+    BundleFormat, DEFAULT_SYNC_INTERVAL, JoinToken, NodeAttestor, OwnerMapping, ServerConfig, TrustBootstrap,
+    X509popFiles,
+};
 
 /// Default Workload API socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/run/attestd/api.sock";
@@ -47,7 +52,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
 /// rotate before expiry.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
 
-/// A place in a policy file; prints as `file:line`.
+/// A place in a policy file; prints as `file:line` (line 0: not in a
+/// file, as a SPIRE Server's entries, and printed without it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
     /// The file, shared by every entry written in it.
@@ -58,7 +64,11 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        match self.line {
+            // Not in a file: a SPIRE Server's entry, located by its id.
+            0 => write!(f, "{}", self.file.display()),
+            line => write!(f, "{}:{line}", self.file.display()),
+        }
     }
 }
 
@@ -128,6 +138,9 @@ pub struct Config {
     pub jwt_issuer: Option<JwtIssuer>,
     /// The OIDC discovery listener (`[oidc]`); off if unset.
     pub oidc: Option<OidcConfig>,
+    /// Fleet mode (`[server]`): a SPIRE Server attests this node, holds
+    /// the entries and signs the SVIDs; unset: the local CA and entries.
+    pub server: Option<ServerConfig>,
     /// Entries written in the main config file.
     pub entries: Vec<EntryConfig>,
 }
@@ -415,11 +428,10 @@ struct RawConfig {
     socket_path: Option<PathBuf>,
     max_connections_per_uid: Option<Spanned<usize>>,
     data_dir: Option<PathBuf>,
-    entries_dir: Option<PathBuf>,
+    entries_dir: Option<Spanned<PathBuf>>,
     #[serde(default)]
     svid: SvidConfig,
-    #[serde(default)]
-    ca: RawCa,
+    ca: Option<Spanned<RawCa>>,
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
@@ -434,9 +446,10 @@ struct RawConfig {
     sds: Option<Spanned<SdsConfig>>,
     #[serde(default)]
     federation: Vec<Spanned<federation::RawFederation>>,
-    bundle_endpoint: Option<federation::RawBundleEndpoint>,
-    jwt_issuer: Option<JwtIssuer>,
+    bundle_endpoint: Option<Spanned<federation::RawBundleEndpoint>>,
+    jwt_issuer: Option<Spanned<JwtIssuer>>,
     oidc: Option<Spanned<RawOidc>>,
+    server: Option<Spanned<server::RawServer>>,
     #[serde(default)]
     entry: Vec<Spanned<RawEntry>>,
 }
@@ -539,15 +552,26 @@ impl Config {
         })?;
         let data_dir = raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let health = source.health(raw.health)?;
-        let ca = source.ca(raw.ca)?;
+        let replaced = server::Replaced {
+            entries: raw.entry.first().map(Spanned::span),
+            entries_dir: raw.entries_dir.as_ref().map(Spanned::span),
+            ca: raw.ca.as_ref().map(Spanned::span),
+            jwt_issuer: raw.jwt_issuer.as_ref().map(Spanned::span),
+            bundle_endpoint: raw.bundle_endpoint.as_ref().map(Spanned::span),
+            oidc: raw.oidc.as_ref().map(Spanned::span),
+        };
+        let server = source.server(raw.server, &data_dir, &replaced)?;
+        let jwt_issuer = raw.jwt_issuer.map(Spanned::into_inner);
+        let ca = source.ca(raw.ca.map(Spanned::into_inner).unwrap_or_default())?;
         let limits = source.limits(raw.limits, raw.max_connections_per_uid)?;
         let federation = source.federation(raw.federation, &trust_domain)?;
-        let bundle_endpoint = source.bundle_endpoint(raw.bundle_endpoint, &trust_domain)?;
+        let bundle_endpoint =
+            source.bundle_endpoint(raw.bundle_endpoint.map(Spanned::into_inner), &trust_domain)?;
         let federated: Vec<TrustDomain> = federation.iter().map(|f| f.trust_domain.clone()).collect();
         let entries = source.entries(raw.entry, &trust_domain, &federated)?;
         let denial_limit = source.denial_limit(&raw.audit)?;
         let sds = source.sds(raw.sds)?;
-        let oidc = source.oidc(raw.oidc, raw.jwt_issuer.as_ref())?;
+        let oidc = source.oidc(raw.oidc, jwt_issuer.as_ref())?;
         Ok(Self {
             source: path.to_owned(),
             socket_path: raw.socket_path.unwrap_or_else(|| DEFAULT_SOCKET_PATH.into()),
@@ -562,7 +586,7 @@ impl Config {
                 denial_limit,
             },
             data_dir,
-            entries_dir: raw.entries_dir,
+            entries_dir: raw.entries_dir.map(Spanned::into_inner),
             svid: raw.svid,
             ca,
             attestation: raw.attestation,
@@ -574,8 +598,9 @@ impl Config {
             sds,
             federation,
             bundle_endpoint,
-            jwt_issuer: raw.jwt_issuer,
+            jwt_issuer,
             oidc,
+            server,
         })
     }
 
@@ -600,8 +625,30 @@ impl Config {
                 self.bundle_endpoint.clone(),
                 self.jwt_issuer.clone(),
                 self.oidc.clone(),
+                self.server.clone(),
             ),
         )
+    }
+
+    /// Sets the join token given on the command line (`--join-token`),
+    /// which only fleet mode with `node_attestor = "join_token"` takes.
+    pub fn set_join_token(&mut self, token: String) -> Result<(), ConfigError> {
+        let refuse = |message: String| ConfigError {
+            file: self.source.clone(),
+            line: None,
+            key: Some("server.join_token".into()),
+            message,
+        };
+        let token = JoinToken::new(token).map_err(|m| refuse(format!("--join-token: {m}")))?;
+        match self.server.as_mut().map(|server| &mut server.node_attestor) {
+            Some(NodeAttestor::JoinToken(slot)) => {
+                *slot = Some(token);
+                Ok(())
+            }
+            _ => Err(refuse(
+                "--join-token needs [server] with node_attestor = \"join_token\"".into(),
+            )),
+        }
     }
 
     /// The error `attestd run` gives without `--config`: there is no safe

@@ -20,6 +20,7 @@ use crate::authority::{
 use crate::authz::{self, Authz, AuthzError, PolicyBook};
 use crate::config::{Config, ConfigError, DEFAULT_REFRESH_HINT, LimitsConfig};
 use crate::federation::{EndpointServerError, Federation, FederationError, serve_bundle_endpoint};
+use crate::fleet::{Fleet, FleetError};
 use crate::oidc::{self, OidcError};
 use crate::proto::agent::authorization_server::AuthorizationServer;
 use crate::proto::agent::tasks_server::TasksServer;
@@ -105,6 +106,10 @@ pub enum DaemonError {
     /// The OIDC discovery listener could not be started.
     #[error(transparent)]
     Oidc(#[from] OidcError),
+    /// Fleet mode: the node could not join its SPIRE Server, or was
+    /// banned by it.
+    #[error("fleet mode: {0}")]
+    Fleet(#[from] FleetError),
     /// Installing signal handlers failed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -119,7 +124,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (signals, hangup, authz_hangup) = Signals::install()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let attestations = concurrent_attestations(&config.limits);
-    let (ctx, entry_files, documents) = start_services(&config, shutdown, attestations)?;
+    let (ctx, source, documents) = start_services(&config, shutdown, attestations).await?;
     let ctx = Arc::new(ctx);
     // After the policy loaded: a bad config fails with its one line alone.
     let nofile = descriptor_limit::raise_to_hard_limit();
@@ -134,12 +139,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         max_concurrent_attestations = attestations,
         "connection limits"
     );
-    tokio::spawn(registry::keep_current(
-        config.clone(),
-        Arc::clone(&ctx.registry),
-        entry_files,
-        hangup,
-    ));
+    // The entries' source keeps the registry current: the files (reloaded
+    // on change and SIGHUP), or the SPIRE Server (synced).
+    let mut fleet_ended = match source {
+        PolicySource::Files(entry_files) => {
+            tokio::spawn(registry::keep_current(
+                config.clone(),
+                Arc::clone(&ctx.registry),
+                entry_files,
+                hangup,
+            ));
+            None
+        }
+        PolicySource::Server(fleet) => Some(tokio::spawn(fleet.run(
+            Arc::clone(&ctx.registry),
+            Arc::clone(&ctx.federation),
+            config.federated_trust_domains(),
+        ))),
+    };
     tokio::spawn(authz::keep_current(
         config.policy_dir.clone(),
         Arc::clone(&ctx.authz),
@@ -197,18 +214,35 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         );
     let mut shutdown = ctx.shutdown.clone();
     tokio::pin!(server);
+    let mut ended = None;
     tokio::select! {
         result = &mut server => result?,
         _ = async {
             let _ = shutdown.wait_for(|stopping| *stopping).await;
             tokio::time::sleep(DRAIN_GRACE).await;
         } => tracing::warn!("connections still open after the grace period; closing them"),
+        Some(Ok(error)) = async { Some(fleet_ended.as_mut()?.await) } => {
+            // Banned by the server: nothing may be served any more.
+            tracing::error!(%error, "fleet mode ended; attestd stops");
+            ended = Some(error);
+        }
     }
     drop(listener);
     // Denials left out since the last window's end are summarised now, not lost.
     ctx.audit.summarise_denials();
     tracing::info!("attestd stopped");
-    Ok(())
+    match ended {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
+}
+
+/// Where the registry's entries come from.
+enum PolicySource {
+    /// The config file and `entries_dir`, as read at start.
+    Files(EntryFiles),
+    /// A SPIRE Server (fleet mode), synced by this.
+    Server(Box<Fleet>),
 }
 
 /// Starts the optional TCP listeners (the bundle endpoint, health and
@@ -246,17 +280,33 @@ async fn serve_tcp_listeners(
 }
 
 /// Loads the policy, the authority, the foreign bundles and the audit
-/// trail, and starts their background tasks. Also returns the entry files
-/// the policy was read from, which its reloads start from, and the bundle
-/// document as it changes (for the bundle endpoint).
-fn start_services(
+/// trail, and starts their background tasks. Also returns where the policy
+/// came from (the entry files its reloads start from, or the SPIRE Server
+/// to sync with), and the bundle document as it changes (for the bundle
+/// endpoint).
+async fn start_services(
     config: &Config,
     shutdown: watch::Receiver<bool>,
     attestations: usize,
-) -> Result<(Context, EntryFiles, watch::Receiver<Arc<BundleDocument>>), DaemonError> {
-    let mut entry_files = EntryFiles::default();
+) -> Result<(Context, PolicySource, watch::Receiver<Arc<BundleDocument>>), DaemonError> {
     let started = std::time::Instant::now();
-    let policy = Policy::load_with(config, &mut entry_files)?;
+    let (policy, authority, source) = match &config.server {
+        None => {
+            let mut entry_files = EntryFiles::default();
+            let policy = Policy::load_with(config, &mut entry_files)?;
+            let authority = Arc::new(Authority::from_config(config)?);
+            (policy, authority, PolicySource::Files(entry_files))
+        }
+        Some(server) => {
+            let mut fleet = Fleet::join(config, server).await?;
+            let policy = std::mem::take(&mut fleet.policy);
+            (
+                policy,
+                Arc::clone(&fleet.authority),
+                PolicySource::Server(Box::new(fleet)),
+            )
+        }
+    };
     policy.build_lookups();
     tracing::info!(
         entries = policy.entries().len(),
@@ -270,7 +320,6 @@ fn start_services(
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         "Cedar policies loaded"
     );
-    let authority = Arc::new(Authority::from_config(config)?);
     let audit = Arc::new(
         AuditLog::open(&config.audit.path, config.audit.rotation, config.audit.on_failure)?
             .with_denial_limit(config.audit.denial_limit),
@@ -312,7 +361,7 @@ fn start_services(
         attestations: AttestationPermits::new(attestations),
         shutdown,
     };
-    Ok((ctx, entry_files, documents))
+    Ok((ctx, source, documents))
 }
 
 /// Attestations allowed at once: configured, or one per CPU (they hash

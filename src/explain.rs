@@ -50,7 +50,11 @@ pub struct Explanation {
 /// Attests process `pid` as attestd would and holds it against the policy
 /// of `config`.
 pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
-    let policy = Policy::load(config)?;
+    explain_with(config, &Policy::load(config)?, pid)
+}
+
+/// [`explain`] against `policy` (a SPIRE Server's entries, in fleet mode).
+pub fn explain_with(config: &Config, policy: &Policy, pid: i32) -> Result<Explanation, ExplainError> {
     let attestor = Attestor::new("/proc", config.attestation.max_exe_hash_bytes);
     let peer = PeerIdentity::for_process(attestor.proc_root(), pid)?;
     // Always hashed: an operator writing a unix:sha256 entry needs the hash.

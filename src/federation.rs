@@ -12,7 +12,7 @@ mod document;
 mod endpoint_client;
 mod endpoint_server;
 mod refresh;
-mod svid_verifier;
+pub(crate) mod svid_verifier;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -180,7 +180,8 @@ impl Federation {
 
     /// Puts `bundle` in effect for `trust_domain`, unless it holds the
     /// same authorities as the one in effect; returns whether it changed.
-    fn update(&self, trust_domain: &TrustDomain, bundle: ForeignBundle, origin: &str) -> bool {
+    /// `origin` says where it came from, for the log.
+    pub fn update(&self, trust_domain: &TrustDomain, bundle: ForeignBundle, origin: &str) -> bool {
         self.bundles.send_if_modified(|current| {
             if current
                 .get(trust_domain)

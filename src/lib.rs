@@ -28,6 +28,7 @@ pub mod explain;
 pub mod federation;
 pub mod file_changes;
 pub mod file_stamp;
+pub mod fleet;
 pub mod helper;
 pub mod oidc;
 pub mod policy_check;

@@ -29,6 +29,10 @@ enum Command {
         /// Configuration file (TOML).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Fleet mode: the join token to attest this node with (instead of
+        /// `[server] join_token`); needed only until the node is attested.
+        #[arg(long, env = "ATTESTD_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
     },
     /// Call the Workload API as the current process.
     Api {
@@ -342,11 +346,14 @@ fn describe(error: &anyhow::Error) -> String {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = match config {
+        Command::Run { config, join_token } => {
+            let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => return Err(Config::missing().into()),
             };
+            if let Some(token) = join_token {
+                config.set_join_token(token)?;
+            }
             daemon::run(config).await?;
         }
         Command::Api { command } => api(command).await?,
@@ -362,7 +369,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     config,
                     expiring: None,
                 },
-        } => print!("{}", policy_check::list(&Config::load(&config)?)?),
+        } => {
+            let config = Config::load(&config)?;
+            match &config.server {
+                Some(server) => print!("{}", attestd::fleet::list(&config, server).await?),
+                None => print!("{}", policy_check::list(&config)?),
+            }
+        }
         Command::Entry {
             command:
                 EntryCommand::List {
@@ -382,7 +395,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Entry {
             command: EntryCommand::Check { config },
         } => {
-            for warning in policy_check::check(&Config::load(&config)?)? {
+            let config = Config::load(&config)?;
+            let warnings = match &config.server {
+                Some(server) => attestd::fleet::check(&config, server).await?,
+                None => policy_check::check(&config)?,
+            };
+            for warning in warnings {
                 println!("warning: {warning}");
             }
             println!("policy OK");
@@ -426,7 +444,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Explain { pid, config } => {
-            print!("{}", explain::explain(&Config::load(&config)?, pid)?);
+            let config = Config::load(&config)?;
+            let explanation = match &config.server {
+                Some(server) => {
+                    let policy = attestd::fleet::server_policy(&config, server).await?;
+                    explain::explain_with(&config, &policy, pid)?
+                }
+                None => explain::explain(&config, pid)?,
+            };
+            print!("{explanation}");
         }
         Command::Bundle {
             command: BundleCommand::Show { config, format },

@@ -16,12 +16,16 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The entries of the policy, one block each.
 pub fn list(config: &Config) -> Result<String, ConfigError> {
-    let policy = Policy::load(config)?;
+    Ok(list_policy(&Policy::load(config)?))
+}
+
+/// The entries of `policy` (a SPIRE Server's, say), one block each.
+pub fn list_policy(policy: &Policy) -> String {
     let mut out = format!("{} entries\n", policy.entries().len());
     for entry in policy.entries() {
         describe(&mut out, entry);
     }
-    Ok(out)
+    out
 }
 
 /// Validates the policy; returns its warnings (empty when all is well).
@@ -30,13 +34,17 @@ pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
 }
 
 fn check_at(config: &Config, now: SystemTime) -> Result<Vec<String>, ConfigError> {
-    let policy = Policy::load(config)?;
-    Ok(policy
+    Ok(check_policy(&Policy::load(config)?, now))
+}
+
+/// The warnings about the entries of `policy` at `now`.
+pub fn check_policy(policy: &Policy, now: SystemTime) -> Vec<String> {
+    policy
         .entries()
         .iter()
         .flat_map(|entry| [lint(entry), expiry_lint(entry, now)])
         .flatten()
-        .collect())
+        .collect()
 }
 
 /// An entry whose owner's term ends within a window (or has ended).

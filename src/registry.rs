@@ -69,8 +69,12 @@ pub struct Entry {
     pub tasks: Option<Box<TasksConfig>>,
     /// May ask for decisions about other agents' task tokens.
     pub may_ask_for_others: bool,
-    /// Where the entry is written (`file:line`).
+    /// Where the entry is written (`file:line`; a SPIRE Server's entries
+    /// are located by their id there).
     pub location: Location,
+    /// In fleet mode, the SPIRE Server's id of the entry (the server mints
+    /// by entry); none for entries from files.
+    pub remote_entry: Option<Arc<str>>,
 }
 
 /// An entry's stable id: the first 8 bytes of the SHA-256 of its SPIFFE

@@ -57,9 +57,12 @@ enum Duty {
 /// The shared SVIDs, keyed by what they certify.
 pub struct SvidCache {
     authority: Arc<Authority>,
-    // std Mutex: held for map access and a first mint (CPU only, about a
-    // millisecond), never across an await.
+    // std Mutex: held for map access, never across an await.
     slots: Mutex<HashMap<SvidTemplate, Slot>>,
+    /// One gate per template being minted for the first time, so callers
+    /// arriving meanwhile wait for that mint instead of minting again (a
+    /// remote mint takes a round trip to the server).
+    first_mints: Mutex<HashMap<SvidTemplate, Arc<tokio::sync::Mutex<()>>>>,
     next_generation: AtomicU64,
 }
 
@@ -77,28 +80,56 @@ impl SvidCache {
         Arc::new(Self {
             authority,
             slots: Mutex::new(HashMap::new()),
+            first_mints: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(0),
         })
     }
 
     /// A receiver of the current SVID for `template`, minting it if this is
     /// its first use or the cached one has expired (after a suspend, say;
-    /// the stale slot's task then retires). Must be called inside the tokio
-    /// runtime (it may spawn the rotation task).
-    pub fn subscribe(self: &Arc<Self>, template: &SvidTemplate) -> Result<SvidReceiver, AuthorityError> {
-        let mut slots = self.lock();
-        if let Some(slot) = slots.get_mut(template)
-            && slot.receiver.borrow().not_after > SystemTime::now()
-        {
-            slot.last_used = Instant::now();
-            return Ok(slot.receiver.clone());
+    /// the stale slot's task then retires). Concurrent first callers share
+    /// one mint. Must be called inside the tokio runtime (it may spawn the
+    /// rotation task).
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        template: &SvidTemplate,
+    ) -> Result<SvidReceiver, AuthorityError> {
+        if let Some(receiver) = self.current(template) {
+            return Ok(receiver);
         }
-        let svid = Arc::new(self.authority.mint_x509(template)?);
+        let gate = Arc::clone(lock(&self.first_mints).entry(template.clone()).or_default());
+        let _minting = gate.lock().await;
+        // Minted by the caller this one waited for.
+        if let Some(receiver) = self.current(template) {
+            return Ok(receiver);
+        }
+        let minted = self.authority.issue_x509(template).await;
+        lock(&self.first_mints).remove(template);
+        Ok(self.install(template, minted?))
+    }
+
+    /// [`Self::subscribe`] for an authority that signs here, without
+    /// waiting: for callers outside async code (a TLS certificate
+    /// resolver). Fails in fleet mode.
+    pub fn subscribe_local(
+        self: &Arc<Self>,
+        template: &SvidTemplate,
+    ) -> Result<SvidReceiver, AuthorityError> {
+        if let Some(receiver) = self.current(template) {
+            return Ok(receiver);
+        }
+        let svid = self.authority.mint_x509(template)?;
+        Ok(self.install(template, svid))
+    }
+
+    /// Puts a first-minted SVID in its slot and starts its rotation task.
+    fn install(self: &Arc<Self>, template: &SvidTemplate, svid: X509Svid) -> SvidReceiver {
+        let svid = Arc::new(svid);
         tracing::info!(spiffe_id = %svid.spiffe_id, serial = %svid.serial, "minted X.509-SVID");
         metrics().x509_minted(false);
         let (sender, receiver) = watch::channel(svid);
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        slots.insert(
+        self.lock().insert(
             template.clone(),
             Slot {
                 receiver: receiver.clone(),
@@ -107,7 +138,19 @@ impl SvidCache {
             },
         );
         tokio::spawn(rotate(Arc::downgrade(self), template.clone(), generation, sender));
-        Ok(receiver)
+        receiver
+    }
+
+    /// The cached SVID for `template`, if it is still valid (marking it
+    /// used).
+    fn current(&self, template: &SvidTemplate) -> Option<SvidReceiver> {
+        let mut slots = self.lock();
+        let slot = slots.get_mut(template)?;
+        if slot.receiver.borrow().not_after <= SystemTime::now() {
+            return None;
+        }
+        slot.last_used = Instant::now();
+        Some(slot.receiver.clone())
     }
 
     /// Number of SVIDs currently cached.
@@ -121,9 +164,7 @@ impl SvidCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SvidTemplate, Slot>> {
-        // Every critical section leaves the map consistent, so a poisoned
-        // lock is safe to keep using.
-        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.slots)
     }
 
     /// Decides what the rotation task of `generation` does now; retiring
@@ -147,6 +188,12 @@ impl SvidCache {
         }
         Duty::Renew
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the maps consistent, so a poisoned
+    // lock is safe to keep using.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The rotation task of one SVID: owns its sender until the cache is
@@ -193,7 +240,7 @@ async fn rotate(
 async fn renew(authority: &Authority, template: &SvidTemplate, current: &X509Svid) -> X509Svid {
     let mut backoff = MIN_BACKOFF;
     loop {
-        match authority.mint_x509(template) {
+        match authority.issue_x509(template).await {
             Ok(svid) => return svid,
             Err(error) => {
                 let left = current
@@ -238,6 +285,7 @@ mod tests {
             dns_names: vec![],
             ttl,
             valid_until: None,
+            remote_entry: None,
         };
         (dir, SvidCache::new(Arc::new(authority)), template)
     }
@@ -265,8 +313,8 @@ mod tests {
     #[tokio::test]
     async fn shared_between_callers_and_rotated() {
         let (_dir, cache, template) = fixture(Duration::from_secs(6));
-        let mut first = cache.subscribe(&template).unwrap();
-        let second = cache.subscribe(&template).unwrap();
+        let mut first = cache.subscribe(&template).await.unwrap();
+        let second = cache.subscribe(&template).await.unwrap();
         let serial = first.borrow().serial.clone();
         assert_eq!(second.borrow().serial, serial, "one SVID per entry");
         tokio::time::timeout(Duration::from_secs(5), first.changed())
@@ -280,7 +328,7 @@ mod tests {
     #[tokio::test]
     async fn replaced_slot_makes_its_old_task_obsolete_and_idle_slots_retire() {
         let (_dir, cache, template) = fixture(Duration::from_secs(5));
-        let receiver = cache.subscribe(&template).unwrap();
+        let receiver = cache.subscribe(&template).await.unwrap();
         let generation = cache.lock()[&template].generation;
         assert_eq!(cache.duty(&template, generation + 1, 1), Duty::Obsolete);
         // A listener besides the slot's own receiver keeps it rotating.
@@ -298,7 +346,7 @@ mod tests {
         let (_dir, cache, mut template) = fixture(Duration::from_secs(3600));
         let until = SystemTime::now() + Duration::from_secs(60);
         template.valid_until = Some(until);
-        let receiver = cache.subscribe(&template).unwrap();
+        let receiver = cache.subscribe(&template).await.unwrap();
         let svid = Arc::clone(&receiver.borrow());
         assert_eq!(svid.not_after, until, "cut at the term's end");
         assert_eq!(
@@ -309,6 +357,7 @@ mod tests {
         // Longer than the term: renewed at half-life as usual.
         let uncut = SvidTemplate {
             valid_until: Some(until + Duration::from_secs(7200)),
+            remote_entry: None,
             ..template.clone()
         };
         assert!(next_duty(&uncut, &svid, SystemTime::now()) < until);
@@ -330,7 +379,7 @@ mod tests {
             "later callers get nothing from it"
         );
         assert!(
-            cache.subscribe(&template).is_err(),
+            cache.subscribe(&template).await.is_err(),
             "nothing is minted after the term"
         );
     }

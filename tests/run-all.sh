@@ -56,6 +56,14 @@ fi
 step "fetching Go modules for tests/interop/go"
 (cd tests/interop/go && go mod download && go vet ./...)
 
+# Fleet mode (tests/e2e/fleet.rs) runs a real spire-server, and the mixed
+# fleet test a real spire-agent beside attestd: both built from the Go module
+# proxy into target/spire-<version>/, once (cached between runs).
+step "SPIRE server and agent for the fleet-mode tests (tests/spire/build.sh, cached)"
+SPIRE_BIN_DIR=$(tests/spire/build.sh)
+export SPIRE_BIN_DIR
+"$SPIRE_BIN_DIR/spire-server" --version
+
 step "python venv with py-spiffe for tests/interop/python (target/interop-venv)"
 python3 -m venv target/interop-venv
 target/interop-venv/bin/pip install --quiet --disable-pip-version-check -r tests/interop/python/requirements.txt

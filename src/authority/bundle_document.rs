@@ -102,30 +102,9 @@ impl BundleDocument {
 /// certificate itself in `x5c`. Keys of a type JWK cannot express are left
 /// out with a warning.
 fn x509_authority(der: &[u8]) -> Option<Jwk> {
-    let b64url = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let algorithm = match cert.public_key().parsed() {
-        Ok(PublicKey::EC(point)) => {
-            let data = point.data();
-            let curve = match data.len() {
-                65 => EllipticCurve::P256,
-                97 => EllipticCurve::P384,
-                _ => return unsupported(&cert),
-            };
-            let (x, y) = data[1..].split_at((data.len() - 1) / 2);
-            AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
-                key_type: EllipticCurveKeyType::EC,
-                curve,
-                x: b64url(x),
-                y: b64url(y),
-            })
-        }
-        Ok(PublicKey::RSA(rsa)) => AlgorithmParameters::RSA(RSAKeyParameters {
-            key_type: RSAKeyType::RSA,
-            n: b64url(strip_leading_zeros(rsa.modulus)),
-            e: b64url(strip_leading_zeros(rsa.exponent)),
-        }),
-        _ => return unsupported(&cert),
+    let Some(algorithm) = key_parameters(cert.public_key()) else {
+        return unsupported(&cert);
     };
     Some(Jwk {
         common: CommonParameters {
@@ -135,6 +114,55 @@ fn x509_authority(der: &[u8]) -> Option<Jwk> {
         },
         algorithm,
     })
+}
+
+/// A JWT authority given as a public key (PKIX SubjectPublicKeyInfo DER,
+/// as a SPIRE Server publishes them) and its key id, as a JWK with `use:
+/// "jwt-svid"`: EC P-256/P-384 or RSA keys.
+pub fn jwt_authority_from_spki(spki_der: &[u8], kid: &str) -> Result<Jwk, String> {
+    let (rest, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| format!("JWT authority {kid:?}: not a public key: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("JWT authority {kid:?}: bytes after its public key"));
+    }
+    let algorithm = key_parameters(&spki)
+        .ok_or_else(|| format!("JWT authority {kid:?}: a key type JWT-SVIDs are not signed with"))?;
+    Ok(Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Other(JWT_SVID_USE.into())),
+            key_id: Some(kid.to_owned()),
+            ..CommonParameters::default()
+        },
+        algorithm,
+    })
+}
+
+/// The JWK members of a public key: EC P-256 or P-384, or RSA.
+fn key_parameters(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<AlgorithmParameters> {
+    let b64url = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    match spki.parsed() {
+        Ok(PublicKey::EC(point)) => {
+            let data = point.data();
+            let curve = match data.len() {
+                65 => EllipticCurve::P256,
+                97 => EllipticCurve::P384,
+                _ => return None,
+            };
+            let (x, y) = data[1..].split_at((data.len() - 1) / 2);
+            Some(AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: EllipticCurveKeyType::EC,
+                curve,
+                x: b64url(x),
+                y: b64url(y),
+            }))
+        }
+        Ok(PublicKey::RSA(rsa)) => Some(AlgorithmParameters::RSA(RSAKeyParameters {
+            key_type: RSAKeyType::RSA,
+            n: b64url(strip_leading_zeros(rsa.modulus)),
+            e: b64url(strip_leading_zeros(rsa.exponent)),
+        })),
+        _ => None,
+    }
 }
 
 fn unsupported(cert: &X509Certificate<'_>) -> Option<Jwk> {

@@ -154,7 +154,9 @@ pub struct JwtAuthority {
     /// this issuer).
     issuer: Option<JwtIssuer>,
     // std Mutex: held to pick a key or look one up, never across an await.
-    keys: Mutex<KeySet>,
+    // None in fleet mode: the SPIRE Server signs, and its keys are the
+    // bundle.
+    keys: Option<Mutex<KeySet>>,
     bundle: watch::Sender<Arc<JwtBundle>>,
 }
 
@@ -177,14 +179,43 @@ impl JwtAuthority {
         Ok(Self {
             trust_domain,
             issuer,
-            keys: Mutex::new(keys),
+            keys: Some(Mutex::new(keys)),
             bundle,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, KeySet> {
+    /// A validator of the tokens a remote authority signs with the keys of
+    /// `bundle` (fleet mode); it signs nothing itself.
+    pub(super) fn remote(trust_domain: TrustDomain, bundle: JwtBundle) -> Self {
+        super::jwt_crypto::install();
+        Self {
+            trust_domain,
+            issuer: None,
+            keys: None,
+            bundle: watch::Sender::new(Arc::new(bundle)),
+        }
+    }
+
+    /// Publishes a remote authority's current keys; returns whether they
+    /// changed.
+    pub(super) fn replace_remote_keys(&self, bundle: JwtBundle) -> bool {
+        let changed = self.bundle.send_if_modified(|current| {
+            let changed = **current != bundle;
+            if changed {
+                *current = Arc::new(bundle);
+            }
+            changed
+        });
+        if changed {
+            tracing::info!(keys = ?self.bundle().keys().iter().filter_map(|k| k.common.key_id.as_deref()).collect::<Vec<_>>(), "JWT bundle changed");
+        }
+        changed
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, KeySet>, AuthorityError> {
+        let keys = self.keys.as_ref().ok_or(AuthorityError::SignedRemotely)?;
         // Every critical section leaves the set consistent.
-        self.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        Ok(keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     /// The current JWT bundle.
@@ -234,7 +265,7 @@ impl JwtAuthority {
                 "the expiry is not in the future".into(),
             ));
         }
-        let mut keys = self.lock();
+        let mut keys = self.lock()?;
         if keys.signing(now).is_none() {
             // The rotation task is late (a suspended host): catch up here,
             // publishing before signing.
@@ -289,7 +320,12 @@ impl JwtAuthority {
     }
 
     fn validate_for(&self, token: &str, audience: Option<&str>) -> Result<ValidatedJwt, JwtError> {
-        let (algorithm, kid) = check_header(token, Signers::Ours)?;
+        // The SPIRE Server's keys need not be P-256 (its jwt_key_type).
+        let signers = match self.keys {
+            Some(_) => Signers::Ours,
+            None => Signers::Foreign,
+        };
+        let (algorithm, kid) = check_header(token, signers)?;
         verify(
             token,
             audience,
@@ -302,13 +338,18 @@ impl JwtAuthority {
 
     /// Keeps the keys on schedule until the process ends.
     pub async fn run_rotation(self: Arc<Self>) {
+        if self.keys.is_none() {
+            // A remote authority's keys are replaced as it publishes them.
+            return;
+        }
         loop {
-            let next = self.lock().next_change();
-            wall_clock::sleep_until(next).await;
-            let result = {
-                let mut keys = self.lock();
-                self.refresh_locked(&mut keys, SystemTime::now())
+            let Ok(next) = self.lock().map(|keys| keys.next_change()) else {
+                return;
             };
+            wall_clock::sleep_until(next).await;
+            let result = self
+                .lock()
+                .and_then(|mut keys| self.refresh_locked(&mut keys, SystemTime::now()));
             if let Err(error) = result {
                 tracing::error!(%error, "JWT key rotation failed; retrying");
                 tokio::time::sleep(ROTATION_RETRY).await;
@@ -630,7 +671,13 @@ mod tests {
         let svid = jwt
             .mint(&id, &["a".to_owned()], Duration::from_secs(10 * 3600))
             .unwrap();
-        let key_expiry = jwt.lock().signing(SystemTime::now()).unwrap().lifetime.not_after;
+        let key_expiry = jwt
+            .lock()
+            .unwrap()
+            .signing(SystemTime::now())
+            .unwrap()
+            .lifetime
+            .not_after;
         assert!(svid.expires_at <= key_expiry);
     }
 }

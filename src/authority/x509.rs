@@ -30,6 +30,9 @@ pub struct SvidTemplate {
     /// The latest an SVID may be valid until (the end of the entry owner's
     /// term): lifetimes are cut there, and nothing is minted after it.
     pub valid_until: Option<SystemTime>,
+    /// In fleet mode, the SPIRE Server's id of the entry the SVID is
+    /// minted for (the server signs by entry); none when signed here.
+    pub remote_entry: Option<std::sync::Arc<str>>,
 }
 
 /// A minted X.509-SVID.
@@ -146,6 +149,7 @@ mod tests {
             dns_names: vec!["agent.local".into()],
             ttl: Duration::from_secs(7200),
             valid_until: None,
+            remote_entry: None,
         };
         let svid = authority.mint_x509(&template).unwrap();
         let (_, leaf) = X509Certificate::from_der(&svid.cert_chain[0]).unwrap();
@@ -189,6 +193,7 @@ mod tests {
             dns_names: vec![],
             ttl: Duration::from_secs(3600),
             valid_until: Some(until),
+            remote_entry: None,
         };
         let svid = authority.mint_x509(&template).unwrap();
         let (_, leaf) = X509Certificate::from_der(&svid.cert_chain[0]).unwrap();

@@ -65,6 +65,17 @@ struct RawDocument {
 }
 
 impl ForeignBundle {
+    /// A bundle of these authorities (a SPIRE Server's copy of a foreign
+    /// trust domain's bundle, in fleet mode).
+    pub fn from_authorities(x509: X509Bundle, jwt: JwtBundle, sequence: u64) -> Self {
+        Self {
+            x509,
+            jwt,
+            sequence: Some(sequence),
+            refresh_hint: None,
+        }
+    }
+
     /// Parses a SPIFFE bundle document.
     pub fn parse(bytes: &[u8]) -> Result<Self, BundleError> {
         if bytes.len() > MAX_DOCUMENT_BYTES {

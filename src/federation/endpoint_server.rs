@@ -97,6 +97,7 @@ pub async fn serve_bundle_endpoint(
                 dns_names: Vec::new(),
                 ttl: svid_ttl,
                 valid_until: None,
+                remote_entry: None,
             };
             Credentials::Svid(SvidCredentials::subscribe(
                 Arc::clone(cache),
@@ -336,7 +337,7 @@ impl SvidCredentials {
         template: SvidTemplate,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Self, EndpointServerError> {
-        let receiver = cache.subscribe(&template)?;
+        let receiver = cache.subscribe_local(&template)?;
         let svid = Arc::clone(&receiver.borrow());
         let key = certified_svid(&svid, provider)?;
         Ok(Self {
@@ -357,7 +358,7 @@ impl SvidCredentials {
     fn current(&self) -> Option<Arc<CertifiedKey>> {
         let mut state = lock(&self.state);
         if state.receiver.has_changed().is_err() {
-            match self.cache.subscribe(&self.template) {
+            match self.cache.subscribe_local(&self.template) {
                 Ok(receiver) => state.receiver = receiver,
                 Err(error) => tracing::error!(%error, "bundle endpoint: cannot renew its X.509-SVID"),
             }

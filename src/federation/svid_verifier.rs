@@ -2,6 +2,8 @@
 //! be an X.509-SVID that chains (RFC 5280, webpki) to the latest bundle
 //! held for the endpoint's trust domain and names exactly the configured
 //! SPIFFE ID (SPIFFE Federation 5.2.2.4). Host names play no part.
+//! Fleet mode authenticates the SPIRE Server the same way (and, before it
+//! has a bundle with `insecure_bootstrap`, by its SPIFFE ID alone).
 
 use std::sync::Arc;
 
@@ -16,9 +18,13 @@ use crate::spiffe_id::SpiffeId;
 
 /// Accepts exactly one server: an X.509-SVID for `expected` under `roots`.
 #[derive(Debug)]
-pub(super) struct SvidVerifier {
-    roots: Vec<CertificateDer<'static>>,
+pub(crate) struct SvidVerifier {
+    /// None: the chain is not verified, only the SPIFFE ID (fleet mode's
+    /// `insecure_bootstrap`, before the first bundle).
+    roots: Option<Vec<CertificateDer<'static>>>,
     expected: SpiffeId,
+    /// Who the server is, for errors ("the bundle endpoint").
+    role: &'static str,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -35,16 +41,36 @@ impl std::fmt::Debug for WrongServer {
 }
 
 impl SvidVerifier {
-    /// A verifier for `expected` under the CA certificates `roots` (DER).
-    pub(super) fn new(roots: &[Vec<u8>], expected: SpiffeId, provider: &CryptoProvider) -> Self {
+    /// A verifier for the bundle endpoint `expected` under the CA
+    /// certificates `roots` (DER).
+    pub(crate) fn new(roots: &[Vec<u8>], expected: SpiffeId, provider: &CryptoProvider) -> Self {
         Self {
-            roots: roots
-                .iter()
-                .map(|der| CertificateDer::from(der.clone()))
-                .collect(),
+            roots: Some(
+                roots
+                    .iter()
+                    .map(|der| CertificateDer::from(der.clone()))
+                    .collect(),
+            ),
             expected,
+            role: "the bundle endpoint",
             algorithms: provider.signature_verification_algorithms,
         }
+    }
+
+    /// A verifier that checks only the SPIFFE ID of the presented leaf
+    /// (and the handshake's signature by its key), not its chain.
+    pub(crate) fn unchained(expected: SpiffeId, provider: &CryptoProvider) -> Self {
+        Self {
+            roots: None,
+            expected,
+            role: "the bundle endpoint",
+            algorithms: provider.signature_verification_algorithms,
+        }
+    }
+
+    /// Names the server `role` in errors.
+    pub(crate) fn for_role(self, role: &'static str) -> Self {
+        Self { role, ..self }
     }
 }
 
@@ -57,28 +83,31 @@ impl ServerCertVerifier for SvidVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let anchors = self
-            .roots
-            .iter()
-            .map(webpki::anchor_from_trusted_cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(pki_error)?;
-        webpki::EndEntityCert::try_from(end_entity)
-            .map_err(pki_error)?
-            .verify_for_usage(
-                self.algorithms.all,
-                &anchors,
-                intermediates,
-                now,
-                webpki::KeyUsage::server_auth(),
-                None,
-                None,
-            )
-            .map_err(pki_error)?;
-        let presented = svid_id(end_entity).map_err(|reason| other(WrongServer(reason)))?;
+        if let Some(roots) = &self.roots {
+            let anchors = roots
+                .iter()
+                .map(webpki::anchor_from_trusted_cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(pki_error)?;
+            webpki::EndEntityCert::try_from(end_entity)
+                .map_err(pki_error)?
+                .verify_for_usage(
+                    self.algorithms.all,
+                    &anchors,
+                    intermediates,
+                    now,
+                    webpki::KeyUsage::server_auth(),
+                    None,
+                    None,
+                )
+                .map_err(pki_error)?;
+        }
+        let role = self.role;
+        let presented =
+            svid_id(end_entity).map_err(|reason| other(WrongServer(format!("{role}: {reason}"))))?;
         if presented != self.expected.as_str() {
             return Err(other(WrongServer(format!(
-                "the bundle endpoint is {presented}, expected {}",
+                "{role} is {presented}, expected {}",
                 self.expected
             ))));
         }
@@ -127,7 +156,7 @@ fn svid_id(der: &[u8]) -> Result<String, String> {
     match uris.as_slice() {
         [uri] if uri.starts_with("spiffe://") => Ok((*uri).to_owned()),
         _ => Err(format!(
-            "the bundle endpoint's certificate is not an X.509-SVID ({} URI SANs)",
+            "its certificate is not an X.509-SVID ({} URI SANs)",
             uris.len()
         )),
     }

@@ -189,6 +189,7 @@ mod tests {
                 })
             }),
             may_ask_for_others: false,
+            remote_entry: None,
             location: crate::config::Location {
                 file: std::path::Path::new("attestd.toml").into(),
                 line: 1,

@@ -205,6 +205,71 @@ impl Metrics {
 
 // --- end of policy decisions.
 
+// --- Fleet mode (a SPIRE Server's node agent).
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    outcome: SyncOutcome,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum SyncOutcome {
+    Ok,
+    Failed,
+}
+
+/// The fleet mode metrics, registered with the others.
+#[derive(Default)]
+struct FleetMetrics {
+    syncs: Family<SyncLabels, Counter>,
+    entries: Gauge,
+    unmatchable: Gauge,
+    unowned: Gauge,
+}
+
+impl FleetMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fleet_syncs",
+            "Sync rounds with the SPIRE Server (entries, bundle), by outcome",
+            self.syncs.clone(),
+        );
+        registry.register(
+            "fleet_entries",
+            "SPIRE Server entries served, as of the last sync",
+            self.entries.clone(),
+        );
+        registry.register(
+            "fleet_entries_unmatchable",
+            "SPIRE Server entries not served because attestd never produces one of their selectors (k8s:, docker:, ...)",
+            self.unmatchable.clone(),
+        );
+        registry.register(
+            "fleet_entries_unowned",
+            "SPIRE Server entries served with no owner mapped by [server] owners",
+            self.unowned.clone(),
+        );
+    }
+}
+
+impl Metrics {
+    /// Counts a sync round with the SPIRE Server.
+    pub fn fleet_sync(&self, ok: bool) {
+        let outcome = if ok { SyncOutcome::Ok } else { SyncOutcome::Failed };
+        self.fleet.syncs.get_or_create(&SyncLabels { outcome }).inc();
+    }
+
+    /// Sets the counts of the last sync's entries.
+    pub fn fleet_entries(&self, served: usize, unmatchable: usize, unowned: usize) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.fleet.entries.set(gauge(served));
+        self.fleet.unmatchable.set(gauge(unmatchable));
+        self.fleet.unowned.set(gauge(unowned));
+    }
+}
+
+// --- end of fleet mode.
+
 /// Every metric attestd exports.
 pub struct Metrics {
     registry: Registry,
@@ -220,6 +285,7 @@ pub struct Metrics {
     audit_records_truncated: Counter,
     limits: LimitMetrics,
     authz: AuthzMetrics,
+    fleet: FleetMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -251,6 +317,7 @@ impl Metrics {
             audit_records_truncated: Counter::default(),
             limits: LimitMetrics::default(),
             authz: AuthzMetrics::default(),
+            fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -296,6 +363,7 @@ impl Metrics {
         );
         metrics.limits.register(&mut registry);
         metrics.authz.register(&mut registry);
+        metrics.fleet.register(&mut registry);
         // Every label value is exported from the start, at zero.
         for kind in [SvidKind::X509, SvidKind::Jwt] {
             let _ = metrics.minted.get_or_create(&KindLabels { kind });

@@ -70,7 +70,7 @@ pub(crate) struct CallerWatch {
 impl CallerWatch {
     /// Starts following `caller`: mints (or reuses) its SVIDs now, so a
     /// failure is the RPC's status rather than a broken stream.
-    pub(super) fn new(ctx: Arc<Context>, caller: Caller, rpc: &'static str) -> Result<Self, Status> {
+    pub(super) async fn new(ctx: Arc<Context>, caller: Caller, rpc: &'static str) -> Result<Self, Status> {
         let mut watch = Self {
             bundle: ctx.authority.subscribe_bundle(),
             federation: ctx.federation.subscribe(),
@@ -87,7 +87,7 @@ impl CallerWatch {
         if !Arc::ptr_eq(&watch.policy.borrow(), &watch.caller.policy) {
             watch.policy.mark_changed();
         }
-        watch.follow_entries()?;
+        watch.follow_entries().await?;
         Ok(watch)
     }
 
@@ -96,7 +96,7 @@ impl CallerWatch {
     /// answer.
     pub async fn admit(ctx: Arc<Context>, peer: &PeerInfo, rpc: &'static str) -> Result<Self, Status> {
         let caller = admission::admit(&ctx, peer, rpc).await.map_err(Refusal::status)?;
-        Self::new(ctx, caller, rpc)
+        Self::new(ctx, caller, rpc).await
     }
 
     /// The caller as last admitted.
@@ -240,13 +240,13 @@ impl CallerWatch {
         let after: Vec<EntryId> = caller.entries.iter().map(|e| e.id).collect();
         let changed = before != after;
         self.caller = caller;
-        let resubscribed = self.follow_entries()?;
+        let resubscribed = self.follow_entries().await?;
         Ok(changed || resubscribed)
     }
 
     /// Subscribes to the SVID of each of the caller's entries, keeping the
     /// subscriptions it already has; returns whether it made a new one.
-    fn follow_entries(&mut self) -> Result<bool, Status> {
+    async fn follow_entries(&mut self) -> Result<bool, Status> {
         let mut subscribed = false;
         self.caller.entries = self.caller.entries_with_unique_hints();
         let mut previous = std::mem::take(&mut self.svids);
@@ -257,6 +257,7 @@ impl CallerWatch {
                 ttl: entry.x509_ttl,
                 // An SVID never outlives its owner's term.
                 valid_until: entry.owner_expiry().map(owner_clock::to_wall),
+                remote_entry: entry.remote_entry.clone(),
             };
             let receiver = match previous.iter().position(|(t, _)| *t == template) {
                 Some(i) => previous.swap_remove(i).1,
@@ -265,6 +266,7 @@ impl CallerWatch {
                     self.ctx
                         .cache
                         .subscribe(&template)
+                        .await
                         .map_err(|e| status::minting(&e))?
                 }
             };

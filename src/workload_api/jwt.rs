@@ -125,7 +125,11 @@ pub(super) fn refuse(
 }
 
 /// `FetchJWTSVID`: one fresh token per identity asked for and allowed.
-pub(super) fn fetch(ctx: &Context, caller: Caller, request: &JwtRequest) -> Result<JwtsvidResponse, Status> {
+pub(super) async fn fetch(
+    ctx: &Context,
+    caller: Caller,
+    request: &JwtRequest,
+) -> Result<JwtsvidResponse, Status> {
     let record = |outcome, reason: &str, entry: &Entry| {
         Record::new(rpc::FETCH_JWT_SVID, outcome, reason, Some(&caller.workload))
             .with_entry(entry)
@@ -161,12 +165,21 @@ pub(super) fn fetch(ctx: &Context, caller: Caller, request: &JwtRequest) -> Resu
         }
         let svid = ctx
             .authority
-            .jwt()
-            .mint(&entry.spiffe_id, &request.audience, jwt_ttl(&entry))
+            .issue_jwt(
+                &entry.spiffe_id,
+                entry.remote_entry.as_deref(),
+                &request.audience,
+                jwt_ttl(&entry),
+            )
+            .await
             .map_err(|e| status::minting(&e))?;
         metrics().jwt_minted();
         records.push(
-            record(Outcome::Issued, "fetched", &entry).with_token(Some(&svid.jti), Some(svid.expires_at)),
+            // A SPIRE Server's tokens may carry no jti.
+            record(Outcome::Issued, "fetched", &entry).with_token(
+                Some(svid.jti.as_str()).filter(|jti| !jti.is_empty()),
+                Some(svid.expires_at),
+            ),
         );
         svids.push(Jwtsvid {
             spiffe_id: svid.spiffe_id.to_string(),

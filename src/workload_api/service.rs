@@ -65,7 +65,7 @@ impl WorkloadApi {
     async fn x509_svids(&self, request: Request<X509svidRequest>) -> Result<X509SvidStream, Status> {
         check_security_header(&request)?;
         let caller = self.admit(&request, rpc::FETCH_X509_SVID).await?;
-        streams::x509_svids(Arc::clone(&self.ctx), caller)
+        streams::x509_svids(Arc::clone(&self.ctx), caller).await
     }
 
     async fn x509_bundles(&self, request: Request<X509BundlesRequest>) -> Result<X509BundlesStream, Status> {
@@ -95,7 +95,7 @@ impl WorkloadApi {
         let arguments = JwtRequest::parse(audience, spiffe_id)
             .map_err(|bad| self.refuse_arguments(&request, rpc::FETCH_JWT_SVID, bad, audience))?;
         let caller = self.admit(&request, rpc::FETCH_JWT_SVID).await?;
-        jwt::fetch(&self.ctx, caller, &arguments)
+        jwt::fetch(&self.ctx, caller, &arguments).await
     }
 
     async fn jwt_bundles(&self, request: Request<JwtBundlesRequest>) -> Result<JwtBundlesStream, Status> {

@@ -51,13 +51,13 @@ struct X509Watch {
 /// status rather than a broken stream. Every later message follows a
 /// change of the caller's credentials, after which the caller was admitted
 /// again (see [`CallerWatch`]).
-pub(super) fn x509_svids(
+pub(super) async fn x509_svids(
     ctx: Arc<Context>,
     caller: Caller,
 ) -> Result<BoxStream<'static, Result<X509svidResponse, Status>>, Status> {
     let mut watch = X509Watch {
         _open: OpenStream::new(),
-        credentials: CallerWatch::new(ctx, caller, rpc::FETCH_X509_SVID)?,
+        credentials: CallerWatch::new(ctx, caller, rpc::FETCH_X509_SVID).await?,
         first: true,
         done: false,
     };

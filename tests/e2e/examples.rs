@@ -72,14 +72,14 @@ impl Server {
     /// Starts the server as `uid` on `daemon`; it expects to be `own_id`
     /// and accepts only `peer`.
     pub fn start(daemon: &Daemon, uid: u32, own_id: &str, peer: &str) -> Self {
+        Self::start_at(&daemon.endpoint(), uid, own_id, peer)
+    }
+
+    /// Like [`Self::start`], with its SVID from the Workload API at
+    /// `endpoint` (another agent's).
+    pub fn start_at(endpoint: &str, uid: u32, own_id: &str, peer: &str) -> Self {
         let mut child = Command::new(example("mtls"))
-            .args([
-                "--socket",
-                &daemon.endpoint(),
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--socket", endpoint, "server", "--listen", "127.0.0.1:0"])
             .args(["--expect-peer", peer])
             .uid(uid)
             .gid(uid)
@@ -145,15 +145,20 @@ pub fn client(
     expect: &str,
     rounds: u32,
 ) -> (bool, String, String) {
+    client_at(&daemon.endpoint(), server, uid, expect, rounds)
+}
+
+/// Like [`client`], with its SVID from the Workload API at `endpoint`.
+pub fn client_at(
+    endpoint: &str,
+    server: &Server,
+    uid: u32,
+    expect: &str,
+    rounds: u32,
+) -> (bool, String, String) {
     let mut command = Command::new(example("mtls"));
     command
-        .args([
-            "--socket",
-            &daemon.endpoint(),
-            "client",
-            "--connect",
-            &server.address,
-        ])
+        .args(["--socket", endpoint, "client", "--connect", &server.address])
         .args([
             "--expect-peer",
             expect,

@@ -126,6 +126,14 @@ impl Daemon {
         child.wait().unwrap()
     }
 
+    /// Waits up to `timeout` for the daemon to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("daemon already stopped");
+        let status = wait_for(timeout, "attestd to exit", || child.try_wait().unwrap());
+        self.child = None;
+        status
+    }
+
     /// SIGKILLs the daemon and hands back its directory for a restart.
     pub fn crash(mut self) -> tempfile::TempDir {
         self.stop_with(nix::sys::signal::Signal::SIGKILL);

@@ -17,6 +17,7 @@ mod envoy;
 mod examples;
 mod exhaustion;
 mod federation;
+mod fleet;
 mod forgery;
 mod gateway;
 mod go_interop;

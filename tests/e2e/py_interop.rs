@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::Daemon;
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let path = PathBuf::from(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/target/interop-venv/bin/python"
