@@ -18,6 +18,9 @@ pub enum ExplainError {
     /// The configuration or policy is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// No process has this pid (it never existed, or has exited).
+    #[error("no such process: {0}")]
+    NoSuchProcess(i32),
     /// The process could not be attested.
     #[error(transparent)]
     Attest(#[from] AttestError),
@@ -56,7 +59,10 @@ pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {
 /// [`explain`] against `policy` (a SPIRE Server's entries, in fleet mode).
 pub fn explain_with(config: &Config, policy: &Policy, pid: i32) -> Result<Explanation, ExplainError> {
     let attestor = Attestor::new("/proc", config.attestation.max_exe_hash_bytes);
-    let peer = PeerIdentity::for_process(attestor.proc_root(), pid)?;
+    let peer = PeerIdentity::for_process(attestor.proc_root(), pid).map_err(|error| match error {
+        AttestError::ProcessGone { pid } => ExplainError::NoSuchProcess(pid),
+        other => ExplainError::Attest(other),
+    })?;
     // Always hashed: an operator writing a unix:sha256 entry needs the hash.
     let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash)?;
     let Matches {

@@ -22,9 +22,15 @@ pub enum SelectorError {
     /// naming it could never match: almost certainly a typo.
     #[error("unknown selector kind \"{0}\" (known: {known})", known = KNOWN_KINDS.join(", "))]
     UnknownKind(String),
-    /// A numeric selector whose value is not a decimal number.
-    #[error("selector \"{0}\" needs a decimal number")]
-    NotANumber(String),
+    /// A numeric selector whose value is not a decimal number; a name
+    /// there most likely meant the selector that takes names.
+    #[error("selector \"{kind}\" needs a decimal number{}", suggestion(kind, value))]
+    NotANumber {
+        /// The selector's `type:key`.
+        kind: String,
+        /// The value written.
+        value: String,
+    },
     /// `unix:sha256` wants 64 lowercase hex digits.
     #[error("unix:sha256 needs 64 lowercase hex digits")]
     BadDigest,
@@ -119,9 +125,30 @@ impl Selector {
     }
 }
 
+/// For a name given to a numeric selector: the selector that takes it.
+fn suggestion(kind: &str, value: &str) -> String {
+    let by_name = match kind {
+        "unix:uid" => "unix:user",
+        "unix:gid" => "unix:group",
+        "unix:supplementary_gid" => "unix:supplementary_group",
+        _ => return String::new(),
+    };
+    let looks_like_a_name = value.chars().any(|c| c.is_ascii_alphabetic())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    match looks_like_a_name {
+        true => format!(" (did you mean {by_name}:{value}?)"),
+        false => String::new(),
+    }
+}
+
 fn validate_value(kind: &str, value: &str) -> Result<(), SelectorError> {
     if NUMERIC_KINDS.contains(&kind) && value.parse::<u32>().is_err() {
-        return Err(SelectorError::NotANumber(kind.to_owned()));
+        return Err(SelectorError::NotANumber {
+            kind: kind.to_owned(),
+            value: value.to_owned(),
+        });
     }
     let value = match DELEGATED_KINDS.contains(&kind) {
         true => delegated_name(value).ok_or_else(|| SelectorError::NotDelegated(kind.to_owned()))?,
@@ -273,8 +300,20 @@ mod tests {
         ));
         assert!(matches!(
             Selector::parse("unix:uid:abc"),
-            Err(SelectorError::NotANumber(_))
+            Err(SelectorError::NotANumber { .. })
         ));
+        assert_eq!(
+            Selector::parse("unix:uid:bob").unwrap_err().to_string(),
+            "selector \"unix:uid\" needs a decimal number (did you mean unix:user:bob?)"
+        );
+        assert_eq!(
+            Selector::parse("unix:gid:-1").unwrap_err().to_string(),
+            "selector \"unix:gid\" needs a decimal number"
+        );
+        assert_eq!(
+            Selector::parse("unix:uid:1 000").unwrap_err().to_string(),
+            "selector \"unix:uid\" needs a decimal number"
+        );
         assert_eq!(Selector::parse("unix:sha256:ABCD"), Err(SelectorError::BadDigest));
         assert_eq!(
             Selector::parse("unix:path:bin/sh"),

@@ -25,6 +25,10 @@ pub enum SpiffeIdError {
     /// The trust domain is longer than 255 bytes.
     #[error("trust domain is longer than {MAX_TRUST_DOMAIN_LEN} bytes")]
     TrustDomainTooLong,
+    /// A trust domain written as its SPIFFE ID (`spiffe://example.org`):
+    /// the name alone is meant.
+    #[error("is a SPIFFE ID, not a trust domain name: drop the scheme and write \"{0}\"")]
+    SchemeInTrustDomain(String),
     /// The trust domain holds a character outside `[a-z0-9._-]` (this also
     /// rules out uppercase letters, ports and userinfo).
     #[error("trust domain has invalid character {0:?} (allowed: a-z 0-9 . - _)")]
@@ -59,6 +63,11 @@ impl TrustDomain {
         }
         if name.len() > MAX_TRUST_DOMAIN_LEN {
             return Err(SpiffeIdError::TrustDomainTooLong);
+        }
+        if let Some(bare) = name.strip_prefix(SCHEME) {
+            return Err(SpiffeIdError::SchemeInTrustDomain(
+                bare.trim_end_matches('/').to_owned(),
+            ));
         }
         if let Some(bad) = name.chars().find(|c| !is_trust_domain_char(*c)) {
             return Err(SpiffeIdError::BadTrustDomainChar(bad));
@@ -259,6 +268,14 @@ mod tests {
         );
         let long_path = format!("spiffe://example.org/{}", "a".repeat(2048));
         assert_eq!(SpiffeId::new(&long_path).unwrap_err(), SpiffeIdError::TooLong);
+    }
+
+    #[test]
+    fn a_trust_domain_written_as_its_id_says_to_drop_the_scheme() {
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org/").unwrap_err().to_string(),
+            "is a SPIFFE ID, not a trust domain name: drop the scheme and write \"example.org\""
+        );
     }
 
     #[test]

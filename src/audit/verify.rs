@@ -77,10 +77,13 @@ struct Position {
 pub fn verify(files: &[PathBuf]) -> io::Result<Verification> {
     let mut report = Verification::default();
     let mut previous: Option<Position> = None;
+    // The error names the file: `audit verify` is given several.
+    let named =
+        |file: &Path, error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", file.display()));
     for file in files {
-        let reader = BufReader::new(std::fs::File::open(file)?);
+        let reader = BufReader::new(std::fs::File::open(file).map_err(|e| named(file, e))?);
         for (index, line) in reader.split(b'\n').enumerate() {
-            let line = line?;
+            let line = line.map_err(|e| named(file, e))?;
             if line.is_empty() {
                 continue;
             }

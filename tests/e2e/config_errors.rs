@@ -121,3 +121,68 @@ fn run_without_config_asks_for_a_trust_domain() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("trust_domain"), "{stderr}");
 }
+
+/// Mistakes a SPIRE operator makes by habit get a message that says what
+/// to write instead.
+#[test]
+fn habitual_mistakes_are_answered_with_the_fix() {
+    let (error, _) = start_error("attestd.toml", "trust_domain = \"spiffe://example.org\"\n", &[]);
+    assert!(
+        error.ends_with(
+            ":1: trust_domain: is a SPIFFE ID, not a trust domain name: drop the scheme and write \"example.org\""
+        ),
+        "{error}"
+    );
+    for (selector, fix) in [
+        ("unix:uid:bob", "did you mean unix:user:bob?"),
+        ("unix:gid:staff", "did you mean unix:group:staff?"),
+        (
+            "unix:supplementary_gid:docker",
+            "did you mean unix:supplementary_group:docker?",
+        ),
+    ] {
+        let (error, _) = start_error(
+            "attestd.toml",
+            &entry("spiffe://example.org/x", &format!("[\"{selector}\"]")),
+            &[],
+        );
+        assert!(
+            error.ends_with(&format!("needs a decimal number ({fix})")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn audit_verify_names_a_missing_file() {
+    let output = Command::new(attestd_bin())
+        .args(["audit", "verify", "/nonexistent/audit.jsonl"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/audit.jsonl: No such file or directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explain_says_no_such_process_for_a_pid_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("attestd.toml");
+    std::fs::write(&config, entry("spiffe://example.org/x", "[\"unix:uid:0\"]")).unwrap();
+    // Beyond the kernel's largest pid (pid_max is at most 2^22).
+    let output = Command::new(attestd_bin())
+        .args(["explain", "--pid", "99999999", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.lines().last(),
+        Some("attestd: no such process: 99999999"),
+        "{stderr}"
+    );
+}
