@@ -247,6 +247,15 @@ pub async fn fetch_jwt(
     Ok(client.fetch_jwtsvid(request).await?.into_inner())
 }
 
+/// The tokens of a `FetchJWTSVID` answer alone, one per line.
+pub fn raw_jwts(response: &JwtsvidResponse) -> String {
+    response
+        .svids
+        .iter()
+        .map(|svid| format!("{}\n", svid.svid))
+        .collect()
+}
+
 /// Human-readable JWT-SVIDs: ID, hint, expiry and the token itself (the
 /// caller asked for it: printing it is the point).
 pub fn describe_jwt(response: &JwtsvidResponse) -> String {

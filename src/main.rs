@@ -188,6 +188,10 @@ enum FetchKind {
         /// Only this identity (default: every identity the caller holds).
         #[arg(long)]
         spiffe_id: Option<String>,
+        /// Print only the tokens, one per line, for scripts:
+        /// `T=$(attestd api fetch jwt --audience A --spiffe-id ID --raw)`.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -524,10 +528,14 @@ async fn api(command: ApiCommand) -> anyhow::Result<()> {
                     socket,
                     audience,
                     spiffe_id,
+                    raw,
                 },
         } => {
             let response = client::fetch_jwt(&mut connect(&socket).await?, audience, spiffe_id).await?;
-            print!("{}", client::describe_jwt(&response));
+            match raw {
+                true => print!("{}", client::raw_jwts(&response)),
+                false => print!("{}", client::describe_jwt(&response)),
+            }
         }
         ApiCommand::Watch { socket } => client::watch_x509(&mut connect(&socket).await?).await?,
         ApiCommand::Validate {

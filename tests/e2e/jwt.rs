@@ -444,3 +444,36 @@ async fn rotated_keys_are_published_before_use_and_old_tokens_stay_valid() {
         "a retired key never signs again"
     );
 }
+
+/// `api fetch jwt --raw` prints the token alone, so a shell script can pass
+/// it on: here to `api validate jwt`.
+#[test]
+fn a_raw_token_from_the_cli_feeds_validation() {
+    let daemon = Daemon::start(ENTRY);
+    let cli = |args: &[&str]| {
+        let output = std::process::Command::new(crate::harness::attestd_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(daemon.endpoint())
+            .output()
+            .unwrap();
+        crate::harness::assert_success(&output);
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let printed = cli(&[
+        "api",
+        "fetch",
+        "jwt",
+        "--audience",
+        "svc",
+        "--spiffe-id",
+        SUB,
+        "--raw",
+    ]);
+    let token = printed.strip_suffix('\n').expect("one line");
+    assert!(!token.contains(char::is_whitespace), "{printed:?}");
+    assert_eq!(token.split('.').count(), 3, "a JWS compact token: {token}");
+    assert_eq!(claims(token)["sub"], SUB);
+    let validated = cli(&["api", "validate", "jwt", "--audience", "svc", "--svid", token]);
+    assert!(validated.contains(SUB), "{validated}");
+}
