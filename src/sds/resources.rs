@@ -38,18 +38,11 @@ pub(super) enum Validator {
 
 /// An SVID as Envoy's TLS certificate secret named `name`.
 pub(super) fn tls_certificate(name: &str, svid: &X509Svid) -> Any {
-    let chain = pem::encode_many(
-        &svid
-            .cert_chain
-            .iter()
-            .map(|der| pem::Pem::new("CERTIFICATE", der.clone()))
-            .collect::<Vec<_>>(),
-    );
     let key = pem::encode(&pem::Pem::new("PRIVATE KEY", svid.private_key_pkcs8.clone()));
     pack_secret(
         name,
         secret::Type::TlsCertificate(TlsCertificate {
-            certificate_chain: Some(inline(chain.into_bytes())),
+            certificate_chain: Some(inline(pem_certificates(&svid.cert_chain))),
             private_key: Some(inline(key.into_bytes())),
             ..TlsCertificate::default()
         }),

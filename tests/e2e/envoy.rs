@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Daemon, assert_success, free_loopback_port, pem_certificates, run_as, serial_of, wait_for,
+    Daemon, assert_success, free_loopback_port, http_get, pem_certificates, run_as, serial_of, uri_san,
+    wait_for,
 };
 
 const FRONT_UID: u32 = 5101;
@@ -51,36 +52,6 @@ fn daemon(ttl: &str) -> Daemon {
         entry(BACK_ID, BACK_UID),
         entry(STRANGER_ID, STRANGER_UID)
     ))
-}
-
-/// GETs `path` from an HTTP/1.1 listener: the status and the body, its
-/// chunks joined (Envoy's admin answers chunked).
-fn get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0);
-    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return (status, body.to_owned());
-    }
-    let mut joined = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        joined.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    (status, joined)
 }
 
 /// A running Envoy; killed on drop.
@@ -125,7 +96,7 @@ impl Envoy {
                 panic!("Envoy exited ({status}): {}", self.log_text());
             }
             if std::net::TcpStream::connect(&self.admin).is_ok() {
-                let (code, body) = get(&self.admin, "/ready");
+                let (code, body) = http_get(&self.admin, "/ready");
                 if code == 200 && body.trim() == "LIVE" {
                     return;
                 }
@@ -145,7 +116,7 @@ impl Envoy {
 
     /// The secrets Envoy holds and uses (`config_dump`, keys redacted).
     fn active_secrets(&self) -> Vec<Value> {
-        let (code, body) = get(&self.admin, "/config_dump?resource=dynamic_active_secrets");
+        let (code, body) = http_get(&self.admin, "/config_dump?resource=dynamic_active_secrets");
         assert_eq!(code, 200, "{body}");
         let dump: Value = serde_json::from_str(&body).unwrap();
         dump["configs"].as_array().cloned().unwrap_or_default()
@@ -355,19 +326,6 @@ fn s_client(addr: &str, client: &Path) -> (String, Vec<u8>, String) {
     (verify, leaf, text)
 }
 
-fn uri_san(der: &[u8]) -> String {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-    let san = cert.subject_alternative_name().unwrap().unwrap();
-    san.value
-        .general_names
-        .iter()
-        .find_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
-            _ => None,
-        })
-        .unwrap()
-}
-
 #[test]
 fn two_envoys_fed_over_sds_complete_mtls_and_follow_rotation() {
     let daemon = daemon("30s");
@@ -390,7 +348,7 @@ fn two_envoys_fed_over_sds_complete_mtls_and_follow_rotation() {
     );
 
     // Front to back over mTLS, each checking the other's SPIFFE ID.
-    let (code, body) = get(&front_addr, "/");
+    let (code, body) = http_get(&front_addr, "/");
     assert_eq!(
         (code, body.as_str()),
         (200, "hello from back\n"),
@@ -398,7 +356,7 @@ fn two_envoys_fed_over_sds_complete_mtls_and_follow_rotation() {
         front.log_text()
     );
     // The front refuses a back whose SPIFFE ID is not the one it expects.
-    let (code, _) = get(&front_addr, "/wrong");
+    let (code, _) = http_get(&front_addr, "/wrong");
     assert_eq!(code, 503, "a peer with the wrong SPIFFE ID is refused");
 
     // openssl verifies the back's listener against the bundle; the back
@@ -436,7 +394,7 @@ fn two_envoys_fed_over_sds_complete_mtls_and_follow_rotation() {
         .map(|s| s["version_info"].as_str().unwrap_or_default().to_owned())
         .expect("the back's certificate is active");
     assert_ne!(version, "1", "pushed again on the same stream");
-    let (code, body) = get(&front_addr, "/");
+    let (code, body) = http_get(&front_addr, "/");
     assert_eq!(
         (code, body.as_str()),
         (200, "hello from back\n"),

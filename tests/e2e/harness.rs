@@ -370,8 +370,9 @@ pub fn free_loopback_port() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
-/// GETs a path of an HTTP listener (the health listener); returns the
-/// status and body.
+/// GETs a path of an HTTP/1.1 listener (the health listener, Envoy's
+/// admin and listeners); returns the status and the body, its chunks joined
+/// when the answer is chunked.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -383,11 +384,35 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, body.to_owned());
+    }
+    let mut joined = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        joined.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    (status, joined)
+}
+
+/// The URI SAN of a DER certificate (its SPIFFE ID).
+pub fn uri_san(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .unwrap()
 }
 
 /// `attestd audit trace --json ARGS` over the daemon's whole trail (rotated

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::harness::{Daemon, key_matches, pem_certificates, serial_of};
+use crate::harness::{Daemon, key_matches, pem_certificates, serial_of, uri_san};
 
 const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 const ROOT_ID: &str = "spiffe://example.org/sds/root";
@@ -86,18 +86,7 @@ fn certificate(secret: &Secret) -> (String, String) {
     let key = pem::parse(inline(&tls.private_key)).unwrap();
     assert_eq!(key.tag(), "PRIVATE KEY", "PKCS#8");
     assert!(key_matches(&chain[0], key.contents()));
-    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).unwrap();
-    let san = leaf.subject_alternative_name().unwrap().unwrap();
-    let uri = san
-        .value
-        .general_names
-        .iter()
-        .find_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some((*uri).to_owned()),
-            _ => None,
-        })
-        .unwrap();
-    (uri, serial_of(&chain[0]))
+    (uri_san(&chain[0]), serial_of(&chain[0]))
 }
 
 /// A validation context for the SPIFFE validator: trust domain names and
@@ -400,15 +389,7 @@ async fn a_caller_without_an_identity_gets_nothing() {
 #[tokio::test]
 async fn federated_bundles_are_served_by_trust_domain_and_in_all() {
     let partner = Daemon::start_for("partner.example", "");
-    let partner_roots = {
-        let output = std::process::Command::new(crate::harness::attestd_bin())
-            .args(["bundle", "show", "--format", "pem", "-c"])
-            .arg(partner.config_path())
-            .output()
-            .unwrap();
-        crate::harness::assert_success(&output);
-        pem_certificates(&output.stdout)
-    };
+    let partner_roots = bundle_roots(&partner);
     let bundle_file = partner.dir.path().join("data/bundle.json");
     let daemon = Daemon::start(&format!(
         "[[federation]]\ntrust_domain = \"partner.example\"\nbundle_file = \"{}\"\n\
