@@ -11,6 +11,9 @@
 
 mod config;
 mod files;
+mod flags;
+mod hcl;
+mod health;
 mod jwt;
 mod outputs;
 mod process;
@@ -25,15 +28,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-pub use config::{FileOutput, HelperConfig, JwtSvidOutput, X509Output};
+pub use config::{FileOutput, HealthChecks, HelperConfig, JwtSvidOutput, X509Output};
+pub use flags::go_style_flags;
 pub use jwt::JwtError;
 pub use process::{ChildCommand, ProcessError};
 pub use x509::X509Error;
 
 use crate::client::{self, ClientError};
+use health::{FileState, Health};
 use outputs::Outputs;
 use process::Supervisor;
-use watch::{Watcher, Written};
+use watch::{Report, Watcher, Written};
 
 /// Why the helper stopped or could not write.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,14 @@ pub enum HelperError {
     /// Installing signal handlers failed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The `health_checks` listener could not be started.
+    #[error("health_checks listener on port {port}: {source}")]
+    HealthListener {
+        /// `bind_port`.
+        port: u16,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// A watcher task panicked.
     #[error("a watcher task failed: {0}")]
     Watcher(String),
@@ -115,6 +128,18 @@ async fn daemon(config: HelperConfig, outputs: Arc<Outputs>, socket: PathBuf) ->
         socket: socket.clone(),
         written: written_tx,
     };
+    let health = Health::new(&config);
+    let health_listener = match &config.health_checks {
+        Some(checks) => Some(tokio::spawn(
+            health::serve(checks, health.clone())
+                .await
+                .map_err(|source| HelperError::HealthListener {
+                    port: checks.bind_port,
+                    source,
+                })?,
+        )),
+        None => None,
+    };
     let (mut watchers, mut pending) = spawn_watchers(&config, &watcher);
     tracing::info!(socket = %socket.display(), cert_dir = %config.cert_dir.display(), "helper started");
 
@@ -122,7 +147,15 @@ async fn daemon(config: HelperConfig, outputs: Arc<Outputs>, socket: PathBuf) ->
     let mut started = false;
     let outcome = loop {
         tokio::select! {
-            Some(update) = written.recv() => {
+            Some(message) = written.recv() => {
+                let update = match message {
+                    Report::Written(update) => update,
+                    Report::Failed(output) => {
+                        health.set(output, FileState::Failed);
+                        continue;
+                    }
+                };
+                health.set(update, FileState::Written);
                 pending.remove(&update);
                 if update == Written::X509 {
                     report(supervisor.renewed());
@@ -147,6 +180,9 @@ async fn daemon(config: HelperConfig, outputs: Arc<Outputs>, socket: PathBuf) ->
         }
     };
     watchers.abort_all();
+    if let Some(listener) = health_listener {
+        listener.abort();
+    }
     supervisor.stop().await;
     outcome
 }

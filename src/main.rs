@@ -85,10 +85,16 @@ enum Command {
     },
     /// Sidecar (spiffe-helper compatible): write rotated SVIDs to files,
     /// start a program and signal it on every rotation.
+    /// spiffe-helper's flags work as spelled there: `-config helper.conf`,
+    /// `-daemon-mode=false`.
     Helper {
-        /// Helper configuration file (TOML, spiffe-helper's keys).
-        #[arg(short, long)]
+        /// Helper configuration: spiffe-helper's `helper.conf` (HCL) as it
+        /// is, or the same keys in TOML.
+        #[arg(short, long, default_value = "helper.conf")]
         config: PathBuf,
+        /// Overrides the file's daemon_mode.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        daemon_mode: Option<bool>,
     },
 }
 
@@ -318,7 +324,7 @@ enum BundleFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(helper::go_style_flags(std::env::args_os()));
     telemetry::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -470,7 +476,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 BundleFormat::OpenidConfiguration => print!("{}", oidc::static_discovery_document(&config)?),
             }
         }
-        Command::Helper { config } => helper::run(helper::HelperConfig::load(&config)?).await?,
+        Command::Helper { config, daemon_mode } => {
+            helper::run(helper::HelperConfig::load(&config, daemon_mode)?).await?
+        }
         Command::Authz { command } => return authz_command(command).await,
     }
     Ok(ExitCode::SUCCESS)

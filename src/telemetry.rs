@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
+pub(crate) use health::BoundedListener;
 pub use health::{HealthError, Readiness, serve as serve_health};
 pub use metrics::{ConnectionRefusal, DecisionOutcome, Metrics, ReloadOutcome, metrics};
 pub use systemd::{notify_ready, notify_stopping, run_watchdog};

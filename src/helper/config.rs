@@ -1,9 +1,11 @@
-//! The helper's configuration: spiffe-helper's keys, written in TOML.
+//! The helper's configuration: spiffe-helper's keys, in spiffe-helper's own
+//! HCL (`helper.conf` as it is) or in TOML.
 //!
 //! Key names, defaults and the rules that tie keys together follow
-//! spiffe-helper's HCL file, so a `helper.conf` carries over by changing its
-//! syntax (the README maps every key). Errors name the file, line and key the
-//! way attestd's own configuration does, through the same [`SourceFile`].
+//! spiffe-helper, so an operator swaps the binary and keeps the file (the
+//! README maps every key). HCL is translated into TOML line for line
+//! ([`super::hcl`]), so errors in either name the file, line and key the way
+//! attestd's own configuration does, through the same [`SourceFile`].
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -14,6 +16,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use super::hcl;
 use super::process::{ChildCommand, split_args};
 use crate::client;
 use crate::config::{ConfigError, SourceFile, read_file};
@@ -23,6 +26,11 @@ const DEFAULT_CERT_FILE_MODE: u32 = 0o644;
 const DEFAULT_KEY_FILE_MODE: u32 = 0o600;
 const DEFAULT_JWT_BUNDLE_FILE_MODE: u32 = 0o600;
 const DEFAULT_JWT_SVID_FILE_MODE: u32 = 0o600;
+
+/// spiffe-helper's health listener defaults.
+const DEFAULT_HEALTH_PORT: u16 = 8081;
+const DEFAULT_LIVENESS_PATH: &str = "/live";
+const DEFAULT_READINESS_PATH: &str = "/ready";
 
 /// A validated helper configuration.
 #[derive(Debug, Clone)]
@@ -53,6 +61,21 @@ pub struct HelperConfig {
     pub renew_signal: Option<Signal>,
     /// `pid_file_name`: a file holding the pid of another process to signal.
     pub pid_file: Option<PathBuf>,
+    /// `health_checks`, when `listener_enabled` (daemon mode only).
+    pub health_checks: Option<HealthChecks>,
+}
+
+/// spiffe-helper's `health_checks` block: an HTTP listener for liveness
+/// and readiness probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthChecks {
+    /// `bind_port`: served on every interface, as spiffe-helper does
+    /// (probes come from outside a pod's network namespace).
+    pub bind_port: u16,
+    /// `liveness_path`: 200 unless writing a file failed.
+    pub liveness_path: String,
+    /// `readiness_path`: 200 once every file is written.
+    pub readiness_path: String,
 }
 
 /// The three X.509 files, written together (see `files`).
@@ -68,6 +91,8 @@ pub struct X509Output {
     pub add_intermediates_to_bundle: bool,
     /// `include_federated_domains`: add federated trust domains' CAs to the bundle.
     pub include_federated_domains: bool,
+    /// `omit_expired`: leave expired certificates out of the files.
+    pub omit_expired: bool,
 }
 
 /// A file in `cert_dir` and the mode it is created with.
@@ -101,6 +126,9 @@ struct RawHelperConfig {
     add_intermediates_to_bundle: bool,
     #[serde(default)]
     include_federated_domains: bool,
+    #[serde(default)]
+    omit_expired: bool,
+    health_checks: Option<Spanned<RawHealthChecks>>,
     svid_file_name: Option<Spanned<FileName>>,
     svid_key_file_name: Option<Spanned<FileName>>,
     svid_bundle_file_name: Option<Spanned<FileName>>,
@@ -117,6 +145,16 @@ struct RawHelperConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawHealthChecks {
+    #[serde(default)]
+    listener_enabled: bool,
+    bind_port: Option<u16>,
+    liveness_path: Option<String>,
+    readiness_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawJwtSvid {
     jwt_audience: Audience,
     #[serde(default)]
@@ -125,17 +163,18 @@ struct RawJwtSvid {
 }
 
 impl HelperConfig {
-    /// Reads and validates a helper configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads and validates a helper configuration file, HCL or TOML;
+    /// `daemon_mode` overrides the file's (spiffe-helper's `-daemon-mode`).
+    pub fn load(path: &Path, daemon_mode: Option<bool>) -> Result<Self, ConfigError> {
         let text = read_file(path)?;
-        Self::parse(path, &text)
+        Self::parse(path, &as_toml(path, &text)?, daemon_mode)
     }
 
-    /// Validates configuration text; `path` is used in error messages.
-    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+    /// Validates TOML configuration text; `path` is used in error messages.
+    pub fn parse(path: &Path, text: &str, daemon_mode: Option<bool>) -> Result<Self, ConfigError> {
         let source = SourceFile::new(path, text);
         let raw: RawHelperConfig = source.deserialize()?;
-        let daemon_mode = raw.daemon_mode.unwrap_or(true);
+        let daemon_mode = daemon_mode.or(raw.daemon_mode).unwrap_or(true);
         if let Some(pid_file) = &raw.pid_file_name {
             if !daemon_mode {
                 return Err(source.error(
@@ -156,6 +195,7 @@ impl HelperConfig {
             // spiffe-helper warns and ignores these too.
             tracing::warn!(config = %path.display(), "daemon_mode = false: cmd and renew_signal are ignored");
         }
+        let health_checks = health_checks(&source, raw.health_checks, daemon_mode)?;
         let cmd = match raw.cmd {
             Some(program) => Some(command(&source, program, raw.cmd_args)?),
             None => None,
@@ -178,8 +218,11 @@ impl HelperConfig {
                 raw.svid_bundle_file_name,
             ],
             &modes,
-            raw.add_intermediates_to_bundle,
-            raw.include_federated_domains,
+            Bundling {
+                add_intermediates_to_bundle: raw.add_intermediates_to_bundle,
+                include_federated_domains: raw.include_federated_domains,
+                omit_expired: raw.omit_expired,
+            },
         )?;
         let jwt_bundle = match raw.jwt_bundle_file_name {
             Some(name) => Some(names.claim(name, "jwt_bundle_file_name", modes.jwt_bundle)?),
@@ -215,8 +258,80 @@ impl HelperConfig {
             cmd,
             renew_signal: raw.renew_signal.map(|s| s.into_inner().0),
             pid_file: raw.pid_file_name.map(Spanned::into_inner),
+            health_checks,
         })
     }
+}
+
+/// The file as TOML: a `.toml` file is TOML; any other (spiffe-helper's
+/// `helper.conf`) is read as TOML when it is valid TOML, else translated
+/// from HCL. The two agree on every file valid in both.
+fn as_toml(path: &Path, text: &str) -> Result<String, ConfigError> {
+    let toml_error = match text.parse::<toml::Table>() {
+        Ok(_) => return Ok(text.to_owned()),
+        Err(_) if path.extension().is_some_and(|e| e == "toml") => return Ok(text.to_owned()),
+        Err(e) => e,
+    };
+    hcl::to_toml(text).map_err(|e| {
+        let toml_line = toml_error
+            .span()
+            .map(|span| 1 + text[..span.start.min(text.len())].matches('\n').count());
+        let also = match (e.key.is_some(), toml_line) {
+            // A key-level problem means the file is HCL: TOML's complaint is noise.
+            (true, _) => String::new(),
+            (false, Some(line)) => format!(" (nor TOML: line {line}: {})", toml_error.message()),
+            (false, None) => format!(" (nor TOML: {})", toml_error.message()),
+        };
+        ConfigError {
+            file: path.to_owned(),
+            line: Some(e.line),
+            key: e.key,
+            message: format!("{}{also}", e.message),
+        }
+    })
+}
+
+/// `health_checks`: a listener only when enabled, and only in daemon mode
+/// (spiffe-helper ignores it in one-shot mode, and so does this).
+fn health_checks(
+    source: &SourceFile<'_>,
+    raw: Option<Spanned<RawHealthChecks>>,
+    daemon_mode: bool,
+) -> Result<Option<HealthChecks>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    if !raw.listener_enabled {
+        return Ok(None);
+    }
+    if !daemon_mode {
+        tracing::warn!(config = %source.path.display(), "daemon_mode = false: health_checks is ignored");
+        return Ok(None);
+    }
+    let checks = HealthChecks {
+        bind_port: raw.bind_port.unwrap_or(DEFAULT_HEALTH_PORT),
+        liveness_path: raw.liveness_path.unwrap_or_else(|| DEFAULT_LIVENESS_PATH.into()),
+        readiness_path: raw
+            .readiness_path
+            .unwrap_or_else(|| DEFAULT_READINESS_PATH.into()),
+    };
+    for (key, path) in [
+        ("liveness_path", &checks.liveness_path),
+        ("readiness_path", &checks.readiness_path),
+    ] {
+        if !path.starts_with('/') || path.contains(['?', '#', '*', '{', '}']) {
+            let message = format!("{path:?} is not a URL path (e.g. \"/live\")");
+            return Err(source.error(&span, format!("health_checks.{key}"), message));
+        }
+    }
+    if checks.liveness_path == checks.readiness_path {
+        return Err(source.error(
+            &span,
+            "health_checks.readiness_path".into(),
+            "must differ from liveness_path",
+        ));
+    }
+    Ok(Some(checks))
 }
 
 struct Modes {
@@ -249,13 +364,19 @@ fn command(
     })
 }
 
+/// How the X.509 files are composed.
+struct Bundling {
+    add_intermediates_to_bundle: bool,
+    include_federated_domains: bool,
+    omit_expired: bool,
+}
+
 /// The X.509 files: spiffe-helper takes all three names or none.
 fn x509_output(
     names: &mut Names<'_, '_>,
     files: [Option<Spanned<FileName>>; 3],
     modes: &Modes,
-    add_intermediates_to_bundle: bool,
-    include_federated_domains: bool,
+    bundling: Bundling,
 ) -> Result<Option<X509Output>, ConfigError> {
     const KEYS: [&str; 3] = ["svid_file_name", "svid_key_file_name", "svid_bundle_file_name"];
     match files {
@@ -263,8 +384,9 @@ fn x509_output(
             svid: names.claim(svid, KEYS[0], modes.cert)?,
             key: names.claim(key, KEYS[1], modes.key)?,
             bundle: names.claim(bundle, KEYS[2], modes.cert)?,
-            add_intermediates_to_bundle,
-            include_federated_domains,
+            add_intermediates_to_bundle: bundling.add_intermediates_to_bundle,
+            include_federated_domains: bundling.include_federated_domains,
+            omit_expired: bundling.omit_expired,
         })),
         [None, None, None] => Ok(None),
         files => {
@@ -403,7 +525,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<HelperConfig, ConfigError> {
-        HelperConfig::parse(Path::new("helper.toml"), text)
+        HelperConfig::parse(Path::new("helper.toml"), text, None)
     }
 
     const X509: &str = r#"
@@ -550,5 +672,106 @@ jwt_svid_file_name = "jwt_db.token"
             (Some(7), Some("jwt_svids[0].jwt_svid_file_name")),
             "{err}"
         );
+    }
+
+    /// spiffe-helper's README example, with a health_checks block.
+    const HCL: &str = r#"agent_address = "/run/attestd/api.sock"
+cmd = "ghostunnel"
+cmd_args = "server --listen localhost:8002 --target localhost:8001 --keystore certs/svid_key.pem"
+cert_dir = "certs"
+renew_signal = "SIGUSR1"
+svid_file_name = "svid.pem"
+svid_key_file_name = "svid_key.pem"
+svid_bundle_file_name = "svid_bundle.pem"
+jwt_svids = [{jwt_audience="your-audience",jwt_extra_audiences=["your-extra-audience-1", "your-extra-audience-2"], jwt_svid_file_name="jwt_svid.token"}]
+jwt_bundle_file_name = "bundle.json"
+cert_file_mode = 0444
+key_file_mode = 0444
+jwt_bundle_file_mode = 0444
+jwt_svid_file_mode = 0444
+omit_expired = true
+health_checks {
+    listener_enabled = true
+    bind_port = 8081
+    liveness_path = "/live"
+    readiness_path = "/ready"
+}
+"#;
+
+    fn load_text(name: &str, text: &str, daemon_mode: Option<bool>) -> Result<HelperConfig, ConfigError> {
+        let path = Path::new(name);
+        HelperConfig::parse(path, &as_toml(path, text)?, daemon_mode)
+    }
+
+    #[test]
+    fn spiffe_helper_hcl_as_it_is() {
+        let config = load_text("helper.conf", HCL, None).unwrap();
+        let x509 = config.x509.unwrap();
+        assert_eq!((x509.svid.mode, x509.key.mode), (0o444, 0o444), "HCL 1 octal");
+        assert!(x509.omit_expired);
+        assert_eq!(config.jwt_svids[0].audiences.len(), 3);
+        assert_eq!(config.jwt_svids[0].file.mode, 0o444);
+        assert_eq!(config.renew_signal, Some(Signal::SIGUSR1));
+        assert_eq!(
+            config.health_checks,
+            Some(HealthChecks {
+                bind_port: 8081,
+                liveness_path: "/live".into(),
+                readiness_path: "/ready".into()
+            })
+        );
+    }
+
+    #[test]
+    fn hcl_errors_name_the_hcl_line() {
+        let err = load_text("helper.conf", &HCL.replace("\"SIGUSR1\"", "\"SIGNOPE\""), None).unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(5), Some("renew_signal")),
+            "{err}"
+        );
+        let err = load_text(
+            "helper.conf",
+            &HCL.replace("bind_port = 8081", "bind_prt = 8081"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.line, Some(16), "{err}");
+        assert!(err.message.contains("bind_prt"), "{err}");
+        let err = load_text("helper.conf", "svid_file_name = \"a\"\nthis is neither\n", None).unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(err.message.contains("nor TOML"), "{err}");
+        // A .toml file is only ever TOML.
+        let err = load_text("helper.toml", HCL, None).unwrap_err();
+        assert!(!err.message.contains("nor TOML"), "{err}");
+    }
+
+    #[test]
+    fn health_checks_defaults_and_one_shot_mode() {
+        let config = load_text(
+            "h.conf",
+            &format!("{X509}health_checks {{\n listener_enabled = true\n}}\n"),
+            None,
+        )
+        .unwrap();
+        let checks = config.health_checks.unwrap();
+        assert_eq!((checks.bind_port, checks.liveness_path.as_str()), (8081, "/live"));
+        let config = load_text(
+            "h.conf",
+            &format!("{X509}[health_checks]\nlistener_enabled = false\n"),
+            None,
+        )
+        .unwrap();
+        assert!(config.health_checks.is_none());
+        // -daemon-mode=false overrides the file; health_checks then does not apply.
+        let config = load_text("h.conf", HCL.replace("cmd = ", "# cmd = ").as_str(), Some(false)).unwrap();
+        assert!(!config.daemon_mode && config.health_checks.is_none());
+        let err = load_text(
+            "h.conf",
+            &format!("{X509}[health_checks]\nlistener_enabled = true\nliveness_path = \"/x\"\nreadiness_path = \"/x\"\n"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("health_checks.readiness_path"), "{err}");
     }
 }

@@ -37,12 +37,21 @@ pub(super) enum Written {
     JwtSvid(usize),
 }
 
+/// The outcome of one attempt to write an output's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Report {
+    /// Written (or already current).
+    Written(Written),
+    /// Writing failed; the watcher tries again with the next update.
+    Failed(Written),
+}
+
 /// What every watcher needs: where to write, where attestd is, whom to tell.
 #[derive(Debug, Clone)]
 pub(super) struct Watcher {
     pub(super) outputs: Arc<Outputs>,
     pub(super) socket: PathBuf,
-    pub(super) written: UnboundedSender<Written>,
+    pub(super) written: UnboundedSender<Report>,
 }
 
 impl Watcher {
@@ -76,9 +85,12 @@ impl Watcher {
             match outputs.publish_x509(&output, &docs) {
                 Ok(()) => {
                     current = Some(docs);
-                    let _ = written.send(Written::X509);
+                    let _ = written.send(Report::Written(Written::X509));
                 }
-                Err(error) => tracing::error!(%error, "cannot write the X.509-SVID files"),
+                Err(error) => {
+                    tracing::error!(%error, "cannot write the X.509-SVID files");
+                    let _ = written.send(Report::Failed(Written::X509));
+                }
             }
         })
         .await
@@ -100,9 +112,12 @@ impl Watcher {
         follow(&socket, "JWT bundle", open, |response| {
             match outputs.write_jwt_bundle(&output, &response) {
                 Ok(()) => {
-                    let _ = written.send(Written::JwtBundle);
+                    let _ = written.send(Report::Written(Written::JwtBundle));
                 }
-                Err(error) => tracing::error!(%error, "cannot write the JWT bundle file"),
+                Err(error) => {
+                    tracing::error!(%error, "cannot write the JWT bundle file");
+                    let _ = written.send(Report::Failed(Written::JwtBundle));
+                }
             }
         })
         .await
@@ -121,11 +136,14 @@ impl Watcher {
             match fetch_jwt_svid(&outputs, &output, &socket).await {
                 Ok(token) => {
                     backoff.reset();
-                    let _ = written.send(Written::JwtSvid(index));
+                    let _ = written.send(Report::Written(Written::JwtSvid(index)));
                     wall_clock::sleep_until(token.refresh_at).await;
                 }
                 Err(error) if is_fatal(&error) => return error,
                 Err(error) => {
+                    if matches!(error, HelperError::Write { .. }) {
+                        let _ = written.send(Report::Failed(Written::JwtSvid(index)));
+                    }
                     tracing::warn!(audience = ?output.audiences, %error, retry_in = ?backoff.delay, "cannot renew the JWT-SVID");
                     backoff.wait().await;
                 }

@@ -59,6 +59,13 @@ pub fn render(
             bundle.extend(split_der(der));
         }
     }
+    if output.omit_expired {
+        // As spiffe-helper: an expired CA (or chain certificate) would only
+        // make peers' verification slower or noisier.
+        let now = std::time::SystemTime::now();
+        certificates.retain(|der| !expired(der, now));
+        bundle.retain(|der| !expired(der, now));
+    }
     Ok(X509Documents {
         spiffe_id: svid.spiffe_id.clone(),
         serial: serial_hex(leaf),
@@ -79,6 +86,15 @@ fn select<'a>(response: &'a X509svidResponse, hint: Option<&str>) -> Result<&'a 
     }
 }
 
+/// Whether the certificate's notAfter has passed (an unparseable one is
+/// kept: the client layer already split these as certificates).
+fn expired(der: &[u8], now: std::time::SystemTime) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let now = crate::wall_clock::unix_seconds(now);
+    X509Certificate::from_der(der)
+        .is_ok_and(|(_, cert)| u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0) < now)
+}
+
 fn serial_hex(der: &[u8]) -> String {
     use x509_parser::prelude::{FromDer, X509Certificate};
     X509Certificate::from_der(der)
@@ -92,7 +108,13 @@ mod tests {
     use crate::helper::config::FileOutput;
 
     fn cert(name: &str, ca: bool) -> Vec<u8> {
+        cert_until(name, ca, 2100)
+    }
+
+    fn cert_until(name: &str, ca: bool, year: i32) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
         if ca {
             params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         }
@@ -101,6 +123,14 @@ mod tests {
     }
 
     fn output(add_intermediates_to_bundle: bool, include_federated_domains: bool) -> X509Output {
+        output_omitting(add_intermediates_to_bundle, include_federated_domains, false)
+    }
+
+    fn output_omitting(
+        add_intermediates_to_bundle: bool,
+        include_federated_domains: bool,
+        omit_expired: bool,
+    ) -> X509Output {
         let file = |name: &str| FileOutput {
             name: name.into(),
             mode: 0o644,
@@ -111,6 +141,7 @@ mod tests {
             bundle: file("svid_bundle.pem"),
             add_intermediates_to_bundle,
             include_federated_domains,
+            omit_expired,
         }
     }
 
@@ -154,5 +185,20 @@ mod tests {
             render(&response(), Some("c"), &output(false, false)),
             Err(X509Error::NoSvidWithHint("c".into()))
         );
+    }
+
+    #[test]
+    fn omit_expired_drops_expired_certificates_from_every_file() {
+        let mut response = response();
+        response.svids[0].bundle = [cert("root", true), cert_until("old root", true, 2001)].concat();
+        let kept = render(&response, None, &output_omitting(true, false, false)).unwrap();
+        assert_eq!(count(&kept.bundle), 3);
+        let omitted = render(&response, None, &output_omitting(true, false, true)).unwrap();
+        assert_eq!(
+            count(&omitted.bundle),
+            2,
+            "the expired root is gone, the intermediate stays"
+        );
+        assert_eq!(count(&omitted.certificates), 1);
     }
 }

@@ -67,10 +67,7 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| HealthError { addr, source })?;
-    let listener = BoundedListener {
-        listener,
-        permits: Arc::new(Semaphore::new(max_connections)),
-    };
+    let listener = BoundedListener::new(listener, max_connections);
     let app = Router::new()
         .route("/live", get(|| async { "ok\n" }))
         .route("/ready", get(move || ready(Arc::clone(&readiness))))
@@ -83,10 +80,22 @@ pub async fn serve(
     })
 }
 
-/// A TCP listener that accepts only while it holds fewer than its permits.
-struct BoundedListener {
+/// A TCP listener that accepts only while it holds fewer than its permits,
+/// and closes each connection after [`CONNECTION_LIFETIME`]: for probe and
+/// scrape listeners any local (or remote) peer can reach.
+pub(crate) struct BoundedListener {
     listener: TcpListener,
     permits: Arc<Semaphore>,
+}
+
+impl BoundedListener {
+    /// Holds at most `max_connections` of `listener`'s connections at a time.
+    pub(crate) fn new(listener: TcpListener, max_connections: usize) -> Self {
+        Self {
+            listener,
+            permits: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
 }
 
 impl Listener for BoundedListener {
@@ -124,7 +133,7 @@ impl Listener for BoundedListener {
 
 /// A connection holding one of the listener's permits until it closes,
 /// which it does by [`CONNECTION_LIFETIME`] at the latest.
-struct BoundedStream {
+pub(crate) struct BoundedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
     closes_at: Pin<Box<Sleep>>,

@@ -16,7 +16,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::harness::{
-    Daemon, attestd_bin, key_matches, openssl_verify, pem_certificates, serial_of, wait_for,
+    Daemon, attestd_bin, free_loopback_port, http_get, key_matches, openssl_verify, pem_certificates,
+    serial_of, wait_for,
 };
 
 const SPIFFE_ID: &str = "spiffe://example.org/helper/workload";
@@ -464,4 +465,154 @@ fn helper_config_errors_name_file_line_and_key() {
         stderr.contains(&format!("{}:4: renew_signal:", path.display())),
         "{stderr}"
     );
+}
+
+/// A `helper.conf` written as spiffe-helper's README shows it (HCL, octal
+/// modes without `0o`, a list of JWT objects, a `health_checks` block),
+/// pointed at `agent_address`, with the health listener on `port`.
+fn spiffe_helper_conf(agent_address: &str, port: &str) -> String {
+    format!(
+        r#"agent_address = "{agent_address}"
+cert_dir = "certs"
+renew_signal = "SIGUSR1"
+svid_file_name = "svid.pem"
+svid_key_file_name = "svid_key.pem"
+svid_bundle_file_name = "svid_bundle.pem"
+jwt_svids = [{{jwt_audience="svc-a", jwt_svid_file_name="svc-a.token"}}]
+jwt_bundle_file_name = "jwt_bundle.json"
+cert_file_mode = 0444
+key_file_mode = 0400
+jwt_bundle_file_mode = 0444
+jwt_svid_file_mode = 0440
+omit_expired = true
+
+health_checks {{
+  listener_enabled = true
+  bind_port = {port}
+  liveness_path = "/live"
+  readiness_path = "/ready"
+}}
+"#
+    )
+}
+
+/// Runs `attestd helper ARGS` in `work`, spiffe-helper style; stderr to a log.
+fn spiffe_helper_style(work: &Path, args: &[&str]) -> Helper {
+    let log = work.join("helper.log");
+    let child = Command::new(attestd_bin())
+        .arg("helper")
+        .args(args)
+        .current_dir(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Helper {
+        child: Some(child),
+        log,
+    }
+}
+
+/// The health answer: status code and spiffe-helper's JSON body.
+fn health(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let (code, body) = http_get(addr, path);
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+    )
+}
+
+#[test]
+fn helper_takes_spiffe_helpers_own_conf_flags_and_health_checks() {
+    let daemon = Daemon::start(
+        r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/helper/workload"
+selectors = ["unix:uid:0"]
+owner = "platform@example.org"
+"#,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    let addr = free_loopback_port();
+    let port = addr.rsplit_once(':').unwrap().1;
+
+    // Before anything is written (no agent at that address): live, not ready.
+    let nowhere = work.path().join("no-agent.sock");
+    std::fs::write(
+        work.path().join("helper.conf"),
+        spiffe_helper_conf(&nowhere.display().to_string(), port),
+    )
+    .unwrap();
+    let mut waiting = spiffe_helper_style(work.path(), &[]);
+    let (code, body) = wait_for(Duration::from_secs(15), "the health listener", || {
+        std::net::TcpStream::connect(&addr)
+            .ok()
+            .map(|_| health(&addr, "/ready"))
+    });
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        body["health"]["file_write_statuses"]["x509_write_status"],
+        "unwritten"
+    );
+    let (code, body) = health(&addr, "/live");
+    assert_eq!((code, body["status"].as_str()), (200, Some("OK")), "{body}");
+    waiting.stop();
+
+    // The default -config is helper.conf in the working directory; the
+    // single-dash flag works as spiffe-helper spells it.
+    std::fs::write(
+        work.path().join("helper.conf"),
+        spiffe_helper_conf(&daemon.endpoint(), port),
+    )
+    .unwrap();
+    let helper = spiffe_helper_style(work.path(), &["-config", "helper.conf"]);
+    let (code, body) = wait_for(Duration::from_secs(20), "readiness", || {
+        let answer = std::net::TcpStream::connect(&addr)
+            .ok()
+            .map(|_| health(&addr, "/ready"))?;
+        (answer.0 == 200).then_some(answer)
+    });
+    assert_eq!(
+        (code, body["status"].as_str()),
+        (200, Some("OK")),
+        "{}",
+        helper.log()
+    );
+    let statuses = &body["health"]["file_write_statuses"];
+    assert_eq!(statuses["x509_write_status"], "written");
+    let jwt = statuses["jwt_write_status"].as_object().unwrap();
+    assert_eq!(jwt.len(), 2, "{statuses}");
+    assert!(jwt.values().all(|s| s == "written"), "{statuses}");
+    assert!(
+        jwt.contains_key(
+            &certs
+                .strip_prefix(work.path())
+                .unwrap()
+                .join("svc-a.token")
+                .display()
+                .to_string()
+        )
+    );
+
+    check_x509_files(&certs);
+    check_jwt_files(&certs);
+    assert_eq!(
+        mode_of(&certs.join("svid.pem")),
+        0o444,
+        "0444 is octal, as in spiffe-helper"
+    );
+    assert_eq!(mode_of(&certs.join("svid_key.pem")), 0o400);
+    assert_eq!(mode_of(&certs.join("svc-a.token")), 0o440);
+    drop(helper);
+
+    // -daemon-mode=false: write once and exit 0 (health_checks does not apply).
+    std::fs::remove_dir_all(&certs).unwrap();
+    let mut once = spiffe_helper_style(work.path(), &["-config", "helper.conf", "-daemon-mode=false"]);
+    let status = wait_for(Duration::from_secs(20), "the one-shot helper to exit", || {
+        once.child.as_mut().unwrap().try_wait().unwrap()
+    });
+    assert!(status.success(), "{status}\n{}", once.log());
+    check_x509_files(&certs);
 }
