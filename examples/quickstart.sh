@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# attestd quickstart: build attestd, start it on a temporary directory with a
-# policy that gives the current user an identity, fetch that identity with the
-# CLI client, show that another uid is refused, show the audit trail, stop.
+# attestd quickstart: start attestd on a temporary directory with a policy
+# that gives the current user an identity, fetch that identity with the CLI
+# client, show that another uid is refused, show the audit trail, stop.
+#
+# The attestd it runs: $ATTESTD if set, else an installed `attestd` on the
+# PATH (the Debian package's), else this checkout's, built on the spot.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-echo "==> building attestd"
-cargo build --quiet --bin attestd
-attestd="$repo/target/debug/attestd"
+if [[ -n ${ATTESTD:-} ]]; then
+    attestd=$ATTESTD
+elif attestd=$(command -v attestd); then
+    echo "==> using the installed $attestd ($("$attestd" --version))"
+else
+    echo "==> building attestd (no attestd on the PATH)"
+    cargo build --quiet --bin attestd
+    attestd="$repo/target/debug/attestd"
+fi
 
 dir=$(mktemp -d /tmp/attestd-quickstart.XXXXXX)
 # Other uids must be able to reach the socket inside.

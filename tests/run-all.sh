@@ -116,7 +116,9 @@ step "registry benchmark, short mode (cargo bench --bench registry -- --quick)"
 cargo bench --quiet --bench registry -- --quick
 
 step "quickstart (the README's first command)"
-bash examples/quickstart.sh
+# This checkout's build, never an attestd installed on the host.
+cargo build --quiet --bin attestd
+ATTESTD="$PWD/target/debug/attestd" bash examples/quickstart.sh
 
 step "agents walkthrough (examples/agents.sh: tasks, a gateway, decisions, the trace)"
 bash examples/agents.sh
