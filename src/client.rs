@@ -181,15 +181,62 @@ pub async fn fetch_jwt_bundles(client: &mut Client) -> Result<JwtBundlesResponse
 }
 
 /// Prints every X.509-SVID update until the stream ends.
-pub async fn watch_x509(client: &mut Client) -> Result<(), ClientError> {
+pub async fn watch_x509(client: &mut Client, json: bool) -> Result<(), ClientError> {
     let mut stream = client.fetch_x509svid(X509svidRequest {}).await?.into_inner();
     let mut updates = 0u64;
     while let Some(response) = stream.next().await {
         updates += 1;
+        let response = response?;
+        if json {
+            // One document per line (JSON Lines), so a reader can follow.
+            println!("{}", x509_json(&response));
+            continue;
+        }
         println!("update {updates} at {}", crate::audit::rfc3339(SystemTime::now()));
-        print!("{}", describe_x509(&response?));
+        print!("{}", describe_x509(&response));
     }
     Ok(())
+}
+
+/// `--output json` of `api fetch x509` (and each line of `api watch`):
+/// per SVID its ID, hint, serial, validity (RFC 3339), certificate chain
+/// and bundle as PEM blocks, and the federated bundles. Never the key.
+pub fn x509_json(response: &X509svidResponse) -> serde_json::Value {
+    let pems = |der: &[u8]| -> Vec<String> {
+        split_der(der)
+            .iter()
+            .map(|cert| pem_blocks("CERTIFICATE", &[*cert]))
+            .collect()
+    };
+    let svids: Vec<_> = response
+        .svids
+        .iter()
+        .map(|svid| {
+            let chain = split_der(&svid.x509_svid);
+            let leaf = chain
+                .first()
+                .and_then(|der| X509Certificate::from_der(der).ok())
+                .map(|(_, c)| c);
+            let time = |t: x509_parser::time::ASN1Time| {
+                crate::audit::rfc3339(crate::wall_clock::from_unix_seconds(t.timestamp().max(0) as u64))
+            };
+            serde_json::json!({
+                "spiffe_id": svid.spiffe_id,
+                "hint": svid.hint,
+                "serial": leaf.as_ref().map(|c| hex::encode(c.raw_serial())),
+                "not_before": leaf.as_ref().map(|c| time(c.validity().not_before)),
+                "not_after": leaf.as_ref().map(|c| time(c.validity().not_after)),
+                "certificates": pems(&svid.x509_svid),
+                "bundle": pems(&svid.bundle),
+            })
+        })
+        .collect();
+    let federated: serde_json::Map<_, _> = response
+        .federated_bundles
+        .iter()
+        .map(|(domain, der)| (domain.clone(), pems(der).into()))
+        .collect();
+    serde_json::json!({ "svids": svids, "federated_bundles": federated })
 }
 
 /// Human-readable summary of a response: per SVID its ID, hint, serial and
@@ -276,6 +323,30 @@ pub fn describe_jwt(response: &JwtsvidResponse) -> String {
     out
 }
 
+/// `--output json` of `api fetch jwt`: per SVID its ID, hint, expiry
+/// (RFC 3339) and the token (the caller asked for it).
+pub fn jwt_json(response: &JwtsvidResponse) -> serde_json::Value {
+    let svids: Vec<_> = response
+        .svids
+        .iter()
+        .map(|svid| {
+            let claims: Option<serde_json::Value> =
+                jsonwebtoken::dangerous::insecure_decode_claims(&svid.svid).ok();
+            let expires_at = claims
+                .as_ref()
+                .and_then(|c| c["exp"].as_u64())
+                .map(|exp| crate::audit::rfc3339(crate::wall_clock::from_unix_seconds(exp)));
+            serde_json::json!({
+                "spiffe_id": svid.spiffe_id,
+                "hint": svid.hint,
+                "expires_at": expires_at,
+                "token": svid.svid,
+            })
+        })
+        .collect();
+    serde_json::json!({ "svids": svids })
+}
+
 /// Asks attestd to validate `token` for `audience`.
 pub async fn validate_jwt(
     client: &mut Client,
@@ -297,6 +368,12 @@ pub fn describe_validation(response: &ValidateJwtsvidResponse) -> String {
         response.spiffe_id,
         serde_json::to_string_pretty(&claims).unwrap_or_default()
     )
+}
+
+/// `--output json` of `api validate jwt`: the token's SPIFFE ID and claims.
+pub fn validation_json(response: &ValidateJwtsvidResponse) -> serde_json::Value {
+    let claims = response.claims.clone().map(struct_to_json).unwrap_or_default();
+    serde_json::json!({ "valid": true, "spiffe_id": response.spiffe_id, "claims": claims })
 }
 
 fn struct_to_json(s: prost_types::Struct) -> serde_json::Value {

@@ -50,6 +50,47 @@ pub struct Explanation {
     pub unrelated: usize,
 }
 
+impl Explanation {
+    /// `--output json` of `explain`: the process's facts and selectors, the
+    /// entries it matches (as `entry list --output json` shows them), those
+    /// matched whose owner expired, the near misses with the selectors
+    /// missing, and the count of unrelated entries.
+    pub fn to_json(&self) -> serde_json::Value {
+        let w = &self.workload;
+        let entries = |entries: &[Arc<Entry>]| -> Vec<serde_json::Value> {
+            entries
+                .iter()
+                .map(|e| crate::policy_check::entry_json(e))
+                .collect()
+        };
+        let near_misses: Vec<_> = self
+            .near_misses
+            .iter()
+            .map(|miss| {
+                serde_json::json!({
+                    "entry": crate::policy_check::entry_json(&miss.entry),
+                    "missing": miss.missing.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "process": {
+                "pid": w.pid,
+                "uid": w.uid,
+                "gid": w.gid,
+                "exe_path": w.exe_path,
+                "sha256": w.sha256,
+                "selectors": w.selectors.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "notes": w.notes,
+            },
+            "matches": entries(&self.matches),
+            "owner_expired": entries(&self.expired),
+            "near_misses": near_misses,
+            "unrelated": self.unrelated,
+        })
+    }
+}
+
 /// Attests process `pid` as attestd would and holds it against the policy
 /// of `config`.
 pub fn explain(config: &Config, pid: i32) -> Result<Explanation, ExplainError> {

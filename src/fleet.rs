@@ -107,14 +107,12 @@ pub async fn server_policy(config: &Config, server: &ServerConfig) -> Result<Pol
 }
 
 /// `attestd entry list` in fleet mode: the entries the server authorizes
-/// for this node, as the daemon serves them.
-pub async fn list(config: &Config, server: &ServerConfig) -> Result<String, FleetError> {
+/// for this node, as the daemon serves them, and a line naming those it
+/// does not serve, if any.
+pub async fn list(config: &Config, server: &ServerConfig) -> Result<(Policy, Option<String>), FleetError> {
     let converted = sync::fetch_once(config, server).await?;
-    let mut out = crate::policy_check::list_policy(&Policy::from_entries(converted.entries.clone()));
-    if let Some(line) = not_served(&converted) {
-        out.push_str(&format!("\n{line}\n"));
-    }
-    Ok(out)
+    let line = not_served(&converted);
+    Ok((Policy::from_entries(converted.entries), line))
 }
 
 /// `attestd entry check` in fleet mode: the usual warnings about the

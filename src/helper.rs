@@ -11,7 +11,6 @@
 
 mod config;
 mod files;
-mod flags;
 mod hcl;
 mod health;
 mod jwt;
@@ -29,7 +28,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 pub use config::{FileOutput, HealthChecks, HelperConfig, JwtSvidOutput, X509Output};
-pub use flags::go_style_flags;
 pub use jwt::JwtError;
 pub use process::{ChildCommand, ProcessError};
 pub use x509::X509Error;

@@ -29,6 +29,7 @@ pub mod federation;
 pub mod file_changes;
 pub mod file_stamp;
 pub mod fleet;
+pub mod go_flags;
 pub mod helper;
 pub mod oidc;
 pub mod policy_check;

@@ -52,6 +52,8 @@ enum Command {
         /// How long to wait for an answer.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Show a process's selectors, the entries it matches, and why others don't.
     Explain {
@@ -61,6 +63,8 @@ enum Command {
         /// attestd's configuration file (the policy).
         #[arg(short, long)]
         config: PathBuf,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Show or lint the registration entries (the policy).
     Entry {
@@ -105,10 +109,12 @@ enum ApiCommand {
         #[command(subcommand)]
         kind: FetchKind,
     },
-    /// Stream X.509-SVID updates until interrupted.
+    /// Stream X.509-SVID updates until interrupted (JSON: one line each).
     Watch {
         #[command(flatten)]
         socket: SocketArg,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Ask attestd to validate a credential.
     Validate {
@@ -146,9 +152,9 @@ enum TaskCommand {
         /// Which of the caller's identities starts the task.
         #[arg(long)]
         spiffe_id: Option<String>,
-        /// Print {"task_id", "token", "expires_at"} as JSON.
-        #[arg(long)]
-        json: bool,
+        /// JSON: {"task_id", "token", "expires_at"}.
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// End a task and every task below it.
     End {
@@ -161,10 +167,33 @@ enum TaskCommand {
     List {
         #[command(flatten)]
         socket: SocketArg,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
+}
+
+/// `--output json` (or SPIRE's `-output json`, or `--json`): the stable
+/// JSON shapes of the README's "Scriptable output".
+#[derive(clap::Args)]
+struct OutputArg {
+    /// text for people, json for scripts.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
+    /// The same as --output json.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+impl OutputArg {
+    fn json(&self) -> bool {
+        self.json || matches!(self.output, OutputFormat::Json)
+    }
 }
 
 #[derive(clap::Args)]
@@ -183,6 +212,8 @@ enum FetchKind {
         /// Also write svid.N.pem, svid.N.key and bundle.N.pem into DIR.
         #[arg(long, value_name = "DIR")]
         write: Option<PathBuf>,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Fetch JWT-SVIDs for one or more audiences.
     Jwt {
@@ -196,8 +227,10 @@ enum FetchKind {
         spiffe_id: Option<String>,
         /// Print only the tokens, one per line, for scripts:
         /// `T=$(attestd api fetch jwt --audience A --spiffe-id ID --raw)`.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["output", "json"])]
         raw: bool,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -213,6 +246,8 @@ enum ValidateKind {
         /// The token (JWS compact serialization).
         #[arg(long)]
         svid: String,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -227,12 +262,16 @@ enum EntryCommand {
         /// (e.g. 30d) or has expired; exits 1 if there are any.
         #[arg(long, value_name = "WINDOW", value_parser = humantime::parse_duration)]
         expiring: Option<std::time::Duration>,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Validate the policy (exit 1 on an error) and warn about weak entries.
     Check {
         /// attestd's configuration file.
         #[arg(short, long)]
         config: PathBuf,
+        #[command(flatten)]
+        output: OutputArg,
     },
 }
 
@@ -243,6 +282,8 @@ enum AuditCommand {
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Rebuild agents' tasks from audit files (oldest first) as a tree:
     /// process, entry and owner, intent, tokens, every decision, sub-tasks.
@@ -258,9 +299,9 @@ enum AuditCommand {
         /// Only tasks active since TIME (RFC 3339, or a duration ago: 2h, 1d).
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
-        /// Print one JSON document (stable field names, for a SIEM).
-        #[arg(long)]
-        json: bool,
+        /// JSON: one document (stable field names, for a SIEM).
+        #[command(flatten)]
+        output: OutputArg,
         /// Audit files, oldest first (audit.jsonl.2 audit.jsonl.1 audit.jsonl).
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -286,9 +327,9 @@ enum AuthzCommand {
         /// The task token the decision is bound to.
         #[arg(long, env = "ATTESTD_TASK_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Print {"decision": "allow"|"deny", "decision_id", "reasons", ...}.
-        #[arg(long)]
-        json: bool,
+        /// JSON: {"decision": "allow"|"deny", "decision_id", "reasons", ...}.
+        #[command(flatten)]
+        output: OutputArg,
     },
     /// Print the Cedar schema the policies are validated against: the
     /// shipped part and what the entries generate.
@@ -324,7 +365,7 @@ enum BundleFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(helper::go_style_flags(std::env::args_os()));
+    let cli = Cli::parse_from(attestd::go_flags::go_style_flags(std::env::args_os()));
     telemetry::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -368,22 +409,39 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Api { command } => api(command).await?,
         Command::Task { command } => task(command).await?,
-        Command::Healthcheck { socket, timeout } => {
+        Command::Healthcheck {
+            socket,
+            timeout,
+            output,
+        } => {
             let path = client::socket_path(socket.socket.as_deref())?;
             client::healthcheck(&path, timeout).await?;
-            println!("healthy: {}", path.display());
+            match output.json() {
+                true => println!("{}", serde_json::json!({ "healthy": true, "socket": path })),
+                false => println!("healthy: {}", path.display()),
+            }
         }
         Command::Entry {
             command:
                 EntryCommand::List {
                     config,
                     expiring: None,
+                    output,
                 },
         } => {
             let config = Config::load(&config)?;
-            match &config.server {
-                Some(server) => print!("{}", attestd::fleet::list(&config, server).await?),
-                None => print!("{}", policy_check::list(&config)?),
+            let (policy, not_served) = match &config.server {
+                Some(server) => attestd::fleet::list(&config, server).await?,
+                None => (Policy::load(&config)?, None),
+            };
+            match output.json() {
+                true => println!("{}", policy_check::list_json(&policy, not_served.as_deref())),
+                false => {
+                    print!("{}", policy_check::list_policy(&policy));
+                    if let Some(line) = not_served {
+                        println!("\n{line}");
+                    }
+                }
             }
         }
         Command::Entry {
@@ -391,10 +449,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 EntryCommand::List {
                     config,
                     expiring: Some(window),
+                    output,
                 },
         } => {
             let expiring = policy_check::expiring(&Config::load(&config)?, window)?;
-            print!("{expiring}");
+            match output.json() {
+                true => println!("{}", expiring.to_json()),
+                false => print!("{expiring}"),
+            }
             if !expiring.due.is_empty() {
                 anyhow::bail!(
                     "{} entries need their owner renewed or retired",
@@ -403,23 +465,30 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Entry {
-            command: EntryCommand::Check { config },
+            command: EntryCommand::Check { config, output },
         } => {
             let config = Config::load(&config)?;
             let warnings = match &config.server {
                 Some(server) => attestd::fleet::check(&config, server).await?,
                 None => policy_check::check(&config)?,
             };
-            for warning in warnings {
-                println!("warning: {warning}");
+            if output.json() {
+                println!("{}", serde_json::json!({ "ok": true, "warnings": warnings }));
+            } else {
+                for warning in warnings {
+                    println!("warning: {warning}");
+                }
+                println!("policy OK");
             }
-            println!("policy OK");
         }
         Command::Audit {
-            command: AuditCommand::Verify { files },
+            command: AuditCommand::Verify { files, output },
         } => {
             let report = audit::verify(&files).context("reading the audit trail")?;
-            print!("{report}");
+            match output.json() {
+                true => println!("{}", report.to_json()),
+                false => print!("{report}"),
+            }
             if !report.problems.is_empty() {
                 anyhow::bail!("the audit trail's hash chain is broken");
             }
@@ -430,7 +499,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     task,
                     spiffe_id,
                     since,
-                    json,
+                    output,
                     files,
                 },
         } => {
@@ -445,7 +514,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for problem in &trace.problems {
                 eprintln!("warning: {problem}");
             }
-            match json {
+            match output.json() {
                 true => println!("{}", serde_json::to_string(&trace)?),
                 false => print!("{trace}"),
             }
@@ -453,7 +522,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no task matched");
             }
         }
-        Command::Explain { pid, config } => {
+        Command::Explain { pid, config, output } => {
             let config = Config::load(&config)?;
             let explanation = match &config.server {
                 Some(server) => {
@@ -462,7 +531,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 None => explain::explain(&config, pid)?,
             };
-            print!("{explanation}");
+            match output.json() {
+                true => println!("{}", explanation.to_json()),
+                false => print!("{explanation}"),
+            }
         }
         Command::Bundle {
             command: BundleCommand::Show { config, format },
@@ -492,11 +564,11 @@ async fn authz_command(command: AuthzCommand) -> anyhow::Result<ExitCode> {
             resource,
             context,
             token,
-            json,
+            output,
         } => {
             let path = client::socket_path(socket.socket.as_deref())?;
             let response = client::authorize(&path, action, resource, context.as_deref(), token).await?;
-            match json {
+            match output.json() {
                 true => println!("{}", client::decision_json(&response)),
                 false => print!("{}", client::describe_decision(&response)),
             }
@@ -520,12 +592,25 @@ async fn connect(socket: &SocketArg) -> anyhow::Result<client::Client> {
 async fn api(command: ApiCommand) -> anyhow::Result<()> {
     match command {
         ApiCommand::Fetch {
-            kind: FetchKind::X509 { socket, write },
+            kind:
+                FetchKind::X509 {
+                    socket,
+                    write,
+                    output,
+                },
         } => {
             let response = client::fetch_x509(&mut connect(&socket).await?).await?;
-            print!("{}", client::describe_x509(&response));
-            if let Some(dir) = write {
-                for path in client::write_x509(&response, &dir).context("writing PEM files")? {
+            let written = match write {
+                Some(dir) => client::write_x509(&response, &dir).context("writing PEM files")?,
+                None => Vec::new(),
+            };
+            if output.json() {
+                let mut json = client::x509_json(&response);
+                json["written"] = serde_json::json!(written);
+                println!("{json}");
+            } else {
+                print!("{}", client::describe_x509(&response));
+                for path in written {
                     println!("Wrote {}", path.display());
                 }
             }
@@ -537,25 +622,33 @@ async fn api(command: ApiCommand) -> anyhow::Result<()> {
                     audience,
                     spiffe_id,
                     raw,
+                    output,
                 },
         } => {
             let response = client::fetch_jwt(&mut connect(&socket).await?, audience, spiffe_id).await?;
-            match raw {
-                true => print!("{}", client::raw_jwts(&response)),
-                false => print!("{}", client::describe_jwt(&response)),
+            match (raw, output.json()) {
+                (true, _) => print!("{}", client::raw_jwts(&response)),
+                (false, true) => println!("{}", client::jwt_json(&response)),
+                (false, false) => print!("{}", client::describe_jwt(&response)),
             }
         }
-        ApiCommand::Watch { socket } => client::watch_x509(&mut connect(&socket).await?).await?,
+        ApiCommand::Watch { socket, output } => {
+            client::watch_x509(&mut connect(&socket).await?, output.json()).await?
+        }
         ApiCommand::Validate {
             kind:
                 ValidateKind::Jwt {
                     socket,
                     audience,
                     svid,
+                    output,
                 },
         } => {
             let response = client::validate_jwt(&mut connect(&socket).await?, audience, svid).await?;
-            print!("{}", client::describe_validation(&response));
+            match output.json() {
+                true => println!("{}", client::validation_json(&response)),
+                false => print!("{}", client::describe_validation(&response)),
+            }
         }
     }
     Ok(())
@@ -576,7 +669,7 @@ async fn task(command: TaskCommand) -> anyhow::Result<()> {
             ttl,
             parent_token,
             spiffe_id,
-            json,
+            output,
         } => {
             let args = client::tasks::StartArgs {
                 purpose,
@@ -588,7 +681,7 @@ async fn task(command: TaskCommand) -> anyhow::Result<()> {
                 spiffe_id,
             };
             let started = client::tasks::start(&mut connect_tasks(&socket).await?, args).await?;
-            match json {
+            match output.json() {
                 true => println!("{}", client::tasks::started_json(&started)),
                 false => print!("{}", client::tasks::describe_started(&started)),
             }
@@ -597,9 +690,9 @@ async fn task(command: TaskCommand) -> anyhow::Result<()> {
             let ended = client::tasks::end(&mut connect_tasks(&socket).await?, id).await?;
             print!("{}", client::tasks::describe_ended(&ended));
         }
-        TaskCommand::List { socket, json } => {
+        TaskCommand::List { socket, output } => {
             let list = client::tasks::list(&mut connect_tasks(&socket).await?).await?;
-            match json {
+            match output.json() {
                 true => println!("{}", client::tasks::list_json(&list)),
                 false => print!("{}", client::tasks::describe_list(&list)),
             }

@@ -14,11 +14,6 @@ use crate::registry::{Entry, Policy, owner_clock};
 /// `entry check` warns about entries whose owner's term ends within this.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// The entries of the policy, one block each.
-pub fn list(config: &Config) -> Result<String, ConfigError> {
-    Ok(list_policy(&Policy::load(config)?))
-}
-
 /// The entries of `policy` (a SPIRE Server's, say), one block each.
 pub fn list_policy(policy: &Policy) -> String {
     let mut out = format!("{} entries\n", policy.entries().len());
@@ -26,6 +21,40 @@ pub fn list_policy(policy: &Policy) -> String {
         describe(&mut out, entry);
     }
     out
+}
+
+/// `--output json` of `entry list`: `{"count", "entries": [...]}`, each
+/// entry as [`entry_json`] gives it, and `not_served` (fleet mode: what the
+/// server holds that this agent does not serve), if any.
+pub fn list_json(policy: &Policy, not_served: Option<&str>) -> serde_json::Value {
+    let entries: Vec<_> = policy.entries().iter().map(|e| entry_json(e)).collect();
+    serde_json::json!({ "count": entries.len(), "entries": entries, "not_served": not_served })
+}
+
+/// One entry as `entry list --output json` shows it. `id` is the one audit
+/// records carry in their `entry` field; durations are whole seconds.
+pub fn entry_json(entry: &Entry) -> serde_json::Value {
+    let labels: serde_json::Map<_, _> = entry
+        .labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string().into()))
+        .collect();
+    serde_json::json!({
+        "id": entry.id.to_string(),
+        "spiffe_id": entry.spiffe_id.as_str(),
+        "selectors": entry.selectors.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "owner": &*entry.owner,
+        "owner_expires": entry.owner_expires.map(|day| day.to_string()),
+        "description": entry.description,
+        "labels": labels,
+        "x509_ttl_seconds": entry.x509_ttl.as_secs(),
+        "jwt_ttl_seconds": entry.jwt_ttl.as_secs(),
+        "jwt_audiences": entry.jwt_audiences,
+        "dns_names": entry.dns_names,
+        "hint": entry.hint,
+        "federates_with": entry.federates_with.iter().map(|td| td.to_string()).collect::<Vec<_>>(),
+        "location": entry.location.to_string(),
+    })
 }
 
 /// Validates the policy; returns its warnings (empty when all is well).
@@ -132,8 +161,29 @@ impl fmt::Display for Expiring {
     }
 }
 
+impl Expiring {
+    /// `--output json` of `entry list --expiring`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let due: Vec<_> = self
+            .due
+            .iter()
+            .map(|due| {
+                let mut entry = entry_json(&due.entry);
+                entry["expired"] = due.expired.into();
+                entry
+            })
+            .collect();
+        serde_json::json!({
+            "window_seconds": self.window.as_secs(),
+            "total": self.total,
+            "due": due,
+        })
+    }
+}
+
 fn describe(out: &mut String, entry: &Entry) {
     let _ = writeln!(out, "\n{}  [{}]", entry.spiffe_id, entry.location);
+    let _ = writeln!(out, "  id         {} (the audit records' entry)", entry.id);
     let _ = writeln!(out, "  owner      {}", entry.owner);
     if let Some(description) = &entry.description {
         let _ = writeln!(out, "  about      {description}");
@@ -213,7 +263,7 @@ mod tests {
             [[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\", \"unix:path:/bin/a\"]\nowner = \"o\"\nhint = \"h\"\n\
             [[entry]]\nspiffe_id = \"spiffe://example.org/b\"\nselectors = [\"unix:path:/bin/b\"]\nowner = \"o\"\n";
         let config = Config::parse(Path::new("p.toml"), text).unwrap();
-        let listing = list(&config).unwrap();
+        let listing = list_policy(&Policy::load(&config).unwrap());
         assert!(listing.starts_with("2 entries"));
         assert!(listing.contains("spiffe://example.org/a  [p.toml:2]") && listing.contains("hint       h"));
         let warnings = check(&config).unwrap();
@@ -308,8 +358,7 @@ mod tests {
     fn list_shows_the_owners_last_day() {
         let config = Config::parse(Path::new("p.toml"), TERMS).unwrap();
         assert!(
-            list(&config)
-                .unwrap()
+            list_policy(&Policy::load(&config).unwrap())
                 .contains("  expires    2030-05-31 (the owner's last day, UTC)\n")
         );
     }

@@ -66,6 +66,25 @@ impl std::fmt::Display for Verification {
     }
 }
 
+impl Verification {
+    /// `--output json` of `audit verify`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let problems: Vec<_> = self
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({ "file": p.file, "line": p.line, "message": p.message }))
+            .collect();
+        serde_json::json!({
+            "intact": self.problems.is_empty(),
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "head": self.head,
+            "problems": problems,
+        })
+    }
+}
+
 struct Position {
     file: PathBuf,
     line: usize,

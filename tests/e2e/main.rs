@@ -32,6 +32,7 @@ mod py_interop;
 mod restart;
 mod robustness;
 mod rotation;
+mod scriptable_output;
 mod sds;
 mod security_header;
 mod systemd_unit;

@@ -1,20 +1,23 @@
-//! spiffe-helper's command-line habits. It parses flags with Go's `flag`
-//! package, where long flags take one dash (`-config helper.conf`,
-//! `-daemon-mode=false`); clap would read `-config` as `-c onfig`. So the
-//! helper's arguments are rewritten into clap's spelling before parsing.
+//! The command-line habits of SPIRE and spiffe-helper users. Both parse
+//! flags with Go's `flag` package, where long flags take one dash
+//! (`spire-agent api fetch -output json`, `spiffe-helper -config
+//! helper.conf -daemon-mode=false`); clap would read `-config` as
+//! `-c onfig`. So those flags are rewritten into clap's spelling before
+//! parsing.
 
 use std::ffi::OsString;
 
-/// spiffe-helper's long flags (Go accepts `-name` and `--name` alike).
-const GO_LONG_FLAGS: [&str; 3] = ["config", "daemon-mode", "help"];
+/// Long flags every command takes in Go's spelling too.
+const EVERYWHERE: [&str; 1] = ["output"];
 
-/// `args` (the whole command line) with the `helper` subcommand's
-/// single-dash long flags given two dashes; anything else is unchanged.
+/// spiffe-helper's long flags, for `attestd helper`.
+const HELPER: [&str; 3] = ["config", "daemon-mode", "help"];
+
+/// `args` (the whole command line) with Go-style single-dash long flags
+/// given two dashes; anything else is unchanged.
 pub fn go_style_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let mut args: Vec<OsString> = args.into_iter().collect();
-    if args.get(1).is_none_or(|subcommand| subcommand != "helper") {
-        return args;
-    }
+    let helper = args.get(1).is_some_and(|subcommand| subcommand == "helper");
     for arg in args.iter_mut().skip(2) {
         let Some(text) = arg.to_str() else { continue };
         if text == "--" {
@@ -24,7 +27,7 @@ pub fn go_style_flags(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
             continue;
         };
         let name = flag.split_once('=').map_or(flag, |(name, _)| name);
-        if GO_LONG_FLAGS.contains(&name) {
+        if EVERYWHERE.contains(&name) || (helper && HELPER.contains(&name)) {
             *arg = format!("--{flag}").into();
         }
     }
