@@ -119,8 +119,14 @@ mod tests {
         let reach = Reach::from_status(&status("00000000800405fb"));
         assert_eq!(reach.missing(), "CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH");
         let warning = reach.warning().unwrap();
-        assert!(warning.contains("cannot attest processes of other users"), "{warning}");
-        assert!(warning.contains("--cap-add SYS_PTRACE,DAC_READ_SEARCH"), "{warning}");
+        assert!(
+            warning.contains("cannot attest processes of other users"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("--cap-add SYS_PTRACE,DAC_READ_SEARCH"),
+            "{warning}"
+        );
     }
 
     #[test]
