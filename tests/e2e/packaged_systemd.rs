@@ -388,6 +388,11 @@ fn the_package_installs_serves_reloads_restarts_upgrades_and_purges_under_system
     let verify = container.ok("attestd audit verify /var/log/attestd/audit.jsonl");
     println!("audit verify: {}", verify.trim());
 
+    // Remove: stopped, the binary gone, the configuration kept.
+    container.ok("apt-get remove --yes attestd");
+    assert_eq!(container.property("ActiveState"), "inactive");
+    container.ok(&format!("test ! -e /usr/bin/attestd && test -f {CONFIG} && test -f {AGENT_ENTRY}"));
+
     // Purge: nothing left but the CA, keys and audit trail.
     let purge = container.ok("apt-get purge --yes attestd 2>&1");
     assert!(purge.contains("kept /var/lib/attestd"), "{purge}");
