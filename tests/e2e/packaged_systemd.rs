@@ -323,6 +323,13 @@ fn the_package_installs_serves_reloads_restarts_upgrades_and_purges_under_system
     container.ok("attestd healthcheck --socket unix:///run/attestd/api.sock");
     let bundle = container.bundle();
     assert!(bundle.contains("BEGIN CERTIFICATE"), "{bundle}");
+    // The man pages and completions generated from the CLI: a page per
+    // subcommand, and scripts each shell loads.
+    container.ok("zcat /usr/share/man/man1/attestd.1.gz | grep -q '^attestd\\\\-reload'");
+    container.ok("zcat /usr/share/man/man1/attestd-reload.1.gz | grep -q 'pid'");
+    container.ok("bash -c '. /usr/share/bash-completion/completions/attestd && complete -p attestd'");
+    container.ok("grep -q '#compdef attestd' /usr/share/zsh/vendor-completions/_attestd");
+    container.ok("grep -q 'complete -c attestd' /usr/share/fish/vendor_completions.d/attestd.fish");
     // The starter policy gives nobody an identity.
     let refused = container.agent_fetch();
     assert!(!refused.status.success(), "{}", stdout(&refused));
@@ -391,7 +398,9 @@ fn the_package_installs_serves_reloads_restarts_upgrades_and_purges_under_system
     // Remove: stopped, the binary gone, the configuration kept.
     container.ok("apt-get remove --yes attestd");
     assert_eq!(container.property("ActiveState"), "inactive");
-    container.ok(&format!("test ! -e /usr/bin/attestd && test -f {CONFIG} && test -f {AGENT_ENTRY}"));
+    container.ok(&format!(
+        "test ! -e /usr/bin/attestd && test -f {CONFIG} && test -f {AGENT_ENTRY}"
+    ));
 
     // Purge: nothing left but the CA, keys and audit trail.
     let purge = container.ok("apt-get purge --yes attestd 2>&1");
