@@ -321,6 +321,11 @@ fn the_package_installs_serves_reloads_restarts_upgrades_and_purges_under_system
         container.journal()
     );
     container.ok("attestd healthcheck --socket unix:///run/attestd/api.sock");
+    // The unit's bounding set is what attestd holds: CAP_DAC_READ_SEARCH,
+    // CAP_NET_BIND_SERVICE and CAP_SYS_PTRACE (bits 2, 10, 19), no more.
+    let pid = container.property("MainPID");
+    let effective = container.ok(&format!("sed -n 's/^CapEff:\\t//p' /proc/{pid}/status"));
+    assert_eq!(effective.trim(), "0000000000080404");
     let bundle = container.bundle();
     assert!(bundle.contains("BEGIN CERTIFICATE"), "{bundle}");
     // The man pages and completions generated from the CLI: a page per
