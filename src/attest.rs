@@ -15,6 +15,7 @@ mod exe_hash;
 mod host_root;
 mod peer;
 mod process;
+mod reach;
 mod socket_holders;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 pub use cgroup::{CgroupError, CgroupFacts, DelegatedFacts, parse as parse_cgroup};
 pub use exe_hash::{DEFAULT_MAX_HASH_BYTES, ExeHasher, FileId};
 pub use peer::{ConnectionSocket, PeerIdentity, ProcessPin};
+pub use reach::Reach;
 pub use socket_holders::HolderError;
 
 use crate::selector::{Selector, SelectorSet};

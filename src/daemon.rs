@@ -3,6 +3,9 @@
 //! remove the socket.
 
 mod descriptor_limit;
+mod reload_request;
+
+pub use reload_request::{ReloadRequestError, request_reload};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::attest::Attestor;
+use crate::attest::{Attestor, Reach};
 use crate::audit::{AuditError, AuditLog};
 use crate::authority::{
     Authority, AuthorityError, BundleDocument, maintain_bundle_file, publish_bundle_document,
@@ -127,6 +130,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let (ctx, source, documents) = start_services(&config, shutdown, attestations).await?;
     let ctx = Arc::new(ctx);
     // After the policy loaded: a bad config fails with its one line alone.
+    let reach = warn_unless_other_users_reachable();
     let nofile = descriptor_limit::raise_to_hard_limit();
     let readiness = Arc::new(Readiness::default());
     let tcp_connections = serve_tcp_listeners(&config, &ctx, documents, &readiness).await?;
@@ -170,7 +174,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let mut listener = SocketListener::bind(&config.socket_path)?;
     readiness.set(true);
-    notify_ready(&format!("serving {}", listener.path().display()));
+    notify_ready(&ready_status(listener.path(), &reach));
     tokio::spawn(run_watchdog());
     tracing::info!(
         socket = %listener.path().display(),
@@ -366,6 +370,31 @@ async fn start_services(
 
 /// Attestations allowed at once: configured, or one per CPU (they hash
 /// and scan `/proc`; more at once would only queue on the CPUs).
+/// Says loudly, at start, if callers of other uids cannot be attested.
+/// attestd still starts: serving its own uid is useful, and each call it
+/// cannot attest is refused anyway (fail closed); a refusal to start would
+/// turn a missing capability into an outage for every uid.
+fn warn_unless_other_users_reachable() -> Reach {
+    let reach = Reach::of_this_process();
+    if let Some(warning) = reach.warning() {
+        tracing::warn!(missing = %reach.missing(), "{warning}");
+    }
+    reach
+}
+
+/// systemd's status line (`systemctl status attestd`): the socket, and what
+/// is missing to attest other users if anything is.
+fn ready_status(socket: &Path, reach: &Reach) -> String {
+    match reach.is_complete() {
+        true => format!("serving {}", socket.display()),
+        false => format!(
+            "serving {}; cannot attest other users: missing {}",
+            socket.display(),
+            reach.missing()
+        ),
+    }
+}
+
 fn concurrent_attestations(limits: &LimitsConfig) -> usize {
     limits
         .max_concurrent_attestations

@@ -21,6 +21,7 @@ pub mod attest;
 pub mod audit;
 pub mod authority;
 pub mod authz;
+pub mod cli_docs;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -1,13 +1,15 @@
 //! The `attestd` command line: parses arguments and calls into the library.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use attestd::audit::trace::{self, Select, TraceQuery};
 use attestd::authority::BundleDocument;
+use attestd::cli_docs::{self, Shell};
 use attestd::registry::Policy;
 use attestd::{audit, authz, client, config::Config, daemon, explain, helper, oidc, policy_check, telemetry};
 
@@ -99,6 +101,34 @@ enum Command {
         /// Overrides the file's daemon_mode.
         #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         daemon_mode: Option<bool>,
+    },
+    /// Ask the running attestd to reload its policy (sends it SIGHUP; the
+    /// systemd unit's ExecReload, so no /bin/kill is needed).
+    Reload {
+        /// The daemon's process id (systemd: $MAINPID).
+        #[arg(long)]
+        pid: u32,
+    },
+    /// Write the man pages or a shell's completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: GenerateKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenerateKind {
+    /// attestd.1 and a page per subcommand, into DIR.
+    Man {
+        /// Where to write the pages.
+        dir: PathBuf,
+    },
+    /// A shell's completion script, on standard output.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
     },
 }
 
@@ -551,6 +581,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Helper { config, daemon_mode } => {
             helper::run(helper::HelperConfig::load(&config, daemon_mode)?).await?
         }
+        Command::Reload { pid } => daemon::request_reload(pid)?,
+        Command::Generate {
+            what: GenerateKind::Man { dir },
+        } => {
+            for page in cli_docs::write_man_pages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+        }
+        Command::Generate {
+            what: GenerateKind::Completions { shell },
+        } => std::io::stdout()
+            .write_all(&cli_docs::completions(Cli::command(), shell))
+            .context("writing the completions")?,
         Command::Authz { command } => return authz_command(command).await,
     }
     Ok(ExitCode::SUCCESS)

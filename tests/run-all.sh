@@ -36,6 +36,21 @@ if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc catatonit busybox-static >/dev/null
 fi
+# The Debian package under a real systemd (tests/e2e/packaged_systemd.rs):
+# cargo-deb from crates.io, compiled once into /var/cache/attestd-test-peers
+# (the test finds it through $CARGO_DEB), and debootstrap, which makes the
+# bookworm root file system the test boots with systemd as PID 1 (cached
+# there too, rebuilt only when tests/packaging/build-systemd-rootfs.sh
+# changes). Warm, both steps cost nothing.
+if ! command -v debootstrap >/dev/null; then
+    step "installing debootstrap for the packaged-systemd test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+fi
+step "cargo-deb and the systemd test's root file system (tests/packaging/*.sh, cached)"
+CARGO_DEB=$(tests/packaging/cargo-deb.sh)
+export CARGO_DEB
+tests/packaging/build-systemd-rootfs.sh >/dev/null
+
 # tests/e2e/forgery.rs runs a binary from a FUSE file system (bindfs,
 # mounted by root) to show it gets no executable identity.
 if ! command -v bindfs >/dev/null; then

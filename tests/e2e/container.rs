@@ -33,7 +33,7 @@ fn trusted_agent() -> PathBuf {
 
 /// Limits for every container: podman's default nofile limit is above
 /// this machine's hard limit, and runc then fails to start the container.
-const NOFILE: &str = "nofile=1024:1024";
+pub(crate) const NOFILE: &str = "nofile=1024:1024";
 const NPROC: &str = "nproc=256:256";
 
 /// A containers.conf with the same limits as defaults: `podman create` gets
@@ -59,7 +59,7 @@ fn podman_state_dir() -> PathBuf {
 
 /// `podman` with the options every call needs: images under target/, runc,
 /// the cgroupfs manager (no systemd as PID 1 here), events to a file.
-fn podman() -> Command {
+pub(crate) fn podman() -> Command {
     let state = podman_state_dir();
     let mut command = Command::new("podman");
     command
@@ -80,14 +80,14 @@ fn podman() -> Command {
 }
 
 /// Runs podman with `args`.
-fn podman_output(args: &[&str]) -> Output {
+pub(crate) fn podman_output(args: &[&str]) -> Output {
     podman().args(args).output().unwrap_or_else(|e| {
         panic!("cannot run podman (tests/run-all.sh installs it: apt-get install podman): {e}")
     })
 }
 
 /// Runs podman with `args`; panics with podman's own error if it fails.
-fn podman_ok(args: &[&str]) -> String {
+pub(crate) fn podman_ok(args: &[&str]) -> String {
     let output = podman_output(args);
     assert!(
         output.status.success(),
@@ -124,6 +124,13 @@ fn image() -> &'static str {
         }
         image
     })
+}
+
+/// go-spiffe's client of tests/interop/go, statically linked (built with
+/// the image): it runs in any root file system.
+pub(crate) fn static_client() -> PathBuf {
+    image();
+    cache_dir().join("client")
 }
 
 /// A directory for a daemon, with its socket directory made in advance:

@@ -28,6 +28,7 @@ mod jwt;
 mod oidc;
 mod operations;
 mod owner;
+mod packaged_systemd;
 mod py_interop;
 mod restart;
 mod robustness;
