@@ -317,6 +317,7 @@ async fn start_services(
         elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         "entries loaded"
     );
+    crate::policy_check::log_warnings(config, &policy);
     let started = std::time::Instant::now();
     let policies = PolicyBook::load(config.policy_dir.as_deref(), policy.entries())?;
     tracing::info!(

@@ -121,7 +121,8 @@ pub async fn list(config: &Config, server: &ServerConfig) -> Result<(Policy, Opt
 pub async fn check(config: &Config, server: &ServerConfig) -> Result<Vec<String>, FleetError> {
     let converted = sync::fetch_once(config, server).await?;
     let policy = Policy::from_entries(converted.entries.clone());
-    let mut warnings = crate::policy_check::check_policy(&policy, crate::registry::owner_clock::now());
+    let mut warnings =
+        crate::policy_check::check_policy(config, &policy, crate::registry::owner_clock::now());
     warnings.extend(
         converted
             .entries

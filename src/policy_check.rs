@@ -8,6 +8,8 @@ use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod lints;
+
 use crate::config::{Config, ConfigError};
 use crate::registry::{Entry, Policy, owner_clock};
 
@@ -63,17 +65,38 @@ pub fn check(config: &Config) -> Result<Vec<String>, ConfigError> {
 }
 
 fn check_at(config: &Config, now: SystemTime) -> Result<Vec<String>, ConfigError> {
-    Ok(check_policy(&Policy::load(config)?, now))
+    Ok(check_policy(config, &Policy::load(config)?, now))
 }
 
-/// The warnings about the entries of `policy` at `now`.
-pub fn check_policy(policy: &Policy, now: SystemTime) -> Vec<String> {
-    policy
+/// The warnings about `policy` (served under `config`) at `now`.
+pub fn check_policy(config: &Config, policy: &Policy, now: SystemTime) -> Vec<String> {
+    let mut warnings: Vec<String> = policy
         .entries()
         .iter()
         .flat_map(|entry| [lint(entry), expiry_lint(entry, now)])
         .flatten()
-        .collect()
+        .collect();
+    warnings.extend(lints::lint(config, policy));
+    warnings
+}
+
+/// At most this many of a policy's warnings are logged at load; `attestd
+/// entry check` lists them all.
+const MAX_LOGGED_WARNINGS: usize = 20;
+
+/// Logs the policy's warnings as the daemon loads it (capped: a generated
+/// policy of 100,000 entries must not flood the journal).
+pub fn log_warnings(config: &Config, policy: &Policy) {
+    let warnings = check_policy(config, policy, owner_clock::now());
+    for warning in warnings.iter().take(MAX_LOGGED_WARNINGS) {
+        tracing::warn!("policy: {warning}");
+    }
+    if warnings.len() > MAX_LOGGED_WARNINGS {
+        tracing::warn!(
+            more = warnings.len() - MAX_LOGGED_WARNINGS,
+            "policy: more warnings; `attestd entry check` lists them all"
+        );
+    }
 }
 
 /// An entry whose owner's term ends within a window (or has ended).

@@ -70,7 +70,10 @@ pub fn reload(running: &Config, files: &mut EntryFiles, registry: &Registry) -> 
                 "new policy in effect"
             );
             drop(previous);
-            registry.policy().build_lookups();
+            let policy = registry.policy();
+            policy.build_lookups();
+            // After the swap: linting never delays the new policy.
+            crate::policy_check::log_warnings(running, &policy);
             ReloadOutcome::Applied
         }
     };

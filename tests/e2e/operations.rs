@@ -10,7 +10,7 @@ use futures::StreamExt;
 use spiffe::{WorkloadApiClient, WorkloadApiError};
 
 use crate::harness::{
-    Daemon, attestd_bin, cli_fetch_as, free_loopback_port, http_get, printed_ids, write_config,
+    Daemon, attestd_bin, cli_fetch_as, free_loopback_port, http_get, printed_ids, wait_for, write_config,
 };
 
 const ROOT_ENTRY: &str = r#"
@@ -263,4 +263,42 @@ owner = "team@example.org"
     let broken = run(&["entry", "check"]);
     assert!(!broken.status.success());
     assert!(String::from_utf8_lossy(&broken.stderr).contains("bogus"));
+}
+
+#[test]
+fn entry_check_and_the_daemon_warn_about_entries_that_can_never_match() {
+    let policy = r#"
+[[entry]]
+spiffe_id = "spiffe://example.org/ghost"
+selectors = ["unix:user:no-such-user-on-this-host"]
+owner = "team@example.org"
+
+[[entry]]
+spiffe_id = "spiffe://example.org/unit"
+selectors = ["unix:uid:0", "systemd:id:agent"]
+owner = "team@example.org"
+"#;
+    let daemon = Daemon::start(policy);
+    let check = Command::new(attestd_bin())
+        .args(["entry", "check", "-c"])
+        .arg(daemon.config_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "warnings only: {text}");
+    assert!(
+        text.contains(
+            "names unix:user:no-such-user-on-this-host, but this host has no user \"no-such-user-on-this-host\": \
+             the entry can never match here"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("did you mean systemd:id:agent.service?"), "{text}");
+    // The daemon says the same when it loads the policy, and still serves it.
+    let log = wait_for(Duration::from_secs(10), "the load warnings", || {
+        let log = daemon.log();
+        log.contains("did you mean systemd:id:agent.service?")
+            .then_some(log)
+    });
+    assert!(log.contains("no-such-user-on-this-host"), "{log}");
 }
