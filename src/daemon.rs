@@ -184,9 +184,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "attestd ready"
     );
 
+    // grpc.health.v1 on the Workload API socket, for `attestd healthcheck`
+    // and gRPC probes: no attestation, no audit, and not counted as a
+    // Workload API request (a probe is not a client's error).
+    let (grpc_health, grpc_health_service) = tonic_health::server::health_reporter();
     let stop = async move {
         signals.stop().await;
         readiness.set(false);
+        grpc_health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         notify_stopping();
         // Ends every open stream, so the drain below has an end.
         let _ = shutdown_tx.send(true);
@@ -207,6 +214,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             AuthorizationServer::new(AuthorizationApi::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(MAX_REQUEST_MESSAGE),
         )
+        .add_service(grpc_health_service)
         // Envoy SDS v3, for an Envoy beside a workload.
         .add_service(
             SecretDiscoveryServiceServer::new(SecretDiscovery::new(Arc::clone(&ctx), config.sds.clone()))

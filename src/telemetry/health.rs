@@ -1,6 +1,7 @@
 //! The optional loopback HTTP listener (off unless `[health] listen` is
 //! set): `/live` (the process answers), `/ready` (the Workload API is
-//! serving and not shutting down), `/metrics` (Prometheus text).
+//! serving and not shutting down), `/metrics` (OpenMetrics text, which
+//! Prometheus scrapes).
 //!
 //! Any local user can connect to a loopback port, so the listener holds at
 //! most a configured number of connections (further ones wait in the
@@ -185,7 +186,12 @@ async fn ready(readiness: Arc<Readiness>) -> impl IntoResponse {
 
 async fn metrics_text() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        // prometheus-client writes OpenMetrics text (`_total` samples of
+        // counters, `# EOF`): served as what it is.
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         metrics().encode(),
     )
 }
