@@ -39,8 +39,9 @@ pub enum ClientError {
     /// The socket address is not a `unix:` URI or absolute path.
     #[error("invalid socket address {0:?}: expected unix:///absolute/path")]
     BadAddress(String),
-    /// Connecting failed.
-    #[error("cannot connect to {path}: {source}")]
+    /// Connecting failed; the message carries the OS's reason (tonic's
+    /// own text is only "transport error"), also where it is logged.
+    #[error("cannot connect to {path}: {}", with_causes(source))]
     Connect {
         /// The socket.
         path: PathBuf,
@@ -170,6 +171,20 @@ pub async fn healthcheck(path: &Path, timeout: Duration) -> Result<(), ClientErr
             humantime::format_duration(timeout)
         ))
     })?
+}
+
+/// An error's text followed by its causes' (each once).
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !text.contains(&message) {
+            text = format!("{text}: {message}");
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// Fetches the caller's X.509-SVIDs once.

@@ -98,6 +98,27 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A TCP listen address: an IP address and a port, never a host name
+/// (attestd binds what is written; a name could resolve to anything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ListenAddr(pub(crate) SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map(Self).map_err(|_| {
+            let hint = match text.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() && host.parse::<std::net::IpAddr>().is_err() => {
+                    let ip = if host == "localhost" { "127.0.0.1" } else { "0.0.0.0" };
+                    format!("{host:?} is a host name, not an IP address (names are not resolved): write e.g. \"{ip}:{port}\"")
+                }
+                _ => "write an IP address and a port, e.g. \"127.0.0.1:9090\" or \"[::1]:9090\"".to_owned(),
+            };
+            serde::de::Error::custom(format!("{text:?} is not a listen address: {hint}"))
+        })
+    }
+}
+
 /// A validated attestd configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -254,7 +275,7 @@ pub struct HealthConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
-    listen: Option<Spanned<SocketAddr>>,
+    listen: Option<Spanned<ListenAddr>>,
 }
 
 /// Bounds on connections, streams and concurrent work (`[limits]`), so that
@@ -875,18 +896,18 @@ impl<'a> SourceFile<'a> {
         let Some(listen) = raw.listen else {
             return Ok(HealthConfig::default());
         };
-        if !listen.get_ref().ip().is_loopback() {
+        if !listen.get_ref().0.ip().is_loopback() {
             return Err(self.error(
                 &listen.span(),
                 "health.listen".into(),
                 format!(
                     "{} is not a loopback address (use 127.0.0.1 or [::1])",
-                    listen.get_ref()
+                    listen.get_ref().0
                 ),
             ));
         }
         Ok(HealthConfig {
-            listen: Some(listen.into_inner()),
+            listen: Some(listen.into_inner().0),
         })
     }
 
@@ -1170,6 +1191,25 @@ owner = "team@example.org"
         assert_eq!(ok.ca.upstream.unwrap().bundle_file, PathBuf::from("c"));
         let err = parse("trust_domain = \"example.org\"\n[ca]\ncert_file = \"a\"\n").unwrap_err();
         assert_eq!((err.line, err.key.as_deref()), (Some(3), Some("ca")), "{err}");
+    }
+
+    #[test]
+    fn a_listen_address_with_a_host_name_says_to_write_an_ip() {
+        let err =
+            parse("trust_domain = \"example.org\"\n[health]\nlisten = \"localhost:9090\"\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.key.as_deref()),
+            (Some(3), Some("health.listen")),
+            "{err}"
+        );
+        assert!(
+            err.message.contains(
+                "\"localhost\" is a host name, not an IP address (names are not resolved): write e.g. \"127.0.0.1:9090\""
+            ),
+            "{err}"
+        );
+        let err = parse("trust_domain = \"example.org\"\n[health]\nlisten = \"9090\"\n").unwrap_err();
+        assert!(err.message.contains("write an IP address and a port"), "{err}");
     }
 
     #[test]

@@ -134,7 +134,8 @@ fn create(path: &Path, trust_domain: &TrustDomain, slot: Slot) -> Result<Signing
     params.not_before = OffsetDateTime::from(slot.created - BACKDATE);
     params.not_after = OffsetDateTime::from(slot.created + slot.ttl);
     let cert = params.self_signed(&key)?;
-    tracing::info!(trust_domain = %trust_domain, not_after = ?slot.created + slot.ttl, "created embedded CA");
+    let not_after = crate::audit::rfc3339(slot.created + slot.ttl);
+    tracing::info!(trust_domain = %trust_domain, %not_after, "created embedded CA");
     SigningCa::from_parts(
         path,
         cert.der().to_vec(),

@@ -445,11 +445,13 @@ fn check_header(token: &str, signers: Signers) -> Result<(Algorithm, String), Jw
     let mut parts = token.split('.');
     let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(JwtError::Malformed("not three dot-separated parts".into()));
+        return Err(JwtError::Malformed(format!(
+            "not three dot-separated parts: {JWS_FORM}"
+        )));
     };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header)
-        .map_err(|e| JwtError::Malformed(format!("header is not base64url: {e}")))?;
+        .map_err(|_| JwtError::Malformed(format!("the header is not base64url: {JWS_FORM}")))?;
     let header: BTreeMap<String, Value> = serde_json::from_slice(&bytes)
         .map_err(|e| JwtError::Malformed(format!("header is not a JSON object: {e}")))?;
     let alg = header.get("alg").and_then(Value::as_str).unwrap_or_default();
@@ -494,8 +496,12 @@ fn check_header(token: &str, signers: Signers) -> Result<(Algorithm, String), Jw
     }
 }
 
+/// What a JWT is, for the errors of a token that is not one.
+const JWS_FORM: &str = "a JWT-SVID is three base64url parts (header, claims, signature) joined by dots";
+
 fn decode_error(error: jsonwebtoken::errors::Error, audience: &str) -> JwtError {
     use jsonwebtoken::errors::ErrorKind;
+    // Never the library's debug text: a caller sees these messages.
     match error.into_kind() {
         ErrorKind::InvalidSignature => JwtError::BadSignature,
         ErrorKind::ExpiredSignature => JwtError::Expired,
@@ -503,7 +509,13 @@ fn decode_error(error: jsonwebtoken::errors::Error, audience: &str) -> JwtError 
         ErrorKind::InvalidAudience => JwtError::AudienceMismatch(audience.to_owned()),
         ErrorKind::MissingRequiredClaim(claim) => JwtError::MissingClaim(claim),
         ErrorKind::InvalidAlgorithm => JwtError::AlgorithmRefused("alg does not match the key".into()),
-        other => JwtError::Malformed(format!("{other:?}")),
+        ErrorKind::Base64(_) => {
+            JwtError::Malformed(format!("the claims or signature are not base64url: {JWS_FORM}"))
+        }
+        ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+            JwtError::Malformed("the claims are not a JSON object".into())
+        }
+        _ => JwtError::Malformed(format!("not a valid JWT-SVID: {JWS_FORM}")),
     }
 }
 

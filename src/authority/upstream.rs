@@ -40,10 +40,7 @@ impl UpstreamCa {
         let stamp = stamp(files)?;
         let certs = read_pem(&files.cert_file, "CERTIFICATE")?;
         let roots = read_pem(&files.bundle_file, "CERTIFICATE")?;
-        let key = std::fs::read_to_string(&files.key_file).map_err(|source| AuthorityError::Io {
-            path: files.key_file.clone(),
-            source,
-        })?;
+        let key = read_key(&files.key_file)?;
         if certs.is_empty() || roots.is_empty() {
             return Err(AuthorityError::InvalidFile {
                 path: if certs.is_empty() {
@@ -87,6 +84,51 @@ impl UpstreamCa {
         *self = Self::load(&self.files, trust_domain)?;
         Ok(true)
     }
+}
+
+/// The upstream CA's key as PKCS#8 PEM: PKCS#8 as it is, a P-256 key in
+/// SEC1 form (`EC PRIVATE KEY`, what `openssl ecparam -genkey` writes)
+/// converted; anything else refused with the key file named and how to
+/// convert it.
+fn read_key(path: &Path) -> Result<String, AuthorityError> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let invalid = |reason: String| AuthorityError::InvalidFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| AuthorityError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let block = pem::parse(&text).map_err(|e| invalid(format!("not a PEM private key: {e}")))?;
+    let convert = format!(
+        "convert it to PKCS#8 with `openssl pkcs8 -topk8 -nocrypt -in {0} -out {0}.pk8` and name that file",
+        path.display()
+    );
+    let pkcs8 = match block.tag() {
+        "PRIVATE KEY" => text,
+        "EC PRIVATE KEY" => p256::SecretKey::from_sec1_der(block.contents())
+            .map_err(|_| {
+                invalid(format!(
+                    "a SEC1 key attestd cannot read (only P-256 is converted): {convert}"
+                ))
+            })?
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|e| invalid(format!("converting the SEC1 key: {e}")))?
+            .to_string(),
+        "RSA PRIVATE KEY" => {
+            return Err(invalid(format!(
+                "a PKCS#1 RSA key; attestd reads PKCS#8: {convert}"
+            )));
+        }
+        other => {
+            return Err(invalid(format!(
+                "holds {other:?}, not a private key in PKCS#8 (PRIVATE KEY)"
+            )));
+        }
+    };
+    rcgen::KeyPair::from_pem(&pkcs8).map_err(|e| invalid(format!("not a usable private key: {e}")))?;
+    Ok(pkcs8)
 }
 
 /// (device, inode, mtime, size) of each file: a replacement by rename or an
@@ -170,4 +212,35 @@ fn check_chain(path: &Path, chain: &[Vec<u8>], roots: &[Vec<u8>]) -> Result<(), 
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sec1_p256_keys_are_read_and_pkcs1_is_refused_naming_the_key_file() {
+        use p256::pkcs8::{DecodePrivateKey, LineEnding};
+        let dir = tempfile::tempdir().unwrap();
+        let generated = rcgen::KeyPair::generate().unwrap();
+        let key = p256::SecretKey::from_pkcs8_der(generated.serialized_der()).unwrap();
+        let sec1 = dir.path().join("ca.key");
+        std::fs::write(&sec1, key.to_sec1_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+        let pkcs8 = read_key(&sec1).unwrap();
+        assert!(pkcs8.starts_with("-----BEGIN PRIVATE KEY-----"));
+
+        let rsa = dir.path().join("rsa.key");
+        std::fs::write(
+            &rsa,
+            "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = read_key(&rsa).unwrap_err().to_string();
+        assert!(err.contains(&rsa.display().to_string()), "{err}");
+        assert!(
+            err.contains("PKCS#1 RSA key; attestd reads PKCS#8: convert it"),
+            "{err}"
+        );
+        assert!(err.contains("openssl pkcs8 -topk8 -nocrypt"), "{err}");
+    }
 }

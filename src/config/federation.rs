@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use super::{SourceFile, Ttl};
+use super::{ListenAddr, SourceFile, Ttl};
 use crate::config::ConfigError;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
@@ -129,7 +129,7 @@ pub(super) struct RawFederation {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBundleEndpoint {
-    listen: Spanned<SocketAddr>,
+    listen: Spanned<ListenAddr>,
     profile: Option<Spanned<String>>,
     cert_file: Option<Spanned<PathBuf>>,
     key_file: Option<Spanned<PathBuf>>,
@@ -379,7 +379,7 @@ impl SourceFile<'_> {
             None => DEFAULT_BUNDLE_ENDPOINT_CONNECTIONS,
         };
         Ok(Some(BundleEndpointConfig {
-            listen: raw.listen.into_inner(),
+            listen: raw.listen.into_inner().0,
             profile,
             refresh_hint: raw.refresh_hint.map_or(DEFAULT_REFRESH_HINT, |hint| hint.0),
             max_connections,

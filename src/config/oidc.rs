@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ConfigError, SourceFile};
+use super::{ConfigError, ListenAddr, SourceFile};
 use crate::authority::JwtIssuer;
 
 /// Default cap on open connections of the OIDC discovery listener.
@@ -43,7 +43,7 @@ pub struct TlsFiles {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOidc {
-    listen: Option<SocketAddr>,
+    listen: Option<ListenAddr>,
     cert_file: Option<Spanned<PathBuf>>,
     key_file: Option<Spanned<PathBuf>>,
     max_connections: Option<Spanned<usize>>,
@@ -103,7 +103,7 @@ impl SourceFile<'_> {
         };
         Ok(Some(OidcConfig {
             issuer: issuer.clone(),
-            listen,
+            listen: listen.0,
             tls,
             max_connections,
         }))

@@ -34,6 +34,12 @@ pub enum ListenerError {
     /// The path exists and is not a socket: refuse to delete it.
     #[error("socket {0}: exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
+    /// The path is a directory: `socket_path` names the socket itself.
+    #[error(
+        "socket {0}: is a directory; socket_path names the socket file itself, e.g. {api}",
+        api = .0.join("api.sock").display()
+    )]
+    IsADirectory(PathBuf),
 }
 
 /// The bound socket; removes its file when dropped.
@@ -143,6 +149,9 @@ fn remove_stale(path: &Path) -> Result<(), ListenerError> {
             });
         }
     };
+    if meta.is_dir() {
+        return Err(ListenerError::IsADirectory(path.to_owned()));
+    }
     if !meta.file_type().is_socket() {
         return Err(ListenerError::NotASocket(path.to_owned()));
     }
@@ -180,5 +189,11 @@ mod tests {
             SocketListener::bind(&dir.path().join("file")),
             Err(ListenerError::NotASocket(_))
         ));
+        let err = SocketListener::bind(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("is a directory; socket_path names the socket file itself, e.g.")
+                && err.ends_with("/api.sock"),
+            "{err}"
+        );
     }
 }

@@ -559,6 +559,11 @@ owner = "platform@example.org"
     let (code, body) = health(&addr, "/live");
     assert_eq!((code, body["status"].as_str()), (200, Some("OK")), "{body}");
     waiting.stop();
+    assert!(
+        waiting.log().contains("No such file or directory (os error 2)"),
+        "the OS's reason is logged, not just \"transport error\": {}",
+        waiting.log()
+    );
 
     // The default -config is helper.conf in the working directory; the
     // single-dash flag works as spiffe-helper spells it.

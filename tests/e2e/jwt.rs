@@ -477,3 +477,59 @@ fn a_raw_token_from_the_cli_feeds_validation() {
     let validated = cli(&["api", "validate", "jwt", "--audience", "svc", "--svid", token]);
     assert!(validated.contains(SUB), "{validated}");
 }
+
+#[test]
+fn a_token_that_is_not_base64url_is_named_so_without_debug_text() {
+    let daemon = Daemon::start(ENTRY);
+    // A real header (our key's kid), so the parts after it are what fails.
+    let minted = std::process::Command::new(crate::harness::attestd_bin())
+        .args([
+            "api",
+            "fetch",
+            "jwt",
+            "--raw",
+            "--audience",
+            "svc",
+            "--socket",
+            &daemon.endpoint(),
+        ])
+        .output()
+        .unwrap();
+    let minted = String::from_utf8(minted.stdout).unwrap();
+    let mut parts = minted.trim().split('.');
+    let (header, claims) = (parts.next().unwrap(), parts.next().unwrap());
+    for (token, expected) in [
+        (
+            format!("{header}.{claims}.!!not-base64!!"),
+            "the claims or signature are not base64url",
+        ),
+        ("!!.b.c".to_owned(), "the header is not base64url"),
+        ("only.two".to_owned(), "not three dot-separated parts"),
+    ] {
+        let output = std::process::Command::new(crate::harness::attestd_bin())
+            .args([
+                "api",
+                "validate",
+                "jwt",
+                "--audience",
+                "svc",
+                "--socket",
+                &daemon.endpoint(),
+                "--svid",
+                &token,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{token}");
+        assert!(stderr.contains(expected), "{token}: {stderr}");
+        assert!(
+            stderr.contains("three base64url parts (header, claims, signature) joined by dots"),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("InvalidByte") && !stderr.contains("Base64("),
+            "{stderr}"
+        );
+    }
+}

@@ -381,4 +381,10 @@ owner = "team@example.org"
             .then_some(log)
     });
     assert!(log.contains("no-such-user-on-this-host"), "{log}");
+    // Times in the log are RFC 3339, never Rust's debug text.
+    assert!(
+        log.contains("created embedded CA") && log.contains("not_after=20"),
+        "{log}"
+    );
+    assert!(!log.contains("SystemTime {"), "{log}");
 }
