@@ -242,7 +242,7 @@ async fn rotations(
                 warm_at = Some(sampler.elapsed());
             }
         }
-        if delivered >= count || (seen > count) {
+        if delivered >= count || seen > count {
             return Ok(warm_at);
         }
         anyhow::ensure!(sampler.alive(), "attestd is no longer running");
