@@ -123,6 +123,18 @@ cargo check --quiet --manifest-path fuzz/Cargo.toml
 # against an older revision) is run by hand: see benches/README.md.
 step "benchmark harness, short mode (cargo bench --bench workload_api -- --quick)"
 cargo bench --quiet --bench workload_api -- --quick
+
+# Soak, short mode (issue 14, item 2): streams held through rotations, then
+# beside clients that stop reading; and 90 s of mixed load (fetches, JWTs,
+# streams opening and closing, policy edits). Each fails on a missed or late
+# push, descriptor growth or attestd's death, never on timing or memory
+# figures; the 10,000-stream soak and the one-hour mixed run are run by
+# hand (benches/README.md, "Soak").
+step "soak, short mode (cargo bench --bench workload_api -- --mode soak --quick)"
+cargo bench --quiet --bench workload_api -- --mode soak --quick
+step "mixed load, short mode (cargo bench --bench workload_api -- --mode mixed --quick)"
+cargo bench --quiet --bench workload_api -- --mode mixed --quick
+
 step "micro-benchmarks, short mode (cargo bench --bench micro -- --max-time 0.5)"
 cargo bench --quiet --bench micro -- --max-time 0.5
 step "policy decision benchmark, short mode (cargo bench --bench authz -- --quick)"

@@ -18,8 +18,14 @@ pub enum Mode {
     /// Many open FetchX509SVID streams: server memory per stream, and
     /// whether every stream gets the rotation push.
     Streams,
-    /// Every mode above, in that order.
+    /// Every mode above, in that order (not the soak modes below).
     All,
+    /// Streams held through many rotations: every push on time, memory
+    /// and descriptors flat; then stalled clients beside them.
+    Soak,
+    /// Mixed load for `--duration`: fetches, JWTs, streams opening and
+    /// closing, policy edits, beside streams held throughout.
+    Mixed,
 }
 
 impl Mode {
@@ -39,6 +45,8 @@ impl Mode {
             Self::Jwt => "jwt",
             Self::Streams => "streams",
             Self::All => "all",
+            Self::Soak => "soak",
+            Self::Mixed => "mixed",
         }
     }
 }
@@ -77,18 +85,38 @@ pub struct Args {
     /// streams: attestd needs two per connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub streams_per_connection: u16,
-    /// streams: the X.509-SVID lifetime of the entry attestd serves (at
-    /// least 5s); attestd renews at about half of it and pushes to every
-    /// stream.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub x509_ttl: Duration,
+    /// streams, soak, mixed: the X.509-SVID lifetime of the entry attestd
+    /// serves (at least 5s; default 5s for streams, 20s for soak, 30s for
+    /// mixed, 10s for a short soak or mixed run); attestd renews at about
+    /// half of it and pushes to every stream.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub x509_ttl: Option<Duration>,
+    /// soak: rotations every stream must get, all of them reading.
+    #[arg(long, default_value_t = 10)]
+    pub rotations: usize,
+    /// soak: streams held by clients that stop reading (16 per connection),
+    /// opened after the rotations above; 0 skips that phase.
+    #[arg(long, default_value_t = 1024)]
+    pub stalled: usize,
+    /// soak: rotations measured with the stalled clients open (enough for
+    /// their socket buffers to fill: about 1 KiB per message, 16 streams
+    /// per connection).
+    #[arg(long, default_value_t = 20)]
+    pub stalled_rotations: usize,
+    /// mixed: how long the load runs.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
     /// streams: how long, once every stream is open, each may take to get a
     /// message after its first (default: the TTL plus 10s). Set it for an
     /// external server whose SVIDs live longer.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub push_deadline: Option<Duration>,
-    /// A short run (3 rounds, 60 calls, 0.2 s, 500 streams): checks the
-    /// harness works, for the test command; its figures are noisy.
+    /// A short run (3 rounds, 60 calls, 0.2 s, 500 streams; soak: 3
+    /// rotations, then 2 beside 64 stalled streams; mixed: 90 s; SVIDs
+    /// living 10s): checks the harness
+    /// works, for the test command; its figures are noisy, and the soak
+    /// modes then fail on missed or late pushes, descriptor growth or a
+    /// crash, never on memory.
     #[arg(long)]
     pub quick: bool,
     /// Another attestd binary to measure beside this checkout's, as
@@ -165,12 +193,29 @@ pub struct Plan {
     pub streams_per_connection: usize,
     pub x509_ttl: Duration,
     pub push_deadline: Duration,
+    /// soak: rotations with every client reading, then with stalled ones.
+    pub rotations: usize,
+    pub stalled: usize,
+    pub stalled_rotations: usize,
+    /// mixed: how long the load runs.
+    pub duration: Duration,
+    /// A short soak (`--quick` or under `cargo test`): memory drift is
+    /// reported, never a failure.
+    pub short: bool,
 }
 
 impl Plan {
     /// The plan `args` ask for: as given under `cargo bench`, shortened by
     /// `--quick`, and tiny under `cargo test`.
     pub fn new(args: &Args) -> Self {
+        let x509_ttl = args
+            .x509_ttl
+            .unwrap_or(match (args.mode, args.quick || !args.bench) {
+                (Mode::Soak | Mode::Mixed, true) => Duration::from_secs(10),
+                (Mode::Soak, false) => Duration::from_secs(20),
+                (Mode::Mixed, false) => Duration::from_secs(30),
+                _ => Duration::from_secs(5),
+            });
         let full = Self {
             modes: args.mode.expand(),
             rounds: args.rounds.max(1),
@@ -180,10 +225,13 @@ impl Plan {
             one_connection: args.one_connection,
             streams: args.streams.max(1),
             streams_per_connection: usize::from(args.streams_per_connection),
-            x509_ttl: args.x509_ttl,
-            push_deadline: args
-                .push_deadline
-                .unwrap_or(args.x509_ttl + Duration::from_secs(10)),
+            x509_ttl,
+            push_deadline: args.push_deadline.unwrap_or(x509_ttl + Duration::from_secs(10)),
+            rotations: args.rotations.max(1),
+            stalled: args.stalled,
+            stalled_rotations: args.stalled_rotations.max(1),
+            duration: args.duration,
+            short: !args.bench || args.quick,
         };
         match (args.bench, args.quick) {
             (false, _) => Self {
@@ -192,6 +240,10 @@ impl Plan {
                 window: Duration::from_millis(50),
                 clients: full.clients.min(4),
                 streams: 20,
+                rotations: 2,
+                stalled: full.stalled.min(16),
+                stalled_rotations: 1,
+                duration: full.duration.min(Duration::from_secs(20)),
                 ..full
             },
             (true, true) => Self {
@@ -199,6 +251,10 @@ impl Plan {
                 calls: 60,
                 window: Duration::from_millis(200),
                 streams: 500,
+                rotations: full.rotations.min(3),
+                stalled: full.stalled.min(64),
+                stalled_rotations: full.stalled_rotations.min(2),
+                duration: full.duration.min(Duration::from_secs(90)),
                 ..full
             },
             (true, false) => full,

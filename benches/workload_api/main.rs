@@ -8,7 +8,9 @@
 //! - `same-conn`: FetchX509SVID's first message on open connections;
 //! - `jwt`: FetchJWTSVID on open connections;
 //! - `streams`: many open FetchX509SVID streams: server memory per stream,
-//!   and whether each gets the rotation push.
+//!   and whether each gets the rotation push;
+//! - `soak` and `mixed` (not part of `all`): attestd over time, see
+//!   [`soak`].
 //!
 //! The request modes measure, per round, latency (p50/p90/p99, one client)
 //! and throughput (`--clients` clients for a fixed window). Targets are
@@ -43,6 +45,7 @@ mod floor;
 mod load;
 mod procfs;
 mod report;
+mod soak;
 mod stats;
 mod streams;
 mod targets;
@@ -66,6 +69,8 @@ fn main() -> anyhow::Result<()> {
     for mode in plan.modes.clone() {
         match mode {
             Mode::Streams => run_streams(&args, &mut plan, &runtime)?,
+            Mode::Soak => soak::run(&plan, &runtime)?,
+            Mode::Mixed => soak::mixed::run(&plan, &runtime)?,
             mode => run_requests(mode, &args, &plan, &runtime)?,
         }
     }

@@ -70,3 +70,13 @@ pub fn own_cpu_time() -> anyhow::Result<Duration> {
     };
     Ok(duration(usage.user_time()) + duration(usage.system_time()))
 }
+
+/// The state letter of process `pid` (`R`, `S`, `Z`...), from
+/// `/proc/<pid>/stat`.
+pub fn state(pid: i32) -> anyhow::Result<char> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .with_context(|| format!("{path}: no state"))
+}

@@ -26,7 +26,7 @@ use crate::procfs;
 use crate::targets::{Kind, Target};
 
 /// Connections being opened at once.
-const OPENING_AT_ONCE: usize = 32;
+pub const OPENING_AT_ONCE: usize = 32;
 /// Let the server finish what opening set off before reading its memory.
 const SETTLE: Duration = Duration::from_millis(500);
 
@@ -99,7 +99,7 @@ async fn hold(target: &Target, plan: &Plan) -> anyhow::Result<Held> {
         match result {
             Ok((connection, streams)) => {
                 opened += streams.len();
-                for stream in streams {
+                for (stream, _first) in streams {
                     holders.spawn(watch(connection.clone(), stream, Arc::clone(&counts)));
                 }
             }
@@ -172,10 +172,18 @@ async fn await_pushes(
     })
 }
 
+/// A stream open on a connection, and the first message it got.
+pub type Opened = (Streaming<X509svidResponse>, X509svidResponse);
+
 /// A new connection with `streams` FetchX509SVID streams on it, each of
 /// which has had its first message.
-async fn open(socket: &Path, streams: usize) -> anyhow::Result<(Client, Vec<Streaming<X509svidResponse>>)> {
-    let connection = client::connect(socket).await?;
+pub async fn open(socket: &Path, streams: usize) -> anyhow::Result<(Client, Vec<Opened>)> {
+    open_on(client::connect(socket).await?, streams).await
+}
+
+/// `streams` FetchX509SVID streams on `connection`, each with its first
+/// message.
+pub async fn open_on(connection: Client, streams: usize) -> anyhow::Result<(Client, Vec<Opened>)> {
     let opening = (0..streams).map(|_| {
         let mut connection = connection.clone();
         async move {
@@ -185,7 +193,7 @@ async fn open(socket: &Path, streams: usize) -> anyhow::Result<(Client, Vec<Stre
                 .await?
                 .context("the stream ended before its first message")?;
             anyhow::ensure!(!first.svids.is_empty(), "a first message without an SVID");
-            Ok(stream)
+            Ok((stream, first))
         }
     });
     let streams = futures::future::try_join_all(opening).await?;

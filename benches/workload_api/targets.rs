@@ -74,6 +74,32 @@ pub enum Setup {
     /// generator's own thousands of sockets would make that scan the
     /// figure.
     Streams { connections: usize, x509_ttl: Duration },
+    /// As `Streams`, plus an `entries_dir` (`entries.d` beside the config)
+    /// whose files the soak modes edit while attestd runs.
+    Soak { connections: usize, x509_ttl: Duration },
+}
+
+/// The entries directory of an attestd started with [`Setup::Soak`] in
+/// `dir` (by [`start_alone`]).
+pub fn entries_dir(dir: &Path) -> PathBuf {
+    dir.join("attestd").join("entries.d")
+}
+
+/// This checkout's attestd alone, with the uid policy: the soak modes
+/// measure it over time, not beside a floor.
+pub fn start_alone(dir: &Path, setup: Setup) -> anyhow::Result<Target> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_attestd"));
+    if matches!(setup, Setup::Soak { .. }) {
+        std::fs::create_dir_all(entries_dir(dir))?;
+    }
+    start_attestd(
+        dir,
+        "attestd",
+        &binary,
+        &format!("selectors = [\"unix:uid:{uid}\"]"),
+        setup,
+    )
 }
 
 /// Starts every target for one mode: attestd (each build, each policy),
@@ -169,6 +195,10 @@ fn attestd_config(home: &Path, socket: &Path, selectors: &str, setup: Setup) -> 
         Setup::Streams {
             connections,
             x509_ttl,
+        }
+        | Setup::Soak {
+            connections,
+            x509_ttl,
         } => (
             format!(
                 "[limits]\nmax_connections = {max}\nmax_connections_per_uid = {max}\n\
@@ -178,11 +208,15 @@ fn attestd_config(home: &Path, socket: &Path, selectors: &str, setup: Setup) -> 
             format!("x509_ttl = \"{}\"\n", humantime::format_duration(x509_ttl)),
         ),
     };
+    let entries = match setup {
+        Setup::Soak { .. } => format!("entries_dir = \"{}\"\n", home.join("entries.d").display()),
+        _ => String::new(),
+    };
     format!(
         r#"trust_domain = "bench.example"
 socket_path = "{socket}"
 data_dir = "{data}"
-
+{entries}
 {limits}
 [[entry]]
 spiffe_id = "spiffe://bench.example/agent"
