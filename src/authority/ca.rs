@@ -52,6 +52,7 @@ impl CaSet {
     /// Loads `<data_dir>/ca.json`, if there is one.
     pub fn load(trust_domain: &TrustDomain, data_dir: &Path, ttl: Duration) -> Result<Self, AuthorityError> {
         let path = data_dir.join(CA_FILE);
+        atomic_file::remove_leftovers(&path);
         let cas = match std::fs::read_to_string(&path) {
             Ok(text) => parse(&path, &text, trust_domain)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),

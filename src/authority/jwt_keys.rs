@@ -112,6 +112,7 @@ impl KeySet {
     /// may be empty until [`Self::advance`] runs.
     pub fn load(data_dir: &Path, ttl: Duration) -> Result<Self, AuthorityError> {
         let path = data_dir.join(KEYS_FILE);
+        atomic_file::remove_leftovers(&path);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -133,15 +134,19 @@ impl KeySet {
             let pkcs8 = base64::engine::general_purpose::STANDARD
                 .decode(&key.pkcs8)
                 .map_err(|e| invalid(format!("key {}: {e}", key.kid)))?;
-            keys.push(JwtKey::from_parts(
-                key.kid,
-                Lifetime {
-                    created: from_unix_seconds(key.created),
-                    activate_at: from_unix_seconds(key.activate_at),
-                    not_after: from_unix_seconds(key.not_after),
-                },
-                pkcs8,
-            )?);
+            keys.push(
+                JwtKey::from_parts(
+                    key.kid,
+                    Lifetime {
+                        created: from_unix_seconds(key.created),
+                        activate_at: from_unix_seconds(key.activate_at),
+                        not_after: from_unix_seconds(key.not_after),
+                    },
+                    pkcs8,
+                )
+                // The operator must learn which file holds the broken key.
+                .map_err(|e| invalid(format!("{e} (not a P-256 key in PKCS#8)")))?,
+            );
         }
         Ok(Self {
             path,
