@@ -53,6 +53,8 @@ pub struct Counts {
     pub jwt_svids: u64,
     pub stream_messages: u64,
     pub held_bundle_checks: u64,
+    /// JWT-SVIDs expired before their bundle arrived (not checked).
+    pub expired_before_check: u64,
     pub policy_edits: u64,
     /// Calls refused or cut off (attestd down or being killed).
     pub client_errors: u64,
@@ -263,6 +265,17 @@ fn check_against(observed: &mut Observed, context: &X509Context, roots: &[Vec<u8
 }
 
 fn check_jwt(observed: &mut Observed, token: &str, bundles: &JwtBundleSet, what: &str) {
+    // The client's channel reconnects by itself: the bundle may come from
+    // the next attestd, after a kill, when the token has expired (its
+    // validation then fails for that alone).
+    let now = attestd::wall_clock::unix_seconds(std::time::SystemTime::now());
+    if claim(token, "exp")
+        .and_then(|exp| exp.as_u64())
+        .is_some_and(|exp| exp <= now)
+    {
+        observed.counts.expired_before_check += 1;
+        return;
+    }
     if let Err(error) = spiffe::JwtSvid::parse_and_validate(token, bundles, &[AUDIENCE]) {
         observed.failures.push(format!(
             "{what}: JWT-SVID {} does not validate: {error}",
@@ -307,14 +320,19 @@ pub fn serial(der: &[u8]) -> String {
     }
 }
 
-/// A token's `jti`, read without verification (it was verified above).
+/// A token's `jti`, read without verification (it is verified apart).
 fn jti(token: &str) -> Option<String> {
+    claim(token, "jti")?.as_str().map(str::to_owned)
+}
+
+/// A claim of a token, read without verification.
+fn claim(token: &str, name: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)
         .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
-    claims["jti"].as_str().map(str::to_owned)
+    let mut claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    Some(claims[name].take())
 }
 
 /// Takes what the clients saw so far (the failures are moved out).

@@ -112,7 +112,7 @@ hint = "main"
                 rotated.push((n, entry.path()));
             }
         }
-        rotated.sort_by(|a, b| b.0.cmp(&a.0));
+        rotated.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
         let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, path)| path).collect();
         if live.exists() {
             files.push(live);

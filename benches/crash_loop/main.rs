@@ -242,7 +242,8 @@ fn report(tally: &Tally, shared: &Shared, audit: &AuditReader, state: &StateChec
     let (counts, _) = clients::with(shared, |o| (o.counts.clone(), ()));
     println!(
         "[{:>6.0} s] kills {} survived {}; X.509-SVIDs {} JWT-SVIDs {} stream messages {} \
-         held-bundle checks {} policy edits {} refused calls {}; audit records {} (torn tails cut {}), \
+         held-bundle checks {} (JWTs expired before their bundle came {}) policy edits {} \
+         refused calls {}; audit records {} (torn tails cut {}), \
          chain verifications {}; leftover temp files {}",
         began.elapsed().as_secs_f64(),
         tally.kills,
@@ -251,6 +252,7 @@ fn report(tally: &Tally, shared: &Shared, audit: &AuditReader, state: &StateChec
         counts.jwt_svids,
         counts.stream_messages,
         counts.held_bundle_checks,
+        counts.expired_before_check,
         counts.policy_edits,
         counts.client_errors,
         audit.records,
