@@ -35,6 +35,27 @@ pub fn symlink(target: &Path, link: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Removes the temporary files [`write`] leaves next to `path` when the
+/// process is killed between creating one and renaming it (the crash loop
+/// saw a few per thousand SIGKILLs). Nothing ever reads them, but they
+/// would pile up, secrets among them. Call before the first write, while
+/// no write of this process is under way; failures are left to the write.
+pub fn remove_leftovers(path: &Path) {
+    let Ok((dir, temp_prefix)) = split(path) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&temp_prefix) && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// The directory holding `path` and a hidden prefix for temporary files
 /// next to it.
 fn split(path: &Path) -> io::Result<(&Path, String)> {
@@ -87,6 +108,22 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_write_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.json");
+        write(&path, b"ca", 0o600).unwrap();
+        std::fs::write(dir.path().join(".ca.json.x1Yz.tmp"), b"half").unwrap();
+        std::fs::write(dir.path().join(".bundle.json.x1Yz.tmp"), b"other").unwrap();
+        remove_leftovers(&path);
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [".bundle.json.x1Yz.tmp", "ca.json"]);
     }
 
     #[test]

@@ -191,9 +191,7 @@ impl Authority {
     ) -> Result<Self, AuthorityError> {
         create_data_dir(data_dir)?;
         let mut set = CaSet::load(&trust_domain, data_dir, ca_ttl)?;
-        if set.advance(SystemTime::now())? {
-            set.save()?;
-        }
+        set.advance(SystemTime::now())?;
         Self::with_signer(trust_domain, data_dir, Signer::Embedded(set), jwt)
     }
 
@@ -361,18 +359,15 @@ impl Authority {
         }
     }
 
-    /// Advances the embedded schedule; a change is saved and published
-    /// (before the new root can sign: the caller holds the lock). A root in
-    /// use must be in the bundle even if saving fails, so that failure is
-    /// logged, not returned, as for the JWT keys.
+    /// Advances the embedded schedule; a change is saved, then published
+    /// (before the new root can sign: the caller holds the lock). A change
+    /// that cannot be saved is not made and the error is returned: the
+    /// current root keeps signing, and the caller retries (a root used but
+    /// never saved would be forgotten by a restart while relying parties
+    /// trust it: a split bundle).
     fn advance_embedded(&self, set: &mut CaSet, now: SystemTime) -> Result<(), AuthorityError> {
         if !set.advance(now)? {
             return Ok(());
-        }
-        if let Err(error) = set.save() {
-            // The root still works; a restart would lose it, and with it
-            // the bundle relying parties hold.
-            tracing::error!(%error, "cannot save the embedded CA");
         }
         let roots = set.roots();
         tracing::info!(roots = roots.len(), "X.509 trust bundle changed");

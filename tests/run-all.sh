@@ -135,6 +135,13 @@ cargo bench --quiet --bench workload_api -- --mode soak --quick
 step "mixed load, short mode (cargo bench --bench workload_api -- --mode mixed --quick)"
 cargo bench --quiet --bench workload_api -- --mode mixed --quick
 
+# Crash loop (issue 14, benches/crash_loop): the release attestd under load,
+# SIGKILLed at random moments and restarted; fails on a lost audit record, a
+# corrupt file in data_dir, an SVID that does not verify against the bundle
+# its client held, a broken audit chain or a restart that does not serve.
+# The 1,000-kill run is made by hand (README, Reliability).
+step "crash loop, short mode (cargo bench --bench crash_loop -- --seconds 90)"
+cargo bench --quiet --bench crash_loop -- --seconds 90
 step "micro-benchmarks, short mode (cargo bench --bench micro -- --max-time 0.5)"
 cargo bench --quiet --bench micro -- --max-time 0.5
 step "policy decision benchmark, short mode (cargo bench --bench authz -- --quick)"

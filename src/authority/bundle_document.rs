@@ -224,6 +224,7 @@ pub fn maintain_bundle_file(
     mut documents: watch::Receiver<Arc<BundleDocument>>,
     path: PathBuf,
 ) -> impl Future<Output = ()> {
+    atomic_file::remove_leftovers(&path);
     let write = move |document: &BundleDocument| {
         if let Err(error) = atomic_file::write(&path, document.to_json().as_bytes(), 0o644) {
             tracing::error!(path = %path.display(), %error, "cannot write the bundle document");

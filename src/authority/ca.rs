@@ -52,6 +52,7 @@ impl CaSet {
     /// Loads `<data_dir>/ca.json`, if there is one.
     pub fn load(trust_domain: &TrustDomain, data_dir: &Path, ttl: Duration) -> Result<Self, AuthorityError> {
         let path = data_dir.join(CA_FILE);
+        atomic_file::remove_leftovers(&path);
         let cas = match std::fs::read_to_string(&path) {
             Ok(text) => parse(&path, &text, trust_domain)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -64,12 +65,18 @@ impl CaSet {
         })
     }
 
-    /// Brings the schedule up to `now`; returns whether the bundle changed.
+    /// Brings the schedule up to `now`, saving a changed set to its file
+    /// (0600, atomically) before using it; returns whether the bundle
+    /// changed. If the file cannot be written nothing changes (see
+    /// [`Rotation::advance`]).
     pub fn advance(&mut self, now: SystemTime) -> Result<bool, AuthorityError> {
         let trust_domain = self.trust_domain.clone();
         let path = self.path.clone();
-        self.rotation
-            .advance(now, |slot| create(&path, &trust_domain, slot))
+        self.rotation.advance(
+            now,
+            |slot| create(&path, &trust_domain, slot),
+            |cas| save(&path, cas),
+        )
     }
 
     /// The root that signs at `now`.
@@ -90,29 +97,27 @@ impl CaSet {
             .map(|ca| ca.cert_der().to_vec())
             .collect()
     }
+}
 
-    /// Writes the set to its file (0600, atomically).
-    pub fn save(&self) -> Result<(), AuthorityError> {
-        let stored = StoredSet {
-            cas: self
-                .rotation
-                .published()
-                .iter()
-                .map(|ca| StoredCa {
-                    created: unix_seconds(ca.lifetime().created),
-                    activate_at: unix_seconds(ca.lifetime().activate_at),
-                    certificate: pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert_der().to_vec())),
-                    private_key: ca.key_pem().to_owned(),
-                })
-                .collect(),
-        };
-        // Strings and integers only: serialization cannot fail.
-        let json = serde_json::to_vec_pretty(&stored).unwrap_or_default();
-        atomic_file::write(&self.path, &json, 0o600).map_err(|source| AuthorityError::Io {
-            path: self.path.clone(),
-            source,
-        })
-    }
+/// Writes `cas` to `path` (0600, atomically).
+fn save(path: &Path, cas: &[&SigningCa]) -> Result<(), AuthorityError> {
+    let stored = StoredSet {
+        cas: cas
+            .iter()
+            .map(|ca| StoredCa {
+                created: unix_seconds(ca.lifetime().created),
+                activate_at: unix_seconds(ca.lifetime().activate_at),
+                certificate: pem::encode(&pem::Pem::new("CERTIFICATE", ca.cert_der().to_vec())),
+                private_key: ca.key_pem().to_owned(),
+            })
+            .collect(),
+    };
+    // Strings and integers only: serialization cannot fail.
+    let json = serde_json::to_vec_pretty(&stored).unwrap_or_default();
+    atomic_file::write(path, &json, 0o600).map_err(|source| AuthorityError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn create(path: &Path, trust_domain: &TrustDomain, slot: Slot) -> Result<SigningCa, AuthorityError> {
@@ -188,7 +193,6 @@ mod tests {
         let now = SystemTime::now();
         let mut first = CaSet::load(&td("example.org"), &data, HOUR).unwrap();
         assert!(first.advance(now).unwrap());
-        first.save().unwrap();
         let mut second = CaSet::load(&td("example.org"), &data, HOUR).unwrap();
         assert!(!second.advance(now).unwrap(), "a restart changes nothing");
         assert_eq!(first.roots(), second.roots());
@@ -205,7 +209,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut set = CaSet::load(&td("example.org"), dir.path(), HOUR).unwrap();
         set.advance(SystemTime::now()).unwrap();
-        set.save().unwrap();
         let err = CaSet::load(&td("other.org"), dir.path(), HOUR).unwrap_err();
         assert!(err.to_string().contains("another trust domain"), "{err}");
         std::fs::write(dir.path().join(CA_FILE), "garbage").unwrap();

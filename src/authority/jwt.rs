@@ -172,9 +172,7 @@ impl JwtAuthority {
         issuer: Option<JwtIssuer>,
     ) -> Result<Self, AuthorityError> {
         super::jwt_crypto::install();
-        if keys.advance(SystemTime::now())? {
-            keys.save()?;
-        }
+        keys.advance(SystemTime::now())?;
         let bundle = watch::Sender::new(Arc::new(bundle_of(&keys)));
         Ok(Self {
             trust_domain,
@@ -357,16 +355,12 @@ impl JwtAuthority {
         }
     }
 
-    /// Advances the schedule; on a change saves the keys and publishes the
-    /// bundle (before any new key can sign: callers hold the lock).
+    /// Advances the schedule; a change is saved, then the bundle published
+    /// (before any new key can sign: callers hold the lock). A change that
+    /// cannot be saved is not made: the current key keeps signing.
     fn refresh_locked(&self, keys: &mut KeySet, now: SystemTime) -> Result<(), AuthorityError> {
         if !keys.advance(now)? {
             return Ok(());
-        }
-        if let Err(error) = keys.save() {
-            // The keys still work; a restart would lose the new one and with
-            // it the tokens it signed.
-            tracing::error!(%error, "cannot save JWT keys");
         }
         let bundle = bundle_of(keys);
         tracing::info!(keys = ?bundle.keys().iter().filter_map(|k| k.common.key_id.as_deref()).collect::<Vec<_>>(), "JWT bundle changed");

@@ -112,6 +112,7 @@ impl KeySet {
     /// may be empty until [`Self::advance`] runs.
     pub fn load(data_dir: &Path, ttl: Duration) -> Result<Self, AuthorityError> {
         let path = data_dir.join(KEYS_FILE);
+        atomic_file::remove_leftovers(&path);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -133,15 +134,19 @@ impl KeySet {
             let pkcs8 = base64::engine::general_purpose::STANDARD
                 .decode(&key.pkcs8)
                 .map_err(|e| invalid(format!("key {}: {e}", key.kid)))?;
-            keys.push(JwtKey::from_parts(
-                key.kid,
-                Lifetime {
-                    created: from_unix_seconds(key.created),
-                    activate_at: from_unix_seconds(key.activate_at),
-                    not_after: from_unix_seconds(key.not_after),
-                },
-                pkcs8,
-            )?);
+            keys.push(
+                JwtKey::from_parts(
+                    key.kid,
+                    Lifetime {
+                        created: from_unix_seconds(key.created),
+                        activate_at: from_unix_seconds(key.activate_at),
+                        not_after: from_unix_seconds(key.not_after),
+                    },
+                    pkcs8,
+                )
+                // The operator must learn which file holds the broken key.
+                .map_err(|e| invalid(format!("{e} (not a P-256 key in PKCS#8)")))?,
+            );
         }
         Ok(Self {
             path,
@@ -149,10 +154,14 @@ impl KeySet {
         })
     }
 
-    /// Brings the set up to `now` (see [`Rotation::advance`]); returns
-    /// whether the published keys changed.
+    /// Brings the set up to `now`, saving a changed set to its file (0600,
+    /// atomically) before using it (see [`Rotation::advance`]); returns
+    /// whether the published keys changed. If the file cannot be written
+    /// nothing changes.
     pub fn advance(&mut self, now: SystemTime) -> Result<bool, AuthorityError> {
-        self.rotation.advance(now, JwtKey::generate)
+        let path = self.path.clone();
+        self.rotation
+            .advance(now, JwtKey::generate, |keys| save(&path, keys))
     }
 
     /// The key that signs at `now`.
@@ -169,30 +178,29 @@ impl KeySet {
     pub fn published(&self) -> &[JwtKey] {
         self.rotation.published()
     }
+}
 
-    /// Writes the set to its file (0600, atomically).
-    pub fn save(&self) -> Result<(), AuthorityError> {
-        use base64::Engine as _;
-        let stored = StoredKeys {
-            keys: self
-                .published()
-                .iter()
-                .map(|key| StoredKey {
-                    kid: key.kid.clone(),
-                    created: unix_seconds(key.lifetime.created),
-                    activate_at: unix_seconds(key.lifetime.activate_at),
-                    not_after: unix_seconds(key.lifetime.not_after),
-                    pkcs8: base64::engine::general_purpose::STANDARD.encode(&key.pkcs8),
-                })
-                .collect(),
-        };
-        // Plain strings and integers: serialization cannot fail.
-        let json = serde_json::to_vec_pretty(&stored).unwrap_or_default();
-        atomic_file::write(&self.path, &json, 0o600).map_err(|source| AuthorityError::Io {
-            path: self.path.clone(),
-            source,
-        })
-    }
+/// Writes `keys` to `path` (0600, atomically).
+fn save(path: &Path, keys: &[&JwtKey]) -> Result<(), AuthorityError> {
+    use base64::Engine as _;
+    let stored = StoredKeys {
+        keys: keys
+            .iter()
+            .map(|key| StoredKey {
+                kid: key.kid.clone(),
+                created: unix_seconds(key.lifetime.created),
+                activate_at: unix_seconds(key.lifetime.activate_at),
+                not_after: unix_seconds(key.lifetime.not_after),
+                pkcs8: base64::engine::general_purpose::STANDARD.encode(&key.pkcs8),
+            })
+            .collect(),
+    };
+    // Plain strings and integers: serialization cannot fail.
+    let json = serde_json::to_vec_pretty(&stored).unwrap_or_default();
+    atomic_file::write(path, &json, 0o600).map_err(|source| AuthorityError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -207,7 +215,6 @@ mod tests {
         let mut set = KeySet::load(dir.path(), TTL).unwrap();
         let now = SystemTime::now();
         set.advance(now).unwrap();
-        set.save().unwrap();
         let reloaded = KeySet::load(dir.path(), TTL).unwrap();
         assert_eq!(reloaded.signing(now).unwrap().kid, set.signing(now).unwrap().kid);
         assert_eq!(reloaded.published()[0].jwk, set.published()[0].jwk);

@@ -60,15 +60,36 @@ impl<K: Scheduled> Rotation<K> {
     /// Brings the schedule up to `now`: drops expired credentials and makes
     /// the next one when it is due (or a first, immediately signing one).
     /// Returns whether the published set changed.
+    ///
+    /// The new set is handed to `save` before it replaces the current one:
+    /// if saving fails, nothing changes and the error is returned. A
+    /// credential that is not on disk is never published or used, since a
+    /// restart would forget it while relying parties hold it and SVIDs it
+    /// signed are in use (a split bundle); the current one keeps signing,
+    /// and the caller retries.
     pub fn advance<E>(
         &mut self,
         now: SystemTime,
         make: impl FnOnce(Slot) -> Result<K, E>,
+        save: impl FnOnce(&[&K]) -> Result<(), E>,
     ) -> Result<bool, E> {
-        let before = self.items.len();
-        self.items.retain(|item| item.lifetime().not_after > now);
-        let mut changed = self.items.len() != before;
-        let slot = if self.signing(now).is_none() {
+        let alive = |item: &K| item.lifetime().not_after > now;
+        let expired = self.items.iter().any(|item| !alive(item));
+        let slot = self.due(now);
+        if slot.is_none() && !expired {
+            return Ok(false);
+        }
+        let new = slot.map(make).transpose()?;
+        let next: Vec<&K> = self.items.iter().filter(|item| alive(item)).chain(&new).collect();
+        save(&next)?;
+        self.items.retain(alive);
+        self.items.extend(new);
+        Ok(true)
+    }
+
+    /// The slot of the credential to make at `now`, if one is due.
+    fn due(&self, now: SystemTime) -> Option<Slot> {
+        if self.signing(now).is_none() {
             Some(Slot {
                 created: now,
                 activate_at: now,
@@ -82,12 +103,7 @@ impl<K: Scheduled> Rotation<K> {
             })
         } else {
             None
-        };
-        if let Some(slot) = slot {
-            self.items.push(make(slot)?);
-            changed = true;
         }
-        Ok(changed)
     }
 
     fn successor_due(&self, now: SystemTime) -> bool {
@@ -100,13 +116,22 @@ impl<K: Scheduled> Rotation<K> {
     }
 
     /// The credential that signs at `now`: the most recently activated
-    /// live one.
+    /// live one; if none is active yet, the live one due first. That
+    /// happens when a successor was made late (attestd was down, or the
+    /// host suspended, past the moment it was due) and its predecessor
+    /// expires before it activates: the successor has been published for
+    /// a while, a fresh credential made then would not have been published
+    /// at all.
     pub fn signing(&self, now: SystemTime) -> Option<&K> {
-        self.items
+        let live = self
+            .items
             .iter()
             .map(|item| (item, item.lifetime()))
-            .filter(|(_, lifetime)| lifetime.activate_at <= now && lifetime.not_after > now)
+            .filter(|(_, lifetime)| lifetime.not_after > now);
+        live.clone()
+            .filter(|(_, lifetime)| lifetime.activate_at <= now)
             .max_by_key(|(_, lifetime)| lifetime.activate_at)
+            .or_else(|| live.min_by_key(|(_, lifetime)| lifetime.activate_at))
             .map(|(item, _)| item)
     }
 
@@ -159,14 +184,15 @@ mod tests {
             next += 1;
             Ok(Cred(next, slot))
         };
+        let save = |_: &[&Cred]| Ok(());
         let mut rotation = Rotation::new(TTL, Vec::new());
-        assert!(rotation.advance(at(0), &mut make).unwrap());
+        assert!(rotation.advance(at(0), &mut make, save).unwrap());
         assert_eq!(rotation.signing(at(0)).unwrap().0, 1, "the first signs at once");
         assert_eq!(rotation.next_change(), at(50));
 
-        assert!(!rotation.advance(at(49), &mut make).unwrap());
+        assert!(!rotation.advance(at(49), &mut make, save).unwrap());
         assert!(
-            rotation.advance(at(50), &mut make).unwrap(),
+            rotation.advance(at(50), &mut make, save).unwrap(),
             "successor published at half-life"
         );
         assert_eq!(rotation.published().len(), 2);
@@ -182,7 +208,7 @@ mod tests {
         );
 
         assert_eq!(rotation.next_change(), at(100));
-        assert!(rotation.advance(at(100), &mut make).unwrap());
+        assert!(rotation.advance(at(100), &mut make, save).unwrap());
         let live: Vec<u32> = rotation.published().iter().map(|c| c.0).collect();
         assert_eq!(
             live,
@@ -195,12 +221,48 @@ mod tests {
     fn after_a_long_outage_a_fresh_credential_signs_at_once() {
         let mut rotation = Rotation::new(TTL, Vec::new());
         rotation
-            .advance(at(0), |slot| Ok::<_, ()>(Cred(1, slot)))
+            .advance(at(0), |slot| Ok::<_, ()>(Cred(1, slot)), |_| Ok(()))
             .unwrap();
         rotation
-            .advance(at(500), |slot| Ok::<_, ()>(Cred(2, slot)))
+            .advance(at(500), |slot| Ok::<_, ()>(Cred(2, slot)), |_| Ok(()))
             .unwrap();
         assert_eq!(rotation.published().len(), 1);
         assert_eq!(rotation.signing(at(500)).unwrap().0, 2);
+    }
+
+    #[test]
+    fn a_late_successor_signs_when_its_predecessor_expires_before_it_activates() {
+        let ok = |_: &[&Cred]| Ok::<_, ()>(());
+        let mut rotation = Rotation::new(TTL, Vec::new());
+        rotation.advance(at(0), |slot| Ok(Cred(1, slot)), ok).unwrap();
+        // Down from before the successor was due (50) until 90: it is made
+        // then, to activate at 115, after the first expires (100).
+        assert!(rotation.advance(at(90), |slot| Ok(Cred(2, slot)), ok).unwrap());
+        assert_eq!(rotation.signing(at(99)).unwrap().0, 1);
+        // At 100 the published successor signs; no unpublished third is made.
+        assert!(rotation.advance(at(100), |slot| Ok(Cred(3, slot)), ok).unwrap());
+        let live: Vec<u32> = rotation.published().iter().map(|c| c.0).collect();
+        assert_eq!(live, [2]);
+        assert_eq!(rotation.signing(at(100)).unwrap().0, 2);
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_saved_is_not_made() {
+        let mut rotation = Rotation::new(TTL, Vec::new());
+        let ok = |_: &[&Cred]| Ok::<_, &str>(());
+        let full = |_: &[&Cred]| Err::<(), _>("disk full");
+        rotation.advance(at(0), |slot| Ok(Cred(1, slot)), ok).unwrap();
+        // The successor is due but cannot be saved: the first keeps signing
+        // and nothing new is published.
+        assert_eq!(
+            rotation.advance(at(50), |slot| Ok(Cred(2, slot)), full),
+            Err("disk full")
+        );
+        assert_eq!(rotation.published().len(), 1);
+        assert_eq!(rotation.signing(at(80)).unwrap().0, 1);
+        // Space again: the successor is made then.
+        assert!(rotation.advance(at(55), |slot| Ok(Cred(3, slot)), ok).unwrap());
+        let live: Vec<u32> = rotation.published().iter().map(|c| c.0).collect();
+        assert_eq!(live, [1, 3]);
     }
 }

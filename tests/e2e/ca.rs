@@ -92,14 +92,14 @@ owner = "platform@example.org"
 }
 
 /// An organisation root and intermediates it issues, in PEM files.
-struct OrgCa {
+pub struct OrgCa {
     root_key: KeyPair,
     root_params: CertificateParams,
     root_pem: String,
 }
 
 impl OrgCa {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let root_key = KeyPair::generate().unwrap();
         let mut root_params = CertificateParams::default();
         root_params
@@ -117,7 +117,7 @@ impl OrgCa {
 
     /// Issues an intermediate for one host and writes cert, key and bundle
     /// files into `dir`; returns the intermediate's DER.
-    fn issue(&self, dir: &std::path::Path, host: &str) -> Vec<u8> {
+    pub fn issue(&self, dir: &std::path::Path, host: &str) -> Vec<u8> {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params
@@ -142,7 +142,7 @@ impl OrgCa {
     }
 }
 
-fn upstream_config(dir: &std::path::Path, spiffe_id: &str) -> String {
+pub fn upstream_config(dir: &std::path::Path, spiffe_id: &str) -> String {
     format!(
         r#"
 [ca]
@@ -162,7 +162,7 @@ owner = "platform@example.org"
     )
 }
 
-async fn fetch(daemon: &Daemon) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+pub async fn fetch(daemon: &Daemon) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let client = WorkloadApiClient::connect_to(daemon.endpoint()).await.unwrap();
     let context = client.fetch_x509_context().await.unwrap();
     let svid = context.default_svid().unwrap();

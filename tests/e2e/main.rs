@@ -16,6 +16,7 @@ mod container;
 mod envoy;
 mod examples;
 mod exhaustion;
+mod faults;
 mod federation;
 mod fleet;
 mod forgery;
