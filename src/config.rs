@@ -437,6 +437,9 @@ pub struct EntryConfig {
     /// A gateway or tool server that may ask for decisions about other
     /// agents' task tokens addressed to it.
     pub may_ask_for_others: bool,
+    /// `jwt_audiences = []` was written: it means any audience, as leaving
+    /// the key out does (`entry check` says so).
+    pub jwt_audiences_written_empty: bool,
     /// Where the entry is written, for errors, logs, `entry list` and the
     /// audit trail.
     pub location: Location,
@@ -539,8 +542,7 @@ struct RawEntry {
     labels: BTreeMap<String, String>,
     x509_ttl: Option<Ttl>,
     jwt_ttl: Option<Ttl>,
-    #[serde(default)]
-    jwt_audiences: Vec<Spanned<String>>,
+    jwt_audiences: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     dns_names: Vec<Spanned<String>>,
     hint: Option<String>,
@@ -967,7 +969,7 @@ impl<'a> SourceFile<'a> {
                 ));
             }
         }
-        for (i, audience) in raw.jwt_audiences.iter().enumerate() {
+        for (i, audience) in raw.jwt_audiences.iter().flatten().enumerate() {
             if audience.get_ref().is_empty() {
                 return Err(self.error(
                     &audience.span(),
@@ -990,7 +992,13 @@ impl<'a> SourceFile<'a> {
             labels: raw.labels,
             x509_ttl: raw.x509_ttl,
             jwt_ttl: raw.jwt_ttl,
-            jwt_audiences: raw.jwt_audiences.into_iter().map(Spanned::into_inner).collect(),
+            jwt_audiences_written_empty: raw.jwt_audiences.as_ref().is_some_and(Vec::is_empty),
+            jwt_audiences: raw
+                .jwt_audiences
+                .into_iter()
+                .flatten()
+                .map(Spanned::into_inner)
+                .collect(),
             dns_names: raw.dns_names.into_iter().map(Spanned::into_inner).collect(),
             hint: raw.hint.filter(|h| !h.is_empty()),
             federates_with,

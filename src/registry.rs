@@ -69,6 +69,8 @@ pub struct Entry {
     pub tasks: Option<Box<TasksConfig>>,
     /// May ask for decisions about other agents' task tokens.
     pub may_ask_for_others: bool,
+    /// `jwt_audiences = []` was written (any audience, said explicitly).
+    pub jwt_audiences_written_empty: bool,
     /// Where the entry is written (`file:line`; a SPIRE Server's entries
     /// are located by their id there).
     pub location: Location,

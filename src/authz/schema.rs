@@ -124,6 +124,7 @@ pub(super) mod tests {
                 })
             }),
             may_ask_for_others: false,
+            jwt_audiences_written_empty: false,
             remote_entry: None,
             location: Location {
                 file: std::path::Path::new("attestd.toml").into(),

@@ -149,6 +149,7 @@ impl Converter<'_> {
             owner_expires: None,
             tasks: None,
             may_ask_for_others: false,
+            jwt_audiences_written_empty: false,
             location: Location {
                 file: Arc::from(Path::new(&format!(
                     "spire-server {} entry {}",

@@ -36,6 +36,7 @@ pub(super) fn lint(config: &Config, policy: &Policy) -> Vec<String> {
     for entry in policy.entries() {
         warnings.extend(unit_without_suffix(entry));
         warnings.extend(capped_ttls(config, entry));
+        warnings.extend(any_audience_written(entry));
     }
     warnings.extend(shared_hints(policy));
     warnings
@@ -113,6 +114,17 @@ fn unit_without_suffix(entry: &Entry) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `jwt_audiences = []` reads like "no audience" but means any: an entry
+/// restricts audiences only by listing some.
+fn any_audience_written(entry: &Entry) -> Option<String> {
+    entry.jwt_audiences_written_empty.then(|| {
+        format!(
+            "{}: {} sets jwt_audiences = [], which means any audience (the same as leaving the key out):              list the audiences its JWT-SVIDs may name, or drop the key",
+            entry.location, entry.spiffe_id
+        )
+    })
 }
 
 /// A credential signs until a quarter of its life is left (see
@@ -267,6 +279,17 @@ mod tests {
             ),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn an_empty_audience_list_is_said_to_mean_any() {
+        let found = warnings(&entry("a", "\"unix:uid:0\"", "jwt_audiences = []"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("sets jwt_audiences = [], which means any audience"),
+            "{found:?}"
+        );
+        assert!(warnings(&entry("a", "\"unix:uid:0\"", "jwt_audiences = [\"svc\"]")).is_empty());
     }
 
     #[test]

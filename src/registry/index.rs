@@ -230,6 +230,7 @@ mod tests {
             owner_expires: None,
             tasks: None,
             may_ask_for_others: false,
+            jwt_audiences_written_empty: false,
             remote_entry: None,
             location: crate::config::Location {
                 file: std::path::Path::new("t").into(),

@@ -138,6 +138,7 @@ pub(super) fn resolve(defaults: &SvidConfig, raw: EntryConfig, shared: &mut Shar
         owner_expires: raw.owner_expires,
         tasks: raw.tasks.map(Box::new),
         may_ask_for_others: raw.may_ask_for_others,
+        jwt_audiences_written_empty: raw.jwt_audiences_written_empty,
         remote_entry: None,
         location: raw.location,
     }

@@ -189,6 +189,7 @@ mod tests {
                 })
             }),
             may_ask_for_others: false,
+            jwt_audiences_written_empty: false,
             remote_entry: None,
             location: crate::config::Location {
                 file: std::path::Path::new("attestd.toml").into(),
