@@ -90,6 +90,14 @@ impl ValidatedJwt {
     pub fn jti(&self) -> Option<&str> {
         self.claims.get("jti").and_then(Value::as_str)
     }
+
+    /// The `exp` claim as a time (what the audit record says of it).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(wall_clock::from_unix_seconds)
+    }
 }
 
 /// The public JWT keys of our trust domain.
@@ -521,6 +529,25 @@ mod tests {
             "{}.e30.sig",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
         )
+    }
+
+    /// A federated trust domain signs whatever `exp` it likes: the
+    /// expiry recorded for a valid token never overflows the clock nor
+    /// fails to be written (it panicked from the year 10000 on).
+    #[test]
+    fn a_far_expiry_is_recorded_without_a_panic() {
+        for exp in [253_402_300_800u64, u64::MAX] {
+            let valid = ValidatedJwt {
+                spiffe_id: SpiffeId::new("spiffe://example.org/w").unwrap(),
+                claims: serde_json::json!({ "exp": exp }).as_object().unwrap().clone(),
+            };
+            let expires_at = valid.expires_at().unwrap();
+            assert_eq!(wall_clock::unix_seconds(expires_at), wall_clock::MAX_UNIX_SECONDS);
+            let record =
+                crate::audit::Record::new("ValidateJWTSVID", crate::audit::Outcome::Validated, "valid", None)
+                    .with_token(valid.jti(), Some(expires_at));
+            assert_eq!(record.not_after.as_deref(), Some("9999-12-31T23:59:59.000Z"));
+        }
     }
 
     #[test]
