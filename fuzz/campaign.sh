@@ -14,6 +14,8 @@
 #                                         one line per target to
 #                                         fuzz/results.tsv. New inputs go to
 #                                         target/fuzz-corpus/<target>.
+#                                         FUZZ_MAX_SECONDS caps each target's
+#                                         time (0, the default: no cap).
 #   fuzz/campaign.sh cmin [TARGET...]     adds target/fuzz-corpus/<target> to
 #                                         fuzz/corpus/<target> and minimizes it
 #                                         (cargo fuzz cmin).
@@ -102,7 +104,8 @@ case $mode in
             echo "==> $name: $runs executions (log: $log)"
             start=$(date +%s)
             outcome=ok
-            run "$name" "target/fuzz-corpus/$name" -runs="$runs" > "$log" 2>&1 || outcome=failed
+            run "$name" "target/fuzz-corpus/$name" -runs="$runs" -max_total_time="${FUZZ_MAX_SECONDS:-0}" \
+                > "$log" 2>&1 || outcome=failed
             seconds=$(( $(date +%s) - start ))
             executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
             corpus=$(find "target/fuzz-corpus/$name" "fuzz/corpus/$name" -type f | wc -l)

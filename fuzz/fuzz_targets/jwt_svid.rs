@@ -8,8 +8,8 @@
 //! with the EC key, so that the claim checks behind the signature are
 //! fuzzed too. Never panics; a token that validates carries a `sub` of the
 //! trust domain (the ID returned), an `aud` holding the audience, an
-//! integer `exp` not in the past and no `nbf` in the future; its audit
-//! record can be written.
+//! `exp` not in the past and no `nbf` in the future; its audit record can
+//! be written, with the expiry.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -88,10 +88,16 @@ fuzz_target!(|data: &[u8]| {
         "aud {aud:?} without {audience:?}"
     );
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let exp = valid.claims.get("exp").and_then(Value::as_u64);
+    // A NumericDate may have a fraction (RFC 7519).
+    let exp = valid.claims.get("exp").and_then(Value::as_f64);
     assert!(
-        exp.is_some_and(|exp| exp + LEEWAY >= now),
+        exp.is_some_and(|exp| exp + LEEWAY as f64 >= now as f64),
         "exp {:?}",
+        valid.claims.get("exp")
+    );
+    assert!(
+        valid.expires_at().is_some(),
+        "exp {:?} not recorded",
         valid.claims.get("exp")
     );
     if let Some(nbf) = valid.claims.get("nbf").and_then(Value::as_f64) {

@@ -91,12 +91,17 @@ impl ValidatedJwt {
         self.claims.get("jti").and_then(Value::as_str)
     }
 
-    /// The `exp` claim as a time (what the audit record says of it).
+    /// The `exp` claim as a time (what the audit record says of it). A
+    /// NumericDate may have a fraction (RFC 7519), and jsonwebtoken accepts
+    /// one: such a token's record had no expiry (found by
+    /// fuzz/fuzz_targets/jwt_svid.rs).
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(wall_clock::from_unix_seconds)
+        let exp = self.claims.get("exp")?;
+        // `as` saturates: past u64 is past the year 9999 all the same.
+        let seconds = exp
+            .as_u64()
+            .or_else(|| exp.as_f64().filter(|s| *s >= 0.0).map(|s| s as u64))?;
+        Some(wall_clock::from_unix_seconds(seconds))
     }
 }
 
@@ -548,6 +553,17 @@ mod tests {
                     .with_token(valid.jti(), Some(expires_at));
             assert_eq!(record.not_after.as_deref(), Some("9999-12-31T23:59:59.000Z"));
         }
+        let fractional = ValidatedJwt {
+            spiffe_id: SpiffeId::new("spiffe://example.org/w").unwrap(),
+            claims: serde_json::json!({ "exp": 4_102_444_800.5 })
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        assert_eq!(
+            fractional.expires_at().map(wall_clock::unix_seconds),
+            Some(4_102_444_800)
+        );
     }
 
     #[test]
