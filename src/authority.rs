@@ -42,6 +42,8 @@ pub use jwt_keys::JWT_SVID_USE;
 pub use remote::{BoxFuture, RemoteSigner};
 pub use signing_ca::SigningCa;
 pub use upstream::UpstreamFiles;
+#[doc(hidden)]
+pub use upstream::check_pem as check_upstream_pem;
 pub use x509::{SvidTemplate, X509Svid};
 
 use crate::spiffe_id::{SpiffeId, TrustDomain};

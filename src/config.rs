@@ -51,6 +51,14 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 256;
 /// The shortest TTL accepted anywhere: shorter lifetimes leave no room to
 /// rotate before expiry.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
+/// The longest lifetime accepted: 100 years (of 365.25 days, as humantime
+/// counts `"100y"`). Anything longer
+/// is a typo, and lifetimes are added to the clock and written in the
+/// audit trail (RFC 3339, years up to 9999): a lifetime of thousands of
+/// years would make every record of the token or certificate wrong, and
+/// one of billions of years overflowed the clock (a panic at the first
+/// token or SVID).
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 31_557_600);
 
 /// A place in a policy file; prints as `file:line` (line 0: not in a
 /// file, as a SPIRE Server's entries, and printed without it).
@@ -382,8 +390,8 @@ pub struct AuditConfig {
     pub denial_limit: DenialLimit,
 }
 
-/// A lifetime written as a humantime string ("1h", "90s"), at least
-/// [`MIN_TTL`].
+/// A lifetime written as a humantime string ("1h", "90s"), from
+/// [`MIN_TTL`] to [`MAX_TTL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ttl(pub Duration);
 
@@ -397,6 +405,12 @@ impl<'de> Deserialize<'de> for Ttl {
             return Err(serde::de::Error::custom(format!(
                 "duration {text:?} is shorter than the minimum of {}",
                 humantime::format_duration(MIN_TTL)
+            )));
+        }
+        if duration > MAX_TTL {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is longer than the maximum of {}",
+                humantime::format_duration(MAX_TTL)
             )));
         }
         Ok(Self(duration))
@@ -1190,6 +1204,20 @@ owner = "team@example.org"
         assert_eq!(err.key.as_deref(), Some("svid.x509_ttl"));
         let ok = parse("trust_domain = \"example.org\"\n[svid]\nx509_ttl = \"5s\"\n").unwrap();
         assert_eq!(ok.svid.x509_ttl.0, Duration::from_secs(5));
+        // A lifetime past the year 9999, or one that overflows the clock,
+        // was accepted (the invariant of fuzz/fuzz_targets/config.rs).
+        for ttl in ["8000y", "500000000000y"] {
+            let err = parse(&format!(
+                "trust_domain = \"example.org\"\n[svid]\njwt_ttl = \"{ttl}\"\n"
+            ))
+            .unwrap_err();
+            assert!(
+                err.message.contains("longer than the maximum of 100years"),
+                "{err}"
+            );
+            assert_eq!(err.key.as_deref(), Some("svid.jwt_ttl"));
+        }
+        assert!(parse("trust_domain = \"example.org\"\n[ca]\nttl = \"100y\"\n").is_ok());
     }
 
     #[test]

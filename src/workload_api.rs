@@ -29,6 +29,9 @@ use tokio::sync::watch;
 
 pub use attestation_permits::{AttestationPermit, AttestationPermits};
 pub use authority_fix::MAX_HEADER_LIST_SIZE;
+/// The HTTP/2 header re-encoder, for the fuzz targets (fuzz/).
+#[doc(hidden)]
+pub use authority_fix::{AuthorityFix, AuthorityFixError};
 pub use authorize::AuthorizationApi;
 pub use authzen_listener::serve_authzen;
 pub(crate) use caller_watch::{CallerWatch, Credentials, Wake};

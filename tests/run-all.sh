@@ -116,8 +116,14 @@ step "systemd unit: systemd-analyze security --offline=true (the e2e test also v
 sed "s|/usr/local/bin/attestd|$repo/target/debug/attestd|" systemd/attestd.service > target/attestd.service
 systemd-analyze security --offline=true target/attestd.service | tail -n 1
 
-step "fuzz targets build (run them with cargo +nightly fuzz run <target>)"
-cargo check --quiet --manifest-path fuzz/Cargo.toml
+# Fuzzing (fuzz/, the README's "Fuzzing"): cargo-fuzz from crates.io,
+# installed once into /var/cache/attestd-test-peers by fuzz/install.sh,
+# and the nightly ASan build's target directory kept there too (a cold
+# build takes minutes). Every target runs a few seconds on its corpus; a
+# crash, leak, timeout or out-of-memory fails the run. The long campaign
+# (10 million executions per target) is run by hand: fuzz/campaign.sh long.
+step "fuzz targets, short mode (fuzz/campaign.sh short: 5 s per target)"
+fuzz/campaign.sh short 5
 
 # A short run checks the harness; the full run (and benches/compare.sh
 # against an older revision) is run by hand: see benches/README.md.

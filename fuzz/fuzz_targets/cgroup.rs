@@ -9,6 +9,11 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(facts) = attestd::attest::parse_cgroup(text)
         && let Some(id) = facts.container_id
     {
-        assert!(id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            id.len() == 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
 });

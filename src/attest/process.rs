@@ -33,11 +33,12 @@ pub struct ProcDir {
 
 /// The parts of `/proc/<pid>/status` attestation uses.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct Status {
+pub struct Status {
     /// Effective uid now (it may differ from the one at connect time).
     pub effective_uid: Option<u32>,
     /// Effective gid now.
     pub effective_gid: Option<u32>,
+    /// The `Groups:` line.
     pub supplementary_gids: Vec<u32>,
 }
 
@@ -247,7 +248,9 @@ fn parse_state(stat: &str) -> Option<u8> {
     after_comm.trim_start().bytes().next()
 }
 
-fn parse_status(text: &str) -> Status {
+/// The first `Uid:`, `Gid:` and `Groups:` lines; what does not parse is
+/// left unset (the kernel writes them, but a caller's `comm` is its own).
+pub fn parse_status(text: &str) -> Status {
     let field = |name: &str| text.lines().find_map(|line| line.strip_prefix(name));
     // "Uid:\treal\teffective\tsaved\tfs"
     let effective = |name: &str| field(name)?.split_whitespace().nth(1)?.parse().ok();

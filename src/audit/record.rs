@@ -2,13 +2,14 @@
 //! caller, the entry and its accountable owner, and what was issued.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use super::DenialSummary;
 use crate::attest::Workload;
 use crate::registry::Entry;
+use crate::wall_clock::MAX_UNIX_SECONDS;
 
 /// What was decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -234,7 +235,28 @@ impl Record {
     }
 }
 
-/// RFC 3339 UTC with milliseconds.
+/// RFC 3339 UTC with milliseconds. RFC 3339 writes the years 0 to 9999:
+/// a time before the Unix epoch is written as the epoch, one after 9999 as
+/// its last millisecond (humantime's formatter fails on them, and
+/// `to_string` would panic).
 pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_millis(MAX_UNIX_SECONDS * 1000 + 999);
+    humantime::format_rfc3339_millis(time.clamp(SystemTime::UNIX_EPOCH, latest)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_rfc3339_cannot_write_are_clamped_not_a_panic() {
+        let at = |seconds| SystemTime::UNIX_EPOCH + Duration::from_secs(seconds);
+        assert_eq!(rfc3339(at(4_102_444_800)), "2100-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(253_402_300_800)), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(at(i64::MAX as u64 / 2)), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
 }

@@ -90,6 +90,19 @@ impl ValidatedJwt {
     pub fn jti(&self) -> Option<&str> {
         self.claims.get("jti").and_then(Value::as_str)
     }
+
+    /// The `exp` claim as a time (what the audit record says of it). A
+    /// NumericDate may have a fraction (RFC 7519), and jsonwebtoken accepts
+    /// one: such a token's record had no expiry (found by
+    /// fuzz/fuzz_targets/jwt_svid.rs).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        let exp = self.claims.get("exp")?;
+        // `as` saturates: past u64 is past the year 9999 all the same.
+        let seconds = exp
+            .as_u64()
+            .or_else(|| exp.as_f64().filter(|s| *s >= 0.0).map(|s| s as u64))?;
+        Some(wall_clock::from_unix_seconds(seconds))
+    }
 }
 
 /// The public JWT keys of our trust domain.
@@ -527,6 +540,36 @@ mod tests {
             "{}.e30.sig",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
         )
+    }
+
+    /// A federated trust domain signs whatever `exp` it likes: the
+    /// expiry recorded for a valid token never overflows the clock nor
+    /// fails to be written (it panicked from the year 10000 on).
+    #[test]
+    fn a_far_expiry_is_recorded_without_a_panic() {
+        for exp in [253_402_300_800u64, u64::MAX] {
+            let valid = ValidatedJwt {
+                spiffe_id: SpiffeId::new("spiffe://example.org/w").unwrap(),
+                claims: serde_json::json!({ "exp": exp }).as_object().unwrap().clone(),
+            };
+            let expires_at = valid.expires_at().unwrap();
+            assert_eq!(wall_clock::unix_seconds(expires_at), wall_clock::MAX_UNIX_SECONDS);
+            let record =
+                crate::audit::Record::new("ValidateJWTSVID", crate::audit::Outcome::Validated, "valid", None)
+                    .with_token(valid.jti(), Some(expires_at));
+            assert_eq!(record.not_after.as_deref(), Some("9999-12-31T23:59:59.000Z"));
+        }
+        let fractional = ValidatedJwt {
+            spiffe_id: SpiffeId::new("spiffe://example.org/w").unwrap(),
+            claims: serde_json::json!({ "exp": 4_102_444_800.5 })
+                .as_object()
+                .unwrap()
+                .clone(),
+        };
+        assert_eq!(
+            fractional.expires_at().map(wall_clock::unix_seconds),
+            Some(4_102_444_800)
+        );
     }
 
     #[test]

@@ -38,24 +38,15 @@ impl UpstreamCa {
     /// Reads and checks the files.
     pub fn load(files: &UpstreamFiles, trust_domain: &TrustDomain) -> Result<Self, AuthorityError> {
         let stamp = stamp(files)?;
-        let certs = read_pem(&files.cert_file, "CERTIFICATE")?;
-        let roots = read_pem(&files.bundle_file, "CERTIFICATE")?;
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| AuthorityError::Io {
+                path: path.clone(),
+                source,
+            })
+        };
+        let (cert, bundle) = (read(&files.cert_file)?, read(&files.bundle_file)?);
         let key = read_key(&files.key_file)?;
-        if certs.is_empty() || roots.is_empty() {
-            return Err(AuthorityError::InvalidFile {
-                path: if certs.is_empty() {
-                    files.cert_file.clone()
-                } else {
-                    files.bundle_file.clone()
-                },
-                reason: "no CERTIFICATE in the file".into(),
-            });
-        }
-        check_chain(&files.cert_file, &certs, &roots)?;
-        // SVIDs carry the intermediate and everything above it up to the
-        // root, which relying parties already hold.
-        let intermediate = certs[0].clone();
-        let signer = SigningCa::from_parts(&files.cert_file, intermediate, certs, key, None, trust_domain)?;
+        let (signer, roots) = check_pem(files, &cert, key, &bundle, trust_domain)?;
         Ok(Self {
             files: files.clone(),
             stamp,
@@ -151,12 +142,39 @@ fn stamp(files: &UpstreamFiles) -> Result<Vec<(u64, u64, i64, i64)>, AuthorityEr
         .collect()
 }
 
-fn read_pem(path: &Path, tag: &str) -> Result<Vec<Vec<u8>>, AuthorityError> {
-    let text = std::fs::read(path).map_err(|source| AuthorityError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let blocks = pem::parse_many(&text).map_err(|e| AuthorityError::InvalidFile {
+/// Checks an upstream CA given as its files' contents (`files` names them
+/// in errors): the signer (the first certificate of `cert_file`, with the
+/// rest as its chain) and the roots of `bundle_file`. Public for the fuzz
+/// targets (fuzz/), which give it text without touching the host.
+pub fn check_pem(
+    files: &UpstreamFiles,
+    cert: &[u8],
+    key: String,
+    bundle: &[u8],
+    trust_domain: &TrustDomain,
+) -> Result<(SigningCa, Vec<Vec<u8>>), AuthorityError> {
+    let certs = pem_blocks(&files.cert_file, cert, "CERTIFICATE")?;
+    let roots = pem_blocks(&files.bundle_file, bundle, "CERTIFICATE")?;
+    if certs.is_empty() || roots.is_empty() {
+        return Err(AuthorityError::InvalidFile {
+            path: if certs.is_empty() {
+                files.cert_file.clone()
+            } else {
+                files.bundle_file.clone()
+            },
+            reason: "no CERTIFICATE in the file".into(),
+        });
+    }
+    check_chain(&files.cert_file, &certs, &roots)?;
+    // SVIDs carry the intermediate and everything above it up to the
+    // root, which relying parties already hold.
+    let intermediate = certs[0].clone();
+    let signer = SigningCa::from_parts(&files.cert_file, intermediate, certs, key, None, trust_domain)?;
+    Ok((signer, roots))
+}
+
+fn pem_blocks(path: &Path, text: &[u8], tag: &str) -> Result<Vec<Vec<u8>>, AuthorityError> {
+    let blocks = pem::parse_many(text).map_err(|e| AuthorityError::InvalidFile {
         path: path.to_owned(),
         reason: format!("not PEM: {e}"),
     })?;

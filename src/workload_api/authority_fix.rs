@@ -334,6 +334,12 @@ fn decode_bounded(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<Header
         if representations > MAX_REPRESENTATIONS {
             return Err(AuthorityFixError::HeaderListTooLarge);
         }
+        if !starts_whole(&input) {
+            // What the decoder says of a buffer that ends too soon.
+            return Err(AuthorityFixError::Hpack(
+                httlib_hpack::DecoderError::IntegerUnderflow,
+            ));
+        }
         // Capacity 1: the decoder reads one representation per call.
         let mut field = Vec::with_capacity(1);
         decoder
@@ -348,6 +354,65 @@ fn decode_bounded(decoder: &mut Decoder<'static>, block: &[u8]) -> Result<Header
         }
     }
     Ok(headers)
+}
+
+/// Whether `block` starts with a whole HPACK representation (RFC 7541,
+/// section 6). httlib-hpack indexes past the end of a representation cut
+/// short (a literal's missing name or value, an integer's missing
+/// continuation byte): a panic, on any caller's bytes. Found by
+/// fuzz/fuzz_targets/authority_fix.rs.
+fn starts_whole(block: &[u8]) -> bool {
+    let Some(&first) = block.first() else {
+        return false;
+    };
+    // The prefix bits of the first integer, and whether strings follow.
+    let (prefix, literal) = match first {
+        b if b & 0x80 != 0 => (7, false), // indexed field
+        b if b & 0x40 != 0 => (6, true),  // literal, incremental indexing
+        b if b & 0x20 != 0 => (5, false), // dynamic table size update
+        _ => (4, true),                   // literal, without or never indexing
+    };
+    let Some((index, mut at)) = hpack_integer(block, prefix) else {
+        return false;
+    };
+    if !literal {
+        return true;
+    }
+    // A new name (index 0) comes as a string before the value.
+    for _ in 0..1 + usize::from(index == 0) {
+        let Some(length) = block.get(at..).and_then(hpack_string_length) else {
+            return false;
+        };
+        at += length;
+    }
+    at <= block.len()
+}
+
+/// An HPACK integer with a `prefix`-bit prefix (RFC 7541, section 5.1)
+/// at the start of `bytes`: its value and length in bytes, or `None` if
+/// `bytes` ends first or it runs past the 5 bytes the decoder reads.
+fn hpack_integer(bytes: &[u8], prefix: u8) -> Option<(u64, usize)> {
+    let mask = (1u8 << prefix) - 1;
+    let first = *bytes.first()? & mask;
+    if first < mask {
+        return Some((u64::from(first), 1));
+    }
+    let mut value = u64::from(mask);
+    for (i, &byte) in bytes.iter().enumerate().skip(1).take(4) {
+        value += u64::from(byte & 0x7f) << (7 * (i - 1));
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// The length of the HPACK string literal (length, then that many bytes)
+/// at the start of `bytes`, if it is whole.
+fn hpack_string_length(bytes: &[u8]) -> Option<usize> {
+    let (length, used) = hpack_integer(bytes, 7)?;
+    let total = used.checked_add(usize::try_from(length).ok()?)?;
+    (total <= bytes.len()).then_some(total)
 }
 
 /// Runs `work`; when `large` and on a multi-threaded tokio runtime, as
@@ -630,6 +695,35 @@ mod tests {
             }
         }
         assert_eq!(passed, wire.len());
+    }
+
+    /// Representations cut short at the end of a block: each panicked
+    /// inside the decoder (found by fuzz/fuzz_targets/authority_fix.rs).
+    #[test]
+    fn truncated_representations_are_refused_not_a_panic() {
+        for block in [
+            &b"\x40"[..],                // literal with a new name: no name
+            b"\x40\x01n",                // ... no value
+            b"\x00\x81",                 // name length 1, no name
+            b"\x44\x05/pa",              // indexed name, value cut
+            b"\xff",                     // indexed field: continuation missing
+            b"\xff\x80",                 // ... still missing
+            b"\x3f\xe1",                 // table size update: continuation missing
+            b"\x82\x0f",                 // a whole field, then a cut one
+            b"\xff\xff\xff\xff\xff\x01", // an integer longer than the decoder reads
+        ] {
+            let mut decoder = Decoder::with_dynamic_size(TABLE_SIZE as u32);
+            assert!(
+                matches!(
+                    decode_bounded(&mut decoder, block),
+                    Err(AuthorityFixError::Hpack(_))
+                ),
+                "{block:x?}"
+            );
+        }
+        let mut decoder = Decoder::with_dynamic_size(TABLE_SIZE as u32);
+        let whole = decode_bounded(&mut decoder, b"\x82\x44\x02/p\x40\x01n\x01v").unwrap();
+        assert_eq!(whole.len(), 3);
     }
 
     #[test]

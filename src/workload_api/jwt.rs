@@ -7,7 +7,7 @@
 //! cannot make attestd parse, match or record megabytes per call.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
 use tonic::Status;
@@ -22,7 +22,6 @@ use crate::registry::{Entry, owner_clock};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::tasks::TaskRefusal;
 use crate::telemetry::metrics;
-use crate::wall_clock::from_unix_seconds;
 
 /// Audiences one `FetchJWTSVID` may ask for (a token is meant for a few
 /// relying parties, not a directory of them).
@@ -266,7 +265,7 @@ pub(super) fn validate(
                 Some(workload),
             )
             .with_subject(valid.spiffe_id.as_str())
-            .with_token(valid.jti(), expiry(&valid.claims));
+            .with_token(valid.jti(), valid.expires_at());
             match task {
                 Some(task) => record.with_task(task.facts()),
                 None => record,
@@ -334,10 +333,6 @@ fn only_registered_claims(mut valid: ValidatedJwt) -> ValidatedJwt {
         .claims
         .retain(|name, _| matches!(name.as_str(), "sub" | "aud" | "exp"));
     valid
-}
-
-fn expiry(claims: &serde_json::Map<String, Value>) -> Option<SystemTime> {
-    claims.get("exp").and_then(Value::as_u64).map(from_unix_seconds)
 }
 
 #[cfg(test)]
