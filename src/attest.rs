@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 pub use cgroup::{CgroupError, CgroupFacts, DelegatedFacts, parse as parse_cgroup};
 pub use exe_hash::{DEFAULT_MAX_HASH_BYTES, ExeHasher, FileId};
 pub use peer::{ConnectionSocket, PeerIdentity, ProcessPin};
-pub use reach::Reach;
 /// `/proc/<pid>/status` parsing, for the fuzz targets (fuzz/).
 #[doc(hidden)]
 pub use process::{Status as ProcStatus, parse_status as parse_proc_status};
+pub use reach::Reach;
 pub use socket_holders::HolderError;
 
 use crate::selector::{Selector, SelectorSet};

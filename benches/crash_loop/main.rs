@@ -83,10 +83,13 @@ struct Tally {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_attestd"));
     let temp = tempfile::tempdir()?;
     let home = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&home)?;
+    // A copy: a build during a long run would otherwise swap the binary
+    // under test between two restarts (or remove it for a moment).
+    let binary = home.join("attestd");
+    std::fs::copy(env!("CARGO_BIN_EXE_attestd"), &binary)?;
     let layout = Layout { home };
     layout.write_config()?;
     let seed = args.seed.unwrap_or_else(rand::random);
