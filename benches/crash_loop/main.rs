@@ -66,10 +66,15 @@ struct Args {
     /// success).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// cargo bench passes --bench; ignored.
+    /// Passed by `cargo bench`. Without it the binary was started by
+    /// `cargo test --all-targets`, which runs every bench target once: a
+    /// check that the harness works, [`TEST_MODE_KILLS`] kills.
     #[arg(long, hide = true)]
     bench: bool,
 }
+
+/// Kills made when started by `cargo test` rather than `cargo bench`.
+const TEST_MODE_KILLS: u64 = 3;
 
 /// What the loop counts.
 #[derive(Default)]
@@ -82,7 +87,10 @@ struct Tally {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if !args.bench {
+        args.kills = args.kills.min(TEST_MODE_KILLS);
+    }
     let temp = tempfile::tempdir()?;
     let home = args.dir.clone().unwrap_or_else(|| temp.path().to_owned());
     std::fs::create_dir_all(&home)?;
