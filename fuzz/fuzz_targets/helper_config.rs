@@ -1,4 +1,5 @@
-//! The sidecar helper's configuration (`HelperConfig::parse`, from text).
+//! The sidecar helper's configuration (`HelperConfig::parse`, from text:
+//! spiffe-helper's HCL, translated, or TOML).
 //! Never panics; an error names the file and a line that exists; every
 //! output file that loads is one path component inside `cert_dir` (not
 //! `.`, nor a name starting with `..`, which the helper keeps for itself),
@@ -16,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match HelperConfig::parse(Path::new(PATH), text) {
+    match HelperConfig::parse(Path::new(PATH), text, None) {
         Ok(config) => {
             let files = config
                 .x509

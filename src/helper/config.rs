@@ -166,12 +166,16 @@ impl HelperConfig {
     /// Reads and validates a helper configuration file, HCL or TOML;
     /// `daemon_mode` overrides the file's (spiffe-helper's `-daemon-mode`).
     pub fn load(path: &Path, daemon_mode: Option<bool>) -> Result<Self, ConfigError> {
-        let text = read_file(path)?;
-        Self::parse(path, &as_toml(path, &text)?, daemon_mode)
+        Self::parse(path, &read_file(path)?, daemon_mode)
     }
 
-    /// Validates TOML configuration text; `path` is used in error messages.
+    /// Validates configuration text, HCL or TOML as [`Self::load`] tells
+    /// them apart; `path` is used for that and in error messages.
     pub fn parse(path: &Path, text: &str, daemon_mode: Option<bool>) -> Result<Self, ConfigError> {
+        Self::parse_toml(path, &as_toml(path, text)?, daemon_mode)
+    }
+
+    fn parse_toml(path: &Path, text: &str, daemon_mode: Option<bool>) -> Result<Self, ConfigError> {
         let source = SourceFile::new(path, text);
         let raw: RawHelperConfig = source.deserialize()?;
         let daemon_mode = daemon_mode.or(raw.daemon_mode).unwrap_or(true);
@@ -699,8 +703,7 @@ health_checks {
 "#;
 
     fn load_text(name: &str, text: &str, daemon_mode: Option<bool>) -> Result<HelperConfig, ConfigError> {
-        let path = Path::new(name);
-        HelperConfig::parse(path, &as_toml(path, text)?, daemon_mode)
+        HelperConfig::parse(Path::new(name), text, daemon_mode)
     }
 
     #[test]
