@@ -173,8 +173,10 @@ pub async fn healthcheck(path: &Path, timeout: Duration) -> Result<(), ClientErr
     })?
 }
 
-/// An error's text followed by its causes' (each once).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+/// An error's text followed by its causes' on one line, skipping causes
+/// whose text it already includes (attestd's errors name their cause): the
+/// CLI's error line, and the connection errors the helper logs.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(inner) = cause {

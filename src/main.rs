@@ -407,22 +407,10 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("attestd: {}", describe(&e));
+            eprintln!("attestd: {}", client::with_causes(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, skipping causes whose text the
-/// message already includes (attestd's errors name their cause).
-fn describe(error: &anyhow::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1).map(ToString::to_string) {
-        if !text.contains(&cause) {
-            text = format!("{text}: {cause}");
-        }
-    }
-    text
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {

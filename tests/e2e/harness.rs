@@ -370,10 +370,8 @@ pub fn free_loopback_port() -> String {
     listener.local_addr().unwrap().to_string()
 }
 
-/// GETs a path of an HTTP/1.1 listener (the health listener, Envoy's
-/// admin and listeners); returns the status and the body, its chunks joined
-/// when the answer is chunked.
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+/// The whole HTTP/1.1 response to a GET of `path` (head and body as sent).
+pub fn http_response(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     write!(
@@ -383,6 +381,14 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// GETs a path of an HTTP/1.1 listener (the health listener, Envoy's
+/// admin and listeners); returns the status and the body, its chunks joined
+/// when the answer is chunked.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let response = http_response(addr, path);
     let status = response[9..12].parse().unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {

@@ -69,10 +69,16 @@ impl Helper {
     fn start(work: &Path, config: &str) -> Self {
         let config_path = work.join("helper.toml");
         std::fs::write(&config_path, config).unwrap();
+        Self::spawn(work, &["-c", config_path.to_str().unwrap()])
+    }
+
+    /// Runs `attestd helper ARGS` in `work`; stderr to `work/helper.log`.
+    fn spawn(work: &Path, args: &[&str]) -> Self {
         let log = work.join("helper.log");
         let child = Command::new(attestd_bin())
-            .args(["helper", "-c"])
-            .arg(&config_path)
+            .arg("helper")
+            .args(args)
+            .current_dir(work)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -496,24 +502,6 @@ health_checks {{
     )
 }
 
-/// Runs `attestd helper ARGS` in `work`, spiffe-helper style; stderr to a log.
-fn spiffe_helper_style(work: &Path, args: &[&str]) -> Helper {
-    let log = work.join("helper.log");
-    let child = Command::new(attestd_bin())
-        .arg("helper")
-        .args(args)
-        .current_dir(work)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Helper {
-        child: Some(child),
-        log,
-    }
-}
-
 /// The health answer: status code and spiffe-helper's JSON body.
 fn health(addr: &str, path: &str) -> (u16, serde_json::Value) {
     let (code, body) = http_get(addr, path);
@@ -545,7 +533,7 @@ owner = "platform@example.org"
         spiffe_helper_conf(&nowhere.display().to_string(), port),
     )
     .unwrap();
-    let mut waiting = spiffe_helper_style(work.path(), &[]);
+    let mut waiting = Helper::spawn(work.path(), &[]);
     let (code, body) = wait_for(Duration::from_secs(15), "the health listener", || {
         std::net::TcpStream::connect(&addr)
             .ok()
@@ -572,7 +560,7 @@ owner = "platform@example.org"
         spiffe_helper_conf(&daemon.endpoint(), port),
     )
     .unwrap();
-    let helper = spiffe_helper_style(work.path(), &["-config", "helper.conf"]);
+    let helper = Helper::spawn(work.path(), &["-config", "helper.conf"]);
     let (code, body) = wait_for(Duration::from_secs(20), "readiness", || {
         let answer = std::net::TcpStream::connect(&addr)
             .ok()
@@ -614,7 +602,7 @@ owner = "platform@example.org"
 
     // -daemon-mode=false: write once and exit 0 (health_checks does not apply).
     std::fs::remove_dir_all(&certs).unwrap();
-    let mut once = spiffe_helper_style(work.path(), &["-config", "helper.conf", "-daemon-mode=false"]);
+    let mut once = Helper::spawn(work.path(), &["-config", "helper.conf", "-daemon-mode=false"]);
     let status = wait_for(Duration::from_secs(20), "the one-shot helper to exit", || {
         once.child.as_mut().unwrap().try_wait().unwrap()
     });

@@ -10,7 +10,8 @@ use futures::StreamExt;
 use spiffe::{WorkloadApiClient, WorkloadApiError};
 
 use crate::harness::{
-    Daemon, attestd_bin, cli_fetch_as, free_loopback_port, http_get, printed_ids, wait_for, write_config,
+    Daemon, attestd_bin, cli_fetch_as, free_loopback_port, http_get, http_response, printed_ids, wait_for,
+    write_config,
 };
 
 const ROOT_ENTRY: &str = r#"
@@ -179,7 +180,10 @@ async fn health_endpoints_metrics_and_healthcheck() {
     // The exposition is valid OpenMetrics to the Prometheus project's own
     // strict parser, served with OpenMetrics' content type; probes count as
     // no Workload API request, so they raise no error rate.
-    let head = http_head(&addr, "/metrics");
+    let response = http_response(&addr, "/metrics");
+    let head = response
+        .split_once("\r\n\r\n")
+        .map_or(response.as_str(), |(head, _)| head);
     assert!(
         head.contains("application/openmetrics-text; version=1.0.0"),
         "{head}"
@@ -207,23 +211,6 @@ async fn health_endpoints_metrics_and_healthcheck() {
         sample("attestd_requests_total", &[("code", "InvalidArgument")]).is_none(),
         "healthcheck probes are not Workload API errors: {samples:?}"
     );
-}
-
-/// The head of an HTTP/1.1 response (status line and headers).
-fn http_head(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(head, _)| head.to_owned())
-        .unwrap_or(response)
 }
 
 /// Every sample of an OpenMetrics text, as read by prometheus_client's
