@@ -186,3 +186,68 @@ fn explain_says_no_such_process_for_a_pid_that_does_not_exist() {
         "{stderr}"
     );
 }
+
+/// Runs `attestd run -c FILE` (errors only in the log) and returns the
+/// error line it exits with.
+fn run_error(config: &str, files: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, text) in files {
+        std::fs::write(dir.path().join(file), text).unwrap();
+    }
+    let config = config.replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(dir.path().join("attestd.toml"), config).unwrap();
+    let output = Command::new(attestd_bin())
+        .args(["run", "-c"])
+        .arg(dir.path().join("attestd.toml"))
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "attestd started");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr.trim().lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn listen_names_socket_directories_and_key_forms_are_answered_with_the_fix() {
+    let head =
+        "trust_domain = \"example.org\"\ndata_dir = \"{dir}/data\"\nsocket_path = \"{dir}/run/api.sock\"\n";
+    let error = run_error(&format!("{head}[health]\nlisten = \"localhost:9090\"\n"), &[]);
+    assert!(
+        error.ends_with(
+            "health.listen: \"localhost:9090\" is not a listen address: \"localhost\" is a host name, not an IP \
+             address (names are not resolved): write e.g. \"127.0.0.1:9090\""
+        ),
+        "{error}"
+    );
+
+    let error = run_error(
+        "trust_domain = \"example.org\"\ndata_dir = \"{dir}/data\"\nsocket_path = \"{dir}\"\n",
+        &[],
+    );
+    assert!(
+        error.contains("is a directory; socket_path names the socket file itself, e.g.")
+            && error.ends_with("/api.sock"),
+        "{error}"
+    );
+
+    let error = run_error(
+        &format!(
+            "{head}[ca]\ncert_file = \"{{dir}}/ca.pem\"\nkey_file = \"{{dir}}/ca.key\"\nbundle_file = \"{{dir}}/root.pem\"\n"
+        ),
+        &[
+            ("ca.pem", "not yet read\n"),
+            ("root.pem", "not yet read\n"),
+            (
+                "ca.key",
+                "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+            ),
+        ],
+    );
+    assert!(error.contains("/ca.key"), "the key file is named: {error}");
+    assert!(
+        error.contains(
+            "a PKCS#1 RSA key; attestd reads PKCS#8: convert it to PKCS#8 with `openssl pkcs8 -topk8 -nocrypt"
+        ),
+        "{error}"
+    );
+}
