@@ -193,7 +193,7 @@ impl Authority {
     ) -> Result<Self, AuthorityError> {
         create_data_dir(data_dir)?;
         let mut set = CaSet::load(&trust_domain, data_dir, ca_ttl)?;
-        set.advance(SystemTime::now())?;
+        set.advance(wall_clock::now())?;
         Self::with_signer(trust_domain, data_dir, Signer::Embedded(set), jwt)
     }
 
@@ -296,7 +296,7 @@ impl Authority {
     /// Mints a fresh X.509-SVID with a new key, signed here (see
     /// [`Self::issue_x509`] for an authority that may be remote).
     pub fn mint_x509(&self, template: &SvidTemplate) -> Result<X509Svid, AuthorityError> {
-        let now = SystemTime::now();
+        let now = wall_clock::now();
         let Minting::Local(signer) = &self.minting else {
             return Err(AuthorityError::SignedRemotely);
         };
@@ -334,12 +334,12 @@ impl Authority {
             return;
         };
         loop {
-            let next = match &*lock(signer) {
-                Signer::Embedded(set) => set.next_change(),
-                Signer::Upstream(_) => SystemTime::now() + UPSTREAM_POLL,
-            };
-            wall_clock::sleep_until(next).await;
-            if let Err(error) = self.refresh(signer, SystemTime::now()) {
+            wall_clock::sleep_until_due(|now| match &*lock(signer) {
+                Signer::Embedded(set) => set.next_change(now),
+                Signer::Upstream(_) => now + UPSTREAM_POLL,
+            })
+            .await;
+            if let Err(error) = self.refresh(signer, wall_clock::now()) {
                 tracing::error!(%error, "CA rotation failed; keeping the current CA");
                 tokio::time::sleep(ROTATION_RETRY).await;
             }

@@ -338,6 +338,7 @@ async fn start_services(
             .with_denial_limit(config.audit.denial_limit),
     );
     tokio::spawn(Arc::clone(&audit).summarise_denials_every_window());
+    crate::wall_clock::watch_steps();
     tokio::spawn(Arc::clone(authority.jwt()).run_rotation());
     tokio::spawn(Arc::clone(&authority).run_ca_rotation());
     let refresh_hint = config

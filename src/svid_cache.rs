@@ -146,9 +146,13 @@ impl SvidCache {
     fn current(&self, template: &SvidTemplate) -> Option<SvidReceiver> {
         let mut slots = self.lock();
         let slot = slots.get_mut(template)?;
-        if slot.receiver.borrow().not_after <= SystemTime::now() {
+        let now = wall_clock::now();
+        let svid = slot.receiver.borrow();
+        // Not yet valid: the clock stepped back past its making.
+        if svid.not_after <= now || svid.not_before > now {
             return None;
         }
+        drop(svid);
         slot.last_used = Instant::now();
         Some(slot.receiver.clone())
     }
@@ -176,7 +180,7 @@ impl SvidCache {
         };
         if template
             .valid_until
-            .is_some_and(|until| SystemTime::now() >= until)
+            .is_some_and(|until| wall_clock::now() >= until)
         {
             slots.remove(template);
             return Duty::TermEnded;
@@ -208,7 +212,9 @@ async fn rotate(
 ) {
     loop {
         let current = sender.borrow().clone();
-        wall_clock::sleep_until(next_duty(&template, &current, SystemTime::now())).await;
+        // Fixed once per SVID: a clock step must not move it.
+        let renew_at = renewal_time(&current, wall_clock::now());
+        wall_clock::sleep_until_due(|now| next_duty(&template, &current, renew_at, now)).await;
         let Some(cache) = cache.upgrade() else { return };
         match cache.duty(&template, generation, sender.receiver_count()) {
             Duty::Renew => {}
@@ -245,7 +251,7 @@ async fn renew(authority: &Authority, template: &SvidTemplate, current: &X509Svi
             Err(error) => {
                 let left = current
                     .not_after
-                    .duration_since(SystemTime::now())
+                    .duration_since(wall_clock::now())
                     .unwrap_or_default();
                 tracing::warn!(spiffe_id = %template.spiffe_id, %error, retry_in = ?backoff, valid_for = ?left, "SVID renewal failed");
                 tokio::time::sleep(backoff).await;
@@ -255,22 +261,33 @@ async fn renew(authority: &Authority, template: &SvidTemplate, current: &X509Svi
     }
 }
 
-/// When the rotation task next has something to do: renew at about half
-/// the remaining lifetime, except for an SVID already cut at the end of its
-/// owner's term (a renewal could not outlast it): it stops at that end.
-fn next_duty(template: &SvidTemplate, current: &X509Svid, now: SystemTime) -> SystemTime {
+/// When the rotation task next has something to do: renew at `renew_at`,
+/// except for an SVID already cut at the end of its owner's term (a renewal
+/// could not outlast it): it stops at that end. An SVID not valid yet (the
+/// clock stepped back past its making, beyond its backdating) is renewed at
+/// once.
+fn next_duty(
+    template: &SvidTemplate,
+    current: &X509Svid,
+    renew_at: SystemTime,
+    now: SystemTime,
+) -> SystemTime {
+    if current.not_before > now {
+        return now;
+    }
     match template.valid_until {
         Some(until) if current.not_after >= until => until,
-        _ => now + renewal_delay(current, now),
+        _ => renew_at,
     }
 }
 
-/// Half the remaining lifetime, less up to 10% of it as jitter.
-fn renewal_delay(svid: &X509Svid, now: SystemTime) -> Duration {
+/// Half the lifetime left at `now` (when the SVID is new: half its life),
+/// less up to 10% of it as jitter.
+fn renewal_time(svid: &X509Svid, now: SystemTime) -> SystemTime {
     let remaining = svid.not_after.duration_since(now).unwrap_or_default();
     let half = remaining / 2;
     let jitter = half.mul_f64(rand::rng().random_range(0.0..JITTER_FRACTION));
-    half - jitter
+    now + half - jitter
 }
 
 #[cfg(test)]
@@ -302,7 +319,7 @@ mod tests {
             not_after: now + Duration::from_secs(100),
         };
         for _ in 0..100 {
-            let delay = renewal_delay(&svid, now);
+            let delay = renewal_time(&svid, now).duration_since(now).unwrap();
             assert!(
                 delay <= Duration::from_secs(50) && delay >= Duration::from_secs(45),
                 "{delay:?}"
@@ -349,8 +366,9 @@ mod tests {
         let receiver = cache.subscribe(&template).await.unwrap();
         let svid = Arc::clone(&receiver.borrow());
         assert_eq!(svid.not_after, until, "cut at the term's end");
+        let now = SystemTime::now();
         assert_eq!(
-            next_duty(&template, &svid, SystemTime::now()),
+            next_duty(&template, &svid, renewal_time(&svid, now), now),
             until,
             "no renewal before it"
         );
@@ -360,7 +378,10 @@ mod tests {
             remote_entry: None,
             ..template.clone()
         };
-        assert!(next_duty(&uncut, &svid, SystemTime::now()) < until);
+        assert!(next_duty(&uncut, &svid, renewal_time(&svid, now), now) < until);
+        // Back past its making (beyond the backdating): renewed at once.
+        let back = svid.not_before - Duration::from_secs(1);
+        assert_eq!(next_duty(&uncut, &svid, renewal_time(&svid, now), back), back);
 
         let generation = cache.lock()[&template].generation;
         assert_eq!(cache.duty(&template, generation, 2), Duty::Renew);

@@ -46,7 +46,7 @@ use crate::audit::TaskFacts;
 use crate::authority::{AuthorityError, JwtAuthority, JwtError, ValidatedJwt};
 use crate::registry::{Entry, Registry, owner_clock};
 use crate::spiffe_id::SpiffeId;
-use crate::wall_clock::{from_unix_seconds, unix_seconds};
+use crate::wall_clock::{self, from_unix_seconds, unix_seconds};
 use claims::{Actor, TaskClaims};
 use store::Store;
 
@@ -427,7 +427,7 @@ impl TaskRegistry {
             store: Store::load(&path)?,
             version: 0,
         };
-        state.prune(SystemTime::now());
+        state.prune(wall_clock::now());
         Ok(Self {
             path,
             jwt,
@@ -452,7 +452,7 @@ impl TaskRegistry {
     /// Starts a task for `starter` and mints its token. Blocks while the
     /// store is written: call it off the async workers.
     pub fn start(&self, starter: Starter<'_>, request: &StartRequest) -> Result<Started, StartRefusal> {
-        let now = SystemTime::now();
+        let now = wall_clock::now();
         let parent = request
             .parent_token
             .as_deref()
@@ -532,7 +532,7 @@ impl TaskRegistry {
     fn insert(&self, task: &Task) -> Result<(), StartRefusal> {
         let snapshot = {
             let mut state = self.lock();
-            state.prune(SystemTime::now());
+            state.prune(wall_clock::now());
             if let Some(refusal) = state.store.refuse(task, &self.limits) {
                 return Err(StartRefusal::Limit(refusal));
             }
@@ -569,7 +569,7 @@ impl TaskRegistry {
         if !is_task_id(task_id) {
             return Err(EndRefusal::BadId(request::quoted(task_id)));
         }
-        let now = SystemTime::now();
+        let now = wall_clock::now();
         let (ended, snapshot) = {
             let mut state = self.lock();
             let task = state

@@ -1,20 +1,69 @@
-//! Waiting for wall-clock deadlines. Certificate and key lifetimes are wall
-//! time, but tokio's timers are monotonic and stop while the host is
-//! suspended; sleeping in bounded slices and re-reading the wall clock
-//! notices a jump instead of oversleeping an expiry.
+//! The wall clock: certificate, key and token lifetimes, owners' terms and
+//! audit times are all wall time, read here ([`now`]).
+//!
+//! Waiting for a wall-clock deadline needs care: tokio's timers are
+//! monotonic, stop while the host is suspended, and do not move when the
+//! clock is stepped (an NTP step, an operator's `date -s`, a VM restored
+//! from a snapshot). [`sleep_until`] therefore sleeps in bounded slices and
+//! re-reads the clock, and wakes at once when the kernel reports a step
+//! ([`steps`]): after a step forward a rotation that is now due happens at
+//! once, and after a step back a deadline that depends on the time (a
+//! renewal at half an SVID's remaining life, a credential made "in the
+//! future") is worked out again ([`sleep_until_due`]).
 
+mod steps;
+#[cfg(feature = "test-hooks")]
+mod test_offset;
+
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+pub use steps::watch_steps;
 
 /// The longest single sleep before the wall clock is read again.
 const MAX_SLICE: Duration = Duration::from_secs(30);
 
+/// How far the clock may step back before credentials made just before the
+/// step count as made in the future: what certificates are backdated by.
+pub const STEP_TOLERANCE: Duration = Duration::from_secs(60);
+
+/// Counts the clock steps seen; every wall-clock sleeper watches it.
+static STEPS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
+
+/// The time now.
+pub fn now() -> SystemTime {
+    #[cfg(feature = "test-hooks")]
+    return test_offset::shift(SystemTime::now());
+    #[cfg(not(feature = "test-hooks"))]
+    SystemTime::now()
+}
+
+/// Wakes every wall-clock sleeper: the clock was stepped.
+fn stepped() {
+    STEPS.send_modify(|count| *count = count.wrapping_add(1));
+}
+
 /// Sleeps until the wall clock reaches `deadline` (returns at once if it has).
 pub async fn sleep_until(deadline: SystemTime) {
-    while let Ok(left) = deadline.duration_since(SystemTime::now()) {
+    sleep_until_due(|_| deadline).await;
+}
+
+/// Sleeps until the wall clock reaches `due(now)`, asked again (with the
+/// time then) whenever the clock steps, so a deadline worked out from the
+/// time it was set is set again from the new time.
+pub async fn sleep_until_due(mut due: impl FnMut(SystemTime) -> SystemTime) {
+    let mut steps = STEPS.subscribe();
+    let mut deadline = due(now());
+    while let Ok(left) = deadline.duration_since(now()) {
         if left.is_zero() {
             return;
         }
-        tokio::time::sleep(left.min(MAX_SLICE)).await;
+        tokio::select! {
+            () = tokio::time::sleep(left.min(MAX_SLICE)) => {}
+            _ = steps.changed() => deadline = due(now()),
+        }
     }
 }
 
@@ -49,5 +98,22 @@ mod tests {
             MAX_UNIX_SECONDS
         );
         assert_eq!(unix_seconds(from_unix_seconds(4_102_444_800)), 4_102_444_800);
+    }
+
+    #[tokio::test]
+    async fn a_step_asks_for_the_deadline_again() {
+        let far = now() + Duration::from_secs(3600);
+        let mut asked = 0;
+        let sleeper = sleep_until_due(move |now| {
+            asked += 1;
+            // The second time (after the step) the deadline has passed.
+            if asked == 1 { far } else { now }
+        });
+        tokio::pin!(sleeper);
+        assert!(futures::poll!(sleeper.as_mut()).is_pending());
+        stepped();
+        tokio::time::timeout(Duration::from_secs(1), sleeper)
+            .await
+            .expect("woken by the step");
     }
 }

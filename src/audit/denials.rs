@@ -168,7 +168,7 @@ impl DenialLimiter {
 impl Window {
     fn new() -> Self {
         Self {
-            since: SystemTime::now(),
+            since: crate::wall_clock::now(),
             uids: HashMap::new(),
             untracked: Bucket::default(),
         }

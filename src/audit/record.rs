@@ -149,7 +149,7 @@ impl Record {
         Self {
             seq: 0,
             prev: String::new(),
-            time: rfc3339(SystemTime::now()),
+            time: rfc3339(crate::wall_clock::now()),
             rpc,
             outcome,
             reason: reason.into(),

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::jwk::{
@@ -190,7 +190,7 @@ pub fn publish_bundle_document(
     let mut x509 = authority.subscribe_bundle();
     let mut jwt = authority.jwt().subscribe();
     let build = move |x509: &X509Bundle, jwt: &JwtBundle, previous: u64| {
-        let sequence = wall_clock::unix_seconds(SystemTime::now()).max(previous + 1);
+        let sequence = wall_clock::unix_seconds(wall_clock::now()).max(previous + 1);
         Arc::new(BundleDocument::new(x509, jwt, sequence, refresh_hint))
     };
     let first = build(&x509.borrow_and_update(), &jwt.borrow_and_update(), 0);

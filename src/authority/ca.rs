@@ -84,9 +84,9 @@ impl CaSet {
         self.rotation.signing(now)
     }
 
-    /// When the schedule next changes.
-    pub fn next_change(&self) -> SystemTime {
-        self.rotation.next_change()
+    /// When the schedule next changes, seen at `now`.
+    pub fn next_change(&self, now: SystemTime) -> SystemTime {
+        self.rotation.next_change(now)
     }
 
     /// Every published root.

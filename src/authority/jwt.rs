@@ -185,7 +185,7 @@ impl JwtAuthority {
         issuer: Option<JwtIssuer>,
     ) -> Result<Self, AuthorityError> {
         super::jwt_crypto::install();
-        keys.advance(SystemTime::now())?;
+        keys.advance(wall_clock::now())?;
         let bundle = watch::Sender::new(Arc::new(bundle_of(&keys)));
         Ok(Self {
             trust_domain,
@@ -250,7 +250,7 @@ impl JwtAuthority {
         self.mint_with(
             spiffe_id,
             audiences,
-            SystemTime::now() + ttl,
+            wall_clock::now() + ttl,
             &serde_json::Map::new(),
         )
     }
@@ -270,7 +270,7 @@ impl JwtAuthority {
                 "claim {name:?} is set by attestd"
             )));
         }
-        let now = SystemTime::now();
+        let now = wall_clock::now();
         if expires_at <= now {
             return Err(AuthorityError::BadTokenRequest(
                 "the expiry is not in the future".into(),
@@ -354,13 +354,11 @@ impl JwtAuthority {
             return;
         }
         loop {
-            let Ok(next) = self.lock().map(|keys| keys.next_change()) else {
-                return;
-            };
-            wall_clock::sleep_until(next).await;
+            // The keys are here (checked above): the lock cannot fail.
+            wall_clock::sleep_until_due(|now| self.lock().map_or(now, |keys| keys.next_change(now))).await;
             let result = self
                 .lock()
-                .and_then(|mut keys| self.refresh_locked(&mut keys, SystemTime::now()));
+                .and_then(|mut keys| self.refresh_locked(&mut keys, wall_clock::now()));
             if let Err(error) = result {
                 tracing::error!(%error, "JWT key rotation failed; retrying");
                 tokio::time::sleep(ROTATION_RETRY).await;
@@ -412,8 +410,9 @@ fn verify(
         .ok_or_else(|| JwtError::UnknownKey(kid.to_owned()))?;
     let key = DecodingKey::from_jwk(jwk).map_err(|e| JwtError::Malformed(e.to_string()))?;
     let mut validation = Validation::new(algorithm);
-    validation.leeway = JwtAuthority::VALIDATION_LEEWAY.as_secs();
-    validation.validate_nbf = true;
+    // Judged by attestd's clock below: jsonwebtoken reads the host's.
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     match audience {
         Some(audience) => validation.set_audience(&[audience]),
         None => validation.validate_aud = false,
@@ -421,6 +420,7 @@ fn verify(
     validation.set_required_spec_claims(&["exp", "sub", "aud"]);
     let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
         .map_err(|e| decode_error(e, audience.unwrap_or_default()))?;
+    check_times(&data.claims, unix_seconds(wall_clock::now()))?;
     let sub = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default();
     let spiffe_id = SpiffeId::new(sub).map_err(|e| JwtError::BadSubject(format!("{sub:?}: {e}")))?;
     if !spiffe_id.belongs_to(trust_domain) {
@@ -505,6 +505,31 @@ fn check_header(token: &str, signers: Signers) -> Result<(Algorithm, String), Jw
 
 /// What a JWT is, for the errors of a token that is not one.
 const JWS_FORM: &str = "a JWT-SVID is three base64url parts (header, claims, signature) joined by dots";
+
+/// `exp` and `nbf` judged at `now` with the leeway, as jsonwebtoken judges
+/// them by the host's clock, so that a token's expiry follows attestd's
+/// clock as its issuance does. jsonwebtoken has required `exp` as an
+/// integer; `nbf` is optional.
+fn check_times(claims: &serde_json::Map<String, Value>, now: u64) -> Result<(), JwtError> {
+    let leeway = JwtAuthority::VALIDATION_LEEWAY.as_secs();
+    let date = |name: &str| {
+        claims
+            .get(name)
+            .map(|value| {
+                value
+                    .as_u64()
+                    .ok_or_else(|| JwtError::Malformed(format!("{name} is not a NumericDate")))
+            })
+            .transpose()
+    };
+    if date("exp")?.is_some_and(|exp| exp < now.saturating_sub(leeway)) {
+        return Err(JwtError::Expired);
+    }
+    if date("nbf")?.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(JwtError::NotYetValid);
+    }
+    Ok(())
+}
 
 fn decode_error(error: jsonwebtoken::errors::Error, audience: &str) -> JwtError {
     use jsonwebtoken::errors::ErrorKind;

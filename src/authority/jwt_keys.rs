@@ -169,9 +169,9 @@ impl KeySet {
         self.rotation.signing(now)
     }
 
-    /// When the schedule next changes.
-    pub fn next_change(&self) -> SystemTime {
-        self.rotation.next_change()
+    /// When the schedule next changes, seen at `now`.
+    pub fn next_change(&self, now: SystemTime) -> SystemTime {
+        self.rotation.next_change(now)
     }
 
     /// Every published key.

@@ -16,6 +16,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::wall_clock::STEP_TOLERANCE;
+
 /// A credential's place in the schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetime {
@@ -57,8 +59,10 @@ impl<K: Scheduled> Rotation<K> {
         Self { ttl, items }
     }
 
-    /// Brings the schedule up to `now`: drops expired credentials and makes
-    /// the next one when it is due (or a first, immediately signing one).
+    /// Brings the schedule up to `now`: drops expired credentials, and
+    /// those made in the future (the clock stepped back past them: nothing
+    /// they signed is valid yet, see [`in_use`]), and makes the next one
+    /// when it is due (or a first, immediately signing one).
     /// Returns whether the published set changed.
     ///
     /// The new set is handed to `save` before it replaces the current one:
@@ -73,7 +77,7 @@ impl<K: Scheduled> Rotation<K> {
         make: impl FnOnce(Slot) -> Result<K, E>,
         save: impl FnOnce(&[&K]) -> Result<(), E>,
     ) -> Result<bool, E> {
-        let alive = |item: &K| item.lifetime().not_after > now;
+        let alive = |item: &K| in_use(item.lifetime(), now);
         let expired = self.items.iter().any(|item| !alive(item));
         let slot = self.due(now);
         if slot.is_none() && !expired {
@@ -127,7 +131,7 @@ impl<K: Scheduled> Rotation<K> {
             .items
             .iter()
             .map(|item| (item, item.lifetime()))
-            .filter(|(_, lifetime)| lifetime.not_after > now);
+            .filter(|(_, lifetime)| in_use(*lifetime, now));
         live.clone()
             .filter(|(_, lifetime)| lifetime.activate_at <= now)
             .max_by_key(|(_, lifetime)| lifetime.activate_at)
@@ -135,23 +139,34 @@ impl<K: Scheduled> Rotation<K> {
             .map(|(item, _)| item)
     }
 
-    /// When [`Self::advance`] next has work: a successor due or an expiry.
-    pub fn next_change(&self) -> SystemTime {
+    /// When [`Self::advance`] next has work at `now`: a successor due or an
+    /// expiry; `now` itself if there is nothing yet, or a credential made
+    /// in the future.
+    pub fn next_change(&self, now: SystemTime) -> SystemTime {
+        if self.items.iter().any(|item| !in_use(item.lifetime(), now)) {
+            return now;
+        }
         let successor = self
             .newest()
             .map(|newest| newest.lifetime().created + self.ttl / 2);
         let expiry = self.items.iter().map(|item| item.lifetime().not_after).min();
-        [successor, expiry]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(SystemTime::now)
+        [successor, expiry].into_iter().flatten().min().unwrap_or(now)
     }
 
     /// Every published credential (all unexpired ones), oldest first.
     pub fn published(&self) -> &[K] {
         &self.items
     }
+}
+
+/// Whether a credential can be used at `now`: not expired, and not made
+/// after `now` beyond [`STEP_TOLERANCE`]. A credential made "in the future"
+/// means the clock was stepped back past its making: its certificate is
+/// not valid yet (the backdating covers the tolerance), nor is anything it
+/// signed, and its place in the schedule (its successor due half a life
+/// after it was made) would stretch its real life by the step.
+fn in_use(lifetime: Lifetime, now: SystemTime) -> bool {
+    lifetime.not_after > now && lifetime.created <= now + STEP_TOLERANCE
 }
 
 #[cfg(test)]
@@ -188,7 +203,7 @@ mod tests {
         let mut rotation = Rotation::new(TTL, Vec::new());
         assert!(rotation.advance(at(0), &mut make, save).unwrap());
         assert_eq!(rotation.signing(at(0)).unwrap().0, 1, "the first signs at once");
-        assert_eq!(rotation.next_change(), at(50));
+        assert_eq!(rotation.next_change(at(0)), at(50));
 
         assert!(!rotation.advance(at(49), &mut make, save).unwrap());
         assert!(
@@ -207,7 +222,7 @@ mod tests {
             "successor signs after a quarter life"
         );
 
-        assert_eq!(rotation.next_change(), at(100));
+        assert_eq!(rotation.next_change(at(75)), at(100));
         assert!(rotation.advance(at(100), &mut make, save).unwrap());
         let live: Vec<u32> = rotation.published().iter().map(|c| c.0).collect();
         assert_eq!(
@@ -264,5 +279,26 @@ mod tests {
         assert!(rotation.advance(at(55), |slot| Ok(Cred(3, slot)), ok).unwrap());
         let live: Vec<u32> = rotation.published().iter().map(|c| c.0).collect();
         assert_eq!(live, [1, 3]);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_past_a_credential_replaces_it_at_once() {
+        let ok = |_: &[&Cred]| Ok::<_, ()>(());
+        let mut rotation = Rotation::new(Duration::from_secs(1000), Vec::new());
+        rotation.advance(at(500), |slot| Ok(Cred(1, slot)), ok).unwrap();
+        // Back by less than the tolerance: nothing changes.
+        let back_a_little = at(500) - STEP_TOLERANCE;
+        assert_eq!(rotation.signing(back_a_little).unwrap().0, 1);
+        assert_eq!(rotation.next_change(back_a_little), at(1000));
+        // Back further: the credential is from the future; it signs
+        // nothing, the change is due now, and a fresh one signs at once.
+        let back = at(100);
+        assert!(rotation.signing(back).is_none());
+        assert_eq!(rotation.next_change(back), back);
+        assert!(rotation.advance(back, |slot| Ok(Cred(2, slot)), ok).unwrap());
+        let live: Vec<u32> = rotation.published().iter().map(|c| c.0).collect();
+        assert_eq!(live, [2]);
+        assert_eq!(rotation.signing(back).unwrap().0, 2);
+        assert_eq!(rotation.next_change(back), at(600), "its successor at half-life");
     }
 }

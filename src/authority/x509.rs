@@ -80,7 +80,7 @@ pub(super) fn random_serial() -> SerialNumber {
 }
 
 pub(super) fn mint(ca: &SigningCa, template: &SvidTemplate) -> Result<X509Svid, AuthorityError> {
-    let now = SystemTime::now();
+    let now = crate::wall_clock::now();
     if ca.not_after() <= now {
         return Err(AuthorityError::CaExpired);
     }

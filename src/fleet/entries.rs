@@ -62,7 +62,7 @@ pub(super) struct Converter<'a> {
 impl Converter<'_> {
     /// Converts every entry (in any order).
     pub fn convert<'e>(&self, server_entries: impl IntoIterator<Item = &'e ServerEntry>) -> Converted {
-        let now = SystemTime::now();
+        let now = crate::wall_clock::now();
         let mut converted = Converted::default();
         let mut entries: Vec<(i64, &str, Entry)> = Vec::new();
         for server_entry in server_entries {

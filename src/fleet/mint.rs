@@ -124,7 +124,7 @@ impl ServerSigner {
         audiences: &[String],
     ) -> Result<JwtSvid, AuthorityError> {
         let key = (Arc::<str>::from(entry), audiences.to_vec());
-        let now = SystemTime::now();
+        let now = crate::wall_clock::now();
         if let Some(kept) = self.lock_jwts().get(&key).filter(|kept| now < kept.until) {
             return Ok(kept.svid.clone());
         }

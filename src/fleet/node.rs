@@ -6,7 +6,6 @@
 mod x509pop;
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::sync::mpsc;
@@ -151,7 +150,7 @@ impl Node {
     /// Either way with a fresh key; the new SVID is stored before use.
     pub async fn renew_if_due(&self) -> Result<(), FleetError> {
         let current = self.agent();
-        if !current.due(SystemTime::now()) {
+        if !current.due(crate::wall_clock::now()) {
             return Ok(());
         }
         let renewed = match current.reattestable {
@@ -241,7 +240,7 @@ impl Node {
 
 /// A stored SVID still valid, of this trust domain.
 fn usable(agent: &AgentSvid, trust_domain: &TrustDomain) -> bool {
-    agent.not_after > SystemTime::now() && agent.spiffe_id.belongs_to(trust_domain)
+    agent.not_after > crate::wall_clock::now() && agent.spiffe_id.belongs_to(trust_domain)
 }
 
 /// Node attestation: sends the attestor's data with a CSR for a fresh key,

@@ -14,7 +14,7 @@ use crate::wall_clock;
 
 /// The time on the owners' clock.
 pub fn now() -> SystemTime {
-    shift(SystemTime::now(), offset_secs())
+    shift(crate::wall_clock::now(), offset_secs())
 }
 
 /// The wall-clock time at which the owners' clock reads `time`.

@@ -33,7 +33,7 @@ pub fn go_client() -> &'static PathBuf {
 
 /// Runs the Go client as `uid` with `args`; returns success, its JSON
 /// lines and its stderr.
-fn go_as(daemon: &Daemon, uid: u32, args: &[&str]) -> (bool, Vec<Value>, String) {
+pub fn go_as(daemon: &Daemon, uid: u32, args: &[&str]) -> (bool, Vec<Value>, String) {
     let mut command = Command::new(go_client());
     command
         .args(["-addr", &daemon.endpoint(), "-timeout", "10s"])

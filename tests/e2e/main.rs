@@ -11,6 +11,7 @@ mod audit_flood;
 mod authz;
 mod bundle_show;
 mod ca;
+mod clock_steps;
 mod config_errors;
 mod container;
 mod envoy;

@@ -3,7 +3,8 @@
 // -mode x509 (default): fetches the caller's X.509 context through
 // go-spiffe's workloadapi (which itself checks that each SVID's key matches
 // its certificate), verifies every SVID against the fetched bundle with
-// x509svid.Verify, and prints one JSON line per SVID.
+// x509svid.Verify, and prints one JSON line per SVID. With -at, the chain
+// is verified at that Unix time (a daemon whose clock a test stepped).
 //
 // -mode jwt: fetches a JWT-SVID for -audience, validates it through the
 // Workload API, then offline against the JWT bundles fetched from it with
@@ -40,11 +41,12 @@ import (
 )
 
 type x509Result struct {
-	SpiffeID string `json:"spiffe_id"`
-	Hint     string `json:"hint"`
-	Serial   string `json:"serial"`
-	NotAfter int64  `json:"not_after"`
-	Verified bool   `json:"verified"`
+	SpiffeID  string `json:"spiffe_id"`
+	Hint      string `json:"hint"`
+	Serial    string `json:"serial"`
+	NotBefore int64  `json:"not_before"`
+	NotAfter  int64  `json:"not_after"`
+	Verified  bool   `json:"verified"`
 }
 
 type jwtResult struct {
@@ -69,6 +71,7 @@ func main() {
 	setuid := flag.Int("setuid", 65534, "watch-setuid: uid to drop to after the first message")
 	dir := flag.String("dir", "", "where to write the files (files mode)")
 	updates := flag.Int("updates", 1, "distinct SVIDs to write before exiting (files mode)")
+	at := flag.Int64("at", 0, "x509: verify at this Unix time instead of now")
 	flag.Parse()
 	handoffOpts.addr = *addr
 
@@ -82,7 +85,11 @@ func main() {
 	var err error
 	switch *mode {
 	case "x509":
-		err = fetchX509(ctx, opts)
+		var verify []x509svid.VerifyOption
+		if *at != 0 {
+			verify = append(verify, x509svid.WithTime(time.Unix(*at, 0)))
+		}
+		err = fetchX509(ctx, opts, verify)
 	case "jwt":
 		err = fetchJWT(ctx, opts, strings.Split(*audience, ","))
 	case "jwt-validate":
@@ -104,23 +111,24 @@ func main() {
 	}
 }
 
-func fetchX509(ctx context.Context, opts []workloadapi.ClientOption) error {
+func fetchX509(ctx context.Context, opts []workloadapi.ClientOption, verify []x509svid.VerifyOption) error {
 	x509ctx, err := workloadapi.FetchX509Context(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("fetch: %w", err)
 	}
 	out := json.NewEncoder(os.Stdout)
 	for _, svid := range x509ctx.SVIDs {
-		if _, _, err := x509svid.Verify(svid.Certificates, x509ctx.Bundles); err != nil {
+		if _, _, err := x509svid.Verify(svid.Certificates, x509ctx.Bundles, verify...); err != nil {
 			return fmt.Errorf("verify %s: %w", svid.ID, err)
 		}
 		leaf := svid.Certificates[0]
 		if err := out.Encode(x509Result{
-			SpiffeID: svid.ID.String(),
-			Hint:     svid.Hint,
-			Serial:   hex.EncodeToString(leaf.SerialNumber.Bytes()),
-			NotAfter: leaf.NotAfter.Unix(),
-			Verified: true,
+			SpiffeID:  svid.ID.String(),
+			Hint:      svid.Hint,
+			Serial:    hex.EncodeToString(leaf.SerialNumber.Bytes()),
+			NotBefore: leaf.NotBefore.Unix(),
+			NotAfter:  leaf.NotAfter.Unix(),
+			Verified:  true,
 		}); err != nil {
 			return err
 		}
