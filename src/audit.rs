@@ -25,7 +25,10 @@ mod verify;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
 
 pub use bound::{MAX_REASON_BYTES, MAX_RECORD_BYTES, MAX_VALUE_BYTES};
 pub use chain::GENESIS;
@@ -94,6 +97,11 @@ pub struct AuditLog {
     // across an await; it also orders the chain.
     head: Mutex<Head>,
     denials: DenialLimiter,
+    /// Whether the last write failed.
+    failed: AtomicBool,
+    /// Whether decisions are being refused because the trail cannot be
+    /// written (`on_failure = "refuse"` only): health reports it.
+    refusing: watch::Sender<bool>,
 }
 
 impl AuditLog {
@@ -129,6 +137,8 @@ impl AuditLog {
                 last_hash,
             }),
             denials: DenialLimiter::new(DenialLimit::default()),
+            failed: AtomicBool::new(false),
+            refusing: watch::Sender::new(false),
         })
     }
 
@@ -151,12 +161,30 @@ impl AuditLog {
         if result.is_err() {
             metrics().audit_failure(records.len());
         }
+        self.note_outcome(result.is_err());
         match (result, self.on_failure) {
             (Err(error), OnAuditFailure::Issue) => {
                 tracing::error!(%error, records = records.len(), "audit records lost (on_failure = issue)");
                 Ok(())
             }
             (result, _) => result,
+        }
+    }
+
+    /// Follows whether decisions are being refused because the trail
+    /// cannot be written: true from a failed write until one succeeds
+    /// (never with `on_failure = "issue"`, which refuses nothing).
+    pub fn refusing(&self) -> watch::Receiver<bool> {
+        self.refusing.subscribe()
+    }
+
+    fn note_outcome(&self, failed: bool) {
+        if self.failed.swap(failed, Ordering::Relaxed) == failed {
+            return;
+        }
+        metrics().audit_trail_failing(failed);
+        if self.on_failure == OnAuditFailure::Refuse {
+            self.refusing.send_replace(failed);
         }
     }
 

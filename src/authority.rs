@@ -47,6 +47,7 @@ pub use upstream::check_pem as check_upstream_pem;
 pub use x509::{SvidTemplate, X509Svid};
 
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::telemetry::{Credential, metrics};
 use crate::wall_clock;
 
 /// How often an upstream CA's files are checked for replacement.
@@ -339,7 +340,9 @@ impl Authority {
                 Signer::Upstream(_) => now + UPSTREAM_POLL,
             })
             .await;
-            if let Err(error) = self.refresh(signer, wall_clock::now()) {
+            let result = self.refresh(signer, wall_clock::now());
+            metrics().rotation(Credential::X509Ca, result.is_ok());
+            if let Err(error) = result {
                 tracing::error!(%error, "CA rotation failed; keeping the current CA");
                 tokio::time::sleep(ROTATION_RETRY).await;
             }

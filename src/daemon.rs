@@ -188,6 +188,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // and gRPC probes: no attestation, no audit, and not counted as a
     // Workload API request (a probe is not a client's error).
     let (grpc_health, grpc_health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_audit_refusals(
+        ctx.audit.refusing(),
+        grpc_health.clone(),
+        Arc::clone(&readiness),
+        ctx.shutdown.clone(),
+    ));
     let stop = async move {
         signals.stop().await;
         readiness.set(false);
@@ -246,6 +252,39 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     match ended {
         Some(error) => Err(error.into()),
         None => Ok(()),
+    }
+}
+
+/// While decisions are refused because the audit trail cannot be written,
+/// the Workload API is not serving, and says so: grpc.health.v1 (`attestd
+/// healthcheck`) and `/ready` report it until a record is written again.
+/// Ends when attestd stops (which reports not serving for good).
+async fn report_audit_refusals(
+    mut refusing: watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+    readiness: Arc<Readiness>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+            changed = refusing.changed() => if changed.is_err() { return },
+        }
+        let refused = *refusing.borrow_and_update();
+        let status = match refused {
+            true => tonic_health::ServingStatus::NotServing,
+            false => tonic_health::ServingStatus::Serving,
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        readiness.set(!refused);
+        health.set_service_status("", status).await;
+        match refused {
+            true => tracing::error!("audit trail cannot be written: decisions refused; reported not serving"),
+            false => tracing::info!("audit trail written again; serving"),
+        }
     }
 }
 

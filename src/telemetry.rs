@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 pub(crate) use health::BoundedListener;
 pub use health::{HealthError, Readiness, serve as serve_health};
-pub use metrics::{ConnectionRefusal, DecisionOutcome, Metrics, ReloadOutcome, metrics};
+pub use metrics::{ConnectionRefusal, Credential, DecisionOutcome, Metrics, ReloadOutcome, metrics};
 pub use systemd::{notify_ready, notify_stopping, run_watchdog};
 
 /// Installs the global subscriber: level from `RUST_LOG`, `info` by default.

@@ -19,6 +19,7 @@ use super::AuthorityError;
 use super::issuer::JwtIssuer;
 use super::jwt_keys::KeySet;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
+use crate::telemetry::{Credential, metrics};
 use crate::wall_clock::{self, unix_seconds};
 
 /// Retry delay after a failed key rotation.
@@ -359,6 +360,7 @@ impl JwtAuthority {
             let result = self
                 .lock()
                 .and_then(|mut keys| self.refresh_locked(&mut keys, wall_clock::now()));
+            metrics().rotation(Credential::JwtKeys, result.is_ok());
             if let Err(error) = result {
                 tracing::error!(%error, "JWT key rotation failed; retrying");
                 tokio::time::sleep(ROTATION_RETRY).await;

@@ -33,6 +33,20 @@ enum SvidKind {
     Jwt,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CredentialLabels {
+    credential: Credential,
+}
+
+/// A signing credential of the local authority.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Credential {
+    /// The X.509 CA: the embedded roots, or the upstream CA's files.
+    X509Ca,
+    /// The JWT signing keys.
+    JwtKeys,
+}
+
 /// How a policy reload ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum ReloadOutcome {
@@ -280,6 +294,9 @@ pub struct Metrics {
     open_streams: Gauge,
     policy_reloads: Family<ReloadLabels, Counter>,
     audit_write_failures: Counter,
+    audit_trail_failing: Gauge,
+    rotation_failures: Family<CredentialLabels, Counter>,
+    rotation_failing: Family<CredentialLabels, Gauge>,
     // Audit flooding: label values come from the fixed set of RPC names.
     audit_denials_suppressed: Family<RpcLabels, Counter>,
     audit_records_truncated: Counter,
@@ -313,6 +330,9 @@ impl Metrics {
             open_streams: Gauge::default(),
             policy_reloads: Family::default(),
             audit_write_failures: Counter::default(),
+            audit_trail_failing: Gauge::default(),
+            rotation_failures: Family::default(),
+            rotation_failing: Family::default(),
             audit_denials_suppressed: Family::default(),
             audit_records_truncated: Counter::default(),
             limits: LimitMetrics::default(),
@@ -352,6 +372,21 @@ impl Metrics {
             metrics.audit_write_failures.clone(),
         );
         registry.register(
+            "audit_trail_failing",
+            "1 while the audit trail cannot be written (from a failed write until one succeeds); with on_failure = refuse, decisions are refused meanwhile and grpc.health.v1 and /ready report not serving",
+            metrics.audit_trail_failing.clone(),
+        );
+        registry.register(
+            "authority_rotation_failures",
+            "Failed attempts to rotate a signing credential or re-read the upstream CA files, by credential (the current one keeps signing)",
+            metrics.rotation_failures.clone(),
+        );
+        registry.register(
+            "authority_rotation_failing",
+            "1 while the last attempt to rotate a signing credential or re-read the upstream CA files failed, by credential",
+            metrics.rotation_failing.clone(),
+        );
+        registry.register(
             "audit_denials_suppressed",
             "Denial records of callers without an identity left out by the per-uid rate limit (summarised per window), by RPC",
             metrics.audit_denials_suppressed.clone(),
@@ -367,6 +402,14 @@ impl Metrics {
         // Every label value is exported from the start, at zero.
         for kind in [SvidKind::X509, SvidKind::Jwt] {
             let _ = metrics.minted.get_or_create(&KindLabels { kind });
+        }
+        for credential in [Credential::X509Ca, Credential::JwtKeys] {
+            let _ = metrics
+                .rotation_failures
+                .get_or_create(&CredentialLabels { credential });
+            let _ = metrics
+                .rotation_failing
+                .get_or_create(&CredentialLabels { credential });
         }
         for outcome in [
             ReloadOutcome::Applied,
@@ -432,6 +475,21 @@ impl Metrics {
         self.audit_write_failures.inc_by(records as u64);
     }
 
+    /// The audit trail started failing (`true`) or was written again.
+    pub fn audit_trail_failing(&self, failing: bool) {
+        self.audit_trail_failing.set(i64::from(failing));
+    }
+
+    /// The outcome of an attempt to rotate `credential` (or re-read the
+    /// upstream CA files).
+    pub fn rotation(&self, credential: Credential, ok: bool) {
+        let labels = CredentialLabels { credential };
+        if !ok {
+            self.rotation_failures.get_or_create(&labels).inc();
+        }
+        self.rotation_failing.get_or_create(&labels).set(i64::from(!ok));
+    }
+
     /// Counts a denial record left out by the rate limit.
     pub fn audit_denial_suppressed(&self, rpc: &'static str) {
         self.audit_denials_suppressed
@@ -474,6 +532,9 @@ mod tests {
             "attestd_header_lists_refused_total",
             "attestd_authz_decisions_total{decision=\"Refused\"}",
             "attestd_authz_policy_reloads_total{outcome=\"Failed\"}",
+            "attestd_audit_trail_failing",
+            "attestd_authority_rotation_failures_total{credential=\"JwtKeys\"}",
+            "attestd_authority_rotation_failing{credential=\"X509Ca\"}",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

@@ -1,9 +1,11 @@
 //! Faults of the host, against the real daemon: a full or read-only
-//! `data_dir` or audit trail, at start and while running; a corrupt
-//! `ca.json` or key file; upstream CA files replaced by a broken or
-//! mismatched pair. Each time: a clear error naming the path, issuance
-//! failing closed, no half-written file, no unsaved root in the bundle, and
-//! recovery once the fault is gone.
+//! `data_dir` or audit trail, at start and while running (the trail on an
+//! ext4 that remounts itself read-only on an error, as a failing disk's
+//! does); a corrupt `ca.json` or key file; upstream CA files replaced by a
+//! broken or mismatched pair. Each time: a clear error naming the path,
+//! issuance failing closed and said so (health, metrics), no half-written
+//! file, no unsaved root in the bundle, and recovery once the fault is
+//! gone. The wall clock stepping is in `clock_steps.rs`.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -12,8 +14,8 @@ use std::time::Duration;
 
 use crate::ca::{OrgCa, fetch, upstream_config};
 use crate::harness::{
-    Daemon, assert_success, attestd_bin, cli_fetch_as, shared_tempdir, shell, verify_chain, wait_for,
-    write_config,
+    Daemon, assert_success, attestd_bin, cli_fetch_as, free_loopback_port, http_get, shared_tempdir, shell,
+    verify_chain, wait_for, write_config,
 };
 
 const ROOT_ENTRY: &str = r#"
@@ -54,6 +56,31 @@ impl Mount {
             path: path.to_owned(),
             bind: true,
         }
+    }
+
+    /// An 8 MiB ext4 file system in `image`, loop-mounted at `path` with
+    /// `errors=remount-ro`, as a failing disk's file system is.
+    fn ext4(path: &Path, image: &Path) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        shell(&format!(
+            "truncate -s 8M '{0}' && mkfs.ext4 -q '{0}' && mount -o loop,errors=remount-ro '{0}' '{1}'",
+            image.display(),
+            path.display()
+        ));
+        Self {
+            path: path.to_owned(),
+            bind: false,
+        }
+    }
+
+    /// Has the ext4 file system meet an error (its sysfs test trigger): it
+    /// remounts itself read-only at once, under files held open for
+    /// writing, which a remount from outside refuses (`EBUSY`).
+    fn ext4_error(&self) {
+        shell(&format!(
+            "echo attestd-test > /sys/fs/ext4/$(basename $(findmnt -no SOURCE '{}'))/trigger_fs_error",
+            self.path.display()
+        ));
     }
 
     /// Remounts read-only or read-write; false if the kernel refuses.
@@ -321,16 +348,93 @@ async fn a_read_only_data_dir_at_run_time_keeps_the_ca_whole_and_recovers() {
     verify_chain(&chain, &roots_now);
 }
 
+#[test]
+fn an_audit_trail_turned_read_only_at_run_time_fails_closed_and_reports_not_serving() {
+    let dir = shared_tempdir();
+    let image = tempfile::tempdir().unwrap();
+    let audit = Mount::ext4(&dir.path().join("audit"), &image.path().join("audit.img"));
+    let trail = audit.path.join("audit.jsonl");
+    let health = free_loopback_port();
+    let body = format!(
+        "[health]\nlisten = \"{health}\"\n\n[audit]\npath = \"{}\"\n{ROOT_ENTRY}",
+        trail.display()
+    );
+    let daemon = Daemon::start_in(dir, &body);
+    assert_success(&cli_fetch_as(&daemon, 0));
+    assert!(healthcheck(&daemon));
+
+    // The disk fails: its file system turns read-only under the open trail
+    // (and its journal is aborted: what was not yet on disk is lost, so
+    // the records so far are synced first, to be checked after repair).
+    shell(&format!("sync -f '{}'", trail.display()));
+    audit.ext4_error();
+    let refused = wait_for(PATIENCE, "a refused fetch", || {
+        let output = cli_fetch_as(&daemon, 0);
+        (!output.status.success()).then(|| String::from_utf8_lossy(&output.stderr).into_owned())
+    });
+    assert!(refused.contains("Unavailable"), "{refused}");
+    let log = daemon.log();
+    assert!(log.contains("Read-only file system"), "{log}");
+    assert!(
+        log.contains(&trail.display().to_string()),
+        "the trail named: {log}"
+    );
+    assert!(log.contains("reported not serving"), "{log}");
+    assert!(!healthcheck(&daemon), "grpc.health.v1 reports not serving");
+    assert_eq!(http_get(&health, "/ready").0, 503);
+    let metrics = http_get(&health, "/metrics").1;
+    assert!(metrics.contains("attestd_audit_trail_failing 1"), "{metrics}");
+    assert!(daemon.log().contains("audit trail opened"), "still running");
+
+    // The operator stops attestd, repairs the file system and starts it:
+    // the records written before the failure verify, and it serves.
+    let dir = daemon.stop();
+    shell(&format!(
+        "umount '{0}' && e2fsck -fy '{1}' >/dev/null; mount -o loop,errors=remount-ro '{1}' '{0}'",
+        audit.path.display(),
+        image.path().join("audit.img").display()
+    ));
+    audit_verifies(&trail);
+    let daemon = Daemon::start_in(dir, &body);
+    assert_success(&cli_fetch_as(&daemon, 0));
+    assert!(healthcheck(&daemon));
+    audit_verifies(&trail);
+}
+
+/// Whether `attestd healthcheck` (grpc.health.v1) reports serving.
+fn healthcheck(daemon: &Daemon) -> bool {
+    Command::new(attestd_bin())
+        .args(["healthcheck", "--socket", &daemon.endpoint()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 #[tokio::test]
 async fn upstream_files_replaced_by_a_mismatched_or_broken_pair_keep_the_old_ca_signing() {
     let org = OrgCa::new();
     let dir = shared_tempdir();
     let files = dir.path().join("upstream");
     let intermediate = org.issue(&files, "host-a");
-    let daemon = Daemon::start_in(dir, &upstream_config(&files, "spiffe://example.org/faults"));
+    let health = free_loopback_port();
+    let body = format!(
+        "[health]\nlisten = \"{health}\"\n{}",
+        upstream_config(&files, "spiffe://example.org/faults")
+    );
+    let daemon = Daemon::start_in(dir, &body);
     let (chain, roots) = fetch(&daemon).await;
     assert_eq!(chain[1], intermediate);
     let failures = |daemon: &Daemon| daemon.log().matches("CA rotation failed").count();
+    let failing = |value: u8| {
+        let metrics = http_get(&health, "/metrics").1;
+        metrics
+            .contains(&format!(
+                "attestd_authority_rotation_failing{{credential=\"X509Ca\"}} {value}"
+            ))
+            .then_some(metrics)
+    };
+    failing(0).expect("not failing at first");
 
     // A mismatched pair: another intermediate's key.
     let other = tempfile::tempdir().unwrap();
@@ -351,6 +455,11 @@ async fn upstream_files_replaced_by_a_mismatched_or_broken_pair_keep_the_old_ca_
         "{}",
         daemon.log()
     );
+    let metrics = failing(1).expect("the failure in the metrics");
+    assert!(
+        !metrics.contains("attestd_authority_rotation_failures_total{credential=\"X509Ca\"} 0"),
+        "{metrics}"
+    );
     let (chain, roots_now) = fetch(&daemon).await;
     assert_eq!(
         (&chain[1], &roots_now),
@@ -360,6 +469,7 @@ async fn upstream_files_replaced_by_a_mismatched_or_broken_pair_keep_the_old_ca_
     verify_chain(&chain, &roots);
 
     // A broken certificate file (the right key back).
+    let certificate = std::fs::read(files.join("intermediate.pem")).unwrap();
     std::fs::write(files.join("intermediate.key"), key).unwrap();
     let seen = failures(&daemon);
     std::fs::write(
@@ -378,4 +488,9 @@ async fn upstream_files_replaced_by_a_mismatched_or_broken_pair_keep_the_old_ca_
         "the old CA signs"
     );
     verify_chain(&chain, &roots);
+
+    // The pair whole again: the alert clears.
+    std::fs::write(files.join("intermediate.pem.new"), certificate).unwrap();
+    std::fs::rename(files.join("intermediate.pem.new"), files.join("intermediate.pem")).unwrap();
+    wait_for(PATIENCE, "the metric cleared", || failing(0));
 }

@@ -135,10 +135,22 @@ impl Daemon {
     }
 
     /// SIGKILLs the daemon and hands back its directory for a restart.
-    pub fn crash(mut self) -> tempfile::TempDir {
-        self.stop_with(nix::sys::signal::Signal::SIGKILL);
+    pub fn crash(self) -> tempfile::TempDir {
+        self.into_dir(nix::sys::signal::Signal::SIGKILL).1
+    }
+
+    /// Stops the daemon as systemd does (SIGTERM), which must succeed, and
+    /// hands back its directory.
+    pub fn stop(self) -> tempfile::TempDir {
+        let (status, dir) = self.into_dir(nix::sys::signal::Signal::SIGTERM);
+        assert!(status.success(), "attestd stopped with {status}");
+        dir
+    }
+
+    fn into_dir(mut self, signal: nix::sys::signal::Signal) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let status = self.stop_with(signal);
         let dir = tempfile::tempdir().unwrap();
-        std::mem::replace(&mut self.dir, dir)
+        (status, std::mem::replace(&mut self.dir, dir))
     }
 
     /// A `Vm...:` field of the daemon's `/proc/<pid>/status` (`"VmHWM:"`,
