@@ -16,6 +16,10 @@
 #                                         target/fuzz-corpus/<target>.
 #                                         FUZZ_MAX_SECONDS caps each target's
 #                                         time (0, the default: no cap).
+#                                         FUZZ_SANITIZER=none runs a build
+#                                         without AddressSanitizer (2 to 4
+#                                         times the executions a second; its
+#                                         own cached target directory).
 #   fuzz/campaign.sh cmin [TARGET...]     adds target/fuzz-corpus/<target> to
 #                                         fuzz/corpus/<target> and minimizes it
 #                                         (cargo fuzz cmin).
@@ -29,7 +33,12 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 cache=${ATTESTD_PEER_CACHE:-/var/cache/attestd-test-peers}
-target_dir=${ATTESTD_FUZZ_TARGET_DIR:-$cache/fuzz-target}
+sanitizer=${FUZZ_SANITIZER:-address}
+case $sanitizer in
+    address) default_target_dir=$cache/fuzz-target ;;
+    *) default_target_dir=$cache/fuzz-target-$sanitizer ;;
+esac
+target_dir=${ATTESTD_FUZZ_TARGET_DIR:-$default_target_dir}
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "fuzzing needs the nightly toolchain (rustup toolchain install nightly)" >&2
     exit 1
@@ -57,7 +66,7 @@ options() {
 
 build() {
     mkdir -p "$target_dir"
-    cargo +nightly fuzz build --target-dir "$target_dir"
+    cargo +nightly fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
 }
 
 # run TARGET SCRATCH_CORPUS [libFuzzer options...]: new inputs go to the
@@ -97,7 +106,7 @@ case $mode in
         targets=${*:-$all_targets}
         build
         results=fuzz/results.tsv
-        [[ -s $results ]] || printf 'date\tcommit\ttarget\texecutions\tseconds\texec_per_s\tcorpus\toutcome\n' > "$results"
+        [[ -s $results ]] || printf 'date\tcommit\ttarget\texecutions\tseconds\texec_per_s\tcorpus\toutcome\tsanitizer\n' > "$results"
         commit=$(git rev-parse --short HEAD)
         for name in $targets; do
             log="target/fuzz-$name.log"
@@ -109,8 +118,8 @@ case $mode in
             seconds=$(( $(date +%s) - start ))
             executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
             corpus=$(find "target/fuzz-corpus/$name" "fuzz/corpus/$name" -type f | wc -l)
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$commit" "$name" "${executed:-?}" \
-                "$seconds" "$(( ${executed:-0} / (seconds > 0 ? seconds : 1) ))" "$corpus" "$outcome" >> "$results"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$commit" "$name" "${executed:-?}" \
+                "$seconds" "$(( ${executed:-0} / (seconds > 0 ? seconds : 1) ))" "$corpus" "$outcome" "$sanitizer" >> "$results"
             tail -n 1 "$results"
         done
         ;;
@@ -120,7 +129,7 @@ case $mode in
             echo "==> $name: minimizing fuzz/corpus/$name with target/fuzz-corpus/$name"
             mkdir -p "fuzz/corpus/$name"
             [[ ! -d target/fuzz-corpus/$name ]] || cp -n target/fuzz-corpus/"$name"/* "fuzz/corpus/$name/" 2>/dev/null || true
-            nice -n 19 cargo +nightly fuzz cmin --target-dir "$target_dir" "$name" "fuzz/corpus/$name" \
+            nice -n 19 cargo +nightly fuzz cmin --sanitizer "$sanitizer" --target-dir "$target_dir" "$name" "fuzz/corpus/$name" \
                 > "target/fuzz-cmin-$name.log" 2>&1
         done
         du -sh fuzz/corpus
