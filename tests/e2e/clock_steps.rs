@@ -74,10 +74,11 @@ fn leaf(der: &[u8]) -> (String, i64, i64) {
     )
 }
 
-/// Reads pushes until one carries an SVID valid at the daemon's time;
-/// returns its leaf.
+/// Reads pushes until one carries an SVID other than `previous` valid at
+/// the daemon's time; returns its leaf.
 async fn await_valid_svid(
     stream: &mut Streaming<X509svidResponse>,
+    previous: &str,
     clock: &Clock,
     daemon: &Daemon,
 ) -> (String, i64, i64) {
@@ -85,7 +86,7 @@ async fn await_valid_svid(
         loop {
             let response = stream.next().await.expect("stream open").expect("a push");
             let svid = leaf(&response.svids[0].x509_svid);
-            if svid.1 <= clock.now() && clock.now() < svid.2 {
+            if svid.0 != previous && svid.1 <= clock.now() && clock.now() < svid.2 {
                 return svid;
             }
         }
@@ -151,15 +152,14 @@ async fn rotation_and_token_expiry_follow_the_wall_clock_stepping_forward_and_ba
     let daemon = Daemon::start_with_env(ENTRY, &[("ATTESTD_TEST_WALL_CLOCK_FILE", &file)]);
     let mut api = attestd::client::connect(&daemon.socket()).await.unwrap();
     let mut stream = api.fetch_x509svid(X509svidRequest {}).await.unwrap().into_inner();
-    let first = await_valid_svid(&mut stream, &clock, &daemon).await;
+    let first = await_valid_svid(&mut stream, "", &clock, &daemon).await;
     let token = fetch_token(&daemon).await;
     assert_expires_by_the_daemons_clock(&token, &clock);
 
     // Forward 50 minutes: past the SVID's half-life (1 h), before its
     // expiry; past the token's 5 minutes.
     clock.step_to(3000);
-    let second = await_valid_svid(&mut stream, &clock, &daemon).await;
-    assert_ne!(second.0, first.0, "renewed");
+    let second = await_valid_svid(&mut stream, &first.0, &clock, &daemon).await;
     go_verifies_at(&daemon, &clock, &second.0);
     assert_eq!(
         validate(&daemon, &token).await,
@@ -172,7 +172,7 @@ async fn rotation_and_token_expiry_follow_the_wall_clock_stepping_forward_and_ba
     // Forward 8 days: past the root's 7 days and the JWT key's 1 day. A
     // fresh root signs at once, the expired one leaves the bundle.
     clock.step_to(8 * DAY);
-    let third = await_valid_svid(&mut stream, &clock, &daemon).await;
+    let third = await_valid_svid(&mut stream, &second.0, &clock, &daemon).await;
     go_verifies_at(&daemon, &clock, &third.0);
     let refused = validate(&daemon, &token).await.expect_err("its key has expired");
     assert!(refused.contains("is not in the trust bundle"), "{refused}");
@@ -184,7 +184,7 @@ async fn rotation_and_token_expiry_follow_the_wall_clock_stepping_forward_and_ba
     // since is from the future, valid only then. The root and the JWT key
     // made at +8 days are replaced; SVIDs re-issued.
     clock.step_to(-DAY);
-    let fourth = await_valid_svid(&mut stream, &clock, &daemon).await;
+    let fourth = await_valid_svid(&mut stream, &third.0, &clock, &daemon).await;
     go_verifies_at(&daemon, &clock, &fourth.0);
     // Minting catches up the JWT keys if their rotation task has not yet.
     let fresh = fetch_token(&daemon).await;
