@@ -254,7 +254,7 @@ async fn run(args: &Args, binary: &std::path::Path, layout: &Layout, seed: u64) 
         }
         tally.kills += 1;
         tally.during_startup += u64::from(during_startup);
-        if let Err(problem) = cut_power(&mut disk, &mut tally) {
+        if let Err(problem) = cut_power(&mut disk, &mut tally).await {
             failures.push(problem);
             break;
         }
@@ -289,7 +289,7 @@ async fn run(args: &Args, binary: &std::path::Path, layout: &Layout, seed: u64) 
                 // Let the clients get their answers from it.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = attestd.kill();
-                if let Err(problem) = cut_power(&mut disk, &mut tally) {
+                if let Err(problem) = cut_power(&mut disk, &mut tally).await {
                     failures.push(problem);
                 }
             }
@@ -331,10 +331,17 @@ async fn run(args: &Args, binary: &std::path::Path, layout: &Layout, seed: u64) 
 }
 
 /// In power-loss mode, the power cut after a kill (attestd is down).
-fn cut_power(disk: &mut Option<PowerCutFs>, tally: &mut Tally) -> Result<(), String> {
+async fn cut_power(disk: &mut Option<PowerCutFs>, tally: &mut Tally) -> Result<(), String> {
     let Some(disk) = disk else {
         return Ok(());
     };
+    // The clients share this thread: let them take in the answers the
+    // killed attestd sent, so that each SVID is counted against this cut.
+    // (Taken in after the checks, an SVID whose record this cut lost
+    // would be counted at the next cut, as if lost a whole round later.)
+    // Nothing writes to the file system meanwhile: the cut is as at the
+    // kill.
+    tokio::time::sleep(CLIENT_DRAIN).await;
     tally.losses.cut_at = Some(Instant::now());
     disk.power_cut()
         .map_err(|error| format!("power cut {}: {error}", tally.cuts + 1))?;
@@ -409,6 +416,10 @@ fn check(
 /// SVIDs and tokens held within this of their expiry are not checked
 /// against the bundle that survived a cut (they may expire meanwhile).
 const HELD_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the clients get to take in the killed attestd's last answers
+/// before the power cut.
+const CLIENT_DRAIN: Duration = Duration::from_millis(300);
 
 /// How late the emulated flusher may run on a busy machine (it sleeps its
 /// interval between passes, then waits for the file system's lock).
