@@ -209,3 +209,18 @@ fn atomic_replacement_as_attestd_does_it_survives_every_cut() {
         assert_eq!(fs::read_dir(m.dir.path()).unwrap().count(), 1);
     }
 }
+
+#[test]
+fn dropped_with_a_file_open_it_leaves_no_mount_behind() {
+    let m = Mounted::new(None);
+    let open = File::create(m.path("a")).unwrap();
+    let dir = m.dir.path().to_owned();
+    drop(m.fs);
+    drop(open);
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&format!(" {} ", dir.display())),
+        "{} is still mounted",
+        dir.display()
+    );
+}
