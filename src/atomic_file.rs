@@ -70,12 +70,30 @@ fn split(path: &Path) -> io::Result<(&Path, String)> {
 }
 
 /// Creates `dir` (and parents) if missing; a directory this call creates gets
-/// `mode`, an existing one is left as the operator made it.
+/// `mode`, an existing one is left as the operator made it. Each new
+/// directory's parent is fsynced: a new directory's name is an entry in its
+/// parent, and without that fsync a power loss may take `data_dir` away
+/// with the CA that [`write`] made durable inside it (attestd would then
+/// make a new CA, splitting the trust bundle).
 pub fn create_dir(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
+    let mut created = Vec::new();
+    let mut next = Some(dir);
+    while let Some(missing) = next.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        created.push(missing);
+        next = missing.parent();
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    for new_dir in created {
+        let (parent, _) = split(new_dir)?;
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Opens `path` for reading and appending, creating it with `mode` if
@@ -124,6 +142,21 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, [".bundle.json.x1Yz.tmp", "ca.json"]);
+    }
+
+    #[test]
+    fn creates_missing_directories_with_the_mode_and_leaves_existing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let nested = dir.path().join("a/b");
+        create_dir(&nested, 0o700).unwrap();
+        for made in [dir.path().join("a"), nested.clone()] {
+            let mode = std::fs::metadata(&made).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", made.display());
+        }
+        create_dir(dir.path(), 0o700).unwrap();
+        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "an existing directory is left as it was");
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (creating, mode 0600, with its directory 0700 if missing) the
     /// audit file for appending, and finds the end of the chain in it (or in
-    /// the newest rotated file).
+    /// the newest rotated file that has a record).
     pub fn open(path: &Path, rotation: Rotation, on_failure: OnAuditFailure) -> Result<Self, AuditError> {
         let error = |source| AuditError {
             path: path.to_owned(),
@@ -119,7 +119,7 @@ impl AuditLog {
         let mut file = AuditFile::open(path).map_err(error)?;
         let (next_seq, last_hash) = match chain::last_link(&mut file.file).map_err(error)? {
             Some(link) => link,
-            None => chain::last_link_of(&rotated(path, 1))
+            None => last_rotated_link(path, rotation.keep)
                 .map_err(error)?
                 .unwrap_or_else(chain::start),
         };
@@ -310,6 +310,23 @@ impl AuditLog {
     }
 }
 
+/// The end of the chain in the newest rotated file that holds a record,
+/// for a live file without one. That is `.1`, except after a power loss:
+/// the trail is not fsynced per record, so the renames of a rotation can be
+/// durable (a later atomic write fsyncs the directory) while the records in
+/// the files are not, leaving the newest rotated files empty. Restarting
+/// the chain there would break it for `audit verify`; it goes on from the
+/// last record that survived. A missing number (a crash in the middle of a
+/// rotation) is skipped; at most `keep` files are looked at.
+fn last_rotated_link(path: &Path, keep: u32) -> io::Result<Option<(u64, String)>> {
+    for n in 1..=keep.max(1) {
+        if let Some(link) = chain::last_link_of(&rotated(path, n))? {
+            return Ok(Some(link));
+        }
+    }
+    Ok(None)
+}
+
 /// `audit.jsonl.N`.
 fn rotated(path: &Path, n: u32) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -418,6 +435,35 @@ mod tests {
         let report = verify(&files).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!(report.last_seq, Some(39));
+    }
+
+    #[test]
+    fn after_a_power_loss_emptied_the_newest_files_the_chain_goes_on_from_the_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotation = Rotation {
+            max_bytes: 2000,
+            keep: 5,
+        };
+        let record = |i: usize| Record::new("FetchX509SVID", Outcome::Issued, format!("record {i}"), None);
+        let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
+        for i in 0..40 {
+            log.write(&[record(i)]).unwrap();
+        }
+        drop(log);
+        assert!(rotated(&path, 3).exists());
+        // What a power cut can leave: the renames durable, the records of
+        // the live file and of `.1` (and a gap at `.2`) not.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::write(rotated(&path, 1), b"").unwrap();
+        std::fs::remove_file(rotated(&path, 2)).unwrap();
+        let survived = verify(&[rotated(&path, 3)]).unwrap().last_seq.unwrap();
+        let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
+        log.write(&[record(40)]).unwrap();
+        let files = vec![rotated(&path, 3), rotated(&path, 1), path.clone()];
+        let report = verify(&files).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.last_seq, Some(survived + 1));
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //!   and it fails if a crash made attestd sign with a root it never
 //!   published.
 //!
-//! Serials and token ids are kept, for the audit check.
+//! Serials and token ids are kept, with when they arrived, for the audit
+//! check; the SVIDs and tokens still valid are kept for the power-loss
+//! check ([`check_held`]).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use futures::StreamExt as _;
@@ -36,9 +38,14 @@ const PAUSE: Duration = Duration::from_millis(40);
 /// What the clients saw.
 #[derive(Default)]
 pub struct Observed {
-    /// Serials and token ids received and not yet found in the audit trail.
-    pub unaudited_serials: HashSet<String>,
-    pub unaudited_jtis: HashSet<String>,
+    /// Serials and token ids received and not yet found in the audit
+    /// trail, with when they arrived.
+    pub unaudited_serials: HashMap<String, Instant>,
+    pub unaudited_jtis: HashMap<String, Instant>,
+    /// The X.509-SVID chains (leaf first) and JWT-SVIDs clients received
+    /// that have not expired yet, with their expiry.
+    held_svids: Vec<(Vec<Vec<u8>>, SystemTime)>,
+    held_tokens: Vec<(String, SystemTime)>,
     /// The newest X.509 and JWT bundles any client held, and when.
     x509_bundle: Option<(Instant, Vec<Vec<u8>>)>,
     jwt_bundle: Option<(Instant, JwtBundleSet)>,
@@ -142,9 +149,15 @@ async fn fetch_jwt_loop(endpoint: String, shared: Shared) {
                 }
                 match jti(&token) {
                     Some(jti) => {
-                        observed.unaudited_jtis.insert(jti);
+                        observed.unaudited_jtis.insert(jti, now);
                     }
                     None => observed.failures.push("a JWT-SVID without a jti".into()),
+                }
+                if let Some(exp) = claim(&token, "exp").and_then(|exp| exp.as_u64()) {
+                    let expiry = SystemTime::UNIX_EPOCH + Duration::from_secs(exp);
+                    let now = SystemTime::now();
+                    observed.held_tokens.retain(|(_, expiry)| *expiry > now);
+                    observed.held_tokens.push((token, expiry));
                 }
                 observed.jwt_bundle = Some((now, bundles));
             }
@@ -245,9 +258,76 @@ fn roots(context: &X509Context) -> Vec<Vec<u8>> {
 /// Every SVID of `context` against its own bundle; serials kept.
 fn check_context(observed: &mut Observed, context: &X509Context, roots: &[Vec<u8>], what: &str) {
     check_against(observed, context, roots, what);
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    observed.held_svids.retain(|(_, expiry)| *expiry > wall);
     for svid in context.svids() {
-        observed.unaudited_serials.insert(serial(svid.leaf().as_bytes()));
+        observed
+            .unaudited_serials
+            .insert(serial(svid.leaf().as_bytes()), now);
+        let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
+        if let Some(expiry) = not_after(&chain[0]) {
+            observed.held_svids.push((chain, expiry));
+        }
     }
+}
+
+/// After a power cut, with attestd down: every root of the newest X.509
+/// bundle a client held, every X.509-SVID and every JWT-SVID a client holds
+/// are still trusted by the bundle document that survived (`x509_roots`
+/// and `jwt_keys` from `bundle.json`), unless they expire within
+/// `grace`. A root or JWT key lost by the cut would split the trust
+/// bundle: relying parties trust it and attestd does not know it. Returns
+/// how many were checked, and the problems.
+pub fn check_held(
+    shared: &Shared,
+    x509_roots: &[Vec<u8>],
+    jwt_keys: &JwtBundleSet,
+    grace: Duration,
+) -> (u64, Vec<String>) {
+    let observed = lock(shared);
+    let soon = SystemTime::now() + grace;
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for root in observed.x509_bundle.iter().flat_map(|(_, roots)| roots) {
+        if not_after(root).is_none_or(|expiry| expiry <= soon) {
+            continue;
+        }
+        checked += 1;
+        if !x509_roots.contains(root) {
+            problems.push(format!(
+                "a root a client held (serial {}) is not in bundle.json after the power cut",
+                serial(root)
+            ));
+        }
+    }
+    for (chain, _) in observed.held_svids.iter().filter(|(_, expiry)| *expiry > soon) {
+        checked += 1;
+        let chain: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+        if let Err(error) = verify_chain(&chain, x509_roots) {
+            problems.push(format!(
+                "a held X.509-SVID (serial {}) does not verify against bundle.json after the power cut: {error}",
+                serial(chain[0])
+            ));
+        }
+    }
+    for (token, _) in observed.held_tokens.iter().filter(|(_, expiry)| *expiry > soon) {
+        checked += 1;
+        if let Err(error) = spiffe::JwtSvid::parse_and_validate(token, jwt_keys, &[AUDIENCE]) {
+            problems.push(format!(
+                "a held JWT-SVID {} does not validate against bundle.json after the power cut: {error}",
+                jti(token).unwrap_or_default()
+            ));
+        }
+    }
+    (checked, problems)
+}
+
+/// A certificate's notAfter.
+fn not_after(der: &[u8]) -> Option<SystemTime> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
 
 fn check_against(observed: &mut Observed, context: &X509Context, roots: &[Vec<u8>], what: &str) {

@@ -31,9 +31,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where everything of one run lives.
 pub struct Layout {
     pub home: PathBuf,
+    /// `data_dir` (and so the audit trail) lives on the power-cut file
+    /// system mounted on [`Layout::disk`].
+    pub power_loss: bool,
 }
 
 impl Layout {
+    /// The power-cut file system's mount point; `data_dir` is made in it
+    /// by attestd.
+    pub fn disk(&self) -> PathBuf {
+        self.home.join("disk")
+    }
     pub fn config(&self) -> PathBuf {
         self.home.join("attestd.toml")
     }
@@ -44,7 +52,10 @@ impl Layout {
         format!("unix://{}", self.socket().display())
     }
     pub fn data_dir(&self) -> PathBuf {
-        self.home.join("data")
+        match self.power_loss {
+            true => self.disk().join("data"),
+            false => self.home.join("data"),
+        }
     }
     pub fn entries_dir(&self) -> PathBuf {
         self.home.join("entries.d")
@@ -59,6 +70,7 @@ impl Layout {
     /// Writes the config and an empty entries directory.
     pub fn write_config(&self) -> anyhow::Result<()> {
         std::fs::create_dir_all(self.entries_dir())?;
+        std::fs::create_dir_all(self.disk())?;
         let uid = nix::unistd::geteuid().as_raw();
         let config = format!(
             r#"trust_domain = "{TRUST_DOMAIN}"

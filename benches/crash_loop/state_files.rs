@@ -24,6 +24,10 @@ pub struct StateCheck {
     seen_bundle: bool,
     /// Temporary files attestd's atomic writes left behind (never read).
     pub leftover_temps: usize,
+    /// What `bundle.json` held at the last check: the X.509 roots (DER)
+    /// and the JWT keys.
+    pub bundle_roots: Vec<Vec<u8>>,
+    pub bundle_jwt_keys: Option<spiffe::JwtBundleSet>,
 }
 
 /// A little grace on expiry: attestd drops a credential when its time has
@@ -136,6 +140,8 @@ impl StateCheck {
     }
 
     fn check_bundle(&mut self, path: &Path) -> Result<(), String> {
+        self.bundle_roots.clear();
+        self.bundle_jwt_keys = None;
         let Some(json) = read_json(path, &mut self.seen_bundle)? else {
             return Ok(());
         };
@@ -146,14 +152,30 @@ impl StateCheck {
         if keys.is_empty() {
             return Err(bad("no authority".into()));
         }
+        let mut roots = Vec::new();
+        let mut jwt_keys = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             for (j, cert) in key["x5c"].as_array().into_iter().flatten().enumerate() {
                 let der = base64::engine::general_purpose::STANDARD
                     .decode(cert.as_str().unwrap_or_default())
                     .map_err(|e| bad(format!("keys[{i}].x5c[{j}]: {e}")))?;
                 X509Certificate::from_der(&der).map_err(|e| bad(format!("keys[{i}].x5c[{j}]: {e}")))?;
+                roots.push(der);
+            }
+            if key["use"] == "jwt-svid" {
+                jwt_keys.push(key.clone());
             }
         }
+        // The JWT keys by the spiffe crate, as a relying party reads them.
+        let trust_domain =
+            spiffe::TrustDomain::new(crate::daemon::TRUST_DOMAIN).map_err(|e| bad(e.to_string()))?;
+        let jwks = serde_json::to_vec(&serde_json::json!({ "keys": jwt_keys })).unwrap_or_default();
+        let bundle = spiffe::JwtBundle::from_jwt_authorities(trust_domain, &jwks)
+            .map_err(|e| bad(format!("the JWT keys: {e}")))?;
+        let mut set = spiffe::JwtBundleSet::new();
+        set.add_bundle(bundle);
+        self.bundle_jwt_keys = Some(set);
+        self.bundle_roots = roots;
         Ok(())
     }
 }
