@@ -246,6 +246,35 @@ fn a_full_data_dir_at_start_is_named_and_leaves_no_half_file() {
     assert_eq!(names(&data), ["filler"], "no half-written file");
 }
 
+#[test]
+fn a_full_audit_trail_at_start_fails_closed_until_space_returns() {
+    let dir = shared_tempdir();
+    let audit = Mount::tmpfs(&dir.path().join("audit"), "256k");
+    let filler = fill(&audit.path);
+    let trail = audit.path.join("audit.jsonl");
+    let body = format!("[audit]\npath = \"{}\"\n{ROOT_ENTRY}", trail.display());
+    // It starts (the trail opens; nothing is written yet) but issues nothing.
+    let daemon = Daemon::start_in(dir, &body);
+    let refused = cli_fetch_as(&daemon, 0);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unavailable"));
+    assert!(
+        daemon.log().contains("No space left on device"),
+        "{}",
+        daemon.log()
+    );
+    wait_for(PATIENCE, "not serving reported", || {
+        (!healthcheck(&daemon)).then_some(())
+    });
+
+    std::fs::remove_file(filler).unwrap();
+    assert_success(&cli_fetch_as(&daemon, 0));
+    wait_for(PATIENCE, "serving reported", || {
+        healthcheck(&daemon).then_some(())
+    });
+    audit_verifies(&trail);
+}
+
 /// The data_dir and the audit trail on small file systems of their own,
 /// the CA rotating every 8 s.
 fn small_disks(dir: &Path) -> (Mount, Mount, String) {
