@@ -13,6 +13,7 @@ use std::ops::Range;
 use hcl_edit::Span;
 use hcl_edit::expr::{Expression, ObjectKey};
 use hcl_edit::structure::{Block, Structure};
+use toml_writer::{ToTomlValue as _, TomlStringBuilder};
 
 /// Why HCL text could not be translated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,13 +195,27 @@ fn toml_key(key: &str) -> String {
     }
 }
 
+/// A single-line TOML string: a string holding a newline (HCL takes one
+/// in quotes) must not become a multi-line one, which would move every
+/// later key down a line.
 fn toml_string(text: &str) -> String {
-    toml::Value::String(text.to_owned()).to_string()
+    TomlStringBuilder::new(text).as_basic().to_toml_value()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz target `helper_config`: a quoted string holding a
+    /// newline became a TOML multi-line string, and the next key's error
+    /// named a line past the end of the file.
+    #[test]
+    fn a_string_holding_a_newline_keeps_later_keys_on_their_lines() {
+        let toml = to_toml("svid_file_name = \"a\nb\"\nsvid_key = \"k\"\n").unwrap();
+        let lines: Vec<&str> = toml.lines().collect();
+        assert_eq!(lines[0], r#"svid_file_name = "a\nb""#);
+        assert_eq!(lines[2], r#"svid_key = "k""#, "{toml}");
+    }
 
     #[test]
     fn spiffe_helper_readme_example_translates_line_for_line() {
