@@ -26,8 +26,15 @@ pub(super) struct HclError {
     pub message: String,
 }
 
+/// How deeply brackets (`(`, `[`, `{`) may nest. spiffe-helper's settings
+/// nest two deep (`jwt_svids = [{ ... }]`); the HCL parser backtracks
+/// exponentially in the depth of nested expressions (`(a+b.c+(...`), so
+/// 28 levels kept it busy for minutes.
+const MAX_NESTING: usize = 8;
+
 /// Translates spiffe-helper HCL into TOML with the same line numbers.
 pub(super) fn to_toml(text: &str) -> Result<String, HclError> {
+    check_nesting(text)?;
     let body = hcl_edit::parser::parse_body(text).map_err(|e| HclError {
         line: e.location().line(),
         key: None,
@@ -157,6 +164,35 @@ impl Translation<'_> {
     }
 }
 
+/// Refuses brackets nested deeper than [`MAX_NESTING`], before the parser
+/// sees them. Counted over every character, in strings and comments too
+/// (an interpolation in a string is an expression as well): no setting
+/// needs brackets that deep, even inside a value.
+fn check_nesting(text: &str) -> Result<(), HclError> {
+    let mut depth: usize = 0;
+    let mut line = 1;
+    for byte in text.bytes() {
+        match byte {
+            b'\n' => line += 1,
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(HclError {
+                        line,
+                        key: None,
+                        message: format!(
+                            "brackets nested more than {MAX_NESTING} deep: spiffe-helper's settings nest two deep"
+                        ),
+                    });
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn error(line: usize, key: &str, message: &str) -> HclError {
     HclError {
         line,
@@ -205,6 +241,23 @@ fn toml_string(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz target `helper_config`: 28 nested expressions
+    /// kept the HCL parser busy for minutes; brackets that deep are refused
+    /// before it sees them.
+    #[test]
+    fn deeply_nested_brackets_are_refused_before_parsing() {
+        let deep = format!("a = 1\ngert = {}x.\n", "(n+a.b+".repeat(28));
+        let error = to_toml(&deep).unwrap_err();
+        assert_eq!(error.line, 2);
+        assert!(
+            error.message.contains("nested more than 8 deep"),
+            "{}",
+            error.message
+        );
+        let shallow = format!("gert = {}1{}\n", "[".repeat(MAX_NESTING), "]".repeat(MAX_NESTING));
+        assert!(to_toml(&shallow).is_ok());
+    }
 
     /// Found by the fuzz target `helper_config`: a quoted string holding a
     /// newline became a TOML multi-line string, and the next key's error
