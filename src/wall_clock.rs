@@ -7,9 +7,9 @@
 //! from a snapshot). [`sleep_until`] therefore sleeps in bounded slices and
 //! re-reads the clock, and wakes at once when the kernel reports a step
 //! ([`steps`]): after a step forward a rotation that is now due happens at
-//! once, and after a step back a deadline that depends on the time (a
-//! renewal at half an SVID's remaining life, a credential made "in the
-//! future") is worked out again ([`sleep_until_due`]).
+//! once, and after a step back a deadline that depends on the time is
+//! worked out again ([`sleep_until_due`]): an SVID, root or key made "in
+//! the future" is due at once.
 
 mod steps;
 #[cfg(feature = "test-hooks")]
@@ -35,9 +35,20 @@ static STEPS: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new
 /// The time now.
 pub fn now() -> SystemTime {
     #[cfg(feature = "test-hooks")]
-    return test_offset::shift(SystemTime::now());
+    return test_offset::offset(SystemTime::now());
     #[cfg(not(feature = "test-hooks"))]
     SystemTime::now()
+}
+
+/// `time` moved by `seconds` (unchanged if that leaves `SystemTime`'s
+/// range): the clocks tests offset (this one's, and the owners').
+pub fn shift(time: SystemTime, seconds: i64) -> SystemTime {
+    let by = Duration::from_secs(seconds.unsigned_abs());
+    match seconds >= 0 {
+        true => time.checked_add(by),
+        false => time.checked_sub(by),
+    }
+    .unwrap_or(time)
 }
 
 /// Wakes every wall-clock sleeper: the clock was stepped.
@@ -98,6 +109,16 @@ mod tests {
             MAX_UNIX_SECONDS
         );
         assert_eq!(unix_seconds(from_unix_seconds(4_102_444_800)), 4_102_444_800);
+    }
+
+    #[test]
+    fn shifts_both_ways_and_saturates_at_the_range() {
+        let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(shift(epoch, 10), epoch + Duration::from_secs(10));
+        assert_eq!(shift(epoch, -10), epoch - Duration::from_secs(10));
+        assert_eq!(shift(epoch, i64::MAX), epoch, "out of range: unchanged");
+        let t = SystemTime::now();
+        assert_eq!(shift(shift(t, 86_400), -86_400), t, "a shift back undoes it");
     }
 
     #[tokio::test]

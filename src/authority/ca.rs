@@ -21,11 +21,13 @@ use super::signing_ca::SigningCa;
 use super::x509::random_serial;
 use crate::atomic_file;
 use crate::spiffe_id::TrustDomain;
-use crate::wall_clock::{from_unix_seconds, unix_seconds};
+use crate::wall_clock::{STEP_TOLERANCE, from_unix_seconds, unix_seconds};
 
 const CA_FILE: &str = "ca.json";
-/// Backdating absorbs small clock differences between hosts.
-const BACKDATE: Duration = Duration::from_secs(60);
+/// Backdating absorbs small clock differences between hosts, and a step
+/// back of the clock within the tolerance the schedule allows a credential
+/// made "in the future" (beyond it, the root is replaced).
+const BACKDATE: Duration = STEP_TOLERANCE;
 
 #[derive(Serialize, Deserialize)]
 struct StoredSet {

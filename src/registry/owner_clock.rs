@@ -8,33 +8,23 @@
 //! midnight. Only owners' terms see the offset: certificates, tokens and
 //! rotation keep the true time, and [`to_wall`] converts between the two.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::wall_clock;
 
 /// The time on the owners' clock.
 pub fn now() -> SystemTime {
-    shift(crate::wall_clock::now(), offset_secs())
+    wall_clock::shift(wall_clock::now(), offset_secs())
 }
 
 /// The wall-clock time at which the owners' clock reads `time`.
 pub fn to_wall(time: SystemTime) -> SystemTime {
-    shift(time, offset_secs().saturating_neg())
+    wall_clock::shift(time, offset_secs().saturating_neg())
 }
 
 /// Sleeps until the owners' clock reaches `time` (at once if it has).
 pub async fn sleep_until(time: SystemTime) {
     wall_clock::sleep_until(to_wall(time)).await;
-}
-
-/// `time` moved by `seconds` (unchanged if that leaves `SystemTime`'s range).
-fn shift(time: SystemTime, seconds: i64) -> SystemTime {
-    let by = Duration::from_secs(seconds.unsigned_abs());
-    match seconds >= 0 {
-        true => time.checked_add(by),
-        false => time.checked_sub(by),
-    }
-    .unwrap_or(time)
 }
 
 #[cfg(feature = "test-hooks")]
@@ -51,19 +41,4 @@ fn offset_secs() -> i64 {
 #[cfg(not(feature = "test-hooks"))]
 fn offset_secs() -> i64 {
     0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shifts_both_ways_and_saturates_at_the_range() {
-        let epoch = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
-        assert_eq!(shift(epoch, 10), epoch + Duration::from_secs(10));
-        assert_eq!(shift(epoch, -10), epoch - Duration::from_secs(10));
-        assert_eq!(shift(epoch, i64::MAX), epoch, "out of range: unchanged");
-        let t = SystemTime::now();
-        assert_eq!(shift(shift(t, 86_400), -86_400), t, "to_wall undoes the offset");
-    }
 }

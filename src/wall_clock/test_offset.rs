@@ -14,20 +14,14 @@ const POLL: Duration = Duration::from_millis(50);
 /// Seconds added to the wall clock; `i64::MIN` until the file is first read.
 static OFFSET: AtomicI64 = AtomicI64::new(i64::MIN);
 
-/// `time` with the offset added (unchanged if that leaves `SystemTime`'s
-/// range).
-pub fn shift(time: SystemTime) -> SystemTime {
+/// `time` with the offset added.
+pub fn offset(time: SystemTime) -> SystemTime {
     let mut seconds = OFFSET.load(Ordering::Relaxed);
     if seconds == i64::MIN {
         seconds = read();
         OFFSET.store(seconds, Ordering::Relaxed);
     }
-    let by = Duration::from_secs(seconds.unsigned_abs());
-    match seconds >= 0 {
-        true => time.checked_add(by),
-        false => time.checked_sub(by),
-    }
-    .unwrap_or(time)
+    super::shift(time, seconds)
 }
 
 /// Polls the file until the process ends, announcing each change.

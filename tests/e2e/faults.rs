@@ -432,12 +432,7 @@ fn an_audit_trail_turned_read_only_at_run_time_fails_closed_and_reports_not_serv
 
 /// Whether `attestd healthcheck` (grpc.health.v1) reports serving.
 fn healthcheck(daemon: &Daemon) -> bool {
-    Command::new(attestd_bin())
-        .args(["healthcheck", "--socket", &daemon.endpoint()])
-        .output()
-        .unwrap()
-        .status
-        .success()
+    daemon.healthcheck().status.success()
 }
 
 #[tokio::test]

@@ -101,6 +101,14 @@ impl Daemon {
         self.dir.path().join("data/audit.jsonl")
     }
 
+    /// `attestd healthcheck` (grpc.health.v1) against this daemon.
+    pub fn healthcheck(&self) -> Output {
+        Command::new(attestd_bin())
+            .args(["healthcheck", "--socket", &self.endpoint()])
+            .output()
+            .unwrap()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("attestd.log")).unwrap_or_default()
     }

@@ -161,10 +161,7 @@ async fn health_endpoints_metrics_and_healthcheck() {
     }
 
     for _ in 0..3 {
-        let healthy = Command::new(attestd_bin())
-            .args(["healthcheck", "--socket", &daemon.endpoint()])
-            .output()
-            .unwrap();
+        let healthy = daemon.healthcheck();
         assert!(
             healthy.status.success(),
             "{}",
