@@ -208,17 +208,32 @@ impl AuthorityFix {
         true
     }
 
+    /// Takes whole frames from the front of the input. The input is cut
+    /// once, after the last frame taken: cutting it per frame moved every
+    /// byte behind each frame, so a read of many small frames cost the
+    /// square of its length.
     fn take_frames(&mut self) -> Result<(), AuthorityFixError> {
-        while self.input.len() >= FRAME_HEADER && self.output.len() < OUTPUT_HIGH_WATER {
-            let length = frame_length(&self.input);
+        let input = std::mem::take(&mut self.input);
+        let mut taken = 0;
+        let result = self.take_frames_from(&input, &mut taken);
+        self.input = input;
+        self.input.drain(..taken);
+        result
+    }
+
+    /// Takes frames from `input[*taken..]`, advancing `taken` past each.
+    fn take_frames_from(&mut self, input: &[u8], taken: &mut usize) -> Result<(), AuthorityFixError> {
+        while input.len() - *taken >= FRAME_HEADER && self.output.len() < OUTPUT_HIGH_WATER {
+            let rest = &input[*taken..];
+            let length = frame_length(rest);
             if length > MAX_HEADER_BLOCK {
                 return Err(AuthorityFixError::HeaderBlockTooLarge);
             }
-            if self.input.len() < FRAME_HEADER + length {
+            let Some(frame) = rest.get(..FRAME_HEADER + length) else {
                 return Ok(());
-            }
-            let frame: Vec<u8> = self.input.drain(..FRAME_HEADER + length).collect();
-            self.take_frame(&frame)?;
+            };
+            self.take_frame(frame)?;
+            *taken += frame.len();
         }
         Ok(())
     }
