@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use divan::Bencher;
 
-use attestd::attest::{Attestor, ExeBinding, Hashing, PeerIdentity, Workload};
+use attestd::attest::{Attestor, ExeBinding, ExeFacts, Hashing, PeerIdentity, Workload};
 use attestd::audit::{AuditLog, OnAuditFailure, Outcome, Record, Rotation, rfc3339};
 use attestd::authority::{Authority, JwtSettings, SvidTemplate};
 use attestd::spiffe_id::{SpiffeId, TrustDomain};
@@ -61,14 +61,33 @@ fn spiffe_id() -> SpiffeId {
 mod attest {
     use super::*;
 
-    /// A policy of uid entries: `/proc` facts, no executable read.
+    /// A policy of uid entries, as attestd runs it on a runtime thread:
+    /// `/proc` facts, the `exe` link, names remembered.
     #[divan::bench]
     fn uid_policy(bencher: Bencher) {
         let (peer, _ours, _theirs) = connected_peer();
         let attestor = Attestor::default();
+        attestor
+            .attest(&peer, ExeFacts::PathOnly)
+            .expect("remembering the names");
         bencher.bench_local(|| {
             attestor
-                .attest(&peer, ExeBinding::Trust, Hashing::Skip)
+                .attest_in_place(&peer)
+                .expect("the names are remembered")
+                .expect("attesting this process")
+        });
+    }
+
+    /// The same with `unix:path` proven (the executable's file system
+    /// judged, the path resolved in the host's mount namespace): what a
+    /// uid policy cost before it stopped reaching the executable.
+    #[divan::bench]
+    fn uid_policy_with_path(bencher: Bencher) {
+        let (peer, _ours, _theirs) = connected_peer();
+        let attestor = Attestor::default();
+        bencher.bench_local(|| {
+            attestor
+                .attest(&peer, ExeFacts::Selectors(ExeBinding::Trust, Hashing::Skip))
                 .expect("attesting this process")
         });
     }
@@ -83,7 +102,7 @@ mod attest {
         let attestor = Attestor::default();
         bencher.bench_local(|| {
             let workload = attestor
-                .attest(&peer, ExeBinding::Verify, Hashing::Hash)
+                .attest(&peer, ExeFacts::Selectors(ExeBinding::Verify, Hashing::Hash))
                 .expect("attesting this process");
             assert!(workload.sha256.is_some(), "{:?}", workload.notes);
             workload
@@ -209,7 +228,7 @@ mod audit {
     fn this_process() -> Workload {
         let (peer, _ours, _theirs) = connected_peer();
         Attestor::default()
-            .attest(&peer, ExeBinding::Trust, Hashing::Skip)
+            .attest(&peer, ExeFacts::PathOnly)
             .expect("attesting this process")
     }
 

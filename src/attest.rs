@@ -30,7 +30,7 @@ pub use reach::Reach;
 pub use socket_holders::HolderError;
 
 use crate::selector::{Selector, SelectorSet};
-use accounts::Accounts;
+use accounts::{Accounts, Lookup, NotRemembered};
 use cgroup::CgroupMounts;
 use exe_hash::Digest256;
 use host_root::HostRoot;
@@ -111,6 +111,37 @@ pub enum Hashing {
     Skip,
 }
 
+/// What attestation reads of the caller's executable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExeFacts {
+    /// Only the path the `exe` link names, for the audit trail: the policy
+    /// names neither `unix:path` nor `unix:sha256`. The file itself is not
+    /// reached, nor its file system (which a FUSE server may stall).
+    PathOnly,
+    /// The `unix:path` and (with [`Hashing::Hash`]) `unix:sha256` selectors.
+    Selectors(ExeBinding, Hashing),
+}
+
+/// Attestation that would have had to block: a user or group name was not
+/// remembered and only NSS knows it.
+#[derive(Debug)]
+enum Halt {
+    Failed(AttestError),
+    WouldBlock,
+}
+
+impl From<AttestError> for Halt {
+    fn from(error: AttestError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl From<NotRemembered> for Halt {
+    fn from(_: NotRemembered) -> Self {
+        Self::WouldBlock
+    }
+}
+
 /// Attests socket peers by reading `/proc` under a configurable root (tests
 /// point it at fixture trees).
 #[derive(Debug)]
@@ -150,14 +181,39 @@ impl Attestor {
         &self.proc_root
     }
 
-    /// Attests a peer. Blocking (reads `/proc`, hashes the executable, may
-    /// scan `/proc/*/fd`): call it from `spawn_blocking`.
-    pub fn attest(
-        &self,
-        peer: &PeerIdentity,
-        binding: ExeBinding,
-        hashing: Hashing,
-    ) -> Result<Workload, AttestError> {
+    /// Attests a peer. Blocking (reads `/proc`, may ask NSS for names, hash
+    /// the executable, scan `/proc/*/fd`): call it from `spawn_blocking`.
+    pub fn attest(&self, peer: &PeerIdentity, exe: ExeFacts) -> Result<Workload, AttestError> {
+        match self.attest_with(peer, exe, Lookup::Resolve) {
+            Ok(workload) => Ok(workload),
+            Err(Halt::Failed(error)) => Err(error),
+            // Not expected (names are resolved here, never only
+            // remembered); refused rather than issued on a partial read.
+            Err(Halt::WouldBlock) => Err(AttestError::Proc {
+                pid: peer.pid,
+                what: "user and group names",
+                source: std::io::Error::other("not remembered"),
+            }),
+        }
+    }
+
+    /// Attests a peer with [`ExeFacts::PathOnly`] without blocking, so on a
+    /// runtime thread: it reads only procfs (whose files the kernel writes
+    /// as they are read), the `exe` link, and user and group names already
+    /// remembered. `None` when a name is not remembered: then attest with
+    /// [`Self::attest`] off the runtime.
+    pub fn attest_in_place(&self, peer: &PeerIdentity) -> Option<Result<Workload, AttestError>> {
+        if test_hooks::attestation_delayed() {
+            return None;
+        }
+        match self.attest_with(peer, ExeFacts::PathOnly, Lookup::RememberedOnly) {
+            Ok(workload) => Some(Ok(workload)),
+            Err(Halt::Failed(error)) => Some(Err(error)),
+            Err(Halt::WouldBlock) => None,
+        }
+    }
+
+    fn attest_with(&self, peer: &PeerIdentity, exe: ExeFacts, lookup: Lookup) -> Result<Workload, Halt> {
         let started = std::time::Instant::now();
         let proc_dir = peer.open_proc_dir(&self.proc_root)?;
         // Only once the pin says the process is still alive do we know the
@@ -175,10 +231,19 @@ impl Attestor {
             notes: Vec::new(),
             login_uid: proc_dir.login_uid(),
         };
-        unix_id_selectors(&mut workload, peer, &proc_dir.status()?, &self.accounts);
-        let hasher = (hashing == Hashing::Hash).then_some(&self.hasher);
-        let exe = proc_dir.executable(hasher)?;
-        self.exe_selectors(&mut workload, peer, exe, binding);
+        let names = UnixNames {
+            accounts: &self.accounts,
+            lookup,
+        };
+        unix_id_selectors(&mut workload, peer, &proc_dir.status()?, names)?;
+        match exe {
+            ExeFacts::PathOnly => workload.exe_path = proc_dir.executable_path()?,
+            ExeFacts::Selectors(binding, hashing) => {
+                let hasher = (hashing == Hashing::Hash).then_some(&self.hasher);
+                let executable = proc_dir.executable(hasher)?;
+                self.exe_selectors(&mut workload, peer, executable, binding);
+            }
+        }
         let cgroup = proc_dir.cgroup(&self.cgroups)?;
         cgroup.selectors(&mut workload.selectors);
         workload.notes.extend(cgroup.notes);
@@ -191,7 +256,7 @@ impl Attestor {
         }
         tracing::debug!(
             pid = peer.pid,
-            ?binding,
+            ?exe,
             elapsed_us = started.elapsed().as_micros() as u64,
             "attested"
         );
@@ -269,14 +334,27 @@ impl Attestor {
     }
 }
 
+/// Where user and group names come from, and whether NSS may be asked.
+#[derive(Clone, Copy)]
+struct UnixNames<'a> {
+    accounts: &'a Accounts,
+    lookup: Lookup,
+}
+
 /// The `unix:` identity selectors: the connect-time credentials, only while
 /// the process still has them (a setuid since connecting voids them), and
 /// names where the host's user database knows them.
-fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Status, accounts: &Accounts) {
+fn unix_id_selectors(
+    workload: &mut Workload,
+    peer: &PeerIdentity,
+    status: &Status,
+    names: UnixNames<'_>,
+) -> Result<(), NotRemembered> {
+    let UnixNames { accounts, lookup } = names;
     let selectors = &mut workload.selectors;
     if status.effective_uid == Some(peer.uid) {
         selectors.insert(Selector::new("unix", "uid", peer.uid));
-        if let Some(user) = accounts.user(peer.uid) {
+        if let Some(user) = accounts.user(peer.uid, lookup)? {
             selectors.insert(Selector::new("unix", "user", user));
         }
     } else {
@@ -287,7 +365,7 @@ fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Stat
     }
     if status.effective_gid == Some(peer.gid) {
         selectors.insert(Selector::new("unix", "gid", peer.gid));
-        if let Some(group) = accounts.group(peer.gid) {
+        if let Some(group) = accounts.group(peer.gid, lookup)? {
             selectors.insert(Selector::new("unix", "group", group));
         }
     } else {
@@ -298,10 +376,11 @@ fn unix_id_selectors(workload: &mut Workload, peer: &PeerIdentity, status: &Stat
     }
     for &sgid in &status.supplementary_gids {
         selectors.insert(Selector::new("unix", "supplementary_gid", sgid));
-        if let Some(group) = accounts.group(sgid) {
+        if let Some(group) = accounts.group(sgid, lookup)? {
             selectors.insert(Selector::new("unix", "supplementary_group", group));
         }
     }
+    Ok(())
 }
 
 /// Test-only fault injection, compiled in with the `test-hooks` feature
@@ -319,8 +398,20 @@ mod test_hooks {
         }
     }
 
+    /// Whether the delay is set: then attestation always runs off the
+    /// runtime, where the delay stalls no one else.
+    #[cfg(feature = "test-hooks")]
+    pub fn attestation_delayed() -> bool {
+        std::env::var_os("ATTESTD_TEST_ATTEST_DELAY_MS").is_some()
+    }
+
     #[cfg(not(feature = "test-hooks"))]
     pub fn delay_attestation() {}
+
+    #[cfg(not(feature = "test-hooks"))]
+    pub fn attestation_delayed() -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -332,7 +423,7 @@ mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let peer = PeerIdentity::from_socket(&a).unwrap();
         let workload = Attestor::default()
-            .attest(&peer, ExeBinding::Trust, Hashing::Hash)
+            .attest(&peer, ExeFacts::Selectors(ExeBinding::Trust, Hashing::Hash))
             .unwrap();
         assert_eq!(workload.pid, std::process::id() as i32);
         assert_eq!(workload.uid, nix::unistd::geteuid().as_raw());
@@ -349,7 +440,7 @@ mod tests {
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let peer = PeerIdentity::from_socket(&a).unwrap();
         let workload = Attestor::default()
-            .attest(&peer, ExeBinding::Verify, Hashing::Hash)
+            .attest(&peer, ExeFacts::Selectors(ExeBinding::Verify, Hashing::Hash))
             .unwrap();
         // Our own process holds both ends: it is the only holder.
         assert!(
@@ -391,7 +482,9 @@ mod tests {
             exe_at_accept: None,
         };
         let attestor = Attestor::new(root.path(), DEFAULT_MAX_HASH_BYTES);
-        let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash).unwrap();
+        let workload = attestor
+            .attest(&peer, ExeFacts::Selectors(ExeBinding::Trust, Hashing::Hash))
+            .unwrap();
         let has = |text: &str| workload.selectors.contains(&Selector::parse(text).unwrap());
         assert!(has("unix:uid:1000") && has("unix:gid:1000") && has("unix:supplementary_gid:27"));
         assert!(has(&format!("unix:path:{}", binary.display())));
@@ -408,14 +501,16 @@ mod tests {
         let two = format!("3:cpu:/docker/{ID}\n0::/system.slice/docker-{other}.scope\n");
         std::fs::write(proc_dir.join("cgroup"), two).unwrap();
         assert!(matches!(
-            attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash),
+            attestor.attest(&peer, ExeFacts::Selectors(ExeBinding::Trust, Hashing::Hash)),
             Err(AttestError::Cgroup(_))
         ));
 
         // An executable over the hashing limit: no unix:sha256, and a note.
         let small = Attestor::new(root.path(), 3);
         std::fs::write(proc_dir.join("cgroup"), "0::/\n").unwrap();
-        let workload = small.attest(&peer, ExeBinding::Trust, Hashing::Hash).unwrap();
+        let workload = small
+            .attest(&peer, ExeFacts::Selectors(ExeBinding::Trust, Hashing::Hash))
+            .unwrap();
         assert!(!workload.selectors.iter().any(|s| s.kind() == "unix:sha256"));
         assert!(
             workload.notes.iter().any(|n| n.contains("hashing limit")),
@@ -432,7 +527,7 @@ mod tests {
         let mut peer = PeerIdentity::from_socket(&a).unwrap();
         peer.uid = 4321;
         let workload = Attestor::default()
-            .attest(&peer, ExeBinding::Trust, Hashing::Hash)
+            .attest(&peer, ExeFacts::Selectors(ExeBinding::Trust, Hashing::Hash))
             .unwrap();
         assert!(!workload.selectors.iter().any(|s| s.kind() == "unix:uid"));
         assert!(workload.notes.iter().any(|n| n.contains("unix:uid withheld")));

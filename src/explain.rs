@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::attest::{AttestError, Attestor, ExeBinding, Hashing, PeerIdentity, Workload};
+use crate::attest::{AttestError, Attestor, ExeBinding, ExeFacts, Hashing, PeerIdentity, Workload};
 use crate::config::{Config, ConfigError};
 use crate::registry::{Entry, Matches, Policy, owner_clock};
 use crate::selector::Selector;
@@ -105,7 +105,7 @@ pub fn explain_with(config: &Config, policy: &Policy, pid: i32) -> Result<Explan
         other => ExplainError::Attest(other),
     })?;
     // Always hashed: an operator writing a unix:sha256 entry needs the hash.
-    let workload = attestor.attest(&peer, ExeBinding::Trust, Hashing::Hash)?;
+    let workload = attestor.attest(&peer, ExeFacts::Selectors(ExeBinding::Trust, Hashing::Hash))?;
     let Matches {
         entries: matches,
         expired,

@@ -43,17 +43,30 @@ impl Default for Accounts {
     }
 }
 
+/// Whether a name not remembered may be asked of NSS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// Ask NSS (which may block: nscd, a remote directory).
+    Resolve,
+    /// Only what is remembered: for attestation on a runtime thread.
+    RememberedOnly,
+}
+
+/// A name was not remembered, and [`Lookup::RememberedOnly`] forbade asking.
+#[derive(Debug)]
+pub(super) struct NotRemembered;
+
 impl Accounts {
     /// The name of user `uid`, if the host knows one.
-    pub fn user(&self, uid: u32) -> Option<String> {
-        self.users.name(uid, |uid| {
+    pub fn user(&self, uid: u32, lookup: Lookup) -> Result<Option<String>, NotRemembered> {
+        self.users.name(uid, lookup, |uid| {
             User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
         })
     }
 
     /// The name of group `gid`, if the host knows one.
-    pub fn group(&self, gid: u32) -> Option<String> {
-        self.groups.name(gid, |gid| {
+    pub fn group(&self, gid: u32, lookup: Lookup) -> Result<Option<String>, NotRemembered> {
+        self.groups.name(gid, lookup, |gid| {
             Group::from_gid(Gid::from_raw(gid)).ok().flatten().map(|g| g.name)
         })
     }
@@ -86,9 +99,17 @@ impl NameCache {
         }
     }
 
-    fn name(&self, id: u32, resolve: impl FnOnce(u32) -> Option<String>) -> Option<String> {
+    fn name(
+        &self,
+        id: u32,
+        lookup: Lookup,
+        resolve: impl FnOnce(u32) -> Option<String>,
+    ) -> Result<Option<String>, NotRemembered> {
         let Ok(stamp) = FileStamp::of(Path::new(self.file)) else {
-            return resolve(id);
+            return match lookup {
+                Lookup::Resolve => Ok(resolve(id)),
+                Lookup::RememberedOnly => Err(NotRemembered),
+            };
         };
         {
             let mut state = self.lock();
@@ -101,8 +122,11 @@ impl NameCache {
                 };
             }
             if let Some(name) = state.names.get(&id) {
-                return name.clone();
+                return Ok(name.clone());
             }
+        }
+        if lookup == Lookup::RememberedOnly {
+            return Err(NotRemembered);
         }
         // Outside the lock: NSS may be slow (a remote directory).
         let name = resolve(id);
@@ -112,7 +136,7 @@ impl NameCache {
         if state.stamp == Some(stamp) {
             state.names.insert(id, name.clone());
         }
-        name
+        Ok(name)
     }
 
     fn lock(&self) -> MutexGuard<'_, CacheState> {
@@ -144,13 +168,31 @@ mod tests {
                 Some(name.to_owned())
             }
         };
-        assert_eq!(cache.name(1000, resolve("alice")).as_deref(), Some("alice"));
-        assert_eq!(cache.name(1000, resolve("ignored")).as_deref(), Some("alice"));
+        assert_eq!(
+            cache
+                .name(1000, Lookup::Resolve, resolve("alice"))
+                .unwrap()
+                .as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            cache
+                .name(1000, Lookup::Resolve, resolve("ignored"))
+                .unwrap()
+                .as_deref(),
+            Some("alice")
+        );
         assert_eq!(asked.get(), 1);
 
         // A rename of the user rewrites the file: the old name is forgotten.
         std::fs::write(&passwd, "bob:x:1000:1000::/home/bob:/bin/sh\n").unwrap();
-        assert_eq!(cache.name(1000, resolve("bob")).as_deref(), Some("bob"));
+        assert_eq!(
+            cache
+                .name(1000, Lookup::Resolve, resolve("bob"))
+                .unwrap()
+                .as_deref(),
+            Some("bob")
+        );
         assert_eq!(asked.get(), 2);
     }
 
@@ -160,12 +202,45 @@ mod tests {
         let group = dir.path().join("group");
         std::fs::write(&group, "wheel:x:10:\n").unwrap();
         let cache = cache_on(&group);
-        assert_eq!(cache.name(4242, |_| None), None);
-        assert_eq!(cache.name(4242, |_| Some("late".into())), None);
+        assert_eq!(cache.name(4242, Lookup::Resolve, |_| None).unwrap(), None);
+        assert_eq!(
+            cache
+                .name(4242, Lookup::Resolve, |_| Some("late".into()))
+                .unwrap(),
+            None
+        );
 
         let missing = cache_on(&dir.path().join("absent"));
-        assert_eq!(missing.name(1, |_| Some("a".into())).as_deref(), Some("a"));
-        assert_eq!(missing.name(1, |_| Some("b".into())).as_deref(), Some("b"));
+        assert_eq!(
+            missing
+                .name(1, Lookup::Resolve, |_| Some("a".into()))
+                .unwrap()
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            missing
+                .name(1, Lookup::Resolve, |_| Some("b".into()))
+                .unwrap()
+                .as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn remembered_only_never_asks_nss() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "x").unwrap();
+        let cache = cache_on(&passwd);
+        let never = |_| -> Option<String> { panic!("NSS asked") };
+        assert!(cache.name(7, Lookup::RememberedOnly, never).is_err());
+        cache.name(7, Lookup::Resolve, |_| Some("seven".into())).unwrap();
+        let remembered = cache.name(7, Lookup::RememberedOnly, never).unwrap();
+        assert_eq!(remembered.as_deref(), Some("seven"));
+        // Without the file nothing is remembered, so nothing can be told.
+        let missing = cache_on(&dir.path().join("absent"));
+        assert!(missing.name(7, Lookup::RememberedOnly, never).is_err());
     }
 
     #[test]
@@ -174,13 +249,28 @@ mod tests {
         let passwd = dir.path().join("passwd");
         std::fs::write(&passwd, "x").unwrap();
         let cache = cache_on(&passwd);
-        assert_eq!(cache.name(7, |_| Some("old".into())).as_deref(), Some("old"));
+        assert_eq!(
+            cache
+                .name(7, Lookup::Resolve, |_| Some("old".into()))
+                .unwrap()
+                .as_deref(),
+            Some("old")
+        );
         cache.lock().filled_at = Instant::now() - NAME_TTL - Duration::from_millis(1);
-        assert_eq!(cache.name(7, |_| Some("new".into())).as_deref(), Some("new"));
+        assert_eq!(
+            cache
+                .name(7, Lookup::Resolve, |_| Some("new".into()))
+                .unwrap()
+                .as_deref(),
+            Some("new")
+        );
     }
 
     #[test]
     fn this_hosts_root_user_resolves() {
-        assert_eq!(Accounts::default().user(0).as_deref(), Some("root"));
+        assert_eq!(
+            Accounts::default().user(0, Lookup::Resolve).unwrap().as_deref(),
+            Some("root")
+        );
     }
 }

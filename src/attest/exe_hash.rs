@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use rustix::fs::{AtFlags, StatxFlags, makedev, statx};
 use sha2::{Digest, Sha256};
 
 /// Default for `[attestation] max_exe_hash_bytes`.
@@ -28,12 +29,17 @@ pub struct FileId {
 }
 
 impl FileId {
-    /// The identity of an open file.
+    /// The identity of an open file, as the kernel holds it: `statx` with
+    /// `AT_STATX_DONT_SYNC`, so a network or FUSE file system is not asked
+    /// (a plain `stat` of a file on FUSE waits for its server, which may
+    /// never answer, and this runs at accept, on a runtime thread). A
+    /// file's device and inode never change, so the kernel's copy is exact.
     pub fn of(file: &File) -> std::io::Result<Self> {
-        let meta = file.metadata()?;
+        let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+        let stat = statx(file, c"", flags, StatxFlags::INO)?;
         Ok(Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dev: makedev(stat.stx_dev_major, stat.stx_dev_minor),
+            ino: stat.stx_ino,
         })
     }
 }

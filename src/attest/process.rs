@@ -104,13 +104,20 @@ impl ProcDir {
         Ok(parse_status(&text))
     }
 
+    /// The path the executable was started from, as the `exe` link names
+    /// it (`None` once deleted or replaced). Reading the link reaches no
+    /// file system: the kernel spells the path from its own dentries.
+    pub(super) fn executable_path(&self) -> Result<Option<PathBuf>, AttestError> {
+        let link = readlinkat(&self.fd, "exe").map_err(|e| proc_error(self.pid, "exe link", e))?;
+        Ok(live_exe_path(&link))
+    }
+
     /// The executable, through the `exe` magic link (the very file the
     /// process runs, even in another mount namespace), hashed when `hasher`
     /// is given. A file on an untrusted file system is neither opened for
     /// reading nor hashed: its server could stall or lie to the read.
     pub(super) fn executable(&self, hasher: Option<&ExeHasher>) -> Result<Executable, AttestError> {
-        let link = readlinkat(&self.fd, "exe").map_err(|e| proc_error(self.pid, "exe link", e))?;
-        let path = live_exe_path(&link);
+        let path = self.executable_path()?;
         // O_PATH reaches no file system's open() and needs no read permission.
         let untrusted = |path, reason| Executable {
             path,
