@@ -108,6 +108,12 @@ impl PowerCutFs {
         Ok(fs)
     }
 
+    /// Stops answering until the returned guard is dropped: every request
+    /// waits, as it would on a hostile server (the attack tests use it).
+    pub fn stall(&self) -> impl Sized + '_ {
+        lock(&self.state)
+    }
+
     /// Loses power: what was not durable is gone. See the module header.
     pub fn power_cut(&mut self) -> io::Result<()> {
         if let Some(session) = self.session.take() {

@@ -4,9 +4,10 @@
 //! decodes to hundreds of MB, idle connections squatting every slot, and
 //! more streams on one connection than allowed. Each test also shows a
 //! legitimate caller of another uid served within a second meanwhile.
-//! Also: one attestation reads one policy snapshot (issue 9, class 5 b).
+//! Also: one attestation reads one policy snapshot (issue 9, class 5 b),
+//! and an executable on a stalled FUSE server stalls no one else.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -402,4 +403,57 @@ owner = "platform@example.org"
         issued.iter().any(|r| r.contains("example.org/p1")),
         "the request was not admitted under P1 as a whole: {issued:?}"
     );
+}
+
+/// Class 6: a caller runs an executable from a FUSE file system whose
+/// server then stops answering, and connects. At accept attestd notes which
+/// file the caller runs; it takes the file's identity from the kernel's
+/// copy (statx with AT_STATX_DONT_SYNC), so the stalled server is never
+/// asked and uid 1000 is still served within a second. A plain stat would
+/// wait for the server on the runtime thread that accepts connections:
+/// nobody would be served until the server answered.
+#[test]
+fn an_executable_on_a_stalled_fuse_server_stalls_no_one() {
+    let daemon = Daemon::start(LEGIT_ENTRY);
+    let mount = tempfile::tempdir().unwrap();
+    let fs =
+        crate::power_cut_fs::PowerCutFs::mount(mount.path(), None).expect("a FUSE mount (root, /dev/fuse)");
+    let agent = mount.path().join("agent");
+    std::fs::copy(std::fs::canonicalize(PYTHON).unwrap(), &agent).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = "import socket, sys, time\n\
+                  print('ready', flush=True)\n\
+                  sys.stdin.readline()\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.connect(sys.argv[1])\n\
+                  print('connected', flush=True)\n\
+                  time.sleep(60)\n";
+    let mut caller = Command::new(&agent)
+        .args(["-c", script])
+        .arg(daemon.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(caller.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // Past the attributes' lifetime (1 s): a stat now asks the server.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stalled = fs.stall();
+    writeln!(caller.stdin.as_ref().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "connected");
+    // Let attestd accept it.
+    std::thread::sleep(Duration::from_millis(300));
+    // The legitimate call runs beside the stall, so that a stalled attestd
+    // fails the test instead of hanging it.
+    let (done, served) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| done.send(cli_fetch_as(&daemon, 1000)).unwrap());
+        let outcome = served.recv_timeout(Duration::from_secs(3));
+        drop(stalled);
+        caller.kill().unwrap();
+        caller.wait().unwrap();
+        let output = outcome.expect("uid 1000 not served while the FUSE server stalled");
+        assert_eq!(printed_ids(&output), ["spiffe://example.org/legit"]);
+    });
 }

@@ -31,6 +31,9 @@ mod oidc;
 mod operations;
 mod owner;
 mod packaged_systemd;
+#[allow(dead_code)] // power cuts are the crash loop's; the attack tests stall it
+#[path = "../../benches/crash_loop/power_cut_fs.rs"]
+mod power_cut_fs;
 mod py_interop;
 mod restart;
 mod robustness;
