@@ -110,6 +110,7 @@ impl PowerCutFs {
 
     /// Stops answering until the returned guard is dropped: every request
     /// waits, as it would on a hostile server (the attack tests use it).
+    #[allow(dead_code)] // not by the crash loop
     pub fn stall(&self) -> impl Sized + '_ {
         lock(&self.state)
     }
