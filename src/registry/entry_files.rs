@@ -79,38 +79,47 @@ impl EntryFiles {
         self.parsed = 0;
         let paths = list(config.entries_dir.as_deref())?;
         self.files.retain(|path, _| paths.binary_search(path).is_ok());
+        let mut to_read = Vec::new();
         for path in paths {
             let taken = SystemTime::now();
             let stamp = FileStamp::of(&path).map_err(|e| read_error(&path, &e))?;
-            if let Some(file) = self.files.get(&path)
-                && file.settled
-                && file.stamp == stamp
-            {
+            let known = self.files.get(&path);
+            if known.is_some_and(|file| file.settled && file.stamp == stamp) {
                 continue;
             }
-            let text = config::read_file(&path)?;
-            let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-            let settled = is_settled(&stamp, taken);
-            if let Some(file) = self.files.get_mut(&path)
-                && file.digest == digest
-            {
-                file.stamp = stamp;
-                file.settled = settled;
-                continue;
-            }
-            let entries = parse(&path, &text, config)?;
-            self.parsed += 1;
-            self.files.insert(
+            to_read.push(ToRead {
+                settled: is_settled(&stamp, taken),
+                stamp,
+                digest: known.map(|file| file.digest),
                 path,
-                ReadFile {
-                    stamp,
-                    settled,
-                    digest,
-                    entries,
-                },
-            );
+            });
         }
-        Ok(())
+        let mut first_error = None;
+        for (file, read) in to_read.iter().zip(read_all(&to_read, config)) {
+            match read {
+                Ok(Read::Unchanged) => {
+                    if let Some(known) = self.files.get_mut(&file.path) {
+                        known.stamp = file.stamp;
+                        known.settled = file.settled;
+                    }
+                }
+                Ok(Read::Parsed { digest, entries }) => {
+                    self.parsed += 1;
+                    let read = ReadFile {
+                        stamp: file.stamp,
+                        settled: file.settled,
+                        digest,
+                        entries,
+                    };
+                    self.files.insert(file.path.clone(), read);
+                }
+                // The first broken file in policy order is the one reported.
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The entries of every file, in policy order.
@@ -127,6 +136,81 @@ impl EntryFiles {
     pub fn parsed(&self) -> usize {
         self.parsed
     }
+}
+
+/// A file whose stamp does not show it unchanged.
+struct ToRead {
+    path: PathBuf,
+    stamp: FileStamp,
+    settled: bool,
+    /// The digest of the text it was last parsed from, if it was.
+    digest: Option<[u8; 32]>,
+}
+
+/// What reading a [`ToRead`] found.
+enum Read {
+    /// The same text as last time.
+    Unchanged,
+    /// New or changed text, parsed.
+    Parsed {
+        digest: [u8; 32],
+        entries: Vec<Arc<Entry>>,
+    },
+}
+
+/// The most threads that parse files at once.
+const MAX_PARSERS: usize = 4;
+
+/// Reads and parses `files`, on up to [`MAX_PARSERS`] threads when there
+/// are several (parsing TOML is most of loading a large policy, and files
+/// parse independently); the results in the order of `files`. Each thread
+/// holds one file's text and document at a time.
+fn read_all(files: &[ToRead], config: &Config) -> Vec<Result<Read, ConfigError>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_PARSERS)
+        .min(files.len());
+    if threads <= 1 {
+        return files.iter().map(|file| read_one(file, config)).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, Result<Read, ConfigError>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = files.get(i) else {
+                            return done;
+                        };
+                        done.push((i, read_one(file, config)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    results.sort_unstable_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, read)| read).collect()
+}
+
+/// Reads one file; parses it unless its text is what was parsed last time.
+fn read_one(file: &ToRead, config: &Config) -> Result<Read, ConfigError> {
+    let text = config::read_file(&file.path)?;
+    let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    if file.digest == Some(digest) {
+        return Ok(Read::Unchanged);
+    }
+    let entries = parse(&file.path, &text, config)?;
+    Ok(Read::Parsed { digest, entries })
 }
 
 /// The entries of one file, resolved.
@@ -259,5 +343,37 @@ mod tests {
         std::fs::write(&file, "# changed\n").unwrap();
         files.refresh(&config).unwrap();
         assert_eq!(files.parsed(), 1, "new stamp: read and parsed");
+    }
+
+    #[test]
+    fn files_parse_apart_and_the_first_broken_one_in_policy_order_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries_dir = dir.path().join("entries.d");
+        std::fs::create_dir(&entries_dir).unwrap();
+        let entry = |n: usize| {
+            format!(
+                "[[entry]]\nspiffe_id = \"spiffe://example.org/{n}\"\nselectors = [\"unix:uid:{n}\"]\nowner = \"o\"\n"
+            )
+        };
+        for n in 0..12 {
+            std::fs::write(entries_dir.join(format!("{n:02}.toml")), entry(n)).unwrap();
+        }
+        std::fs::write(entries_dir.join("05.toml"), "[[entry]\n").unwrap();
+        std::fs::write(entries_dir.join("09.toml"), "[[entry]\n").unwrap();
+        let text = format!("trust_domain = \"example.org\"\nentries_dir = {entries_dir:?}\n");
+        let config = Config::parse(Path::new("main.toml"), &text).unwrap();
+        let mut files = EntryFiles::default();
+
+        let error = files.refresh(&config).unwrap_err().to_string();
+        assert!(error.contains("05.toml"), "{error}");
+        assert_eq!(files.parsed(), 10, "every other file is kept");
+
+        std::fs::write(entries_dir.join("05.toml"), entry(5)).unwrap();
+        std::fs::write(entries_dir.join("09.toml"), entry(9)).unwrap();
+        files.refresh(&config).unwrap();
+        assert_eq!(files.parsed(), 2, "only the broken ones are read again");
+        let ids: Vec<String> = files.entries().map(|e| e.spiffe_id.to_string()).collect();
+        let expected: Vec<String> = (0..12).map(|n| format!("spiffe://example.org/{n}")).collect();
+        assert_eq!(ids, expected, "policy order");
     }
 }
