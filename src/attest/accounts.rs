@@ -154,12 +154,26 @@ mod tests {
         NameCache::new(Box::leak(file.to_str().unwrap().to_owned().into_boxed_str()))
     }
 
+    /// A cache of the names in a file holding `text` (the directory lives
+    /// as long as the cache is used).
+    fn cache_of(text: &str) -> (tempfile::TempDir, std::path::PathBuf, NameCache) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("names");
+        std::fs::write(&file, text).unwrap();
+        let cache = cache_on(&file);
+        (dir, file, cache)
+    }
+
+    /// A lookup that may ask NSS (`resolve`), which is never refused.
+    fn resolved(cache: &NameCache, id: u32, resolve: impl FnOnce(u32) -> Option<String>) -> Option<String> {
+        cache
+            .name(id, Lookup::Resolve, resolve)
+            .expect("a lookup that may resolve is never refused")
+    }
+
     #[test]
     fn a_name_is_remembered_until_its_file_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let passwd = dir.path().join("passwd");
-        std::fs::write(&passwd, "alice:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
-        let cache = cache_on(&passwd);
+        let (_dir, passwd, cache) = cache_of("alice:x:1000:1000::/home/alice:/bin/sh\n");
         let asked = Cell::new(0);
         let resolve = |name: &'static str| {
             let asked = &asked;
@@ -168,74 +182,36 @@ mod tests {
                 Some(name.to_owned())
             }
         };
+        assert_eq!(resolved(&cache, 1000, resolve("alice")).as_deref(), Some("alice"));
         assert_eq!(
-            cache
-                .name(1000, Lookup::Resolve, resolve("alice"))
-                .unwrap()
-                .as_deref(),
-            Some("alice")
-        );
-        assert_eq!(
-            cache
-                .name(1000, Lookup::Resolve, resolve("ignored"))
-                .unwrap()
-                .as_deref(),
+            resolved(&cache, 1000, resolve("ignored")).as_deref(),
             Some("alice")
         );
         assert_eq!(asked.get(), 1);
 
         // A rename of the user rewrites the file: the old name is forgotten.
         std::fs::write(&passwd, "bob:x:1000:1000::/home/bob:/bin/sh\n").unwrap();
-        assert_eq!(
-            cache
-                .name(1000, Lookup::Resolve, resolve("bob"))
-                .unwrap()
-                .as_deref(),
-            Some("bob")
-        );
+        assert_eq!(resolved(&cache, 1000, resolve("bob")).as_deref(), Some("bob"));
         assert_eq!(asked.get(), 2);
     }
 
     #[test]
     fn unknown_ids_are_remembered_as_unknown_and_a_missing_file_caches_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let group = dir.path().join("group");
-        std::fs::write(&group, "wheel:x:10:\n").unwrap();
-        let cache = cache_on(&group);
-        assert_eq!(cache.name(4242, Lookup::Resolve, |_| None).unwrap(), None);
-        assert_eq!(
-            cache
-                .name(4242, Lookup::Resolve, |_| Some("late".into()))
-                .unwrap(),
-            None
-        );
+        let (dir, _group, cache) = cache_of("wheel:x:10:\n");
+        assert_eq!(resolved(&cache, 4242, |_| None), None);
+        assert_eq!(resolved(&cache, 4242, |_| Some("late".into())), None);
 
         let missing = cache_on(&dir.path().join("absent"));
-        assert_eq!(
-            missing
-                .name(1, Lookup::Resolve, |_| Some("a".into()))
-                .unwrap()
-                .as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            missing
-                .name(1, Lookup::Resolve, |_| Some("b".into()))
-                .unwrap()
-                .as_deref(),
-            Some("b")
-        );
+        assert_eq!(resolved(&missing, 1, |_| Some("a".into())).as_deref(), Some("a"));
+        assert_eq!(resolved(&missing, 1, |_| Some("b".into())).as_deref(), Some("b"));
     }
 
     #[test]
     fn remembered_only_never_asks_nss() {
-        let dir = tempfile::tempdir().unwrap();
-        let passwd = dir.path().join("passwd");
-        std::fs::write(&passwd, "x").unwrap();
-        let cache = cache_on(&passwd);
+        let (dir, _passwd, cache) = cache_of("x");
         let never = |_| -> Option<String> { panic!("NSS asked") };
         assert!(cache.name(7, Lookup::RememberedOnly, never).is_err());
-        cache.name(7, Lookup::Resolve, |_| Some("seven".into())).unwrap();
+        resolved(&cache, 7, |_| Some("seven".into()));
         let remembered = cache.name(7, Lookup::RememberedOnly, never).unwrap();
         assert_eq!(remembered.as_deref(), Some("seven"));
         // Without the file nothing is remembered, so nothing can be told.
@@ -245,23 +221,14 @@ mod tests {
 
     #[test]
     fn names_expire_after_the_ttl() {
-        let dir = tempfile::tempdir().unwrap();
-        let passwd = dir.path().join("passwd");
-        std::fs::write(&passwd, "x").unwrap();
-        let cache = cache_on(&passwd);
+        let (_dir, _passwd, cache) = cache_of("x");
         assert_eq!(
-            cache
-                .name(7, Lookup::Resolve, |_| Some("old".into()))
-                .unwrap()
-                .as_deref(),
+            resolved(&cache, 7, |_| Some("old".into())).as_deref(),
             Some("old")
         );
         cache.lock().filled_at = Instant::now() - NAME_TTL - Duration::from_millis(1);
         assert_eq!(
-            cache
-                .name(7, Lookup::Resolve, |_| Some("new".into()))
-                .unwrap()
-                .as_deref(),
+            resolved(&cache, 7, |_| Some("new".into())).as_deref(),
             Some("new")
         );
     }

@@ -95,7 +95,8 @@ impl EntryFiles {
             });
         }
         let mut first_error = None;
-        for (file, read) in to_read.iter().zip(read_all(&to_read, config)) {
+        let reads = read_all(&to_read, config);
+        for (file, read) in to_read.into_iter().zip(reads) {
             match read {
                 Ok(Read::Unchanged) => {
                     if let Some(known) = self.files.get_mut(&file.path) {
@@ -111,7 +112,7 @@ impl EntryFiles {
                         digest,
                         entries,
                     };
-                    self.files.insert(file.path.clone(), read);
+                    self.files.insert(file.path, read);
                 }
                 // The first broken file in policy order is the one reported.
                 Err(error) => {

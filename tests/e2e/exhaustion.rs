@@ -409,7 +409,7 @@ owner = "platform@example.org"
 /// server then stops answering, and connects. At accept attestd notes which
 /// file the caller runs; it takes the file's identity from the kernel's
 /// copy (statx with AT_STATX_DONT_SYNC), so the stalled server is never
-/// asked and uid 1000 is still served within a second. A plain stat would
+/// asked and uid 1000 is still served (within 3 s). A plain stat would
 /// wait for the server on the runtime thread that accepts connections:
 /// nobody would be served until the server answered.
 #[test]
