@@ -64,9 +64,20 @@ options() {
     esac
 }
 
+# Builds every target, with the oracle's HPACK decoder left uninstrumented
+# (fuzz/uninstrumented-oracle.sh). cargo does not fingerprint a
+# RUSTC_WRAPPER, so a target directory built before the wrapper had an
+# instrumented copy: cleaned once, recorded by a stamp.
 build() {
     mkdir -p "$target_dir"
-    cargo +nightly fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
+    local stamp=$target_dir/.oracle-uninstrumented
+    if [[ ! -e $stamp ]]; then
+        cargo +nightly clean --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" \
+            --release --target x86_64-unknown-linux-gnu -p loona-hpack
+    fi
+    RUSTC_WRAPPER="$repo/fuzz/uninstrumented-oracle.sh" \
+        cargo +nightly fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
+    touch "$stamp"
 }
 
 # run TARGET SCRATCH_CORPUS [libFuzzer options...]: new inputs go to the
