@@ -306,12 +306,16 @@ fn s_client(addr: &str, client: &Path) -> (String, Vec<u8>, String) {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.1\r\nHost: back\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    // A listener that refuses the handshake can make s_client exit before it
+    // reads its input: a broken pipe here is that refusal, and the output says
+    // what happened.
+    let request = b"GET / HTTP/1.1\r\nHost: back\r\nConnection: close\r\n\r\n";
+    match child.stdin.take().unwrap().write_all(request) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            panic!("writing the request to s_client: {error}")
+        }
+        _ => {}
+    }
     let output = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let verify = text
