@@ -124,6 +124,7 @@ pub enum DaemonError {
 /// Runs attestd until SIGTERM or SIGINT; SIGHUP reloads the policy (the
 /// entries and the Cedar policies).
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    crate::sys::fix_mmap_threshold();
     let (signals, hangup, authz_hangup) = Signals::install()?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let attestations = concurrent_attestations(&config.limits);
