@@ -37,7 +37,7 @@ wait_for() {
     done
     echo "$(now) - $3" | bc
 }
-hwm() { awk '/VmHWM/ { printf "%.0f MB", $2 / 1024 }' "/proc/$pid/status"; }
+hwm() { awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$pid/status"; }
 
 started=$(now)
 target/release/attestd run -c "$config" >"$work/log" 2>&1 &

@@ -45,8 +45,9 @@ pub struct Entry {
     /// The accountable party (shared by the entries of a file that name
     /// the same owner).
     pub owner: Arc<str>,
-    /// Free text.
-    pub description: Option<String>,
+    /// Free text. (Boxed slices and strings here and below: a policy holds
+    /// many entries, and each spare capacity word is 800 KB at 100,000.)
+    pub description: Option<Box<str>>,
     /// Free key/values (agent name, version, ...).
     pub labels: Labels,
     /// X.509-SVID lifetime.
@@ -54,11 +55,11 @@ pub struct Entry {
     /// JWT-SVID lifetime.
     pub jwt_ttl: Duration,
     /// Audiences JWT-SVIDs may be minted for (empty: any).
-    pub jwt_audiences: Vec<String>,
+    pub jwt_audiences: Box<[String]>,
     /// Extra DNS SANs.
-    pub dns_names: Vec<String>,
+    pub dns_names: Box<[String]>,
     /// Hint for workloads with several identities.
-    pub hint: Option<String>,
+    pub hint: Option<Box<str>>,
     /// Foreign trust domains whose bundles the workload gets (sorted; an
     /// empty box allocates nothing).
     pub federates_with: Box<[TrustDomain]>,

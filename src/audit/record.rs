@@ -190,7 +190,7 @@ impl Record {
         self.entry = Some(entry.id.to_string());
         self.entry_location = Some(entry.location.to_string());
         self.owner = Some(entry.owner.to_string());
-        self.description = entry.description.clone();
+        self.description = entry.description.as_deref().map(str::to_owned);
         self.labels = entry.labels.to_map();
         self.spiffe_id = Some(entry.spiffe_id.to_string());
         self

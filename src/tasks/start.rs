@@ -177,8 +177,8 @@ mod tests {
             labels: Default::default(),
             x509_ttl: Duration::from_secs(60),
             jwt_ttl: Duration::from_secs(60),
-            jwt_audiences: Vec::new(),
-            dns_names: Vec::new(),
+            jwt_audiences: Box::default(),
+            dns_names: Box::default(),
             hint: None,
             federates_with: Box::default(),
             owner_expires: None,
@@ -299,7 +299,7 @@ mod tests {
             "a lifetime of 601s exceeds the entry's tasks.max_ttl of 600s"
         );
         let mut limited = (*grant.entry).clone();
-        limited.jwt_audiences = vec!["other".into()];
+        limited.jwt_audiences = Box::new(["other".into()]);
         let limited = Grant {
             entry: Arc::new(limited),
             tasks: grant.tasks.clone(),

@@ -28,7 +28,7 @@ impl Caller {
         self.entries
             .iter()
             .filter(|entry| match &entry.hint {
-                Some(hint) if !seen.insert(hint.as_str()) => {
+                Some(hint) if !seen.insert(&**hint) => {
                     tracing::warn!(entry = %entry.location, hint, "hint already used by an earlier matching entry; identity left out");
                     false
                 }

@@ -253,7 +253,7 @@ impl CallerWatch {
         for entry in &self.caller.entries {
             let template = SvidTemplate {
                 spiffe_id: entry.spiffe_id.clone(),
-                dns_names: entry.dns_names.clone(),
+                dns_names: entry.dns_names.to_vec(),
                 ttl: entry.x509_ttl,
                 // An SVID never outlives its owner's term.
                 valid_until: entry.owner_expiry().map(owner_clock::to_wall),

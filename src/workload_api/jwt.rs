@@ -183,7 +183,7 @@ pub(super) async fn fetch(
         svids.push(Jwtsvid {
             spiffe_id: svid.spiffe_id.to_string(),
             svid: svid.token,
-            hint: entry.hint.clone().unwrap_or_default(),
+            hint: entry.hint.as_deref().unwrap_or_default().to_owned(),
         });
     }
     ctx.audit.write(&records).map_err(|e| status::audit(&e))?;

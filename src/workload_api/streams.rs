@@ -102,7 +102,7 @@ impl X509Watch {
                 x509_svid: svid.chain_der(),
                 x509_svid_key: svid.private_key_pkcs8.clone(),
                 bundle: bundle.clone(),
-                hint: entry.hint.clone().unwrap_or_default(),
+                hint: entry.hint.as_deref().unwrap_or_default().to_owned(),
             })
             .collect();
         tracing::debug!(
