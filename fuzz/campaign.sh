@@ -45,6 +45,9 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 fi
 PATH="$(dirname "$(fuzz/install.sh)"):$PATH"
 export PATH
+# Every cargo fuzz build here (build, and cmin's) leaves the oracle
+# uninstrumented.
+export RUSTC_WRAPPER="$repo/fuzz/uninstrumented-oracle.sh"
 
 all_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^attestd-fuzz$')
 bin_dir="$target_dir/x86_64-unknown-linux-gnu/release"
@@ -64,8 +67,7 @@ options() {
     esac
 }
 
-# Builds every target, with the oracle's HPACK decoder left uninstrumented
-# (fuzz/uninstrumented-oracle.sh). cargo does not fingerprint a
+# Builds every target. cargo does not fingerprint a
 # RUSTC_WRAPPER, so a target directory built before the wrapper had an
 # instrumented copy: cleaned once, recorded by a stamp.
 build() {
@@ -75,8 +77,7 @@ build() {
         cargo +nightly clean --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" \
             --release --target x86_64-unknown-linux-gnu -p loona-hpack
     fi
-    RUSTC_WRAPPER="$repo/fuzz/uninstrumented-oracle.sh" \
-        cargo +nightly fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
+    cargo +nightly fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
     touch "$stamp"
 }
 
