@@ -67,9 +67,9 @@ options() {
     esac
 }
 
-# Builds every target. cargo does not fingerprint a
-# RUSTC_WRAPPER, so a target directory built before the wrapper had an
-# instrumented copy: cleaned once, recorded by a stamp.
+# Builds every target. cargo does not fingerprint a RUSTC_WRAPPER, so a
+# target directory built before the wrapper holds an instrumented oracle:
+# it is cleaned once, and a stamp records that.
 build() {
     mkdir -p "$target_dir"
     local stamp=$target_dir/.oracle-uninstrumented
