@@ -430,7 +430,13 @@ fn a_broken_policy_file_keeps_the_set_in_effect_and_is_named_by_file_and_line() 
         },
     );
     assert!(named.contains("nickname"), "{named}");
-    assert!(pdp.daemon.log().contains("keeping the previous policy set"));
+    // The summary line follows the file's own error line: wait for it too.
+    wait_for(Duration::from_secs(5), "the previous set kept", || {
+        pdp.daemon
+            .log()
+            .contains("keeping the previous policy set")
+            .then_some(())
+    });
     wait_for(Duration::from_secs(5), "the failed reload counted", || {
         (failed() >= 1).then_some(())
     });

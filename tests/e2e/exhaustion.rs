@@ -12,7 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, shared_tempdir, write_config};
+use crate::harness::{
+    Daemon, attestd_bin, cli_fetch_as, printed_ids, shared_tempdir, wait_for, write_config,
+};
 
 /// The legitimate caller: uid 1000 holds an entry.
 const LEGIT_ENTRY: &str = r#"
@@ -388,7 +390,10 @@ owner = "platform@example.org"
         String::from_utf8_lossy(&output.stdout).trim(),
         "open 0 refused 0 ended 1"
     );
-    assert!(daemon.log().contains("new policy in effect"), "{}", daemon.log());
+    // The swap ends the stream before the reload logs it.
+    wait_for(Duration::from_secs(5), "the new policy logged", || {
+        daemon.log().contains("new policy in effect").then_some(())
+    });
     let issued: Vec<String> = daemon
         .audit_records()
         .iter()
