@@ -73,7 +73,9 @@ options() {
 build() {
     mkdir -p "$target_dir"
     local stamp=$target_dir/.oracle-uninstrumented
-    if [[ ! -e $stamp ]]; then
+    # Only a directory cargo has built in (it leaves CACHEDIR.TAG there) can
+    # hold an instrumented copy; cargo refuses to clean any other.
+    if [[ ! -e $stamp && -e $target_dir/CACHEDIR.TAG ]]; then
         cargo +nightly clean --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" \
             --release --target x86_64-unknown-linux-gnu -p loona-hpack
     fi
