@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 pub use cgroup::{CgroupError, CgroupFacts, DelegatedFacts, parse as parse_cgroup};
 pub use exe_hash::{DEFAULT_MAX_HASH_BYTES, ExeHasher, FileId};
-pub use peer::{ConnectionSocket, PeerIdentity, ProcessPin};
+pub use peer::{ConnectCredentials, ConnectionSocket, PeerIdentity, ProcessPin};
 /// `/proc/<pid>/status` parsing, for the fuzz targets (fuzz/).
 #[doc(hidden)]
 pub use process::{Status as ProcStatus, parse_status as parse_proc_status};
@@ -215,10 +215,11 @@ impl Attestor {
 
     fn attest_with(&self, peer: &PeerIdentity, exe: ExeFacts, lookup: Lookup) -> Result<Workload, Halt> {
         let started = std::time::Instant::now();
+        // The directory is the pinned process's own only if that process is
+        // still alive after it was opened: the check at the end, after the
+        // facts are read, proves that for the directory and the facts at
+        // once (a live process keeps its pid from being reused).
         let proc_dir = peer.open_proc_dir(&self.proc_root)?;
-        // Only once the pin says the process is still alive do we know the
-        // directory we just opened is its own and not a successor's.
-        peer.ensure_alive()?;
         test_hooks::delay_attestation();
 
         let mut workload = Workload {
@@ -249,7 +250,7 @@ impl Attestor {
         workload.notes.extend(cgroup.notes);
 
         // Facts read from a process that has since exited could belong to
-        // anything: refuse instead of issuing on them.
+        // anything (its pid reused): refuse instead of issuing on them.
         peer.ensure_alive()?;
         for note in &workload.notes {
             tracing::info!(pid = peer.pid, note, "attestation withheld a selector");

@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rustix::fs::{AtFlags, StatxFlags, makedev, statx};
+use rustix::fs::{AtFlags, CWD, Statx, StatxFlags, makedev, statx};
 use sha2::{Digest, Sha256};
 
 /// Default for `[attestation] max_exe_hash_bytes`.
@@ -36,11 +37,28 @@ impl FileId {
     /// file's device and inode never change, so the kernel's copy is exact.
     pub fn of(file: &File) -> std::io::Result<Self> {
         let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
-        let stat = statx(file, c"", flags, StatxFlags::INO)?;
-        Ok(Self {
+        Ok(Self::from(statx(file, c"", flags, StatxFlags::INO)?))
+    }
+
+    /// The identity of the file `path` leads to (following every link, the
+    /// `/proc/<pid>/exe` magic link included), from the kernel's copy as
+    /// in [`Self::of`]: one system call where opening the file takes three.
+    pub fn at(path: &Path) -> std::io::Result<Self> {
+        Ok(Self::from(statx(
+            CWD,
+            path,
+            AtFlags::STATX_DONT_SYNC,
+            StatxFlags::INO,
+        )?))
+    }
+}
+
+impl From<Statx> for FileId {
+    fn from(stat: Statx) -> Self {
+        Self {
             dev: makedev(stat.stx_dev_major, stat.stx_dev_minor),
             ino: stat.stx_ino,
-        })
+        }
     }
 }
 
@@ -162,6 +180,18 @@ mod tests {
     use std::io::{Seek, Write};
 
     const TEST_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    /// By path through the `exe` magic link, or by an open file: one
+    /// identity, and another file's is another.
+    #[test]
+    fn a_file_has_one_identity_by_path_or_by_descriptor() {
+        let exe = Path::new("/proc/self/exe");
+        let by_path = FileId::at(exe).unwrap();
+        assert_eq!(by_path, FileId::of(&File::open(exe).unwrap()).unwrap());
+        let other = tempfile::NamedTempFile::new().unwrap();
+        assert_ne!(by_path, FileId::at(other.path()).unwrap());
+        assert!(FileId::at(Path::new("/proc/self/no-such-file")).is_err());
+    }
 
     #[test]
     fn hashes_once_per_file_version_and_respects_limit() {

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::socket::{UnixCredentials, getsockopt, sockopt};
 
 use nix::sys::stat::fstat;
 
@@ -56,6 +56,23 @@ impl ConnectionSocket {
     }
 }
 
+/// SO_PEERCRED of an accepted connection, asked of the kernel once.
+#[derive(Debug)]
+pub struct ConnectCredentials(nix::Result<UnixCredentials>);
+
+impl ConnectCredentials {
+    /// The credentials the kernel recorded when the peer connected.
+    pub fn of(socket: &impl AsFd) -> Self {
+        Self(getsockopt(socket, sockopt::PeerCredentials))
+    }
+
+    /// The uid whose connection cap the connection counts against; peers
+    /// without credentials share one bucket (`u32::MAX` is no uid).
+    pub fn limits_uid(&self) -> u32 {
+        self.0.as_ref().map_or(u32::MAX, |cred| cred.uid())
+    }
+}
+
 /// A socket peer: its credentials at connect time and the pin on it.
 #[derive(Debug)]
 pub struct PeerIdentity {
@@ -78,7 +95,14 @@ impl PeerIdentity {
     /// Reads the peer's credentials and pins its process. Call this right
     /// after accept, before the peer has time to exit.
     pub fn from_socket(socket: &impl AsFd) -> Result<Self, AttestError> {
-        let cred = getsockopt(socket, sockopt::PeerCredentials).map_err(|e| AttestError::Proc {
+        Self::pin(socket, ConnectCredentials::of(socket))
+    }
+
+    /// Pins the process of the peer whose credentials `cred` were read from
+    /// `socket` (once: a listener needs the uid before it admits the
+    /// connection).
+    pub fn pin(socket: &impl AsFd, cred: ConnectCredentials) -> Result<Self, AttestError> {
+        let cred = cred.0.map_err(|e| AttestError::Proc {
             pid: 0,
             what: "peer credentials",
             source: e.into(),
@@ -125,10 +149,14 @@ impl PeerIdentity {
         })
     }
 
-    /// The executable the pinned process runs now, if it can be told.
+    /// The executable the pinned process runs now, if it can be told. With
+    /// a pidfd, the `exe` link is followed by pid, then the pin is checked:
+    /// alive afterwards, the pid was still this process's throughout.
     fn current_executable(&self) -> Option<FileId> {
-        let dir = self.open_proc_dir(Path::new("/proc")).ok()?;
-        let id = dir.executable_id().ok()?;
+        let id = match &self.pin {
+            ProcessPin::Pidfd(_) => FileId::at(Path::new(&format!("/proc/{}/exe", self.pid))).ok()?,
+            ProcessPin::ProcDir(pinned) => pinned.executable_id().ok()?,
+        };
         self.ensure_alive().ok()?;
         Some(id)
     }

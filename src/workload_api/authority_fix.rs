@@ -175,15 +175,22 @@ impl AuthorityFix {
     /// Moves bytes ready for the server into `into`; returns how many.
     pub fn drain_into(&mut self, into: &mut [u8]) -> usize {
         let n = into.len().min(self.output.len());
-        for (slot, byte) in into.iter_mut().zip(self.output.drain(..n)) {
-            *slot = byte;
-        }
+        let (front, back) = self.output.as_slices();
+        let from_front = n.min(front.len());
+        into[..from_front].copy_from_slice(&front[..from_front]);
+        into[from_front..n].copy_from_slice(&back[..n - from_front]);
+        self.output.drain(..n);
         n
     }
 
     /// Whether bytes are ready for the server.
     pub fn has_output(&self) -> bool {
         !self.output.is_empty()
+    }
+
+    /// How many bytes are ready for the server.
+    pub fn output_len(&self) -> usize {
+        self.output.len()
     }
 
     /// The client closed its side: whatever partial frame is left goes to

@@ -31,7 +31,7 @@ use tokio::time::Sleep;
 use super::authorize::{decide, refuse};
 use super::limits::{ConnectionLimits, ConnectionSlot};
 use super::{Context, ListenerError, PeerInfo, SocketListener};
-use crate::attest::PeerIdentity;
+use crate::attest::ConnectCredentials;
 use crate::authz::authzen::{self, Evaluation};
 
 /// The AuthZEN evaluation endpoint.
@@ -139,10 +139,10 @@ impl Listener for BoundedUnixListener {
         loop {
             match self.listener.accept().await {
                 Ok((stream, _)) => {
-                    // A peer without credentials shares one bucket.
-                    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+                    let credentials = ConnectCredentials::of(&stream);
+                    let uid = credentials.limits_uid();
                     match self.limits.acquire(uid) {
-                        Ok(slot) => return (PinnedStream::new(stream, slot), ()),
+                        Ok(slot) => return (PinnedStream::new(stream, credentials, slot), ()),
                         Err(refused) => {
                             tracing::warn!(uid, "AuthZEN connection refused: {}", refused.reason());
                         }
@@ -171,10 +171,10 @@ struct PinnedStream {
 }
 
 impl PinnedStream {
-    fn new(stream: UnixStream, slot: ConnectionSlot) -> Self {
+    fn new(stream: UnixStream, credentials: ConnectCredentials, slot: ConnectionSlot) -> Self {
         // Pinned before the first byte is read: the caller cannot exit and
         // have its pid reused in between.
-        let peer = PeerInfo(PeerIdentity::from_socket(&stream).map(Arc::new).map_err(Arc::new));
+        let peer = PeerInfo::pin(&stream, credentials);
         Self {
             stream,
             peer,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use super::AttestedConnection;
 use super::limits::ConnectionLimits;
 use crate::atomic_file;
+use crate::attest::ConnectCredentials;
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -120,10 +121,15 @@ fn admit_connection(
     limits: &Arc<ConnectionLimits>,
     first_request_timeout: Duration,
 ) -> Option<AttestedConnection> {
-    // A peer without credentials shares one bucket (u32::MAX is no uid).
-    let uid = stream.peer_cred().map_or(u32::MAX, |cred| cred.uid());
+    let credentials = ConnectCredentials::of(&stream);
+    let uid = credentials.limits_uid();
     match limits.acquire(uid) {
-        Ok(slot) => Some(AttestedConnection::new(stream, slot, first_request_timeout)),
+        Ok(slot) => Some(AttestedConnection::new(
+            stream,
+            credentials,
+            slot,
+            first_request_timeout,
+        )),
         Err(refused) => {
             tracing::warn!(uid, "connection refused: {}", refused.reason());
             None
