@@ -431,24 +431,16 @@ fn a_broken_policy_file_keeps_the_set_in_effect_and_is_named_by_file_and_line() 
     );
     assert!(named.contains("nickname"), "{named}");
     // The summary line follows the file's own error line: wait for it too.
-    wait_for(Duration::from_secs(5), "the previous set kept", || {
-        pdp.daemon
-            .log()
-            .contains("keeping the previous policy set")
-            .then_some(())
-    });
+    pdp.daemon
+        .wait_for_log(Duration::from_secs(5), "keeping the previous policy set");
     wait_for(Duration::from_secs(5), "the failed reload counted", || {
         (failed() >= 1).then_some(())
     });
 
     // Fixed: the new set takes effect, no restart.
     std::fs::write(pdp.policy("broken.cedar"), PERMIT_ALL.replace("all", "fixed")).unwrap();
-    wait_for(Duration::from_secs(10), "the fixed set in effect", || {
-        pdp.daemon
-            .log()
-            .contains("new policy set in effect policies=2")
-            .then_some(())
-    });
+    pdp.daemon
+        .wait_for_log(Duration::from_secs(10), "new policy set in effect policies=2");
 
     // SIGHUP reloads too.
     std::fs::write(
@@ -457,12 +449,10 @@ fn a_broken_policy_file_keeps_the_set_in_effect_and_is_named_by_file_and_line() 
     )
     .unwrap();
     nix::sys::signal::kill(pdp.daemon.pid(), nix::sys::signal::Signal::SIGHUP).unwrap();
-    wait_for(Duration::from_secs(10), "the duplicate id named", || {
-        pdp.daemon
-            .log()
-            .contains("dup.cedar:1: duplicate policy id \"fixed\"")
-            .then_some(())
-    });
+    pdp.daemon.wait_for_log(
+        Duration::from_secs(10),
+        "dup.cedar:1: duplicate policy id \"fixed\"",
+    );
 }
 
 #[test]

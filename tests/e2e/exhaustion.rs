@@ -12,9 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    Daemon, attestd_bin, cli_fetch_as, printed_ids, shared_tempdir, wait_for, write_config,
-};
+use crate::harness::{Daemon, attestd_bin, cli_fetch_as, printed_ids, shared_tempdir, write_config};
 
 /// The legitimate caller: uid 1000 holds an entry.
 const LEGIT_ENTRY: &str = r#"
@@ -391,9 +389,7 @@ owner = "platform@example.org"
         "open 0 refused 0 ended 1"
     );
     // The swap ends the stream before the reload logs it.
-    wait_for(Duration::from_secs(5), "the new policy logged", || {
-        daemon.log().contains("new policy in effect").then_some(())
-    });
+    daemon.wait_for_log(Duration::from_secs(5), "new policy in effect");
     let issued: Vec<String> = daemon
         .audit_records()
         .iter()

@@ -299,9 +299,7 @@ async fn a_full_disk_at_run_time_keeps_the_ca_whole_fails_closed_and_recovers() 
     // data_dir full: the next root (due at 8 s) cannot be saved, so it is
     // not made; the current root keeps signing.
     let filler = fill(&data);
-    wait_for(PATIENCE, "a failed CA rotation", || {
-        daemon.log().contains("CA rotation failed").then_some(())
-    });
+    daemon.wait_for_log(PATIENCE, "CA rotation failed");
     assert!(daemon.log().contains("No space left on device"));
     assert_eq!(
         std::fs::read(data.join("ca.json")).unwrap(),
@@ -359,9 +357,7 @@ async fn a_read_only_data_dir_at_run_time_keeps_the_ca_whole_and_recovers() {
         mount.read_only(true),
         "nothing in data_dir is held open for writing"
     );
-    wait_for(PATIENCE, "a failed CA rotation", || {
-        daemon.log().contains("CA rotation failed").then_some(())
-    });
+    daemon.wait_for_log(PATIENCE, "CA rotation failed");
     assert!(daemon.log().contains("Read-only file system"));
     assert_eq!(std::fs::read(data.join("ca.json")).unwrap(), saved);
     let (chain, roots_now) = fetch(&daemon).await;

@@ -680,9 +680,7 @@ async fn a_node_attested_with_x509pop_renews_its_agent_svid_by_attesting_again()
     wait_for(SYNCED, "the x509pop node's entry to be served", || {
         (go_ids(&daemon, WORKLOAD_UID) == ["spiffe://example.org/fleet/x509pop-app"]).then_some(())
     });
-    wait_for(Duration::from_secs(120), "the agent SVID to be renewed", || {
-        daemon.log().contains("agent SVID renewed").then_some(())
-    });
+    daemon.wait_for_log(Duration::from_secs(120), "agent SVID renewed");
     // The same node syncs with its new SVID: an entry made now is served.
     server.create_entry(
         &agent_id,

@@ -113,6 +113,15 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("attestd.log")).unwrap_or_default()
     }
 
+    /// Waits until the log contains `text`. The daemon may write a line
+    /// after the event a test observes (a summary after the error it
+    /// sums up, a log after the swap it reports): wait, never assert at once.
+    pub fn wait_for_log(&self, timeout: Duration, text: &str) {
+        wait_for(timeout, &format!("{text:?} in the log"), || {
+            self.log().contains(text).then_some(())
+        });
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
