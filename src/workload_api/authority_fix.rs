@@ -180,6 +180,11 @@ impl AuthorityFix {
         into[..from_front].copy_from_slice(&front[..from_front]);
         into[from_front..n].copy_from_slice(&back[..n - from_front]);
         self.output.drain(..n);
+        if self.output.is_empty() {
+            // An open stream's connection is idle most of its life: it
+            // holds no buffer between the client's frames.
+            self.output = VecDeque::new();
+        }
         n
     }
 
@@ -225,6 +230,9 @@ impl AuthorityFix {
         let result = self.take_frames_from(&input, &mut taken);
         self.input = input;
         self.input.drain(..taken);
+        if self.input.is_empty() {
+            self.input = Vec::new();
+        }
         result
     }
 
@@ -758,6 +766,25 @@ mod tests {
         let block = Encoder::new().encode(request(b"localhost").iter().map(|(n, v)| (&n[..], &v[..])));
         fix.feed(&frame(HEADERS, END_HEADERS, 1, &block)).unwrap();
         assert!(fix.request_seen());
+    }
+
+    #[test]
+    fn an_idle_connection_holds_no_buffer() {
+        let mut fix = AuthorityFix::default();
+        let mut wire = PREFACE.to_vec();
+        let block = Encoder::new().encode(request(b"localhost").iter().map(|(n, v)| (&n[..], &v[..])));
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        // Half a WINDOW_UPDATE waits for the rest in the input.
+        let window_update = frame(0x8, 0, 0, &[0, 0, 0x40, 0]);
+        wire.extend(&window_update[..5]);
+        fix.feed(&wire).unwrap();
+        assert_ne!(fix.input.capacity(), 0, "the partial frame is kept");
+        fix.feed(&window_update[5..]).unwrap();
+        assert_eq!(fix.input.capacity(), 0, "nothing left to parse");
+        let mut out = vec![0u8; fix.output_len()];
+        assert_eq!(fix.drain_into(&mut out), out.len());
+        assert_eq!(fix.output.capacity(), 0, "nothing left for the server");
+        assert!(out.ends_with(&window_update));
     }
 
     #[test]

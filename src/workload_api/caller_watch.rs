@@ -205,7 +205,9 @@ impl CallerWatch {
         let owner_expiry = self.caller.owner_expiry();
         let term_ends = async {
             match owner_expiry {
-                Some(end) => owner_clock::sleep_until(end).await,
+                // Boxed: a timer that follows the wall clock is most of
+                // this future's size, and every open stream holds one.
+                Some(end) => Box::pin(owner_clock::sleep_until(end)).await,
                 None => futures::future::pending().await,
             }
         };
@@ -233,14 +235,17 @@ impl CallerWatch {
     pub async fn readmit(&mut self) -> Result<bool, Status> {
         self.policy.borrow_and_update();
         let peer = self.caller.peer.clone();
-        let caller = admission::admit(&self.ctx, &peer, self.rpc)
+        // Boxed, as is the resubscription below: attestation and minting
+        // are the largest states of a watch's futures, and every open
+        // stream would otherwise hold room for them while it only waits.
+        let caller = Box::pin(admission::admit(&self.ctx, &peer, self.rpc))
             .await
             .map_err(Refusal::stream_end)?;
         let before: Vec<EntryId> = self.caller.entries.iter().map(|e| e.id).collect();
         let after: Vec<EntryId> = caller.entries.iter().map(|e| e.id).collect();
         let changed = before != after;
         self.caller = caller;
-        let resubscribed = self.follow_entries().await?;
+        let resubscribed = Box::pin(self.follow_entries()).await?;
         Ok(changed || resubscribed)
     }
 
