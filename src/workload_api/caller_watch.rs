@@ -235,17 +235,14 @@ impl CallerWatch {
     pub async fn readmit(&mut self) -> Result<bool, Status> {
         self.policy.borrow_and_update();
         let peer = self.caller.peer.clone();
-        // Boxed, as is the resubscription below: attestation and minting
-        // are the largest states of a watch's futures, and every open
-        // stream would otherwise hold room for them while it only waits.
-        let caller = Box::pin(admission::admit(&self.ctx, &peer, self.rpc))
+        let caller = admission::admit(&self.ctx, &peer, self.rpc)
             .await
             .map_err(Refusal::stream_end)?;
         let before: Vec<EntryId> = self.caller.entries.iter().map(|e| e.id).collect();
         let after: Vec<EntryId> = caller.entries.iter().map(|e| e.id).collect();
         let changed = before != after;
         self.caller = caller;
-        let resubscribed = Box::pin(self.follow_entries()).await?;
+        let resubscribed = self.follow_entries().await?;
         Ok(changed || resubscribed)
     }
 
