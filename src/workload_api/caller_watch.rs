@@ -205,8 +205,9 @@ impl CallerWatch {
         let owner_expiry = self.caller.owner_expiry();
         let term_ends = async {
             match owner_expiry {
-                // Boxed: a timer that follows the wall clock is most of
-                // this future's size, and every open stream holds one.
+                // Boxed: a timer that follows the wall clock would be a
+                // third of this future's size, and every open stream holds
+                // the future while it waits.
                 Some(end) => Box::pin(owner_clock::sleep_until(end)).await,
                 None => futures::future::pending().await,
             }
