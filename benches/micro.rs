@@ -222,7 +222,7 @@ mod audit {
         let log = AuditLog::open(&dir.path().join("audit.jsonl"), rotation, OnAuditFailure::Refuse)
             .expect("opening the audit trail");
         let record = issuance(&this_process());
-        bencher.bench_local(|| log.write(std::slice::from_ref(&record)).expect("writing"));
+        bencher.bench_local(|| log.write([record.clone()]).expect("writing"));
     }
 
     fn this_process() -> Workload {

@@ -156,15 +156,21 @@ impl AuditLog {
     /// Appends records, chained, as one write: concurrent writers never
     /// interleave within a line, and a batch lands whole or not at all. An
     /// error is returned only when the decision must then be refused.
-    pub fn write(&self, records: &[Record]) -> Result<(), AuditError> {
+    /// The records are taken, not copied: a record is a few dozen strings.
+    pub fn write(
+        &self,
+        records: impl IntoIterator<Item = Record, IntoIter: ExactSizeIterator>,
+    ) -> Result<(), AuditError> {
+        let records = records.into_iter();
+        let count = records.len();
         let result = self.append(records);
         if result.is_err() {
-            metrics().audit_failure(records.len());
+            metrics().audit_failure(count);
         }
         self.note_outcome(result.is_err());
         match (result, self.on_failure) {
             (Err(error), OnAuditFailure::Issue) => {
-                tracing::error!(%error, records = records.len(), "audit records lost (on_failure = issue)");
+                tracing::error!(%error, records = count, "audit records lost (on_failure = issue)");
                 Ok(())
             }
             (result, _) => result,
@@ -196,7 +202,7 @@ impl AuditLog {
     /// validations or policy decisions about a caller with an identity.
     pub fn write_denial(&self, record: Record) -> Result<(), AuditError> {
         if self.denials.admit(&record) {
-            return self.write(&[record]);
+            return self.write([record]);
         }
         metrics().audit_denial_suppressed(record.rpc);
         Ok(())
@@ -210,8 +216,9 @@ impl AuditLog {
         if summaries.is_empty() {
             return;
         }
-        if let Err(error) = self.write(&summaries) {
-            tracing::error!(%error, records = summaries.len(), "denial summaries lost");
+        let count = summaries.len();
+        if let Err(error) = self.write(summaries) {
+            tracing::error!(%error, records = count, "denial summaries lost");
         }
     }
 
@@ -227,7 +234,7 @@ impl AuditLog {
         }
     }
 
-    fn append(&self, records: &[Record]) -> Result<(), AuditError> {
+    fn append(&self, records: impl Iterator<Item = Record>) -> Result<(), AuditError> {
         let mut head = self.lock();
         if head.torn {
             self.cut_back(&mut head)?;
@@ -235,8 +242,7 @@ impl AuditLog {
         let mut buf = Vec::new();
         let mut seq = head.next_seq;
         let mut last_hash = head.last_hash.clone();
-        for record in records {
-            let mut record = record.clone();
+        for mut record in records {
             if bound::bound(&mut record) {
                 metrics().audit_record_truncated();
             }
@@ -387,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/audit.jsonl");
         let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
-        log.write(&[Record::new(
+        log.write([Record::new(
             "FetchX509SVID",
             Outcome::Denied,
             "no identity issued",
@@ -397,7 +403,7 @@ mod tests {
         drop(log);
         // Reopened: the chain continues where it ended.
         let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
-        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "x", None)])
+        log.write([Record::new("FetchX509SVID", Outcome::Issued, "x", None)])
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -422,7 +428,7 @@ mod tests {
         };
         let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
         for i in 0..40 {
-            log.write(&[Record::new(
+            log.write([Record::new(
                 "FetchX509SVID",
                 Outcome::Issued,
                 format!("record {i}"),
@@ -448,7 +454,7 @@ mod tests {
         let record = |i: usize| Record::new("FetchX509SVID", Outcome::Issued, format!("record {i}"), None);
         let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
         for i in 0..40 {
-            log.write(&[record(i)]).unwrap();
+            log.write([record(i)]).unwrap();
         }
         drop(log);
         assert!(rotated(&path, 3).exists());
@@ -459,7 +465,7 @@ mod tests {
         std::fs::remove_file(rotated(&path, 2)).unwrap();
         let survived = verify(&[rotated(&path, 3)]).unwrap().last_seq.unwrap();
         let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
-        log.write(&[record(40)]).unwrap();
+        log.write([record(40)]).unwrap();
         let files = vec![rotated(&path, 3), rotated(&path, 1), path.clone()];
         let report = verify(&files).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -472,17 +478,17 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
         let record = |i: usize| Record::new("FetchX509SVID", Outcome::Issued, format!("r{i}"), None);
-        log.write(&[record(0), record(1)]).unwrap();
+        log.write([record(0), record(1)]).unwrap();
         let whole = std::fs::read(&path).unwrap();
 
         // The disk fills 30 bytes into the next batch of two records.
         log.lock().file.fail_after = Some(30);
-        assert!(log.write(&[record(2), record(3)]).is_err());
+        assert!(log.write([record(2), record(3)]).is_err());
         assert_eq!(std::fs::read(&path).unwrap(), whole, "the partial batch is gone");
         assert!(verify(std::slice::from_ref(&path)).unwrap().problems.is_empty());
 
         // Space again: the chain continues from the last whole record.
-        log.write(&[record(4)]).unwrap();
+        log.write([record(4)]).unwrap();
         let report = verify(std::slice::from_ref(&path)).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert_eq!((report.records, report.last_seq), (3, Some(2)));
@@ -496,14 +502,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
-        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "r0", None)])
+        log.write([Record::new("FetchX509SVID", Outcome::Issued, "r0", None)])
             .unwrap();
         drop(log);
         // A crash in the middle of the next write.
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(br#"{"seq":1,"prev":"ab"#).unwrap();
         let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
-        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "r1", None)])
+        log.write([Record::new("FetchX509SVID", Outcome::Issued, "r1", None)])
             .unwrap();
         let report = verify(std::slice::from_ref(&path)).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -517,7 +523,7 @@ mod tests {
         let log = AuditLog::open(&path, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
         let huge = Record::new("ValidateJWTSVID", Outcome::Rejected, "x".repeat(1 << 20), None)
             .with_audience(&vec!["a".repeat(10_000); 1000]);
-        log.write(&[huge]).unwrap();
+        log.write([huge]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.len() <= MAX_RECORD_BYTES, "{} bytes", text.len());
         let record: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
@@ -543,7 +549,7 @@ mod tests {
             )
             .unwrap();
         }
-        log.write(&[Record::new("FetchX509SVID", Outcome::Issued, "fetched", None)])
+        log.write([Record::new("FetchX509SVID", Outcome::Issued, "fetched", None)])
             .unwrap();
         log.summarise_denials();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -561,8 +567,8 @@ mod tests {
         let full = Path::new("/dev/full");
         let refuse = AuditLog::open(full, NO_ROTATION, OnAuditFailure::Refuse).unwrap();
         let record = Record::new("FetchX509SVID", Outcome::Issued, "x", None);
-        assert!(refuse.write(std::slice::from_ref(&record)).is_err());
+        assert!(refuse.write([record.clone()]).is_err());
         let issue = AuditLog::open(full, NO_ROTATION, OnAuditFailure::Issue).unwrap();
-        assert!(issue.write(&[record]).is_ok());
+        assert!(issue.write([record]).is_ok());
     }
 }

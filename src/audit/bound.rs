@@ -148,6 +148,9 @@ impl Changes<'_> {
     /// Shortens each value to `per_value`, then keeps the values that fit
     /// in `budget` bytes as written.
     fn list(&mut self, name: &str, values: &mut Vec<String>, per_value: usize, budget: usize) {
+        if fits(values, per_value, budget) {
+            return;
+        }
         let total = values.len();
         let mut used = 2; // []
         let mut shortened = 0;
@@ -180,6 +183,17 @@ impl Changes<'_> {
         self.0.insert(name.to_owned(), note);
         *values = kept;
     }
+}
+
+/// Whether every value is within `per_value` and the list within
+/// `budget`, as written: then nothing is copied (the usual case).
+fn fits(values: &[String], per_value: usize, budget: usize) -> bool {
+    let mut used = 2; // []
+    values.iter().all(|value| {
+        let len = json_len(value);
+        used += len + 3; // quotes and comma
+        len <= per_value && used <= budget
+    })
 }
 
 fn hex_digest(value: &impl Serialize) -> String {

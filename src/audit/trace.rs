@@ -491,7 +491,7 @@ may_ask_for_others = true
             };
             let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
             for record in self.records {
-                log.write(&[record]).unwrap();
+                log.write([record]).unwrap();
             }
             let mut files: Vec<PathBuf> = (1..=20)
                 .rev()

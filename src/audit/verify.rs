@@ -195,7 +195,7 @@ mod tests {
         };
         let log = AuditLog::open(&path, rotation, OnAuditFailure::Refuse).unwrap();
         for i in 0..n {
-            log.write(&[Record::new(
+            log.write([Record::new(
                 "FetchX509SVID",
                 Outcome::Issued,
                 format!("r{i}"),

@@ -113,7 +113,7 @@ pub(super) async fn decide(
     .await
     .map_err(|_| Status::internal("decision task failed"))?;
     ctx.audit
-        .write(&[verdict.record(RPC, &caller.workload)])
+        .write([verdict.record(RPC, &caller.workload)])
         .map_err(|e| status::audit(&e))?;
     let outcome = match (verdict.allowed, &verdict.refusal) {
         (true, _) => DecisionOutcome::Allow,

@@ -195,7 +195,7 @@ impl CallerWatch {
         if records.is_empty() {
             return Ok(());
         }
-        self.ctx.audit.write(&records).map_err(|e| status::audit(&e))
+        self.ctx.audit.write(records).map_err(|e| status::audit(&e))
     }
 
     /// Waits until an SVID, the bundle or the policy changes, an owner's

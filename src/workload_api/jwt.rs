@@ -147,7 +147,7 @@ pub(super) async fn fetch(
             Some(&caller.workload),
         )
         .with_audience(&request.audience);
-        ctx.audit.write(&[denied]).map_err(|e| status::audit(&e))?;
+        ctx.audit.write([denied]).map_err(|e| status::audit(&e))?;
         return Err(Status::permission_denied(format!(
             "caller is not entitled to {id}"
         )));
@@ -186,7 +186,7 @@ pub(super) async fn fetch(
             hint: entry.hint.as_deref().unwrap_or_default().to_owned(),
         });
     }
-    ctx.audit.write(&records).map_err(|e| status::audit(&e))?;
+    ctx.audit.write(records).map_err(|e| status::audit(&e))?;
     if svids.is_empty() {
         return Err(Status::permission_denied(
             "requested audience is not allowed for the caller's identities",
@@ -276,7 +276,7 @@ pub(super) fn validate(
     let record = record.with_audience(&audience_list);
     let written = match rejected_without_identity {
         true => ctx.audit.write_denial(record),
-        false => ctx.audit.write(&[record]),
+        false => ctx.audit.write([record]),
     };
     written.map_err(|e| status::audit(&e))?;
     match result {

@@ -159,7 +159,7 @@ fn start(
             )
             .with_task(refused_intent(request, &refusal))
             .with_audience(&request.intent.audience);
-            ctx.audit.write(&[denied]).map_err(|e| status::audit(&e))?;
+            ctx.audit.write([denied]).map_err(|e| status::audit(&e))?;
             return Err(status::start_refused(&refusal));
         }
     };
@@ -169,7 +169,7 @@ fn start(
         .with_task(task.facts())
         .with_token(Some(&task.jti), Some(from_unix_seconds(task.expires_at)))
         .with_audience(&task.audience);
-    if let Err(error) = ctx.audit.write(&[record]) {
+    if let Err(error) = ctx.audit.write([record]) {
         // Not recorded, so not carried out: the token is never handed out.
         if let Err(error) = ctx.tasks.discard(&task.id) {
             tracing::error!(%error, task = task.id, "cannot forget a task whose start went unrecorded");
@@ -230,7 +230,7 @@ fn end(
                 id: task_id.to_owned(),
                 ..TaskFacts::default()
             });
-            ctx.audit.write(&[denied]).map_err(|e| status::audit(&e))?;
+            ctx.audit.write([denied]).map_err(|e| status::audit(&e))?;
             return Err(status::end_refused(&refusal));
         }
     };
@@ -260,7 +260,7 @@ fn end(
     );
     // The tasks have ended whatever happens to the records: ending only
     // takes rights away.
-    ctx.audit.write(&records).map_err(|e| status::audit(&e))?;
+    ctx.audit.write(records).map_err(|e| status::audit(&e))?;
     Ok(EndTaskResponse {
         ended: ended.into_iter().map(|task| task.id).collect(),
     })
