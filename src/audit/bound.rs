@@ -35,6 +35,10 @@ const MAX_NOTES_BYTES: usize = 2048;
 const MAX_AUDIENCE_BYTES: usize = 4096;
 /// Budget of each list of a task's facts (tools, resources, delegators).
 const MAX_TASK_LIST_BYTES: usize = 2048;
+/// A list as written: its brackets, then each value with its quotes and
+/// a comma (the last value's comma standing for nothing, a byte spare).
+const LIST_BRACKETS: usize = 2;
+const QUOTES_AND_COMMA: usize = 3;
 /// The longest marker a shortened value ends in: `…(sha256:` + 64 hex +
 /// `, ` + up to 20 digits + ` bytes)`, rounded up.
 const MARKER_BYTES: usize = 128;
@@ -152,7 +156,7 @@ impl Changes<'_> {
             return;
         }
         let total = values.len();
-        let mut used = 2; // []
+        let mut used = LIST_BRACKETS;
         let mut shortened = 0;
         let mut kept = Vec::new();
         for value in values.iter() {
@@ -163,7 +167,7 @@ impl Changes<'_> {
                 }
                 None => value.clone(),
             };
-            used += json_len(&value) + 3; // quotes and comma
+            used += json_len(&value) + QUOTES_AND_COMMA;
             if used > budget {
                 break;
             }
@@ -188,10 +192,10 @@ impl Changes<'_> {
 /// Whether every value is within `per_value` and the list within
 /// `budget`, as written: then nothing is copied (the usual case).
 fn fits(values: &[String], per_value: usize, budget: usize) -> bool {
-    let mut used = 2; // []
+    let mut used = LIST_BRACKETS;
     values.iter().all(|value| {
         let len = json_len(value);
-        used += len + 3; // quotes and comma
+        used += len + QUOTES_AND_COMMA;
         len <= per_value && used <= budget
     })
 }
