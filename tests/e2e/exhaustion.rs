@@ -145,6 +145,64 @@ fn an_amplifying_header_block_closes_the_connection_with_bounded_memory() {
     assert!(daemon.log().contains("header list over 16384 bytes"));
 }
 
+/// Class 2, after a first request: a connection whose first request
+/// carries a valid `:authority` passes through attestd's HPACK adapter
+/// untouched from then on, so the same amplifying block sent as its second
+/// request meets the HTTP/2 server's own bound (the same 16 KiB header
+/// list): h2 stops buffering an over-size block past it and closes the
+/// connection (GOAWAY). Twenty such connections leave the daemon's peak RSS
+/// within 32 MB, the amplified stream is never served (no DATA on it),
+/// attestd's adapter refuses none of them (h2 did), nothing is audited,
+/// and uid 1000 is served within a second meanwhile.
+#[test]
+fn an_amplifying_block_after_a_passed_through_request_is_bounded_too() {
+    let daemon = Daemon::start(LEGIT_ENTRY);
+    legit_caller_served_within_a_second(&daemon);
+    let peak_before = daemon.vm_kb("VmHWM:");
+    let audit_before = audit_counts(&daemon);
+    let attack = {
+        let mut client = raw_client(&daemon, 2001, &["amplify-after-request", "4000", "65000"]);
+        std::thread::spawn(move || {
+            (0..20)
+                .map(|_| String::from_utf8_lossy(&client.output().unwrap().stdout).into_owned())
+                .collect::<Vec<_>>()
+        })
+    };
+    while !attack.is_finished() {
+        legit_caller_served_within_a_second(&daemon);
+    }
+    for outcome in attack.join().unwrap() {
+        let frames = outcome
+            .trim()
+            .split_once("frames=")
+            .map_or("", |(_, frames)| frames);
+        assert!(
+            outcome.starts_with("closed"),
+            "the connection stayed open: {outcome}"
+        );
+        assert!(
+            !frames.split(',').any(|frame| frame == "0/3"),
+            "the amplified request was served: {outcome}"
+        );
+    }
+    let grown_kb = daemon.vm_kb("VmHWM:").saturating_sub(peak_before);
+    println!("VmHWM grew by {grown_kb} kB over 20 amplifying connections");
+    assert!(
+        grown_kb < 32 * 1024,
+        "attestd's peak memory grew by {grown_kb} kB"
+    );
+    assert!(
+        !daemon.log().contains("header list over"),
+        "attestd's adapter decoded a block it should have passed through"
+    );
+    let (legit_after, total_after) = audit_counts(&daemon);
+    assert_eq!(
+        total_after - audit_before.1,
+        legit_after - audit_before.0,
+        "the attack added audit records"
+    );
+}
+
 /// Class 4: with 256 descriptors (prlimit), attestd derives a global cap of
 /// 88 connections ((256 - 64 - 2 * 8) / 2) with a reserve of 11. Squatters
 /// uids 2001..2008, started one after another, each try to hold 16 idle

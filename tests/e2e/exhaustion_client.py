@@ -61,14 +61,32 @@ def huffman_block(block_len):
     field = bytes([0x00, 0x81, 0x1F, 0x81, 0x1F])
     return field * (block_len // len(field))
 
-def amplify(path, block):
-    """Sends one header block and reports whether the server answered."""
-    s = connect(path)
-    wire = PREFACE + frame(SETTINGS, 0, 0, b"")
+def request_block():
+    """A request with a valid :authority to a method nobody serves: attestd
+    passes the rest of such a connection through to the HTTP/2 server, and
+    nothing is audited."""
+    return (literal(b":method", b"POST") + literal(b":scheme", b"http")
+            + literal(b":path", b"/attestd.test.Nothing/Call")
+            + literal(b":authority", b"localhost")
+            + literal(b"content-type", b"application/grpc"))
+
+def block_frames(block, stream):
     chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+    wire = b""
     for i, chunk in enumerate(chunks):
         flags = END_HEADERS if i == len(chunks) - 1 else 0
-        wire += frame(HEADERS if i == 0 else CONTINUATION, flags, 1, chunk)
+        wire += frame(HEADERS if i == 0 else CONTINUATION, flags, stream, chunk)
+    return wire
+
+def amplify(path, block, after_request=False):
+    """Sends one header block and reports whether the server answered;
+    after_request: on stream 3, after a first request the server serves
+    (frames are then reported as type/stream)."""
+    s = connect(path)
+    wire = PREFACE + frame(SETTINGS, 0, 0, b"")
+    if after_request:
+        wire += frame(HEADERS, END_HEADERS | END_STREAM, 1, request_block())
+    wire += block_frames(block, 3 if after_request else 1)
     try:
         s.sendall(wire)
     except (BrokenPipeError, ConnectionResetError):
@@ -82,7 +100,7 @@ def amplify(path, block):
             if f is None:
                 print("closed frames=" + ",".join(kinds))
                 return
-            kinds.append(str(f[0]))
+            kinds.append(f"{f[0]}/{f[2]}" if after_request else str(f[0]))
     except ConnectionResetError:
         print("closed frames=" + ",".join(kinds))
         return
@@ -252,6 +270,8 @@ if mode == "amplify":
     amplify(path, amplifying_block(int(sys.argv[3]), int(sys.argv[4])))
 elif mode == "amplify-huffman":
     amplify(path, huffman_block(int(sys.argv[3])))
+elif mode == "amplify-after-request":
+    amplify(path, amplifying_block(int(sys.argv[3]), int(sys.argv[4])), after_request=True)
 elif mode == "hold":
     hold(path, int(sys.argv[3]), float(sys.argv[4]))
 elif mode == "bodies":
