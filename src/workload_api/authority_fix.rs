@@ -12,9 +12,17 @@
 //! passes every frame through unchanged except request header blocks,
 //! which it decodes (keeping the client's HPACK state), and re-encodes
 //! (keeping the server's), with an invalid `:authority` replaced by
-//! `localhost`. Every block is re-encoded, not only the broken ones, so the
-//! two HPACK contexts never disagree. The authority carries no meaning over
-//! a Unix socket: attestd never reads it.
+//! `localhost`. Once a block has been re-encoded, every later one is too,
+//! not only the broken ones, so the two HPACK contexts never disagree. The
+//! authority carries no meaning over a Unix socket: attestd never reads it.
+//!
+//! A connection whose first header block needs no rewrite (grpc-go, tonic
+//! and the other clients that send a valid authority) has that block
+//! forwarded as sent, and from then on every byte passes untouched: the
+//! server's HPACK state follows the client's, and the adapter has decoded
+//! one block in all. Clients set the authority per channel, not per call;
+//! one that switched to an invalid authority mid-connection would have
+//! those streams reset by the server, as without this adapter.
 //!
 //! Decoding comes before h2 has any chance to bound a request, so this
 //! adapter bounds it itself. HPACK lets a few bytes stand for a large
@@ -70,6 +78,10 @@ const DECODE_OFF_WORKER: usize = 8 * 1024;
 const TABLE_SIZE: usize = 4096;
 /// What an unusable `:authority` becomes.
 const LOCAL_AUTHORITY: &[u8] = b"localhost";
+/// A connection's first header block is kept as sent, to be forwarded
+/// unchanged, while its frames take at most this much; a larger one (no
+/// real request's) is re-encoded like any other.
+const MAX_FORWARDED_BLOCK: usize = 4 * 1024;
 
 /// Why a connection's bytes could not be passed on.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +110,9 @@ struct PendingBlock {
     stream_id: [u8; 4],
     end_stream: bool,
     fragment: Vec<u8>,
+    /// The frames as the client sent them, while the block could still
+    /// be forwarded unchanged (the connection's first block, small).
+    frames: Option<Vec<u8>>,
 }
 
 /// The client-to-server rewriter of one connection.
@@ -108,8 +123,11 @@ pub struct AuthorityFix {
     output: VecDeque<u8>,
     /// Until the preface is seen whole, frames cannot be parsed.
     preface_left: usize,
-    /// Not HTTP/2 at all: pass everything through and let the server say so.
+    /// Pass everything through: the connection is not HTTP/2 at all (the
+    /// server will say so), or its first header block needed no rewrite.
     passthrough: bool,
+    /// A header block has been re-encoded: every later one must be too.
+    rewriting: bool,
     pending: Option<PendingBlock>,
     /// Whether the client has started a request (sent HEADERS).
     request_seen: bool,
@@ -136,6 +154,7 @@ impl Default for AuthorityFix {
             output: VecDeque::new(),
             preface_left: PREFACE.len(),
             passthrough: false,
+            rewriting: false,
             pending: None,
             request_seen: false,
             decoder,
@@ -170,6 +189,12 @@ impl AuthorityFix {
     /// Whether the client has sent the start of a request (a HEADERS frame).
     pub fn request_seen(&self) -> bool {
         self.request_seen
+    }
+
+    /// Whether the client's bytes now pass unchanged: once no output
+    /// waits, the connection reads them straight into the server's buffer.
+    pub fn passes_through(&self) -> bool {
+        self.passthrough
     }
 
     /// Moves bytes ready for the server into `into`; returns how many.
@@ -230,6 +255,11 @@ impl AuthorityFix {
         let result = self.take_frames_from(&input, &mut taken);
         self.input = input;
         self.input.drain(..taken);
+        if self.passthrough {
+            // A header block switched the connection to passing through:
+            // what follows it needs no parsing.
+            self.output.extend(self.input.drain(..));
+        }
         if self.input.is_empty() {
             self.input = Vec::new();
         }
@@ -238,7 +268,10 @@ impl AuthorityFix {
 
     /// Takes frames from `input[*taken..]`, advancing `taken` past each.
     fn take_frames_from(&mut self, input: &[u8], taken: &mut usize) -> Result<(), AuthorityFixError> {
-        while input.len() - *taken >= FRAME_HEADER && self.output.len() < OUTPUT_HIGH_WATER {
+        while !self.passthrough
+            && input.len() - *taken >= FRAME_HEADER
+            && self.output.len() < OUTPUT_HIGH_WATER
+        {
             let rest = &input[*taken..];
             let length = frame_length(rest);
             if length > MAX_HEADER_BLOCK {
@@ -261,15 +294,20 @@ impl AuthorityFix {
             HEADERS => {
                 self.request_seen = true;
                 let fragment = header_fragment(flags, payload)?;
-                self.pending = Some(PendingBlock {
-                    stream_id,
-                    end_stream: flags & END_STREAM != 0,
-                    fragment: fragment.to_vec(),
-                });
+                self.pending = Some(
+                    PendingBlock {
+                        stream_id,
+                        end_stream: flags & END_STREAM != 0,
+                        fragment: fragment.to_vec(),
+                        frames: None,
+                    }
+                    .keeping_frames(!self.rewriting, frame),
+                );
             }
             CONTINUATION if self.pending.is_some() => {
                 if let Some(pending) = &mut self.pending {
                     pending.fragment.extend_from_slice(payload);
+                    pending.keep_frame(frame);
                 }
             }
             // Anything else (DATA, SETTINGS, PING, ... or a stray
@@ -291,18 +329,28 @@ impl AuthorityFix {
         Ok(())
     }
 
-    /// Re-encodes a whole header block and writes it as HEADERS (and
+    /// Decodes a whole header block. The connection's first, if it needs
+    /// no rewrite, is forwarded as sent and everything after it passes
+    /// through; any other is re-encoded and written as HEADERS (and
     /// CONTINUATION) frames.
     fn emit(&mut self, block: PendingBlock) -> Result<(), AuthorityFixError> {
         let decoder = &mut self.decoder;
         let mut headers = off_worker_if(block.fragment.len() > DECODE_OFF_WORKER, || {
             decode_bounded(decoder, &block.fragment)
         })?;
+        let mut rewritten = false;
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority" && !is_valid_authority(value) {
                 *value = LOCAL_AUTHORITY.to_vec();
+                rewritten = true;
             }
         }
+        if let (false, Some(frames)) = (rewritten, block.frames) {
+            self.output.extend(frames);
+            self.pass_through();
+            return Ok(());
+        }
+        self.rewriting = true;
         let encoded = self.encoder.encode(
             headers
                 .iter()
@@ -334,6 +382,38 @@ impl AuthorityFix {
             self.output.extend(chunk);
         }
         Ok(())
+    }
+
+    /// From now on the client's bytes pass unchanged (the server's HPACK
+    /// state follows the client's). The adapter's own HPACK tables are
+    /// freed: an open stream's connection would hold them for nothing.
+    fn pass_through(&mut self) {
+        self.passthrough = true;
+        self.decoder = Decoder::with_dynamic_size(0);
+        self.encoder = Encoder::new();
+    }
+}
+
+impl PendingBlock {
+    /// Starts keeping the block's frames as sent, when `forwardable`.
+    fn keeping_frames(mut self, forwardable: bool, first: &[u8]) -> Self {
+        if forwardable {
+            self.frames = Some(Vec::new());
+            self.keep_frame(first);
+        }
+        self
+    }
+
+    /// Adds a frame to the block's frames as sent, unless they would pass
+    /// [`MAX_FORWARDED_BLOCK`]: the block is then re-encoded instead.
+    fn keep_frame(&mut self, frame: &[u8]) {
+        if let Some(frames) = &mut self.frames {
+            if frames.len() + frame.len() > MAX_FORWARDED_BLOCK {
+                self.frames = None;
+            } else {
+                frames.extend_from_slice(frame);
+            }
+        }
     }
 }
 
@@ -575,12 +655,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn valid_authorities_padding_priority_and_continuations() {
-        let mut client = Encoder::new();
-        let block = client.encode(request(b"localhost").iter().map(|(n, v)| (&n[..], &v[..])));
+    /// A request whose block is split over a PADDED + PRIORITY HEADERS
+    /// frame and a CONTINUATION, then a DATA frame.
+    fn split_request(authority: &[u8]) -> Vec<u8> {
+        let block = Encoder::new().encode(request(authority).iter().map(|(n, v)| (&n[..], &v[..])));
         let (head, tail) = block.split_at(10);
-        // PADDED + PRIORITY HEADERS carrying the first part, then a CONTINUATION.
         let mut payload = vec![3u8];
         payload.extend([0, 0, 0, 0, 16]);
         payload.extend(head);
@@ -588,13 +667,70 @@ mod tests {
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(HEADERS, PADDED | PRIORITY, 1, &payload));
         wire.extend(frame(CONTINUATION, END_HEADERS, 1, tail));
+        wire.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\0"));
+        wire
+    }
+
+    #[test]
+    fn a_valid_first_block_is_forwarded_as_sent_and_the_rest_passes_through() {
+        let wire = split_request(b"localhost");
         let mut fix = AuthorityFix::default();
         fix.feed(&wire).unwrap();
+        assert!(fix.passes_through());
+        let mut out = vec![0u8; 4096];
+        let n = fix.drain_into(&mut out);
+        assert_eq!(&out[..n], &wire[..], "every byte as the client sent it");
+    }
+
+    #[test]
+    fn after_a_forwarded_block_the_hpack_contexts_stay_in_step() {
+        // The second request names the first's dynamic-table entries: the
+        // server decodes it only if its table followed the client's.
+        let mut client = Encoder::new();
+        let mut wire = PREFACE.to_vec();
+        for stream in [1, 3] {
+            let block = client.encode(request(b"localhost").iter().map(|(n, v)| (&n[..], &v[..])));
+            wire.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &block));
+        }
+        let mut fix = AuthorityFix::default();
+        let mut out = Vec::new();
+        for chunk in wire.chunks(7) {
+            fix.feed(chunk).unwrap();
+            let mut buf = vec![0u8; fix.output_len()];
+            let n = fix.drain_into(&mut buf);
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            server_view(&out).0,
+            [request(b"localhost"), request(b"localhost")]
+        );
+    }
+
+    #[test]
+    fn a_rewritten_block_drops_padding_and_priority_and_joins_continuations() {
+        let mut fix = AuthorityFix::default();
+        fix.feed(&split_request(b"tmp%2Fapi.sock")).unwrap();
+        assert!(!fix.passes_through());
         let mut out = vec![0u8; 4096];
         let n = fix.drain_into(&mut out);
         let (blocks, frames) = server_view(&out[..n]);
         assert_eq!(blocks, [request(b"localhost")]);
-        assert_eq!(frames, [(HEADERS, END_HEADERS)]);
+        assert_eq!(frames, [(HEADERS, END_HEADERS), (0x0, END_STREAM)]);
+    }
+
+    #[test]
+    fn a_first_block_too_large_to_keep_is_rewritten_like_any_other() {
+        let mut headers = request(b"localhost");
+        headers.push((b"x-large".to_vec(), vec![b'a'; MAX_FORWARDED_BLOCK]));
+        let block = Encoder::new().encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        let mut wire = PREFACE.to_vec();
+        wire.extend(block_frames(&block));
+        let mut fix = AuthorityFix::default();
+        fix.feed(&wire).unwrap();
+        assert!(!fix.passes_through());
+        let mut out = vec![0u8; 64 * 1024];
+        let n = fix.drain_into(&mut out);
+        assert_eq!(server_view(&out[..n]).0, [headers]);
     }
 
     /// A header block that enters one large field into the dynamic table,
@@ -772,7 +908,8 @@ mod tests {
     fn an_idle_connection_holds_no_buffer() {
         let mut fix = AuthorityFix::default();
         let mut wire = PREFACE.to_vec();
-        let block = Encoder::new().encode(request(b"localhost").iter().map(|(n, v)| (&n[..], &v[..])));
+        // A rewritten connection: the adapter keeps parsing its frames.
+        let block = Encoder::new().encode(request(b"tmp%2Fapi.sock").iter().map(|(n, v)| (&n[..], &v[..])));
         wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
         // Half a WINDOW_UPDATE waits for the rest in the input.
         let window_update = frame(0x8, 0, 0, &[0, 0, 0x40, 0]);

@@ -131,6 +131,11 @@ impl AsyncRead for AttestedConnection {
                 buf.advance(n);
                 return Poll::Ready(Ok(()));
             }
+            if this.requests.passes_through() {
+                // Nothing left to rewrite on this connection: no copy.
+                this.poll_first_request(cx)?;
+                return Pin::new(&mut this.stream).poll_read(cx, buf);
+            }
             // Frames left over from an earlier read come before reading
             // more: what waits for the server stays bounded.
             this.requests.pump().map_err(|e| this.refuse(e))?;
