@@ -24,6 +24,13 @@
 //! one that switched to an invalid authority mid-connection would have
 //! those streams reset by the server, as without this adapter.
 //!
+//! A client sends the same first block on every connection it opens (same
+//! path, authority and headers, against an empty dynamic table), and
+//! decoding it was a quarter of the allocations of a new connection. Each
+//! runtime thread remembers the last few first blocks it found forwardable
+//! ([`KnownForwardable`]): a byte-identical block decodes identically, so it
+//! is forwarded without being decoded again.
+//!
 //! Decoding comes before h2 has any chance to bound a request, so this
 //! adapter bounds it itself. HPACK lets a few bytes stand for a large
 //! header (one 1-byte index names a 4 KB dynamic-table entry), so the
@@ -34,6 +41,7 @@
 //! [`OUTPUT_HIGH_WATER`], so one connection can neither hold a runtime
 //! worker for long nor make attestd buffer much for it.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 
 use httlib_hpack::Decoder;
@@ -82,6 +90,10 @@ const LOCAL_AUTHORITY: &[u8] = b"localhost";
 /// unchanged, while its frames take at most this much; a larger one (no
 /// real request's) is re-encoded like any other.
 const MAX_FORWARDED_BLOCK: usize = 4 * 1024;
+/// How many forwardable first blocks each runtime thread remembers: a few
+/// clients' worth (each RPC has its own `:path`, so its own block). At most
+/// this many blocks of [`MAX_FORWARDED_BLOCK`] each.
+const KNOWN_FORWARDABLE: usize = 16;
 
 /// Why a connection's bytes could not be passed on.
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +143,10 @@ pub struct AuthorityFix {
     pending: Option<PendingBlock>,
     /// Whether the client has started a request (sent HEADERS).
     request_seen: bool,
-    decoder: Decoder<'static>,
-    encoder: Encoder<'static>,
+    /// The HPACK contexts, made when a block is first decoded: a
+    /// connection whose first block is known forwardable never needs them.
+    decoder: Option<Decoder<'static>>,
+    encoder: Option<Encoder<'static>>,
 }
 
 impl std::fmt::Debug for AuthorityFix {
@@ -146,9 +160,6 @@ impl std::fmt::Debug for AuthorityFix {
 
 impl Default for AuthorityFix {
     fn default() -> Self {
-        // Bounds the client's dynamic table: a larger size update is an
-        // error, not an allocation.
-        let decoder = Decoder::with_dynamic_size(TABLE_SIZE as u32);
         Self {
             input: Vec::new(),
             output: VecDeque::new(),
@@ -157,8 +168,8 @@ impl Default for AuthorityFix {
             rewriting: false,
             pending: None,
             request_seen: false,
-            decoder,
-            encoder: Encoder::new(),
+            decoder: None,
+            encoder: None,
         }
     }
 }
@@ -334,7 +345,18 @@ impl AuthorityFix {
     /// through; any other is re-encoded and written as HEADERS (and
     /// CONTINUATION) frames.
     fn emit(&mut self, block: PendingBlock) -> Result<(), AuthorityFixError> {
-        let decoder = &mut self.decoder;
+        if let Some(frames) = &block.frames
+            && KnownForwardable::contains(&block.fragment)
+        {
+            self.output.extend(frames);
+            self.pass_through();
+            return Ok(());
+        }
+        // Bounds the client's dynamic table: a larger size update is an
+        // error, not an allocation.
+        let decoder = self
+            .decoder
+            .get_or_insert_with(|| Decoder::with_dynamic_size(TABLE_SIZE as u32));
         let mut headers = off_worker_if(block.fragment.len() > DECODE_OFF_WORKER, || {
             decode_bounded(decoder, &block.fragment)
         })?;
@@ -346,12 +368,13 @@ impl AuthorityFix {
             }
         }
         if let (false, Some(frames)) = (rewritten, block.frames) {
+            KnownForwardable::insert(&block.fragment);
             self.output.extend(frames);
             self.pass_through();
             return Ok(());
         }
         self.rewriting = true;
-        let encoded = self.encoder.encode(
+        let encoded = self.encoder.get_or_insert_with(Encoder::new).encode(
             headers
                 .iter()
                 .map(|(name, value)| (name.as_slice(), value.as_slice())),
@@ -389,8 +412,36 @@ impl AuthorityFix {
     /// freed: an open stream's connection would hold them for nothing.
     fn pass_through(&mut self) {
         self.passthrough = true;
-        self.decoder = Decoder::with_dynamic_size(0);
-        self.encoder = Encoder::new();
+        self.decoder = None;
+        self.encoder = None;
+    }
+}
+
+/// The first header blocks this runtime thread found forwardable (they
+/// decoded within the bounds, with a valid `:authority` or none), most
+/// recent last. A connection's first block is decoded against an empty
+/// dynamic table, so what it decodes to depends on its bytes alone. A
+/// caller can only push blocks out (each then costs one decode again).
+struct KnownForwardable;
+
+thread_local! {
+    static KNOWN: RefCell<VecDeque<Box<[u8]>>> = const { RefCell::new(VecDeque::new()) };
+}
+
+impl KnownForwardable {
+    /// Whether `fragment` (a first block's, whole) is known forwardable.
+    fn contains(fragment: &[u8]) -> bool {
+        KNOWN.with_borrow(|known| known.iter().any(|block| **block == *fragment))
+    }
+
+    /// Remembers `fragment`, forgetting the oldest beyond [`KNOWN_FORWARDABLE`].
+    fn insert(fragment: &[u8]) {
+        KNOWN.with_borrow_mut(|known| {
+            if known.len() == KNOWN_FORWARDABLE {
+                known.pop_front();
+            }
+            known.push_back(fragment.into());
+        });
     }
 }
 
@@ -680,6 +731,48 @@ mod tests {
         let mut out = vec![0u8; 4096];
         let n = fix.drain_into(&mut out);
         assert_eq!(&out[..n], &wire[..], "every byte as the client sent it");
+    }
+
+    /// A forwarded first block is remembered, and a remembered one is
+    /// forwarded without being decoded (shown here with a block that would
+    /// be rewritten, planted in the memory); a rewritten one is not
+    /// remembered.
+    #[test]
+    fn a_first_block_known_forwardable_is_forwarded_without_decoding() {
+        let fragment = |authority: &[u8]| {
+            Encoder::new().encode(request(authority).iter().map(|(n, v)| (&n[..], &v[..])))
+        };
+        let connect = |wire: &[u8]| {
+            let mut fix = AuthorityFix::default();
+            fix.feed(wire).unwrap();
+            let mut out = vec![0u8; 4096];
+            let n = fix.drain_into(&mut out);
+            (fix.passes_through(), out[..n].to_vec())
+        };
+        assert!(!KnownForwardable::contains(&fragment(b"localhost")));
+        let wire = split_request(b"localhost");
+        assert_eq!(connect(&wire), (true, wire.clone()));
+        assert!(KnownForwardable::contains(&fragment(b"localhost")));
+
+        let broken = split_request(b"tmp%2Fapi.sock");
+        let (passes, out) = connect(&broken);
+        assert!(!passes);
+        assert_eq!(server_view(&out).0, [request(b"localhost")]);
+        assert!(!KnownForwardable::contains(&fragment(b"tmp%2Fapi.sock")));
+
+        KnownForwardable::insert(&fragment(b"tmp%2Fapi.sock"));
+        assert_eq!(connect(&broken), (true, broken.clone()), "not decoded");
+    }
+
+    #[test]
+    fn the_memory_of_forwardable_blocks_is_bounded() {
+        let blocks: Vec<Vec<u8>> = (0..=KNOWN_FORWARDABLE).map(|i| vec![0x82; i + 1]).collect();
+        for block in &blocks {
+            KnownForwardable::insert(block);
+        }
+        assert!(!KnownForwardable::contains(&blocks[0]), "the oldest is forgotten");
+        assert!(blocks[1..].iter().all(|block| KnownForwardable::contains(block)));
+        assert_eq!(KNOWN.with_borrow(VecDeque::len), KNOWN_FORWARDABLE);
     }
 
     #[test]
