@@ -4,7 +4,7 @@
 //! names the selectors a caller must all have. The value may itself contain
 //! ':' (a cgroup path, say): only the first two separators split.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -81,11 +81,20 @@ impl Selector {
     /// Builds a selector from attestation facts. Attestation only calls this
     /// with kinds from [`KNOWN_KINDS`].
     pub fn new(kind: &str, key: &str, value: impl fmt::Display) -> Self {
-        let text = format!("{kind}:{key}:{value}");
+        // Written on the stack, then copied once into the shared text: a
+        // `String` first would be a second allocation for each of a
+        // caller's selectors on every call.
+        let mut text = StackText::default();
+        let _ = write!(text, "{kind}:{key}:{value}");
         Self {
             kind_len: kind.len() + 1 + key.len(),
-            text: text.into(),
+            text: Arc::from(text.as_str()),
         }
+    }
+
+    /// The whole selector text, shared (the audit record holds it too).
+    pub fn shared_text(&self) -> Arc<str> {
+        Arc::clone(&self.text)
     }
 
     /// Parses a selector written in policy, checking that attestd can ever
@@ -122,6 +131,25 @@ impl Selector {
     /// The whole selector text.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+}
+
+/// A selector's text as it is written: on the stack up to 128 bytes (every
+/// selector but a long path's).
+#[derive(Default)]
+struct StackText(SmallVec<[u8; 128]>);
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        // Only `&str`s are ever written in: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -238,9 +266,14 @@ impl SelectorSet {
         self.0.iter()
     }
 
-    /// The selectors as strings, for logs and the audit trail.
+    /// The selectors as strings, for logs.
     pub fn to_strings(&self) -> Vec<String> {
         self.0.iter().map(|s| s.as_str().to_owned()).collect()
+    }
+
+    /// The selectors' texts, shared with the set (for the audit trail).
+    pub fn shared_texts(&self) -> Vec<Arc<str>> {
+        self.0.iter().map(Selector::shared_text).collect()
     }
 }
 
@@ -278,6 +311,18 @@ mod tests {
         assert_eq!(s.kind(), "cgroup:path");
         assert_eq!(s.value(), "/a:b/c");
         assert_eq!(s, Selector::new("cgroup", "path", "/a:b/c"));
+    }
+
+    /// Texts longer than the stack buffer are written whole.
+    #[test]
+    fn builds_selectors_of_any_length() {
+        for len in [0, 1, 116, 117, 118, 4096] {
+            let path = format!("/{}", "é".repeat(len));
+            let s = Selector::new("cgroup", "path", &path);
+            assert_eq!(s.as_str(), format!("cgroup:path:{path}"));
+            assert_eq!((s.kind(), s.value()), ("cgroup:path", path.as_str()));
+            assert_eq!(&*s.shared_text(), s.as_str());
+        }
     }
 
     #[test]

@@ -151,7 +151,10 @@ impl Changes<'_> {
 
     /// Shortens each value to `per_value`, then keeps the values that fit
     /// in `budget` bytes as written.
-    fn list(&mut self, name: &str, values: &mut Vec<String>, per_value: usize, budget: usize) {
+    fn list<T>(&mut self, name: &str, values: &mut Vec<T>, per_value: usize, budget: usize)
+    where
+        T: AsRef<str> + From<String> + Clone + Serialize,
+    {
         if fits(values, per_value, budget) {
             return;
         }
@@ -160,14 +163,14 @@ impl Changes<'_> {
         let mut shortened = 0;
         let mut kept = Vec::new();
         for value in values.iter() {
-            let value = match shorten(value, per_value) {
+            let value = match shorten(value.as_ref(), per_value) {
                 Some(short) => {
                     shortened += 1;
-                    short
+                    T::from(short)
                 }
                 None => value.clone(),
             };
-            used += json_len(&value) + QUOTES_AND_COMMA;
+            used += json_len(value.as_ref()) + QUOTES_AND_COMMA;
             if used > budget {
                 break;
             }
@@ -191,10 +194,10 @@ impl Changes<'_> {
 
 /// Whether every value is within `per_value` and the list within
 /// `budget`, as written: then nothing is copied (the usual case).
-fn fits(values: &[String], per_value: usize, budget: usize) -> bool {
+fn fits(values: &[impl AsRef<str>], per_value: usize, budget: usize) -> bool {
     let mut used = LIST_BRACKETS;
     values.iter().all(|value| {
-        let len = json_len(value);
+        let len = json_len(value.as_ref());
         used += len + QUOTES_AND_COMMA;
         len <= per_value && used <= budget
     })
@@ -232,7 +235,7 @@ mod tests {
         record.spiffe_id = Some(nasty(70_000));
         record.jti = Some(nasty(70_000));
         record.selectors = (0..2000)
-            .map(|i| format!("cgroup:path:/{i}{}", nasty(5000)))
+            .map(|i| format!("cgroup:path:/{i}{}", nasty(5000)).into())
             .collect();
         record.attestation_notes = vec![nasty(5000); 1000];
         record.audience = vec![nasty(5000); 2000];
@@ -286,7 +289,9 @@ mod tests {
     fn ordinary_records_are_left_alone() {
         let mut record = Record::new("FetchJWTSVID", Outcome::Issued, "fetched", None);
         record.audience = vec!["https://tools.example.org".into(); 16];
-        record.selectors = (0..100).map(|g| format!("unix:supplementary_gid:{g}")).collect();
+        record.selectors = (0..100)
+            .map(|g| format!("unix:supplementary_gid:{g}").into())
+            .collect();
         record.exe_path = Some("/usr/local/bin/agent".into());
         record.task = Some(TaskFacts {
             id: "a".repeat(32),
@@ -319,11 +324,13 @@ mod tests {
     #[test]
     fn a_long_list_keeps_what_fits_and_says_how_many() {
         let mut record = Record::new("FetchX509SVID", Outcome::Denied, "x", None);
-        record.selectors = (0..4000).map(|g| format!("unix:supplementary_gid:{g}")).collect();
+        record.selectors = (0..4000)
+            .map(|g| format!("unix:supplementary_gid:{g}").into())
+            .collect();
         assert!(bound(&mut record));
         let kept = record.selectors.len();
         assert!(kept > 100 && kept < 4000, "{kept}");
-        assert_eq!(record.selectors[0], "unix:supplementary_gid:0");
+        assert_eq!(&*record.selectors[0], "unix:supplementary_gid:0");
         let note = &record.truncated["selectors"];
         assert!(
             note.starts_with(&format!("{kept} of 4000 values kept (0 shortened)")),

@@ -2,6 +2,7 @@
 //! caller, the entry and its accountable owner, and what was issued.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -102,8 +103,9 @@ pub struct Record {
     pub exe_path: Option<String>,
     /// Caller executable sha256.
     pub sha256: Option<String>,
-    /// Every selector the caller had.
-    pub selectors: Vec<String>,
+    /// Every selector the caller had (their texts shared with the
+    /// caller's selector set).
+    pub selectors: Vec<Arc<str>>,
     /// Facts attestation withheld from the selectors, and why.
     pub attestation_notes: Vec<String>,
     /// Registration entry id.
@@ -158,7 +160,7 @@ impl Record {
             gid: workload.map(|w| w.gid),
             exe_path: workload.and_then(|w| w.exe_path.as_ref().map(|p| p.display().to_string())),
             sha256: workload.and_then(|w| w.sha256.clone()),
-            selectors: workload.map(|w| w.selectors.to_strings()).unwrap_or_default(),
+            selectors: workload.map(|w| w.selectors.shared_texts()).unwrap_or_default(),
             attestation_notes: workload.map(|w| w.notes.clone()).unwrap_or_default(),
             entry: None,
             entry_location: None,
