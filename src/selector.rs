@@ -313,11 +313,12 @@ mod tests {
         assert_eq!(s, Selector::new("cgroup", "path", "/a:b/c"));
     }
 
-    /// Texts longer than the stack buffer are written whole.
+    /// Texts up to, at and past the stack buffer's 128 bytes (13 of them
+    /// `cgroup:path:/`) are written whole, multi-byte characters included.
     #[test]
     fn builds_selectors_of_any_length() {
-        for len in [0, 1, 116, 117, 118, 4096] {
-            let path = format!("/{}", "é".repeat(len));
+        let paths = [0, 1, 114, 115, 116, 4096].map(|len| format!("/{}", "a".repeat(len)));
+        for path in paths.into_iter().chain([format!("/{}", "é".repeat(2048))]) {
             let s = Selector::new("cgroup", "path", &path);
             assert_eq!(s.as_str(), format!("cgroup:path:{path}"));
             assert_eq!((s.kind(), s.value()), ("cgroup:path", path.as_str()));

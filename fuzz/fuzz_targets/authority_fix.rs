@@ -251,11 +251,9 @@ fn server_events(frames: &[Frame<'_>], mode: Mode) -> Vec<Event> {
                 }
                 block.extend_from_slice(frame.payload);
             }
-            (_, None) => {
-                events.push(Event::Frame(frame.raw.to_vec()));
-                continue;
-            }
-            (_, Some(_)) if !strict => {
+            // Between a passed-through block's frames, any other frame is
+            // the client's own.
+            (_, pending) if pending.is_none() || !strict => {
                 events.push(Event::Frame(frame.raw.to_vec()));
                 continue;
             }
