@@ -251,13 +251,13 @@ fn server_events(frames: &[Frame<'_>], mode: Mode) -> Vec<Event> {
                 }
                 block.extend_from_slice(frame.payload);
             }
-            // Between a passed-through block's frames, any other frame is
-            // the client's own.
-            (_, pending) if pending.is_none() || !strict => {
+            (_, Some(_)) if strict => panic!("a frame inside a re-encoded header block"),
+            // Outside a block, or between a passed-through block's frames:
+            // a frame of its own.
+            _ => {
                 events.push(Event::Frame(frame.raw.to_vec()));
                 continue;
             }
-            (_, Some(_)) => panic!("a frame inside a re-encoded header block"),
         }
         if frame.flags & END_HEADERS != 0
             && let Some((stream, end_stream, block)) = pending.take()
