@@ -129,7 +129,8 @@ pub struct Args {
     #[arg(long, value_parser = parse_external)]
     pub external: Vec<External>,
     /// Also measure the floor with attestd's HTTP/2 settings (windows,
-    /// stream and header limits) as `floor-tuned`. In the floor's own
+    /// stream and header limits), served from a runtime worker as attestd
+    /// is, as `floor-tuned`. In the floor's own
     /// process (internal): serve with those settings.
     #[arg(long)]
     pub floor_tuned: bool,

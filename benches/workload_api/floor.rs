@@ -35,10 +35,17 @@ pub fn serve(socket: &Path, dir: &Path, tuned: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = UnixListener::bind(socket)?;
-        server(tuned)
+        let serving = server(tuned)
             .add_service(SpiffeWorkloadApiServer::new(floor))
-            .serve_with_incoming(UnixListenerStream::new(listener))
-            .await?;
+            .serve_with_incoming(UnixListenerStream::new(listener));
+        match tuned {
+            // As attestd serves: from a runtime worker, so that each
+            // connection's task runs on the thread that accepted it.
+            true => tokio::spawn(serving).await??,
+            // As tonic's examples do: from the `block_on` thread, which
+            // hands each connection's task to a worker.
+            false => serving.await?,
+        }
         Ok(())
     })
 }
@@ -46,7 +53,8 @@ pub fn serve(socket: &Path, dir: &Path, tuned: bool) -> anyhow::Result<()> {
 /// Every transport setting of the floor. Untuned: tonic's defaults (the
 /// bare floor). Tuned: attestd's own HTTP/2 transport with its default
 /// limits (`attestd::daemon::transport`), so that a change there can be
-/// told apart from the stack's own cost.
+/// told apart from the stack's own cost. (The tuned floor is also served
+/// from a runtime worker, as attestd is: see `serve`.)
 fn server(tuned: bool) -> Server {
     match tuned {
         true => attestd::daemon::transport(&LimitsConfig::default()),

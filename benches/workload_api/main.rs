@@ -20,7 +20,7 @@
 //! - `floor`: a bare tonic server on the same kind of socket, answering
 //!   with fixed copies of attestd's own responses (no attestation, no
 //!   policy, no audit); `floor-tuned` (`--floor-tuned`): the same with
-//!   attestd's HTTP/2 settings;
+//!   attestd's HTTP/2 settings, served from a runtime worker as attestd is;
 //! - `attestd`: this checkout's release build, with a policy of uid
 //!   entries;
 //! - `attestd-exe`: the same binary with an entry bound to the caller's

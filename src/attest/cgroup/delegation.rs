@@ -105,6 +105,12 @@ pub fn split(segments: &[&str], hierarchy: Hierarchy<'_>, evidence: &dyn Ownersh
             verified,
         },
     };
+    if segments.is_empty() {
+        // The hierarchy's root: nothing below it for anyone to have named,
+        // so nothing to ask the file system (a call in the root cgroup
+        // costs no directory opens).
+        return named(true);
+    }
     match evidence.walk(hierarchy, &segments[..walked]) {
         Ownership::RootOwned => named(true),
         Ownership::Unknown => named(false),
@@ -177,6 +183,25 @@ mod tests {
         ] {
             assert_eq!(user_manager_uid(lookalike), None, "{lookalike}");
         }
+    }
+
+    /// Evidence that must not be asked.
+    struct Unasked;
+
+    impl OwnershipEvidence for Unasked {
+        fn walk(&self, _: Hierarchy<'_>, segments: &[&str]) -> Ownership {
+            panic!("the file system was asked about {segments:?}");
+        }
+    }
+
+    #[test]
+    fn the_root_cgroup_needs_no_evidence() {
+        let expected = Split {
+            root_named: 0,
+            delegate: None,
+            verified: true,
+        };
+        assert_eq!(split(&segments("/"), Hierarchy::Unified, &Unasked), expected);
     }
 
     #[test]
