@@ -611,8 +611,17 @@ fn is_valid_authority(value: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// What a client sends first: the preface, then a FetchX509SVID
+    /// request's HEADERS frame.
+    pub(in crate::workload_api) fn first_request_wire() -> Vec<u8> {
+        let block = Encoder::new().encode(request(b"localhost").iter().map(|(n, v)| (&n[..], &v[..])));
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
+        wire
+    }
 
     fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
