@@ -47,15 +47,10 @@ use std::collections::VecDeque;
 use httlib_hpack::Decoder;
 use loona_hpack::Encoder;
 
-/// The HTTP/2 client connection preface.
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADER: usize = 9;
-const HEADERS: u8 = 0x1;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+use super::h2_wire::{
+    CONTINUATION, END_HEADERS, END_STREAM, FRAME_HEADER, HEADERS, PADDED, PREFACE, PRIORITY, frame_length,
+};
+
 /// The largest frame payload the server accepts (HTTP/2's default
 /// SETTINGS_MAX_FRAME_SIZE, which tonic's server keeps).
 const MAX_FRAME: usize = 16_384;
@@ -468,11 +463,6 @@ impl PendingBlock {
     }
 }
 
-/// The payload length in a frame header (`bytes` holds at least one).
-fn frame_length(bytes: &[u8]) -> usize {
-    usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2])
-}
-
 /// Decodes a header block one field at a time, refusing it as soon as the
 /// decoded list passes [`MAX_HEADER_LIST_SIZE`] (the connection is closed
 /// then, so the HPACK state left behind does not matter). Every field
@@ -613,6 +603,7 @@ fn is_valid_authority(value: &[u8]) -> bool {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::workload_api::h2_wire::frame;
 
     /// What a client sends first: the preface, then a FetchX509SVID
     /// request's HEADERS frame.
@@ -621,14 +612,6 @@ pub(super) mod tests {
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
         wire
-    }
-
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        out.extend(stream.to_be_bytes());
-        out.extend(payload);
-        out
     }
 
     fn request(path_authority: &[u8]) -> HeaderList {

@@ -19,6 +19,7 @@ use tonic::transport::server::Connected;
 
 use super::authority_fix::{AuthorityFix, AuthorityFixError};
 use super::limits::ConnectionSlot;
+use super::opening_flight::OpeningFlight;
 use crate::attest::{AttestError, ConnectCredentials, PeerIdentity};
 use crate::audit::{Outcome, Record};
 use crate::telemetry::metrics;
@@ -50,12 +51,14 @@ impl PeerInfo {
 }
 
 /// A Unix stream plus its peer; what the client sends passes through an
-/// [`AuthorityFix`] so that gRPC-core clients are understood.
+/// [`AuthorityFix`] so that gRPC-core clients are understood, and what the
+/// server sends first waits for its first answer ([`OpeningFlight`]).
 #[derive(Debug)]
 pub struct AttestedConnection {
     stream: UnixStream,
     peer: PeerInfo,
     requests: AuthorityFix,
+    opening: OpeningFlight,
     /// Until the client starts a request: when the connection is closed.
     first_request_deadline: Option<FirstRequestDeadline>,
     /// Counts against the peer's uid cap until the connection closes.
@@ -76,6 +79,7 @@ impl AttestedConnection {
             stream,
             peer,
             requests: AuthorityFix::default(),
+            opening: OpeningFlight::default(),
             first_request_deadline: Some(FirstRequestDeadline::after(first_request_timeout)),
             slot,
         }
@@ -181,9 +185,12 @@ impl AsyncRead for AttestedConnection {
             this.check_first_request()?;
             if this.requests.passes_through() {
                 // Nothing left to rewrite on this connection: no copy.
+                let before = buf.filled().len();
                 let read = Pin::new(&mut this.stream).poll_read(cx, buf);
-                if read.is_pending() {
-                    this.wait_first_request(cx)?;
+                match read {
+                    Poll::Pending => this.wait_first_request(cx)?,
+                    Poll::Ready(Ok(())) => this.opening.client_sent(&buf.filled()[before..]),
+                    Poll::Ready(Err(_)) => {}
                 }
                 return read;
             }
@@ -209,6 +216,7 @@ impl AsyncRead for AttestedConnection {
                 }
                 continue;
             }
+            this.opening.client_sent(read.filled());
             this.requests.feed(read.filled()).map_err(|e| this.refuse(e))?;
         }
     }
@@ -216,15 +224,17 @@ impl AsyncRead for AttestedConnection {
 
 impl AsyncWrite for AttestedConnection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        this.opening.poll_flush(&mut this.stream, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        this.opening.poll_shutdown(&mut this.stream, cx)
     }
 
     fn poll_write_vectored(
@@ -232,7 +242,8 @@ impl AsyncWrite for AttestedConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.opening.poll_write_vectored(&mut this.stream, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

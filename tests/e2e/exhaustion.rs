@@ -5,7 +5,9 @@
 //! more streams on one connection than allowed. Each test also shows a
 //! legitimate caller of another uid served within a second meanwhile.
 //! Also: one attestation reads one policy snapshot (issue 9, class 5 b),
-//! and an executable on a stalled FUSE server stalls no one else.
+//! and an executable on a stalled FUSE server stalls no one else. And: a
+//! client's whole first request gets the server's opening frames with its
+//! answer, through the same raw client.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::os::unix::process::CommandExt;
@@ -295,6 +297,42 @@ fn squatting_uids_leave_room_for_a_new_one_and_idle_connections_time_out() {
         legit_after - audit_before.0,
         "idle connections wrote audit records"
     );
+}
+
+/// A client that sends its whole first request at once (as tonic, grpc-go
+/// and gRPC-core clients do) gets the server's SETTINGS ack, which the
+/// server writes once it has read that request, in the same read as its
+/// answer: held until the answer and written with it, instead of waking
+/// the client for nothing in between. Each of ten connections is served.
+#[test]
+fn a_whole_first_request_gets_the_opening_frames_with_its_answer() {
+    let daemon = Daemon::start(LEGIT_ENTRY);
+    for _ in 0..10 {
+        let reads = raw_client_output(&daemon, 1000, &["first-flight"]);
+        let reads: Vec<Vec<&str>> = reads
+            .split_whitespace()
+            .map(|read| read.split(',').collect())
+            .collect();
+        let with_ack = reads
+            .iter()
+            .find(|read| read.contains(&"4/1/0"))
+            .unwrap_or_else(|| panic!("no SETTINGS ack: {reads:?}"));
+        let answer = |kind: &str| with_ack.iter().any(|f| f.starts_with(kind) && f.ends_with("/1"));
+        assert!(
+            answer("1/") && answer("0/"),
+            "the ack came apart from the answer: {reads:?}"
+        );
+        assert!(
+            reads[0].contains(&"4/0/0"),
+            "the server's preface comes first: {reads:?}"
+        );
+    }
+    let issued = daemon
+        .audit_records()
+        .iter()
+        .filter(|r| r.to_string().contains("spiffe://example.org/legit"))
+        .count();
+    assert_eq!(issued, 10);
 }
 
 /// Runs the raw client as uid 2001 with `args` (a `bodies` run: it sends

@@ -143,6 +143,41 @@ def hold(path, count, seconds):
     else:
         print(f"all closed after {time.monotonic() - start:.1f}", flush=True)
 
+def fetch_block():
+    """FetchX509SVID's headers, the security header among them."""
+    return (literal(b":method", b"POST") + literal(b":scheme", b"http")
+            + literal(b":path", b"/SpiffeWorkloadAPI/FetchX509SVID")
+            + literal(b":authority", b"localhost")
+            + literal(b"content-type", b"application/grpc")
+            + literal(b"te", b"trailers") + literal(b"workload.spiffe.io", b"true"))
+
+def first_flight(path):
+    """Sends the preface, SETTINGS and a whole FetchX509SVID request in one
+    write, then prints the frames of each read (kind/flags/stream, reads
+    separated by spaces) until the answer's first message."""
+    s = connect(path)
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0, b"")
+              + frame(HEADERS, END_HEADERS, 1, fetch_block())
+              + frame(DATA, END_STREAM, 1, b"\0\0\0\0\0"))
+    reads, pending = [], b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        s.settimeout(max(0.01, deadline - time.monotonic()))
+        data = s.recv(65536)
+        if not data:
+            break
+        pending += data
+        frames = []
+        while len(pending) >= 9 and len(pending) >= 9 + int.from_bytes(pending[:3], "big"):
+            length = int.from_bytes(pending[:3], "big")
+            stream = int.from_bytes(pending[5:9], "big") & 0x7FFFFFFF
+            frames.append(f"{pending[3]}/{pending[4]}/{stream}")
+            pending = pending[9 + length:]
+        reads.append(",".join(frames))
+        if any(f.startswith("0/") and f.endswith("/1") for f in frames):
+            break
+    print(" ".join(reads), flush=True)
+
 def streams(path, count, share=False):
     """Starts count FetchX509SVID streams at once on one connection; reports
     how many stayed open and how many the server refused. With share, a
@@ -276,5 +311,7 @@ elif mode == "hold":
     hold(path, int(sys.argv[3]), float(sys.argv[4]))
 elif mode == "bodies":
     bodies(path, int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]))
+elif mode == "first-flight":
+    first_flight(path)
 elif mode == "streams":
     streams(path, int(sys.argv[3]), share=sys.argv[4:] == ["shared"])
