@@ -27,6 +27,14 @@
 //! peek). While the client is still sending its request it is awake, and
 //! frames written then go out at once. At most [`MAX_HELD`] bytes are held,
 //! once per connection: beyond that the frames go out as they come.
+//!
+//! Held frames wait as long as the first answer takes: milliseconds, longer
+//! only when the request waits its turn to be attested under load. HTTP/2
+//! lets a client close a connection whose SETTINGS stay unacknowledged
+//! beyond "a reasonable time" (RFC 9113, section 6.5.3); no client tested
+//! keeps such a timer by default. No timer bounds the wait here: a timer
+//! per connection is what the first-request deadline was made lazy to
+//! avoid.
 
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
