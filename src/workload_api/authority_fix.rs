@@ -632,7 +632,7 @@ pub(super) mod tests {
         let mut decoder = loona_hpack::Decoder::new();
         let (mut blocks, mut frames, mut block) = (Vec::new(), Vec::new(), Vec::new());
         while !rest.is_empty() {
-            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            let len = frame_length(rest);
             let (kind, flags) = (rest[3], rest[4]);
             frames.push((kind, flags));
             if kind == HEADERS || kind == CONTINUATION {

@@ -215,12 +215,16 @@ fn may_wait<'a>(frames: &mut FrameFollower, pieces: impl IntoIterator<Item = &'a
     })
 }
 
-/// The first `written` bytes of `bufs`, piece by piece.
-fn written_part<'a>(bufs: &'a [IoSlice<'a>], mut written: usize) -> impl Iterator<Item = &'a [u8]> {
-    bufs.iter().map_while(move |buf| {
-        let part = &buf[..written.min(buf.len())];
-        written -= part.len();
-        (!part.is_empty()).then_some(part)
+/// The first `written` bytes of `bufs`, piece by piece (an empty piece
+/// does not end them).
+fn written_part<'a>(bufs: &'a [IoSlice<'a>], written: usize) -> impl Iterator<Item = &'a [u8]> {
+    bufs.iter().scan(written, |left, buf| {
+        if *left == 0 {
+            return None;
+        }
+        let part = &buf[..(*left).min(buf.len())];
+        *left -= part.len();
+        Some(part)
     })
 }
 
@@ -514,6 +518,12 @@ mod tests {
 
         let bufs = [IoSlice::new(b"abc"), IoSlice::new(b"defg")];
         assert_eq!(written_part(&bufs, 5).collect::<Vec<_>>(), [&b"abc"[..], b"de"]);
+        let with_empty = [IoSlice::new(b""), IoSlice::new(b"abc"), IoSlice::new(b"d")];
+        assert_eq!(
+            written_part(&with_empty, 3).collect::<Vec<_>>(),
+            [&b""[..], b"abc"],
+            "an empty slice before written bytes does not hide them"
+        );
 
         let flight = client_flight(&whole_request());
         let (before_the_end, end) = flight.split_at(flight.len() - 6);
