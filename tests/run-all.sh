@@ -7,7 +7,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the time since the run began, so a slow CI run shows
+# which step grew (the whole run should stay under about 30 minutes).
+started=$SECONDS
+step() { printf '\n==> [%dm%02ds] %s\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$*"; }
 need() { command -v "$1" >/dev/null || { echo "missing tool: $1 ($2)" >&2; exit 1; }; }
 
 step "checking tools"
@@ -177,5 +180,5 @@ ATTESTD="$PWD/target/debug/attestd" bash examples/quickstart.sh
 step "agents walkthrough (examples/agents.sh: tasks, a gateway, decisions, the trace)"
 bash examples/agents.sh
 
-echo
+step "done"
 echo "all checks passed"
