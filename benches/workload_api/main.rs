@@ -21,8 +21,8 @@
 //!   with fixed copies of attestd's own responses (no attestation, no
 //!   policy, no audit); `floor-tuned` (`--floor-tuned`): the same with
 //!   attestd's HTTP/2 settings, served from a runtime worker as attestd is;
-//! - `attestd`: this checkout's release build, with a policy of uid
-//!   entries;
+//! - `attestd`: this checkout's build (release under `cargo bench`), with
+//!   a policy of uid entries;
 //! - `attestd-exe`: the same binary with an entry bound to the caller's
 //!   executable (`unix:sha256`, so connection binding is on too);
 //! - any `--baseline NAME=PATH` binaries (an older build, to show what a
@@ -60,6 +60,12 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let [socket, dir] = args.floor_server.as_slice() {
         return floor::serve(socket, dir, args.floor_tuned);
+    }
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: an unoptimised build (--profile dev, as the test command's smoke runs are): \
+             its figures say nothing about speed; measure with `cargo bench`"
+        );
     }
     let mut plan = Plan::new(&args);
     targets::pin_to(targets::CLIENT_CPU);
