@@ -50,7 +50,9 @@ export PATH
 export RUSTC_WRAPPER="$repo/fuzz/uninstrumented-oracle.sh"
 
 all_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^attestd-fuzz$')
-bin_dir="$target_dir/x86_64-unknown-linux-gnu/release"
+# Where the built targets are: PROFILE is release (optimised, what long
+# campaigns run) or debug (what the short mode runs, see below).
+bin_dir() { echo "$target_dir/x86_64-unknown-linux-gnu/$1"; }
 # As cargo fuzz runs them: the std of a sanitized build is not itself
 # instrumented, so ODR checks report false positives.
 export ASAN_OPTIONS=detect_odr_violation=0
@@ -71,6 +73,7 @@ options() {
 # target directory built before the wrapper holds an instrumented oracle:
 # it is cleaned once, and a stamp records that.
 build() {
+    local profile=$1
     mkdir -p "$target_dir"
     local stamp=$target_dir/.oracle-uninstrumented
     # Only a directory cargo has built in (it leaves CACHEDIR.TAG there) can
@@ -79,16 +82,19 @@ build() {
         cargo +nightly clean --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" \
             --release --target x86_64-unknown-linux-gnu -p loona-hpack
     fi
-    cargo +nightly fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir"
+    local unoptimised=()
+    [[ $profile == release ]] || unoptimised=(--dev)
+    cargo +nightly fuzz build "${unoptimised[@]}" --sanitizer "$sanitizer" --target-dir "$target_dir"
     touch "$stamp"
 }
 
-# run TARGET SCRATCH_CORPUS [libFuzzer options...]: new inputs go to the
-# scratch corpus, the kept corpus is only read; crashes are written to
-# target/fuzz-artifacts/TARGET/.
+# run PROFILE TARGET SCRATCH_CORPUS [libFuzzer options...]: new inputs go
+# to the scratch corpus, the kept corpus is only read; crashes are written
+# to target/fuzz-artifacts/TARGET/.
 run() {
-    local name=$1 scratch=$2
-    shift 2
+    local bin_dir name=$2 scratch=$3
+    bin_dir=$(bin_dir "$1")
+    shift 3
     mkdir -p "$scratch" "fuzz/corpus/$name" "target/fuzz-artifacts/$name"
     # shellcheck disable=SC2046 # options() is a list of words
     nice -n 19 "$bin_dir/$name" "$scratch" "fuzz/corpus/$name" $(options "$name") \
@@ -99,13 +105,19 @@ mode=${1:-short}
 shift || true
 case $mode in
     short)
+        # Unoptimised (cargo fuzz build --dev): attestd changes with nearly
+        # every commit, and its optimised ASan build took 4.5 of the test
+        # command's minutes where the unoptimised one takes half a minute.
+        # The targets then also check overflow and debug assertions, and
+        # still run every input of their corpus in the seconds given (a
+        # seventh of the optimised build's executions).
         seconds=${1:-5}
-        build
+        build debug
         scratch=$(mktemp -d)
         trap 'rm -rf "$scratch"' EXIT
         for name in $all_targets; do
             echo "==> $name: ${seconds}s"
-            if ! run "$name" "$scratch/$name" -max_total_time="$seconds" > "$scratch/$name.log" 2>&1; then
+            if ! run debug "$name" "$scratch/$name" -max_total_time="$seconds" > "$scratch/$name.log" 2>&1; then
                 tail -n 60 "$scratch/$name.log" >&2
                 echo "fuzz target $name failed: see target/fuzz-artifacts/$name/" >&2
                 exit 1
@@ -118,7 +130,7 @@ case $mode in
         runs=${1:-10000000}
         shift || true
         targets=${*:-$all_targets}
-        build
+        build release
         results=fuzz/results.tsv
         [[ -s $results ]] || printf 'date\tcommit\ttarget\texecutions\tseconds\texec_per_s\tcorpus\toutcome\tsanitizer\n' > "$results"
         commit=$(git rev-parse --short HEAD)
@@ -127,7 +139,7 @@ case $mode in
             echo "==> $name: $runs executions (log: $log)"
             start=$(date +%s)
             outcome=ok
-            run "$name" "target/fuzz-corpus/$name" -runs="$runs" -max_total_time="${FUZZ_MAX_SECONDS:-0}" \
+            run release "$name" "target/fuzz-corpus/$name" -runs="$runs" -max_total_time="${FUZZ_MAX_SECONDS:-0}" \
                 > "$log" 2>&1 || outcome=failed
             seconds=$(( $(date +%s) - start ))
             executed=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
