@@ -52,7 +52,7 @@ export RUSTC_WRAPPER="$repo/fuzz/uninstrumented-oracle.sh"
 all_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^attestd-fuzz$')
 # Where the built targets are: PROFILE is release (optimised, what long
 # campaigns run) or debug (what the short mode runs, see below).
-bin_dir() { echo "$target_dir/x86_64-unknown-linux-gnu/$1"; }
+profile_dir() { echo "$target_dir/x86_64-unknown-linux-gnu/$1"; }
 # As cargo fuzz runs them: the std of a sanitized build is not itself
 # instrumented, so ODR checks report false positives.
 export ASAN_OPTIONS=detect_odr_violation=0
@@ -93,7 +93,7 @@ build() {
 # to target/fuzz-artifacts/TARGET/.
 run() {
     local bin_dir name=$2 scratch=$3
-    bin_dir=$(bin_dir "$1")
+    bin_dir=$(profile_dir "$1")
     shift 3
     mkdir -p "$scratch" "fuzz/corpus/$name" "target/fuzz-artifacts/$name"
     # shellcheck disable=SC2046 # options() is a list of words

@@ -7,10 +7,10 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-# Each step prints the time since the run began, so a slow CI run shows
-# which step grew (the whole run should stay under about 30 minutes).
-started=$SECONDS
-step() { printf '\n==> [%dm%02ds] %s\n' $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)) "$*"; }
+# Each step prints the time since the run began ($SECONDS counts from the
+# script's start), so a slow CI run shows which step grew (the whole run
+# should stay under about 30 minutes).
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 need() { command -v "$1" >/dev/null || { echo "missing tool: $1 ($2)" >&2; exit 1; }; }
 
 step "checking tools"
