@@ -224,3 +224,23 @@ fn dropped_with_a_file_open_it_leaves_no_mount_behind() {
         dir.display()
     );
 }
+
+#[test]
+fn a_cut_waits_out_a_file_held_open_for_a_moment() {
+    // As a child between fork and exec holds copies of its parent's
+    // descriptors: the mount is busy for a moment, then let go.
+    let mut m = Mounted::new(None);
+    m.write_synced("a", b"kept");
+    m.fsync_dir("");
+    let held = File::open(m.path("a")).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(held);
+    });
+    let cut = m.fs.power_cut();
+    // Closed before any failure unwinds: a file left open on a FUSE mount
+    // whose server has exited hangs the process's exit.
+    release.join().unwrap();
+    cut.expect("the cut waits until the file is closed");
+    assert_eq!(m.read("a").unwrap(), b"kept");
+}

@@ -54,6 +54,8 @@ const TTL: Duration = Duration::from_secs(1);
 /// The size `statfs` reports.
 const CAPACITY: u64 = 1 << 30;
 const BLOCK: u32 = 4096;
+/// How long a power cut waits for a busy mount to be let go.
+const UNMOUNT_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The kernel flusher's timing: an inode changed more than `expire` ago is
 /// made durable by the next pass; a pass every `interval`.
@@ -118,11 +120,34 @@ impl PowerCutFs {
     /// Loses power: what was not durable is gone. See the module header.
     pub fn power_cut(&mut self) -> io::Result<()> {
         if let Some(session) = self.session.take() {
-            session.umount_and_join()?;
+            if let Err(e) = self.unmount(UNMOUNT_PATIENCE) {
+                // Still mounted: dropping this detaches it.
+                self.session = Some(session);
+                return Err(e);
+            }
+            ended(session.join())?;
         }
         lock(&self.state).lose_power();
         self.session = Some(self.spawn()?);
         Ok(())
+    }
+
+    /// Unmounts, waiting out a reference that is only passing: a thread of
+    /// this process that forks (a test running `umount`, the crash loop
+    /// starting attestd) gives its child copies of every descriptor, some of
+    /// them on this mount, until the child execs, and the mount is busy
+    /// meanwhile. A file really held open is still refused after the wait.
+    fn unmount(&self, patience: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match nix::mount::umount(&self.mountpoint) {
+                Ok(()) => return Ok(()),
+                Err(nix::errno::Errno::EBUSY) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(errno) => return Err(errno.into()),
+            }
+        }
     }
 
     fn spawn(&self) -> io::Result<fuser::BackgroundSession> {
@@ -147,17 +172,27 @@ impl Drop for PowerCutFs {
             stop.store(true, Ordering::Relaxed);
             let _ = thread.join();
         }
-        if let Some(session) = self.session.take()
-            && session.umount_and_join().is_err()
-        {
-            // A file still open (a test that failed half-way): detach the
-            // mount rather than leave it behind, dead, when this process
-            // exits.
-            let _ = std::process::Command::new("umount")
-                .arg("--lazy")
-                .arg(&self.mountpoint)
-                .status();
+        if let Some(session) = self.session.take() {
+            if self.unmount(Duration::ZERO).is_ok() {
+                let _ = session.join();
+            } else {
+                // A file still open (a test that failed half-way): detach
+                // the mount rather than leave it behind, dead, when this
+                // process exits. The session's thread ends with the last
+                // reference, so it is not waited for.
+                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            }
         }
+    }
+}
+
+/// The session's end once unmounted: its thread reads ENODEV (an `Ok`
+/// from fuser) or, when the kernel tore the connection down first,
+/// ECONNABORTED; both are the end this file system asked for.
+fn ended(session: io::Result<()>) -> io::Result<()> {
+    match session {
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ECONNABORTED as i32) => Ok(()),
+        other => other,
     }
 }
 
