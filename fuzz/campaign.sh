@@ -69,23 +69,35 @@ options() {
     esac
 }
 
-# Builds every target. cargo does not fingerprint a RUSTC_WRAPPER, so a
-# target directory built before the wrapper holds an instrumented oracle:
-# it is cleaned once, and a stamp records that.
+# The cached target directory's layout. cargo names what it builds by a
+# hash of its settings and never deletes what a change of settings left
+# behind, so a change to how the targets are built raises this number and a
+# directory stamped otherwise is cleaned once instead of growing:
+#   1  the oracle built uninstrumented (fuzz/uninstrumented-oracle.sh: cargo
+#      does not fingerprint a RUSTC_WRAPPER, so an older directory held an
+#      instrumented one)
+#   2  the unoptimised build with line tables only (with full debug
+#      information it was 8.7 GB)
+layout=2
+
+# Builds every target.
 build() {
     local profile=$1
-    mkdir -p "$target_dir"
-    local stamp=$target_dir/.oracle-uninstrumented
-    # Only a directory cargo has built in (it leaves CACHEDIR.TAG there) can
-    # hold an instrumented copy; cargo refuses to clean any other.
-    if [[ ! -e $stamp && -e $target_dir/CACHEDIR.TAG ]]; then
-        cargo +nightly clean --manifest-path fuzz/Cargo.toml --target-dir "$target_dir" \
-            --release --target x86_64-unknown-linux-gnu -p loona-hpack
+    local stamp=$target_dir/.layout
+    if [[ -n $(ls -A "$target_dir" 2>/dev/null) && $(cat "$stamp" 2>/dev/null) != "$layout" ]]; then
+        echo "cleaning $target_dir: built by an older fuzz/campaign.sh (layout $(cat "$stamp" 2>/dev/null || echo 1), now $layout)"
+        if [[ $target_dir == "$default_target_dir" ]]; then
+            rm -rf "$target_dir"
+        else
+            # Not this script's own cache: cargo cleans only a directory it
+            # made (with its CACHEDIR.TAG) and refuses any other.
+            cargo +nightly clean --quiet --manifest-path fuzz/Cargo.toml --target-dir "$target_dir"
+        fi
     fi
     local unoptimised=()
     [[ $profile == release ]] || unoptimised=(--dev)
     cargo +nightly fuzz build "${unoptimised[@]}" --sanitizer "$sanitizer" --target-dir "$target_dir"
-    touch "$stamp"
+    echo "$layout" > "$stamp"
 }
 
 # run PROFILE TARGET SCRATCH_CORPUS [libFuzzer options...]: new inputs go

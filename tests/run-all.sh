@@ -9,8 +9,12 @@ cd "$repo"
 
 # Each step prints the time since the run began ($SECONDS counts from the
 # script's start), so a slow CI run shows which step grew (the whole run
-# should stay under about 30 minutes).
-step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
+# should stay under about 30 minutes), and the disk space left, so a run
+# that fills the disk shows what filled it.
+step() {
+    printf '\n==> [%dm%02ds, %s free] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) \
+        "$(df -h --output=avail . | tail -n 1 | tr -d ' ')" "$*"
+}
 need() { command -v "$1" >/dev/null || { echo "missing tool: $1 ($2)" >&2; exit 1; }; }
 
 step "checking tools"
