@@ -83,9 +83,11 @@ layout=2
 # Builds every target.
 build() {
     local profile=$1
-    local stamp=$target_dir/.layout
-    if [[ -n $(ls -A "$target_dir" 2>/dev/null) && $(cat "$stamp" 2>/dev/null) != "$layout" ]]; then
-        echo "cleaning $target_dir: built by an older fuzz/campaign.sh (layout $(cat "$stamp" 2>/dev/null || echo 1), now $layout)"
+    local stamp=$target_dir/.layout built_as
+    # A directory without a stamp predates it: layout 1.
+    built_as=$(cat "$stamp" 2>/dev/null || echo 1)
+    if [[ -n $(ls -A "$target_dir" 2>/dev/null) && $built_as != "$layout" ]]; then
+        echo "cleaning $target_dir: built by an older fuzz/campaign.sh (layout $built_as, now $layout)"
         if [[ $target_dir == "$default_target_dir" ]]; then
             rm -rf "$target_dir"
         else
@@ -119,7 +121,7 @@ case $mode in
     short)
         # Unoptimised (cargo fuzz build --dev): attestd changes with nearly
         # every commit, and its optimised ASan build took 4.5 of the test
-        # command's minutes where the unoptimised one takes half a minute.
+        # command's minutes where the unoptimised one takes about one.
         # The targets then also check overflow and debug assertions, and
         # still run every input of their corpus in the seconds given (a
         # seventh of the optimised build's executions).

@@ -133,9 +133,9 @@ impl PowerCutFs {
     }
 
     /// Unmounts, waiting out a reference that is only passing: a thread of
-    /// this process that forks (a test running `umount`, the crash loop
-    /// starting attestd) gives its child copies of every descriptor, some of
-    /// them on this mount, until the child execs, and the mount is busy
+    /// this process that forks (the crash loop starting attestd, a test
+    /// running a command) gives its child copies of every descriptor, some
+    /// of them on this mount, until the child execs, and the mount is busy
     /// meanwhile. A file really held open is still refused after the wait.
     fn unmount(&self, patience: Duration) -> io::Result<()> {
         let deadline = Instant::now() + patience;
