@@ -147,6 +147,10 @@ fuzz/campaign.sh short 5
 # are made by hand with the release profile: see benches/README.md.
 smoke_bench() { cargo bench --profile dev --quiet "$@"; }
 
+# The ablation patch (benches/ablation.sh) is applied by hand; this only
+# catches a change of the request path that it no longer fits.
+step "ablation patch still applies (benches/ablation.sh --check)"
+benches/ablation.sh --check
 step "benchmark harness, short mode (cargo bench --profile dev --bench workload_api -- --quick)"
 smoke_bench --bench workload_api -- --quick
 
