@@ -11,8 +11,10 @@
 #   noaudit   no audit record is written
 #   nowrap    the connection's HPACK adapter and opening-frame hold are bypassed
 # `ctl` is the patched build skipping nothing: it shows the patch itself
-# costs nothing. The patched daemon is built in target/ablation/ and never
-# installed or shipped. See benches/README.md, "Ablation".
+# costs nothing. The patched daemon is built in the target directory of
+# benches/compare.sh's baselines (their dependencies are the same), copied
+# to target/ablation/attestd, and never installed or shipped. See
+# benches/README.md, "Ablation".
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
@@ -35,10 +37,11 @@ if ! git apply --directory="$tree" "$patch"; then
     echo "benches/ablation.patch no longer applies to HEAD: update it to the request path as it is now" >&2
     exit 1
 fi
-echo "==> building the ablation daemon (release, target/ablation/target)" >&2
-cargo build --release --quiet --bin attestd \
-    --manifest-path "$tree/Cargo.toml" --target-dir target/ablation/target
-bin=$repo/target/ablation/target/release/attestd
+echo "==> building the ablation daemon (release)" >&2
+CARGO_TARGET_DIR="$repo/target/bench-baseline/target" cargo build --release --quiet --bin attestd \
+    --manifest-path "$tree/Cargo.toml"
+bin=$repo/target/ablation/attestd
+cp "$repo/target/bench-baseline/target/release/attestd" "$bin"
 
 baselines=(--baseline "ctl=$bin")
 for name in $ablations; do

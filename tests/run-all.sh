@@ -139,6 +139,11 @@ systemd-analyze security --offline=true target/attestd.service | tail -n 1
 step "fuzz targets, short mode (fuzz/campaign.sh short: 5 s per target)"
 fuzz/campaign.sh short 5
 
+# The ablation patch (benches/ablation.sh) is applied by hand; this only
+# catches a change of the request path that it no longer fits.
+step "ablation patch still applies (benches/ablation.sh --check)"
+benches/ablation.sh --check
+
 # The benchmarks' short modes check behaviour (every call answered, no
 # missed push, no lost record), never speed, so they run unoptimised: the
 # dev profile reuses the dependencies the tests built, where the release
@@ -147,10 +152,6 @@ fuzz/campaign.sh short 5
 # are made by hand with the release profile: see benches/README.md.
 smoke_bench() { cargo bench --profile dev --quiet "$@"; }
 
-# The ablation patch (benches/ablation.sh) is applied by hand; this only
-# catches a change of the request path that it no longer fits.
-step "ablation patch still applies (benches/ablation.sh --check)"
-benches/ablation.sh --check
 step "benchmark harness, short mode (cargo bench --profile dev --bench workload_api -- --quick)"
 smoke_bench --bench workload_api -- --quick
 
